@@ -1,0 +1,80 @@
+/**
+ * Parsing and printing of `HOST:PORT` addresses, the one syntax every flag
+ * and log line uses. IPv6 literals are bracketed (`[::1]:5001`), as in URLs.
+ *
+ * Host names are kept as written: they are resolved by `Deno.connect` at each
+ * connect, so a DNS change reaches the next connection without a restart.
+ *
+ * @module
+ */
+
+/** A host and port, ready for `Deno.connect` or `Deno.listen`. */
+export interface HostPort {
+  /** An IPv4 literal, an IPv6 literal without brackets, or a host name. */
+  readonly hostname: string;
+  /** The TCP port. */
+  readonly port: number;
+}
+
+/** Options for {@linkcode parseHostPort}. */
+export interface ParseHostPortOptions {
+  /** Accept port 0, which asks the kernel for any free port (listeners only).
+   * @default {false} */
+  allowPortZero?: boolean;
+}
+
+// A host name: letters, digits, '-', '_' and dots, as DNS and /etc/hosts allow.
+const HOST_NAME = /^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?$/;
+
+/**
+ * Parses `HOST:PORT` or `[IPV6]:PORT`.
+ *
+ * @throws {RangeError} naming the bad part and the value, e.g.
+ * `port must be an integer 1-65535: got "70000"`.
+ */
+export function parseHostPort(text: string, options: ParseHostPortOptions = {}): HostPort {
+  const expected = "expected HOST:PORT (e.g. 127.0.0.1:5001 or [::1]:5001)";
+  let hostname: string;
+  let portText: string;
+  if (text.startsWith("[")) {
+    const close = text.indexOf("]");
+    if (close < 0 || text[close + 1] !== ":") {
+      throw new RangeError(`${expected}: got ${JSON.stringify(text)}`);
+    }
+    hostname = text.slice(1, close);
+    portText = text.slice(close + 2);
+    if (!hostname.includes(":") || !/^[0-9A-Fa-f:.]+$/.test(hostname)) {
+      throw new RangeError(`bracketed host must be an IPv6 address: got ${JSON.stringify(text)}`);
+    }
+  } else {
+    const colon = text.lastIndexOf(":");
+    if (colon < 0) throw new RangeError(`${expected}: got ${JSON.stringify(text)}`);
+    hostname = text.slice(0, colon);
+    portText = text.slice(colon + 1);
+    if (hostname.includes(":")) {
+      throw new RangeError(
+        `IPv6 addresses need brackets, [${hostname}]:${portText}: got ${JSON.stringify(text)}`,
+      );
+    }
+    if (!HOST_NAME.test(hostname)) {
+      throw new RangeError(`${expected}: got ${JSON.stringify(text)}`);
+    }
+  }
+  const lowest = options.allowPortZero ? 0 : 1;
+  const port = /^[0-9]{1,5}$/.test(portText) ? Number(portText) : NaN;
+  if (!(port >= lowest && port <= 65535)) {
+    throw new RangeError(
+      `port must be an integer ${lowest}-65535: got ${JSON.stringify(portText)} in ${
+        JSON.stringify(text)
+      }`,
+    );
+  }
+  return { hostname, port };
+}
+
+/** Prints an address the way {@linkcode parseHostPort} reads it. */
+export function formatHostPort(address: HostPort): string {
+  return address.hostname.includes(":")
+    ? `[${address.hostname}]:${address.port}`
+    : `${address.hostname}:${address.port}`;
+}

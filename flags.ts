@@ -1,0 +1,119 @@
+/**
+ * Command-line flags of `load_balancer.ts`, parsed into a typed object.
+ *
+ * Pure: takes the argument list, returns options or throws a
+ * {@linkcode UsageError} whose message names the flag, the value and what
+ * was expected. The caller prints it and exits 2.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { type HostPort, parseHostPort } from "./address.ts";
+
+/** Everything the command line can set. */
+export interface LoadBalancerFlags {
+  /** Where clients connect. @default {127.0.0.1:5000} */
+  listen: HostPort;
+  /** The pool, in order. @default {[127.0.0.1:5001, 127.0.0.1:5002]} */
+  backends: HostPort[];
+  /** Time allowed for each backend connect attempt. @default {5000} */
+  connectTimeoutMs: number;
+  /** Time connections may take to finish after SIGINT/SIGTERM. @default {30000} */
+  drainTimeoutMs: number;
+  /** `--help` was given. */
+  help: boolean;
+}
+
+/** A bad command line; the message is meant for the user as it is. */
+export class UsageError extends Error {
+  override name = "UsageError";
+}
+
+/** The `--help` text. */
+export const USAGE = `Usage: deno run --allow-net load_balancer.ts [flags]
+
+Accepts TCP connections and hands each one, round robin, to a backend,
+copying bytes both ways until both sides are done.
+
+Flags:
+  --listen HOST:PORT       where clients connect (default 127.0.0.1:5000);
+                           use 0.0.0.0:PORT or [::]:PORT for all interfaces,
+                           port 0 for any free port (printed at start)
+  --backend HOST:PORT      a backend; repeat for more. Given once or more, it
+                           replaces the default pool 127.0.0.1:5001, 127.0.0.1:5002.
+                           IPv6 as [::1]:5001; host names are resolved at each connect
+  --connect-timeout MS     time allowed for each backend connect (default 5000)
+  --drain-timeout MS       on SIGINT/SIGTERM, time connections may take to
+                           finish before they are closed (default 30000)
+  -h, --help               show this text
+`;
+
+const DEFAULT_BACKENDS = ["127.0.0.1:5001", "127.0.0.1:5002"];
+
+/** Parses the load balancer's command line. @throws {UsageError} */
+export function parseFlags(args: readonly string[]): LoadBalancerFlags {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: [...args],
+      options: {
+        listen: { type: "string" },
+        backend: { type: "string", multiple: true },
+        "connect-timeout": { type: "string" },
+        "drain-timeout": { type: "string" },
+        help: { type: "boolean", short: "h" },
+      },
+      strict: true,
+      allowPositionals: false,
+    }));
+  } catch (error) {
+    throw new UsageError(describeParseArgsError(error));
+  }
+  return {
+    listen: hostPortFlag("--listen", values.listen ?? "127.0.0.1:5000", true),
+    backends: (values.backend ?? DEFAULT_BACKENDS).map((text) =>
+      hostPortFlag("--backend", text, false)
+    ),
+    connectTimeoutMs: millisecondsFlag("--connect-timeout", values["connect-timeout"], 5000),
+    drainTimeoutMs: millisecondsFlag("--drain-timeout", values["drain-timeout"], 30000),
+    help: values.help ?? false,
+  };
+}
+
+function hostPortFlag(flag: string, text: string, isListen: boolean): HostPort {
+  try {
+    return parseHostPort(text, { allowPortZero: isListen });
+  } catch (error) {
+    throw new UsageError(`${flag} ${text}: ${(error as Error).message}`);
+  }
+}
+
+function millisecondsFlag(flag: string, text: string | undefined, fallback: number): number {
+  if (text === undefined) return fallback;
+  const value = /^[0-9]{1,10}$/.test(text) ? Number(text) : NaN;
+  if (!(value >= 1 && value <= 2_147_483_647)) {
+    throw new UsageError(
+      `${flag} ${text}: expected a whole number of milliseconds, 1-2147483647`,
+    );
+  }
+  return value;
+}
+
+// node:util's messages are long and mention positionals; say it our way.
+function describeParseArgsError(error: unknown): string {
+  const message = (error as Error).message;
+  const code = (error as { code?: string }).code;
+  const option = /'(-{1,2}[^' ]+)/.exec(message)?.[1];
+  switch (code) {
+    case "ERR_PARSE_ARGS_UNKNOWN_OPTION":
+      return `unknown flag ${option ?? message} (see --help)`;
+    case "ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL":
+      return `unexpected argument ${/'([^']*)'/.exec(message)?.[1] ?? message}: ` +
+        `every setting is a flag (see --help)`;
+    case "ERR_PARSE_ARGS_INVALID_OPTION_VALUE":
+      return `${option ?? "a flag"} needs a value (see --help)`;
+    default:
+      return message;
+  }
+}

@@ -1,0 +1,58 @@
+import assert from "node:assert/strict";
+import { parseFlags, UsageError } from "./flags.ts";
+
+Deno.test("parseFlags() with no flags is the lab: 5000 → 5001, 5002", () => {
+  assert.deepEqual(parseFlags([]), {
+    listen: { hostname: "127.0.0.1", port: 5000 },
+    backends: [{ hostname: "127.0.0.1", port: 5001 }, { hostname: "127.0.0.1", port: 5002 }],
+    connectTimeoutMs: 5000,
+    drainTimeoutMs: 30000,
+    help: false,
+  });
+});
+
+Deno.test("parseFlags() replaces the default pool with the --backend flags, in order", () => {
+  const flags = parseFlags([
+    "--listen",
+    "[::]:6000",
+    "--backend",
+    "10.0.0.2:80",
+    "--backend=[::1]:81",
+    "--connect-timeout",
+    "250",
+    "--drain-timeout=10",
+    "-h",
+  ]);
+  assert.deepEqual(flags.listen, { hostname: "::", port: 6000 });
+  assert.deepEqual(flags.backends, [
+    { hostname: "10.0.0.2", port: 80 },
+    { hostname: "::1", port: 81 },
+  ]);
+  assert.equal(flags.connectTimeoutMs, 250);
+  assert.equal(flags.drainTimeoutMs, 10);
+  assert.equal(flags.help, true);
+});
+
+Deno.test("parseFlags() errors name the flag and the value", () => {
+  const cases: [string[], string][] = [
+    [["--bogus"], "unknown flag --bogus (see --help)"],
+    [["--backend", "nonsense"], "--backend nonsense: expected HOST:PORT"],
+    [
+      ["--backend", "127.0.0.1:70000"],
+      '--backend 127.0.0.1:70000: port must be an integer 1-65535: got "70000"',
+    ],
+    [["--backend", "127.0.0.1:0"], "--backend 127.0.0.1:0: port must be an integer 1-65535"],
+    [["--listen", "127.0.0.1:99999"], "--listen 127.0.0.1:99999: port must be an integer 0-65535"],
+    [["--connect-timeout", "0"], "--connect-timeout 0: expected a whole number of milliseconds"],
+    [["--drain-timeout", "soon"], "--drain-timeout soon: expected a whole number of milliseconds"],
+    [["--listen"], "--listen needs a value"],
+    [["stray"], "unexpected argument stray"],
+  ];
+  for (const [args, start] of cases) {
+    assert.throws(
+      () => parseFlags(args),
+      (error: unknown) => error instanceof UsageError && error.message.startsWith(start),
+      `${args.join(" ")} should fail with "${start}…"`,
+    );
+  }
+});
