@@ -1,0 +1,256 @@
+/**
+ * Helpers shared by the tests: loopback servers on port 0, a balancer that
+ * records its events, and small socket utilities. Every server started here
+ * is closed by its `close()`, so the tests run with leak checks on.
+ *
+ * @module
+ */
+
+import { type HostPort } from "./address.ts";
+import { serveBackend } from "./backend.ts";
+import {
+  type Backend,
+  backendOf,
+  LoadBalancer,
+  type LoadBalancerEvent,
+  type LoadBalancerOptions,
+} from "./load_balancer.ts";
+
+/** A server started for a test. */
+export interface TestServer {
+  readonly address: HostPort;
+  readonly port: number;
+  /** Stops accepting and waits until every connection it served has closed. */
+  close(): Promise<void>;
+}
+
+/** Listens on 127.0.0.1 on a free port. */
+export function listenLoopback(options: { tcpBacklog?: number } = {}): Deno.TcpListener {
+  return Deno.listen({ hostname: "127.0.0.1", port: 0, ...options });
+}
+
+/** Accepts connections and runs `handle` on each, until closed. */
+export function startServer(handle: (conn: Deno.TcpConn) => Promise<void>): TestServer {
+  const listener = listenLoopback();
+  const connections = new Set<Promise<void>>();
+  const open = new Set<Deno.TcpConn>();
+  const accepting = (async () => {
+    while (true) {
+      let conn: Deno.TcpConn;
+      try {
+        conn = await listener.accept();
+      } catch (error) {
+        if (error instanceof Deno.errors.NotConnected) continue;
+        return;
+      }
+      open.add(conn);
+      const done = handle(conn).catch(() => {}).finally(() => {
+        open.delete(conn);
+        closeQuietly(conn);
+      });
+      connections.add(done);
+      done.finally(() => connections.delete(done));
+    }
+  })();
+  const port = listener.addr.port;
+  return {
+    address: { hostname: "127.0.0.1", port },
+    port,
+    async close() {
+      listener.close();
+      await accepting;
+      await Promise.all(connections);
+    },
+  };
+}
+
+/** A backend that sends back every byte it receives, and ends its stream when the client does. */
+export function startEchoServer(): TestServer {
+  return startServer(async (conn) => {
+    const buffer = new Uint8Array(65536);
+    while (true) {
+      const read = await conn.read(buffer);
+      if (read === null) break;
+      await writeAll(conn, buffer.subarray(0, read));
+    }
+    await conn.closeWrite();
+  });
+}
+
+/** A lab backend answering `[Server ID] <line>`. */
+export function startTaggedServer(id: string): TestServer {
+  const listener = listenLoopback();
+  const serving = serveBackend(listener, id);
+  const port = listener.addr.port;
+  return {
+    address: { hostname: "127.0.0.1", port },
+    port,
+    async close() {
+      listener.close();
+      await serving;
+    },
+  };
+}
+
+/** A port on 127.0.0.1 where nothing listens: connects to it are refused. */
+export function refusingAddress(): HostPort {
+  const listener = listenLoopback();
+  const port = listener.addr.port;
+  listener.close();
+  return { hostname: "127.0.0.1", port };
+}
+
+/**
+ * An address that never answers a connect: a listener with no room in its
+ * accept queue, already filled by one connection nobody accepts. The kernel
+ * drops further handshakes, so a connect waits until its own timeout.
+ */
+export async function silentAddress(): Promise<TestServer> {
+  const listener = listenLoopback({ tcpBacklog: 0 });
+  const port = listener.addr.port;
+  const filler = await Deno.connect({ hostname: "127.0.0.1", port });
+  return {
+    address: { hostname: "127.0.0.1", port },
+    port,
+    close() {
+      filler.close();
+      listener.close();
+      return Promise.resolve();
+    },
+  };
+}
+
+/** A balancer on a free loopback port, recording every event it reports. */
+export interface TestBalancer {
+  readonly balancer: LoadBalancer;
+  readonly port: number;
+  readonly events: LoadBalancerEvent[];
+  readonly backends: Backend[];
+  /** Shuts down (cutting anything left at once) and waits for the accept loop. */
+  close(): Promise<void>;
+}
+
+/** Starts a {@linkcode LoadBalancer} over the given backend addresses. */
+export function startBalancer(
+  addresses: HostPort[],
+  options: Partial<LoadBalancerOptions> = {},
+): TestBalancer {
+  const events: LoadBalancerEvent[] = [];
+  const backends = addresses.map(backendOf);
+  const balancer = new LoadBalancer({
+    backends,
+    onEvent: (event) => events.push(event),
+    ...options,
+    listener: options.listener ?? listenLoopback(),
+  });
+  const serving = balancer.serve();
+  return {
+    balancer,
+    port: balancer.addr.port,
+    events,
+    backends,
+    async close() {
+      await balancer.shutdown(0);
+      await serving;
+    },
+  };
+}
+
+/** The access records among a balancer's events, in the order they finished. */
+export function accessRecords(events: LoadBalancerEvent[]) {
+  return events.flatMap((event) => event.type === "connection" ? [event.record] : []);
+}
+
+/** Connects to 127.0.0.1:port with Nagle off. */
+export async function connectLoopback(port: number): Promise<Deno.TcpConn> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  conn.setNoDelay(true);
+  return conn;
+}
+
+/** Writes all of `data`. */
+export async function writeAll(conn: Deno.Conn, data: Uint8Array): Promise<void> {
+  let written = 0;
+  while (written < data.length) written += await conn.write(data.subarray(written));
+}
+
+/** Reads until the peer ends its stream; a reset rejects. */
+export async function readAll(conn: Deno.Conn): Promise<Uint8Array> {
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  const buffer = new Uint8Array(65536);
+  while (true) {
+    const read = await conn.read(buffer);
+    if (read === null) break;
+    chunks.push(buffer.slice(0, read));
+    total += read;
+  }
+  const all = new Uint8Array(total);
+  let offset = 0;
+  for (const chunk of chunks) {
+    all.set(chunk, offset);
+    offset += chunk.length;
+  }
+  return all;
+}
+
+/** Sends `text`, half-closes, and returns everything answered until the server's end. */
+export async function exchange(port: number, text: string): Promise<string> {
+  const conn = await connectLoopback(port);
+  try {
+    await writeAll(conn, new TextEncoder().encode(text));
+    await conn.closeWrite();
+    return new TextDecoder().decode(await readAll(conn));
+  } finally {
+    conn.close();
+  }
+}
+
+/** Closes a socket or listener that may already be closed. */
+export function closeQuietly(closable: { close(): void }): void {
+  try {
+    closable.close();
+  } catch {
+    // Already closed.
+  }
+}
+
+/** `count` bytes from a seeded generator (xorshift32), the same for the same seed. */
+export function seededBytes(count: number, seed: number): Uint8Array {
+  const bytes = new Uint8Array(count);
+  let state = seed >>> 0 || 1;
+  for (let i = 0; i < count; i++) {
+    state ^= state << 13;
+    state >>>= 0;
+    state ^= state >>> 17;
+    state ^= state << 5;
+    state >>>= 0;
+    bytes[i] = state & 0xff;
+  }
+  return bytes;
+}
+
+/** Runs a Deno script of this project in a child process and collects its output. */
+export async function runScript(
+  script: string,
+  args: string[],
+  options: { stdin?: string; permissions?: string[] } = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const command = new Deno.Command(Deno.execPath(), {
+    args: ["run", ...(options.permissions ?? ["--allow-net"]), script, ...args],
+    cwd: new URL(".", import.meta.url).pathname,
+    stdin: options.stdin === undefined ? "null" : "piped",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  });
+  const child = command.spawn();
+  if (options.stdin !== undefined) {
+    const writer = child.stdin.getWriter();
+    await writer.write(new TextEncoder().encode(options.stdin));
+    await writer.close();
+  }
+  const { code, stdout, stderr } = await child.output();
+  const decoder = new TextDecoder();
+  return { code, stdout: decoder.decode(stdout), stderr: decoder.decode(stderr) };
+}
