@@ -1,0 +1,383 @@
+/**
+ * The load balancer: accepts clients and hands each one to a backend.
+ *
+ * Every connection is one loop: pick a backend → dial it (with a timeout) →
+ * on failure pick again, skipping what already failed → bridge the two
+ * sockets → report how it went. Nothing is read from the client before a
+ * backend is connected, so a retry never sends a byte twice.
+ *
+ * Run it: `deno run --allow-net load_balancer.ts --help`.
+ *
+ * @module
+ */
+
+import { formatHostPort, type HostPort } from "./address.ts";
+import { RoundRobin, type Strategy } from "./balancer.ts";
+import { bridge, type BridgeEnd } from "./bridge.ts";
+import { parseFlags, USAGE, UsageError } from "./flags.ts";
+import { formatDiagnostic, logEvent } from "./log.ts";
+
+/** One backend of the pool. */
+export interface Backend {
+  /** Where to connect; host names are resolved at each connect. */
+  readonly address: HostPort;
+  /** The address as written in logs, `HOST:PORT`. */
+  readonly name: string;
+}
+
+/** Makes a {@linkcode Backend} from its address. */
+export function backendOf(address: HostPort): Backend {
+  return { address, name: formatHostPort(address) };
+}
+
+/** How a client connection ended; the access log's `end` field.
+ *
+ * The bridge's four (`client-fin`, `server-fin`, `client-reset`,
+ * `server-reset`), plus:
+ * - `connect-failed`: every backend was tried and none could be reached;
+ * - `no-backend`: the pool had no backend to try;
+ * - `drain-timeout`: still open when the drain timeout ran out at shutdown.
+ */
+export type ConnectionEnd =
+  | Exclude<BridgeEnd, "aborted">
+  | "connect-failed"
+  | "no-backend"
+  | "drain-timeout";
+
+/** What the access log says about one finished client connection. */
+export interface AccessRecord {
+  /** When the connection ended. */
+  readonly time: Date;
+  /** The client's address, `HOST:PORT`. */
+  readonly client: string;
+  /** The backend it was bridged to, if any. */
+  readonly backend: string | undefined;
+  /** Bytes received from the client (and sent on to the backend). */
+  readonly bytesIn: number;
+  /** Bytes received from the backend (and sent on to the client). */
+  readonly bytesOut: number;
+  /** From accept to close, in milliseconds. */
+  readonly durationMs: number;
+  /** How it ended. */
+  readonly end: ConnectionEnd;
+}
+
+/** Everything the balancer reports; the caller decides where it goes. */
+export type LoadBalancerEvent =
+  | { readonly type: "connection"; readonly record: AccessRecord }
+  | {
+    readonly type: "connect-error";
+    readonly client: string;
+    readonly backend: string;
+    readonly reason: string;
+  }
+  | { readonly type: "accept-error"; readonly reason: string; readonly backoffMs: number };
+
+/** Opens a connection to a backend; must give up when `signal` aborts. */
+export type Dialer = (address: HostPort, signal: AbortSignal) => Promise<Deno.TcpConn>;
+
+/** Options for {@linkcode LoadBalancer}. */
+export interface LoadBalancerOptions {
+  /** Where clients come from. The balancer owns it from now on and closes it. */
+  listener: Deno.Listener<Deno.TcpConn, Deno.NetAddr>;
+  /** The pool, in order. */
+  backends: readonly Backend[];
+  /** Which backend each attempt goes to. @default {new RoundRobin()} */
+  strategy?: Strategy<Backend>;
+  /** Time allowed for each backend connect attempt. @default {5000} */
+  connectTimeoutMs?: number;
+  /** How backends are dialled. @default {Deno.connect} */
+  dial?: Dialer;
+  /** Receives every event; nothing is logged from the core itself. */
+  onEvent?: (event: LoadBalancerEvent) => void;
+  /** Read buffer size per direction, in bytes. @default {32768} */
+  bufferSize?: number;
+}
+
+const defaultDial: Dialer = ({ hostname, port }, signal) =>
+  Deno.connect({ hostname, port, signal });
+
+// Accepting again at once after EMFILE would spin; wait, doubling, up to a second.
+const ACCEPT_BACKOFF_FIRST_MS = 10;
+const ACCEPT_BACKOFF_MAX_MS = 1000;
+
+/** A running load balancer. Call {@linkcode LoadBalancer.serve} to start it. */
+export class LoadBalancer {
+  readonly #listener: Deno.Listener<Deno.TcpConn, Deno.NetAddr>;
+  readonly #backends: readonly Backend[];
+  readonly #strategy: Strategy<Backend>;
+  readonly #connectTimeoutMs: number;
+  readonly #dial: Dialer;
+  readonly #emit: (event: LoadBalancerEvent) => void;
+  readonly #bufferSize: number;
+  // Aborted when the drain timeout runs out: cuts every connection left.
+  readonly #cut = new AbortController();
+  // Aborted when we stop accepting: ends an accept backoff early.
+  readonly #stopAccepting = new AbortController();
+  readonly #connections = new Set<Promise<void>>();
+  #serving: Promise<void> | undefined;
+
+  constructor(options: LoadBalancerOptions) {
+    this.#listener = options.listener;
+    this.#backends = options.backends;
+    this.#strategy = options.strategy ?? new RoundRobin();
+    this.#connectTimeoutMs = options.connectTimeoutMs ?? 5000;
+    this.#dial = options.dial ?? defaultDial;
+    this.#emit = options.onEvent ?? (() => {});
+    this.#bufferSize = options.bufferSize ?? 32768;
+  }
+
+  /** Where clients connect. */
+  get addr(): Deno.NetAddr {
+    return this.#listener.addr;
+  }
+
+  /** Client connections in progress. */
+  get activeConnections(): number {
+    return this.#connections.size;
+  }
+
+  /** Accepts clients until {@linkcode shutdown}; resolves when accepting stops. */
+  serve(): Promise<void> {
+    this.#serving ??= this.#acceptLoop();
+    return this.#serving;
+  }
+
+  /**
+   * Stops accepting at once (new clients are refused), waits for connections
+   * in progress to finish, and when `drainTimeoutMs` runs out closes what is
+   * left, each reported as `drain-timeout`. Resolves with how many were cut.
+   */
+  async shutdown(drainTimeoutMs: number): Promise<{ cut: number }> {
+    this.#stopAccepting.abort();
+    try {
+      this.#listener.close();
+    } catch {
+      // Already closed.
+    }
+    await this.#serving;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timedOut = new Promise<"timeout">((resolve) => {
+      timer = setTimeout(() => resolve("timeout"), drainTimeoutMs);
+    });
+    const outcome = await Promise.race([this.#allDone(), timedOut]);
+    clearTimeout(timer);
+    if (outcome !== "timeout") return { cut: 0 };
+    const cut = this.#connections.size;
+    this.#cut.abort();
+    await this.#allDone();
+    return { cut };
+  }
+
+  async #allDone(): Promise<"done"> {
+    while (this.#connections.size > 0) await Promise.all(this.#connections);
+    return "done";
+  }
+
+  async #acceptLoop(): Promise<void> {
+    let backoffMs = 0;
+    while (!this.#stopAccepting.signal.aborted) {
+      let client: Deno.TcpConn;
+      try {
+        client = await this.#listener.accept();
+      } catch (error) {
+        if (this.#stopAccepting.signal.aborted) break;
+        if (isClientGone(error)) continue; // It reset before we accepted it.
+        // Out of descriptors (EMFILE/ENFILE) or the like: the pending client
+        // stays queued in the kernel; back off so we do not spin, then retry.
+        backoffMs = Math.min(
+          backoffMs === 0 ? ACCEPT_BACKOFF_FIRST_MS : backoffMs * 2,
+          ACCEPT_BACKOFF_MAX_MS,
+        );
+        this.#emit({ type: "accept-error", reason: describe(error), backoffMs });
+        await sleep(backoffMs, this.#stopAccepting.signal);
+        continue;
+      }
+      backoffMs = 0;
+      const connection = this.#handle(client);
+      this.#connections.add(connection);
+      connection.finally(() => this.#connections.delete(connection));
+    }
+  }
+
+  async #handle(client: Deno.TcpConn): Promise<void> {
+    const startedAt = performance.now();
+    const clientName = formatHostPort(client.remoteAddr);
+    setNoDelay(client);
+    const finish = (
+      end: ConnectionEnd,
+      backend?: Backend,
+      bytesIn = 0,
+      bytesOut = 0,
+    ) => {
+      this.#emit({
+        type: "connection",
+        record: {
+          time: new Date(),
+          client: clientName,
+          backend: backend?.name,
+          bytesIn,
+          bytesOut,
+          durationMs: performance.now() - startedAt,
+          end,
+        },
+      });
+    };
+
+    const tried = new Set<Backend>();
+    let backend: Backend | undefined;
+    let server: Deno.TcpConn | undefined;
+    while (server === undefined && !this.#cut.signal.aborted) {
+      backend = this.#strategy.pick(this.#backends, { tried });
+      if (backend === undefined) break;
+      tried.add(backend);
+      try {
+        server = await this.#connect(backend);
+      } catch (error) {
+        if (this.#cut.signal.aborted) break;
+        this.#emit({
+          type: "connect-error",
+          client: clientName,
+          backend: backend.name,
+          reason: describe(error),
+        });
+      }
+    }
+    if (server === undefined) {
+      client.close();
+      const end = this.#cut.signal.aborted
+        ? "drain-timeout"
+        : tried.size === 0
+        ? "no-backend"
+        : "connect-failed";
+      finish(end);
+      return;
+    }
+
+    setNoDelay(server);
+    const result = await bridge(client, server, {
+      signal: this.#cut.signal,
+      bufferSize: this.#bufferSize,
+    });
+    const end = result.end === "aborted" ? "drain-timeout" : result.end;
+    finish(end, backend, result.bytesFromClient, result.bytesFromServer);
+  }
+
+  // One attempt, bounded by the connect timeout and by a drain cut-off.
+  async #connect(backend: Backend): Promise<Deno.TcpConn> {
+    const attempt = new AbortController();
+    const timer = setTimeout(
+      () => attempt.abort(new Deno.errors.TimedOut(`no answer in ${this.#connectTimeoutMs} ms`)),
+      this.#connectTimeoutMs,
+    );
+    const onCut = () => attempt.abort(new Deno.errors.Interrupted("draining"));
+    this.#cut.signal.addEventListener("abort", onCut, { once: true });
+    try {
+      return await this.#dial(backend.address, attempt.signal);
+    } catch (error) {
+      // Deno reports an aborted connect as a generic AbortError; say why.
+      throw attempt.signal.aborted ? attempt.signal.reason : error;
+    } finally {
+      clearTimeout(timer);
+      this.#cut.signal.removeEventListener("abort", onCut);
+    }
+  }
+}
+
+function setNoDelay(conn: Deno.TcpConn): void {
+  try {
+    // Deno leaves Nagle's algorithm on; a proxy must not add its delay to
+    // every small write. HAProxy and NGINX set TCP_NODELAY too.
+    conn.setNoDelay(true);
+  } catch {
+    // The peer already reset; the bridge will see it and end the connection.
+  }
+}
+
+function isClientGone(error: unknown): boolean {
+  return error instanceof Deno.errors.NotConnected ||
+    error instanceof Deno.errors.ConnectionReset ||
+    error instanceof Deno.errors.ConnectionAborted;
+}
+
+/** A one-line description of an error: its kind and message. */
+export function describe(error: unknown): string {
+  if (error instanceof Error) {
+    const code = (error as { code?: unknown }).code;
+    const kind = typeof code === "string" ? code : error.name;
+    return `${kind}: ${error.message}`;
+  }
+  return String(error);
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener("abort", done, { once: true });
+  });
+}
+
+/** Runs the load balancer from the command line; see `--help`. */
+export async function main(args: readonly string[]): Promise<void> {
+  let flags;
+  try {
+    flags = parseFlags(args);
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error;
+    console.error(`load_balancer: ${error.message}`);
+    Deno.exit(2);
+  }
+  if (flags.help) {
+    console.log(USAGE);
+    return;
+  }
+  let listener;
+  try {
+    listener = Deno.listen({ hostname: flags.listen.hostname, port: flags.listen.port });
+  } catch (error) {
+    console.error(`load_balancer: --listen ${formatHostPort(flags.listen)}: ${describe(error)}`);
+    Deno.exit(2);
+  }
+  const backends = flags.backends.map(backendOf);
+  const balancer = new LoadBalancer({
+    listener,
+    backends,
+    connectTimeoutMs: flags.connectTimeoutMs,
+    onEvent: logEvent,
+  });
+  console.error(formatDiagnostic(
+    `listening on ${formatHostPort(balancer.addr)}; backends ${
+      backends.map((b) => b.name).join(", ")
+    }`,
+  ));
+
+  let signals = 0;
+  const onSignal = (signal: Deno.Signal) => {
+    signals++;
+    if (signals > 1) {
+      console.error(formatDiagnostic(
+        `${signal} again: exiting now, cutting ${balancer.activeConnections} connection(s)`,
+      ));
+      Deno.exit(1);
+    }
+    console.error(formatDiagnostic(
+      `${signal}: no longer accepting; draining ${balancer.activeConnections} connection(s), ` +
+        `up to ${flags.drainTimeoutMs} ms`,
+    ));
+    balancer.shutdown(flags.drainTimeoutMs).then(({ cut }) => {
+      console.error(formatDiagnostic(`stopped; ${cut} connection(s) cut at the drain timeout`));
+      Deno.exit(0);
+    });
+  };
+  for (const signal of ["SIGINT", "SIGTERM"] as const) {
+    Deno.addSignalListener(signal, () => onSignal(signal));
+  }
+  await balancer.serve();
+}
+
+if (import.meta.main) await main(Deno.args);

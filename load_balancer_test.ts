@@ -1,0 +1,237 @@
+import assert from "node:assert/strict";
+import type { Dialer } from "./load_balancer.ts";
+import {
+  accessRecords,
+  connectLoopback,
+  exchange,
+  listenLoopback,
+  readAll,
+  refusingAddress,
+  runScript,
+  seededBytes,
+  silentAddress,
+  startBalancer,
+  startEchoServer,
+  startServer,
+  startTaggedServer,
+  writeAll,
+} from "./test_util.ts";
+
+/** Which server answered: "1" for "[Server 1] …". */
+function serverOf(answer: string): string {
+  return /^\[Server ([^\]]+)\]/.exec(answer)?.[1] ?? `no tag in ${JSON.stringify(answer)}`;
+}
+
+Deno.test("load balancer: round robin is exact, s1 s2 s3 s1 s2 s3 s1", async () => {
+  const servers = ["1", "2", "3"].map(startTaggedServer);
+  const lb = startBalancer(servers.map((s) => s.address));
+  try {
+    const order: string[] = [];
+    for (let i = 0; i < 7; i++) order.push(serverOf(await exchange(lb.port, `hello ${i}\n`)));
+    assert.deepEqual(order, ["1", "2", "3", "1", "2", "3", "1"]);
+  } finally {
+    await lb.close();
+    await Promise.all(servers.map((s) => s.close()));
+  }
+});
+
+Deno.test("load balancer: 48 MiB of random bytes, both ways at once, come back identical", async () => {
+  const echo = startEchoServer();
+  const lb = startBalancer([echo.address]);
+  try {
+    const data = seededBytes(48 * 1024 * 1024, 42);
+    const conn = await connectLoopback(lb.port);
+    // Write and read at the same time: the echo sends bytes back while more
+    // are still going out, so both directions are busy together.
+    const [received] = await Promise.all([
+      readAll(conn),
+      writeAll(conn, data).then(() => conn.closeWrite()),
+    ]);
+    conn.close();
+    assert.equal(received.length, data.length);
+    assert.ok(received.every((byte, i) => byte === data[i]), "echoed bytes differ");
+  } finally {
+    await lb.close();
+    await echo.close();
+  }
+  const [record] = accessRecords(lb.events);
+  assert.equal(record?.bytesIn, 48 * 1024 * 1024);
+  assert.equal(record?.bytesOut, 48 * 1024 * 1024);
+});
+
+Deno.test("load balancer: a client that half-closes still gets the whole answer", async () => {
+  // The backend answers only once it has seen the end of the request.
+  const server = startServer(async (conn) => {
+    const request = await readAll(conn);
+    const answer = `got ${request.length} bytes: ${new TextDecoder().decode(request)}`;
+    await writeAll(conn, new TextEncoder().encode(answer));
+  });
+  const lb = startBalancer([server.address]);
+  try {
+    assert.equal(await exchange(lb.port, "whole request"), "got 13 bytes: whole request");
+  } finally {
+    await lb.close();
+    await server.close();
+  }
+  assert.equal(accessRecords(lb.events)[0]?.end, "client-fin");
+});
+
+Deno.test("load balancer: a backend that speaks first reaches a client that has sent nothing", async () => {
+  const server = startServer(async (conn) => {
+    await writeAll(conn, new TextEncoder().encode("220 banner\r\n"));
+    await readAll(conn);
+  });
+  const lb = startBalancer([server.address]);
+  try {
+    const conn = await connectLoopback(lb.port);
+    const buffer = new Uint8Array(64);
+    const read = await conn.read(buffer);
+    assert.equal(new TextDecoder().decode(buffer.subarray(0, read ?? 0)), "220 banner\r\n");
+    await conn.closeWrite();
+    assert.equal(await conn.read(buffer), null);
+    conn.close();
+  } finally {
+    await lb.close();
+    await server.close();
+  }
+});
+
+Deno.test("load balancer: a refusing backend is skipped, and used again once it is back", async () => {
+  const down = refusingAddress();
+  const up = startTaggedServer("up");
+  const lb = startBalancer([down, up.address]);
+  let back;
+  try {
+    const answers = [];
+    for (let i = 0; i < 3; i++) answers.push(serverOf(await exchange(lb.port, "x\n")));
+    assert.deepEqual(answers, ["up", "up", "up"]);
+    const failures = lb.events.filter((e) => e.type === "connect-error");
+    assert.ok(failures.length >= 1 && failures.every((e) => e.backend === lb.backends[0]!.name));
+
+    // The refusing backend starts listening: round robin reaches it again.
+    back = Deno.listen({ hostname: "127.0.0.1", port: down.port });
+    const { serveBackend } = await import("./backend.ts");
+    const serving = serveBackend(back, "back");
+    const later = [];
+    for (let i = 0; i < 4; i++) later.push(serverOf(await exchange(lb.port, "x\n")));
+    assert.deepEqual(later.toSorted(), ["back", "back", "up", "up"]);
+    back.close();
+    await serving;
+  } finally {
+    await lb.close();
+    await up.close();
+  }
+});
+
+Deno.test("load balancer: a backend that does not answer in --connect-timeout is skipped", async () => {
+  const silent = await silentAddress();
+  const up = startTaggedServer("up");
+  const lb = startBalancer([silent.address, up.address], { connectTimeoutMs: 200 });
+  try {
+    // The first client goes to the silent backend first, waits out the timeout, then moves on.
+    assert.equal(serverOf(await exchange(lb.port, "x\n")), "up");
+    const failure = lb.events.find((e) => e.type === "connect-error");
+    assert.ok(failure?.type === "connect-error");
+    assert.match(failure.reason, /^TimedOut: no answer in 200 ms/);
+  } finally {
+    await lb.close();
+    await up.close();
+    await silent.close();
+  }
+});
+
+Deno.test("load balancer: when every backend fails, each is tried once and the client is closed at once", async () => {
+  const lb = startBalancer([refusingAddress(), refusingAddress()]);
+  try {
+    const conn = await connectLoopback(lb.port);
+    assert.equal(await conn.read(new Uint8Array(8)), null);
+    conn.close();
+  } finally {
+    await lb.close();
+  }
+  const failures = lb.events.filter((e) => e.type === "connect-error");
+  assert.deepEqual(
+    failures.map((e) => e.type === "connect-error" && e.backend),
+    lb.backends.map((b) => b.name),
+  );
+  const [record] = accessRecords(lb.events);
+  assert.equal(record?.end, "connect-failed");
+  assert.equal(record?.backend, undefined);
+});
+
+Deno.test("load balancer: an empty pool closes the client as no-backend", async () => {
+  const lb = startBalancer([]);
+  try {
+    const conn = await connectLoopback(lb.port);
+    assert.equal(await conn.read(new Uint8Array(8)), null);
+    conn.close();
+  } finally {
+    await lb.close();
+  }
+  assert.equal(accessRecords(lb.events)[0]?.end, "no-backend");
+});
+
+Deno.test("load balancer: sets TCP_NODELAY on the client and the backend socket", async () => {
+  const echo = startEchoServer();
+  const calls: string[] = [];
+  const spy = (side: string, conn: Deno.TcpConn) => {
+    const setNoDelay = conn.setNoDelay.bind(conn);
+    conn.setNoDelay = (noDelay?: boolean) => {
+      calls.push(`${side}:${noDelay}`);
+      setNoDelay(noDelay);
+    };
+    return conn;
+  };
+  const real = listenLoopback();
+  const listener = {
+    addr: real.addr,
+    accept: async () => spy("client", await real.accept()),
+    close: () => real.close(),
+  } as unknown as Deno.TcpListener;
+  const dial: Dialer = async (address, signal) =>
+    spy("server", await Deno.connect({ ...address, signal }));
+  const lb = startBalancer([echo.address], { listener, dial });
+  try {
+    assert.equal(await exchange(lb.port, "ping"), "ping");
+  } finally {
+    await lb.close();
+    await echo.close();
+  }
+  assert.deepEqual(calls, ["client:true", "server:true"]);
+});
+
+Deno.test("load_balancer.ts: bad input is one line naming the flag and value, exit 2", async () => {
+  const busy = listenLoopback();
+  try {
+    const cases: [string[], RegExp][] = [
+      [["--frobnicate"], /^load_balancer: unknown flag --frobnicate \(see --help\)$/],
+      [["--backend", "nonsense"], /^load_balancer: --backend nonsense: expected HOST:PORT/],
+      [["--backend", "127.0.0.1:0"], /^load_balancer: --backend 127.0.0.1:0: port must be/],
+      [["--backend", "127.0.0.1:65536"], /^load_balancer: --backend 127.0.0.1:65536: port must/],
+      [
+        ["--listen", `127.0.0.1:${busy.addr.port}`],
+        new RegExp(
+          `^load_balancer: --listen 127.0.0.1:${busy.addr.port}: EADDRINUSE: Address already in use`,
+        ),
+      ],
+    ];
+    for (const [args, message] of cases) {
+      const { code, stdout, stderr } = await runScript("load_balancer.ts", args);
+      assert.equal(code, 2, args.join(" "));
+      assert.equal(stdout, "");
+      const lines = stderr.trimEnd().split("\n");
+      assert.equal(lines.length, 1, `one line for ${args.join(" ")}: ${stderr}`);
+      assert.match(lines[0]!, message);
+    }
+  } finally {
+    busy.close();
+  }
+});
+
+Deno.test("load_balancer.ts --help prints the flags and exits 0", async () => {
+  const { code, stdout } = await runScript("load_balancer.ts", ["--help"]);
+  assert.equal(code, 0);
+  for (const flag of ["--listen", "--backend", "--connect-timeout", "--drain-timeout"]) {
+    assert.ok(stdout.includes(flag), flag);
+  }
+});

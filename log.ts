@@ -1,0 +1,49 @@
+/**
+ * How events become log lines. Access lines (one per finished client
+ * connection) go to stdout; diagnostics (start, stop, errors, backoff) go to
+ * stderr, so the two can be collected apart.
+ *
+ * @module
+ */
+
+import type { AccessRecord, LoadBalancerEvent } from "./load_balancer.ts";
+
+/** One access line: `key=value` fields in a fixed order, easy to grep and to split.
+ *
+ * `2026-11-26T10:00:00.000Z client=127.0.0.1:40000 backend=127.0.0.1:5001
+ * bytes_in=6 bytes_out=17 duration_ms=2 end=client-fin` (on one line);
+ * `backend=-` when no backend was reached.
+ */
+export function formatAccessLine(record: AccessRecord): string {
+  return `${record.time.toISOString()} client=${record.client} backend=${
+    record.backend ?? "-"
+  } bytes_in=${record.bytesIn} bytes_out=${record.bytesOut} duration_ms=${
+    Math.round(record.durationMs)
+  } end=${record.end}`;
+}
+
+/** One diagnostic line for stderr, prefixed with the time. */
+export function formatDiagnostic(message: string, time: Date = new Date()): string {
+  return `${time.toISOString()} load_balancer: ${message}`;
+}
+
+/** Writes each event where it belongs: access lines to stdout, the rest to stderr. */
+export function logEvent(event: LoadBalancerEvent): void {
+  switch (event.type) {
+    case "connection":
+      console.log(formatAccessLine(event.record));
+      break;
+    case "connect-error":
+      console.error(
+        formatDiagnostic(
+          `backend ${event.backend} unreachable for client ${event.client}: ${event.reason}`,
+        ),
+      );
+      break;
+    case "accept-error":
+      console.error(
+        formatDiagnostic(`accept failed: ${event.reason}; retrying in ${event.backoffMs} ms`),
+      );
+      break;
+  }
+}
