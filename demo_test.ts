@@ -1,10 +1,31 @@
 import assert from "node:assert/strict";
 import { runScript } from "./test_util.ts";
 
+/**
+ * The first of `count` consecutive free ports, below Linux's ephemeral range
+ * (32768 and up, where client sockets get their ports) and away from the
+ * lab's own 5000-5002, so a demo someone left running does not get in the way.
+ */
+function freePortRun(count: number): number {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const base = 10000 + Math.floor(Math.random() * 20000);
+    const held: Deno.Listener[] = [];
+    try {
+      for (let i = 0; i < count; i++) {
+        held.push(Deno.listen({ hostname: "127.0.0.1", port: base + i }));
+      }
+      return base;
+    } catch {
+      // Taken; try another run.
+    } finally {
+      held.forEach((listener) => listener.close());
+    }
+  }
+  throw new Error(`no run of ${count} free ports found`);
+}
+
 Deno.test("demo starts two backends and the balancer, shows the answers alternating, stops them", async () => {
-  // Three consecutive ports away from the lab's own 5000-5002, so a demo
-  // someone left running does not get in the way.
-  const base = 20000 + Math.floor(Math.random() * 20000);
+  const base = freePortRun(3);
   const { code, stdout, stderr } = await runScript("demo.ts", [String(base)], {
     permissions: ["--allow-net", "--allow-run", "--allow-read"],
   });
