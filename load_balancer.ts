@@ -71,7 +71,23 @@ export type LoadBalancerEvent =
     readonly backend: string;
     readonly reason: string;
   }
-  | { readonly type: "accept-error"; readonly reason: string; readonly backoffMs: number };
+  | {
+    /** Accepting failed (out of descriptors, …); reported once, when it starts failing. */
+    readonly type: "accept-error";
+    readonly reason: string;
+    readonly backoffMs: number;
+  }
+  | {
+    /** Accepting works again after `failures` failed attempts. */
+    readonly type: "accept-recovered";
+    readonly failures: number;
+  }
+  | {
+    /** A bug: something threw that should not have. The connection was closed. */
+    readonly type: "internal-error";
+    readonly client: string;
+    readonly reason: string;
+  };
 
 /** Opens a connection to a backend; must give up when `signal` aborts. */
 export type Dialer = (address: HostPort, signal: AbortSignal) => Promise<Deno.TcpConn>;
@@ -123,7 +139,14 @@ export class LoadBalancer {
     this.#strategy = options.strategy ?? new RoundRobin();
     this.#connectTimeoutMs = options.connectTimeoutMs ?? 5000;
     this.#dial = options.dial ?? defaultDial;
-    this.#emit = options.onEvent ?? (() => {});
+    const onEvent = options.onEvent ?? (() => {});
+    this.#emit = (event) => {
+      try {
+        onEvent(event);
+      } catch {
+        // A failing log sink (a closed stdout, …) must not take connections down.
+      }
+    };
     this.#bufferSize = options.bufferSize ?? 32768;
   }
 
@@ -174,27 +197,47 @@ export class LoadBalancer {
     return "done";
   }
 
+  // One failed accept must never stop the loop: a client that resets before
+  // we accept it, or running out of descriptors, would otherwise end serving
+  // for good (Deno's accept() throws in both cases).
   async #acceptLoop(): Promise<void> {
+    let failures = 0;
     let backoffMs = 0;
     while (!this.#stopAccepting.signal.aborted) {
-      let client: Deno.TcpConn;
+      let client: Deno.TcpConn | undefined;
       try {
         client = await this.#listener.accept();
       } catch (error) {
         if (this.#stopAccepting.signal.aborted) break;
-        if (isClientGone(error)) continue; // It reset before we accepted it.
-        // Out of descriptors (EMFILE/ENFILE) or the like: the pending client
-        // stays queued in the kernel; back off so we do not spin, then retry.
-        backoffMs = Math.min(
-          backoffMs === 0 ? ACCEPT_BACKOFF_FIRST_MS : backoffMs * 2,
-          ACCEPT_BACKOFF_MAX_MS,
-        );
-        this.#emit({ type: "accept-error", reason: describe(error), backoffMs });
-        await sleep(backoffMs, this.#stopAccepting.signal);
-        continue;
+        // A client that reset before we accepted it: accepting itself works.
+        if (!isClientGone(error)) {
+          // Out of descriptors (EMFILE/ENFILE) or the like: the pending client
+          // stays queued in the kernel; back off so we do not spin, then retry.
+          // Said once per episode, so a long shortage does not flood the log.
+          failures++;
+          backoffMs = Math.min(
+            backoffMs === 0 ? ACCEPT_BACKOFF_FIRST_MS : backoffMs * 2,
+            ACCEPT_BACKOFF_MAX_MS,
+          );
+          if (failures === 1) {
+            this.#emit({ type: "accept-error", reason: describe(error), backoffMs });
+          }
+          await sleep(backoffMs, this.#stopAccepting.signal);
+          continue;
+        }
       }
+      if (failures > 0) this.#emit({ type: "accept-recovered", failures });
+      failures = 0;
       backoffMs = 0;
-      const connection = this.#handle(client);
+      if (client === undefined) continue;
+      const connection = this.#handle(client).catch((error) => {
+        closeQuietly(client);
+        this.#emit({
+          type: "internal-error",
+          client: describeAddr(client),
+          reason: describe(error),
+        });
+      });
       this.#connections.add(connection);
       connection.finally(() => this.#connections.delete(connection));
     }
@@ -244,7 +287,7 @@ export class LoadBalancer {
       }
     }
     if (server === undefined) {
-      client.close();
+      closeQuietly(client);
       const end = this.#cut.signal.aborted
         ? "drain-timeout"
         : tried.size === 0
@@ -281,6 +324,22 @@ export class LoadBalancer {
       clearTimeout(timer);
       this.#cut.signal.removeEventListener("abort", onCut);
     }
+  }
+}
+
+function closeQuietly(conn: Deno.Conn): void {
+  try {
+    conn.close();
+  } catch {
+    // Already closed.
+  }
+}
+
+function describeAddr(conn: Deno.TcpConn): string {
+  try {
+    return formatHostPort(conn.remoteAddr);
+  } catch {
+    return "-";
   }
 }
 
@@ -343,6 +402,11 @@ export async function main(args: readonly string[]): Promise<void> {
     console.error(`load_balancer: --listen ${formatHostPort(flags.listen)}: ${describe(error)}`);
     Deno.exit(2);
   }
+  // Last line of defence: one connection's bug must not end every other one.
+  globalThis.addEventListener("unhandledrejection", (event) => {
+    event.preventDefault();
+    console.error(formatDiagnostic(`unexpected error, still serving: ${describe(event.reason)}`));
+  });
   const backends = flags.backends.map(backendOf);
   const balancer = new LoadBalancer({
     listener,

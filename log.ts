@@ -41,9 +41,18 @@ export function logEvent(event: LoadBalancerEvent): void {
       );
       break;
     case "accept-error":
-      console.error(
-        formatDiagnostic(`accept failed: ${event.reason}; retrying in ${event.backoffMs} ms`),
-      );
+      console.error(formatDiagnostic(
+        `accept failed: ${event.reason}; backing off from ${event.backoffMs} ms ` +
+          `(said once until accepting works again)`,
+      ));
+      break;
+    case "accept-recovered":
+      console.error(formatDiagnostic(`accepting again after ${event.failures} failed accept(s)`));
+      break;
+    case "internal-error":
+      console.error(formatDiagnostic(
+        `internal error on connection from ${event.client}, closed it: ${event.reason}`,
+      ));
       break;
   }
 }

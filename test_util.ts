@@ -254,3 +254,107 @@ export async function runScript(
   const decoder = new TextDecoder();
   return { code, stdout: decoder.decode(stdout), stderr: decoder.decode(stderr) };
 }
+
+/** `load_balancer.ts` running as its own process, with its output collected line by line. */
+export interface BalancerProcess {
+  readonly port: number;
+  readonly pid: number;
+  readonly stdout: string[];
+  readonly stderr: string[];
+  readonly status: Promise<Deno.CommandStatus>;
+  /** Resolves with the first line (past or future) matching `pattern`. */
+  waitForLine(stream: "stdout" | "stderr", pattern: RegExp, timeoutMs?: number): Promise<string>;
+  kill(signal: Deno.Signal): void;
+  /** Kills it if still running and waits for it and its output to end. */
+  close(): Promise<void>;
+}
+
+/**
+ * Starts `deno run --allow-net load_balancer.ts --listen 127.0.0.1:0 ARGS`
+ * and waits until it listens. With `maxOpenFiles`, it runs under that
+ * descriptor limit (`ulimit -n`).
+ */
+export async function startBalancerProcess(
+  args: string[],
+  options: { maxOpenFiles?: number } = {},
+): Promise<BalancerProcess> {
+  const deno = [Deno.execPath(), "run", "--allow-net", "load_balancer.ts"];
+  const command = [...deno, "--listen", "127.0.0.1:0", ...args];
+  // `exec` keeps the pid: the process we signal and measure is the balancer itself.
+  const [program, ...programArgs] = options.maxOpenFiles === undefined
+    ? command
+    : ["bash", "-c", `ulimit -n ${options.maxOpenFiles} && exec "$@"`, "bash", ...command];
+  const child = new Deno.Command(program!, {
+    args: programArgs,
+    cwd: new URL(".", import.meta.url).pathname,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+  const lines = { stdout: [] as string[], stderr: [] as string[] };
+  const waiters: { stream: "stdout" | "stderr"; pattern: RegExp; found(line: string): void }[] = [];
+  const collect = async (stream: "stdout" | "stderr", readable: ReadableStream<Uint8Array>) => {
+    let partial = "";
+    for await (const text of readable.pipeThrough(new TextDecoderStream())) {
+      const parts = (partial + text).split("\n");
+      partial = parts.pop()!;
+      for (const line of parts) {
+        lines[stream].push(line);
+        for (const waiter of waiters.filter((w) => w.stream === stream)) {
+          if (waiter.pattern.test(line)) {
+            waiters.splice(waiters.indexOf(waiter), 1);
+            waiter.found(line);
+          }
+        }
+      }
+    }
+  };
+  const reading = Promise.all([
+    collect("stdout", child.stdout),
+    collect("stderr", child.stderr),
+  ]);
+  const waitForLine = (stream: "stdout" | "stderr", pattern: RegExp, timeoutMs = 10_000) => {
+    const seen = lines[stream].find((line) => pattern.test(line));
+    if (seen !== undefined) return Promise.resolve(seen);
+    return new Promise<string>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        waiters.splice(waiters.indexOf(waiter), 1);
+        reject(
+          new Error(
+            `no ${stream} line matching ${pattern} in ${timeoutMs} ms; stderr so far:\n${
+              lines.stderr.join("\n")
+            }`,
+          ),
+        );
+      }, timeoutMs);
+      const waiter = {
+        stream,
+        pattern,
+        found(line: string) {
+          clearTimeout(timer);
+          resolve(line);
+        },
+      };
+      waiters.push(waiter);
+    });
+  };
+  let exited = false;
+  const status = child.status.finally(() => exited = true);
+  const kill = (signal: Deno.Signal) => {
+    if (!exited) child.kill(signal);
+  };
+  const close = async () => {
+    kill("SIGKILL");
+    await status;
+    await reading;
+  };
+  try {
+    const listening = await waitForLine("stderr", /listening on /);
+    const port = Number(/listening on .*:(\d+);/.exec(listening)?.[1]);
+    return { port, pid: child.pid, ...lines, status, waitForLine, kill, close };
+  } catch (error) {
+    await close();
+    throw error;
+  }
+}

@@ -1,0 +1,303 @@
+/**
+ * What peers can do to the balancer, and what must still hold: resets at any
+ * moment, clients that never read, descriptor exhaustion, thousands of
+ * short connections. All on loopback.
+ */
+
+import assert from "node:assert/strict";
+import net from "node:net";
+import type { Dialer } from "./load_balancer.ts";
+import {
+  accessRecords,
+  connectLoopback,
+  exchange,
+  readAll,
+  startBalancer,
+  startBalancerProcess,
+  startEchoServer,
+  startServer,
+  type TestServer,
+  writeAll,
+} from "./test_util.ts";
+
+/** Connects with node:net and resets (RST) as soon as `afterConnect` is done. */
+function resettingClient(
+  port: number,
+  afterConnect: (socket: net.Socket) => Promise<void> = () => Promise.resolve(),
+): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ port, host: "127.0.0.1" });
+    socket.on("error", () => {}); // The reset is ours; nothing to report.
+    socket.on("close", () => resolve());
+    socket.once("connect", () => {
+      afterConnect(socket).then(() => socket.resetAndDestroy(), reject);
+    });
+  });
+}
+
+/** Resolves with the next `count` bytes a node:net socket receives. */
+function receive(socket: net.Socket, count: number): Promise<Buffer> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    let total = 0;
+    const onData = (chunk: Buffer) => {
+      chunks.push(chunk);
+      total += chunk.length;
+      if (total >= count) {
+        socket.off("data", onData);
+        resolve(Buffer.concat(chunks));
+      }
+    };
+    socket.on("data", onData);
+  });
+}
+
+/**
+ * A backend that reports when each connection it served has ended, so a test
+ * can see that the balancer closed the backend side of a failed client.
+ */
+function startWatchedEcho(): TestServer & { ended: Promise<void>[] } {
+  const ended: Promise<void>[] = [];
+  const server = startServer((conn) => {
+    const done = (async () => {
+      const buffer = new Uint8Array(65536);
+      try {
+        while (true) {
+          const read = await conn.read(buffer);
+          if (read === null) break;
+          await writeAll(conn, buffer.subarray(0, read));
+        }
+      } catch {
+        // Reset by the balancer: ended all the same.
+      }
+    })();
+    ended.push(done);
+    return done;
+  });
+  return Object.assign(server, { ended });
+}
+
+/** A connection kept open across a test, proving other traffic is unaffected. */
+async function bystander(port: number) {
+  const conn = await connectLoopback(port);
+  const check = async (text: string) => {
+    await writeAll(conn, new TextEncoder().encode(text));
+    const buffer = new Uint8Array(text.length);
+    let got = 0;
+    while (got < text.length) {
+      const read = await conn.read(buffer.subarray(got));
+      if (read === null) throw new Error("bystander was closed");
+      got += read;
+    }
+    assert.equal(new TextDecoder().decode(buffer), text);
+  };
+  await check("before");
+  return {
+    check,
+    async finish() {
+      await conn.closeWrite();
+      assert.equal((await readAll(conn)).length, 0);
+      conn.close();
+    },
+  };
+}
+
+Deno.test("clients that reset before they are accepted do not stop the accept loop", async () => {
+  const echo = startEchoServer();
+  const lb = await startBalancerProcess(["--backend", `127.0.0.1:${echo.port}`]);
+  try {
+    // Freeze the balancer so the resets land while the clients wait in the
+    // kernel's accept queue; Deno's accept() then throws NotConnected.
+    lb.kill("SIGSTOP");
+    await Promise.all(Array.from({ length: 20 }, () => resettingClient(lb.port)));
+    lb.kill("SIGCONT");
+    assert.equal(await exchange(lb.port, "still serving"), "still serving");
+    assert.equal(await exchange(lb.port, "and again"), "and again");
+    await lb.waitForLine("stdout", /bytes_in=9 .* end=client-fin$/);
+  } finally {
+    await lb.close();
+    await echo.close();
+  }
+  // The reset clients never became connections; the two good ones did.
+  assert.equal(lb.stdout.filter((line) => / end=/.test(line)).length, 2, lb.stdout.join("\n"));
+});
+
+Deno.test("out of descriptors: accept backs off, says so once, and serves again", async () => {
+  const echo = startEchoServer();
+  // A fresh balancer holds about 25 descriptors; 40 leaves room for a few clients.
+  const lb = await startBalancerProcess(["--backend", `127.0.0.1:${echo.port}`], {
+    maxOpenFiles: 40,
+  });
+  const held: Deno.TcpConn[] = [];
+  try {
+    const exhausted = lb.waitForLine("stderr", /accept failed: EMFILE/);
+    let full = false;
+    exhausted.then(() => full = true, () => {});
+    for (let i = 0; i < 40 && !full; i++) {
+      held.push(await connectLoopback(lb.port));
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    await exhausted;
+    for (const conn of held.splice(0)) conn.close();
+    // Accepting resumes by itself once descriptors are free again.
+    assert.equal(await exchange(lb.port, "after the shortage"), "after the shortage");
+    await lb.waitForLine("stderr", /accepting again after \d+ failed accept/);
+    const warnings = lb.stderr.filter((line) => line.includes("accept failed"));
+    assert.equal(warnings.length, 1, warnings.join("\n"));
+  } finally {
+    for (const conn of held) conn.close();
+    await lb.close();
+    await echo.close();
+  }
+});
+
+Deno.test("a client reset mid-stream closes its backend connection; others go on", async () => {
+  const echo = startWatchedEcho();
+  const lb = startBalancer([echo.address]);
+  try {
+    const other = await bystander(lb.port);
+    await resettingClient(lb.port, async (socket) => {
+      socket.write("half a request");
+      await receive(socket, 14);
+    });
+    // The backend side of the reset client is closed by the balancer.
+    await echo.ended[1];
+    await other.check("after the reset");
+    await other.finish();
+  } finally {
+    await lb.close();
+    await echo.close();
+  }
+  const ends = accessRecords(lb.events).map((record) => record.end);
+  assert.deepEqual(ends, ["client-reset", "client-fin"]);
+});
+
+Deno.test("a client that resets while its backend connect is in progress leaves no orphan", async () => {
+  const echo = startWatchedEcho();
+  let openGate!: () => void;
+  const gate = new Promise<void>((resolve) => openGate = resolve);
+  const dial: Dialer = async (address, signal) => {
+    await gate;
+    return await Deno.connect({ ...address, signal });
+  };
+  const lb = startBalancer([echo.address], { dial });
+  try {
+    await resettingClient(lb.port, async (socket) => {
+      socket.write("request");
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    });
+    openGate();
+    await echo.ended[0];
+  } finally {
+    await lb.close();
+    await echo.close();
+  }
+  assert.deepEqual(accessRecords(lb.events).map((record) => record.end), ["client-reset"]);
+});
+
+Deno.test("a backend reset mid-stream closes the client; others go on", async () => {
+  const echo = startEchoServer();
+  // A backend that answers the first chunk with a part, then resets.
+  const resetting = net.createServer((socket) => {
+    socket.on("error", () => {});
+    socket.once("data", () => socket.write("partial", () => socket.resetAndDestroy()));
+  });
+  await new Promise<void>((resolve) => resetting.listen(0, "127.0.0.1", resolve));
+  const resettingPort = (resetting.address() as net.AddressInfo).port;
+  const lb = startBalancer([echo.address, { hostname: "127.0.0.1", port: resettingPort }]);
+  try {
+    const other = await bystander(lb.port); // round robin: the echo backend
+    const conn = await connectLoopback(lb.port); // the resetting backend
+    await writeAll(conn, new TextEncoder().encode("go"));
+    const received: number[] = [];
+    const buffer = new Uint8Array(64);
+    try {
+      while (true) {
+        const read = await conn.read(buffer);
+        if (read === null) break;
+        received.push(...buffer.subarray(0, read));
+      }
+    } catch (error) {
+      assert.ok(error instanceof Deno.errors.ConnectionReset, String(error));
+    }
+    conn.close();
+    assert.equal(new TextDecoder().decode(new Uint8Array(received)), "partial");
+    await other.check("after the backend reset");
+    await other.finish();
+  } finally {
+    await lb.close();
+    await echo.close();
+    await new Promise((resolve) => resetting.close(resolve));
+  }
+  const ends = accessRecords(lb.events).map((record) => record.end);
+  assert.deepEqual(ends, ["server-reset", "client-fin"]);
+});
+
+Deno.test("a client that never reads holds back a fast backend: memory stays bounded", async () => {
+  // The backend writes as fast as it can until a write has waited 500 ms:
+  // the balancer must stop reading from it once the client's side is full,
+  // rather than queue what the client does not take.
+  const chunk = new Uint8Array(65536);
+  let written = 0;
+  let stalled = false;
+  const limit = 64 * 1024 * 1024;
+  const flood = startServer(async (conn) => {
+    while (written < limit) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const wait = new Promise<"stalled">((resolve) => {
+        timer = setTimeout(() => resolve("stalled"), 500);
+      });
+      const write = conn.write(chunk);
+      const outcome = await Promise.race([write, wait]);
+      clearTimeout(timer);
+      if (outcome === "stalled") {
+        stalled = true;
+        await write.catch(() => {}); // Finishes (or fails) once the client goes.
+        break;
+      }
+      written += outcome;
+    }
+  });
+  const lb = startBalancer([flood.address]);
+  try {
+    const client = await connectLoopback(lb.port);
+    while (!stalled && written < limit) await new Promise((resolve) => setTimeout(resolve, 50));
+    client.close();
+  } finally {
+    await lb.close();
+    await flood.close();
+  }
+  assert.ok(stalled, `the backend wrote ${written} bytes without being held back`);
+  // What is in flight: the kernel's socket buffers on loopback (a few MiB
+  // each way) plus one 32 KiB buffer in the balancer — never the whole stream.
+  assert.ok(written < 32 * 1024 * 1024, `${written} bytes in flight`);
+});
+
+Deno.test("thousands of short connections leave no descriptor behind", async () => {
+  const echo = startEchoServer();
+  const lb = startBalancer([echo.address]);
+  // Deno allows reading /proc/self/fd only with --allow-all; ls may read it.
+  const count = async () => {
+    const { stdout } = await new Deno.Command("ls", { args: [`/proc/${Deno.pid}/fd`] }).output();
+    return new TextDecoder().decode(stdout).trim().split("\n").length;
+  };
+  try {
+    assert.equal(await exchange(lb.port, "warm up"), "warm up");
+    const before = await count();
+    let next = 0;
+    await Promise.all(Array.from({ length: 20 }, async () => {
+      while (next < 2000) {
+        const text = `short ${next++}`;
+        assert.equal(await exchange(lb.port, text), text);
+      }
+    }));
+    while (lb.balancer.activeConnections > 0) {
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    assert.equal(await count(), before);
+  } finally {
+    await lb.close();
+    await echo.close();
+  }
+  assert.equal(accessRecords(lb.events).length, 2001);
+});
