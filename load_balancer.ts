@@ -167,11 +167,11 @@ export class LoadBalancer {
   }
 
   /**
-   * Stops accepting at once (new clients are refused), waits for connections
-   * in progress to finish, and when `drainTimeoutMs` runs out closes what is
-   * left, each reported as `drain-timeout`. Resolves with how many were cut.
+   * Closes the listening socket; resolves once it is really gone, so new
+   * clients are refused from then on. (Deno releases a listener only after
+   * its pending `accept()` has been torn down, a moment after `close()`.)
    */
-  async shutdown(drainTimeoutMs: number): Promise<{ cut: number }> {
+  async stopAccepting(): Promise<void> {
     this.#stopAccepting.abort();
     try {
       this.#listener.close();
@@ -179,6 +179,15 @@ export class LoadBalancer {
       // Already closed.
     }
     await this.#serving;
+  }
+
+  /**
+   * Stops accepting at once (new clients are refused), waits for connections
+   * in progress to finish, and when `drainTimeoutMs` runs out closes what is
+   * left, each reported as `drain-timeout`. Resolves with how many were cut.
+   */
+  async shutdown(drainTimeoutMs: number): Promise<{ cut: number }> {
+    await this.stopAccepting();
     let timer: ReturnType<typeof setTimeout> | undefined;
     const timedOut = new Promise<"timeout">((resolve) => {
       timer = setTimeout(() => resolve("timeout"), drainTimeoutMs);
@@ -421,7 +430,7 @@ export async function main(args: readonly string[]): Promise<void> {
   ));
 
   let signals = 0;
-  const onSignal = (signal: Deno.Signal) => {
+  const onSignal = async (signal: Deno.Signal) => {
     signals++;
     if (signals > 1) {
       console.error(formatDiagnostic(
@@ -429,14 +438,14 @@ export async function main(args: readonly string[]): Promise<void> {
       ));
       Deno.exit(1);
     }
+    await balancer.stopAccepting();
     console.error(formatDiagnostic(
       `${signal}: no longer accepting; draining ${balancer.activeConnections} connection(s), ` +
         `up to ${flags.drainTimeoutMs} ms`,
     ));
-    balancer.shutdown(flags.drainTimeoutMs).then(({ cut }) => {
-      console.error(formatDiagnostic(`stopped; ${cut} connection(s) cut at the drain timeout`));
-      Deno.exit(0);
-    });
+    const { cut } = await balancer.shutdown(flags.drainTimeoutMs);
+    console.error(formatDiagnostic(`stopped; ${cut} connection(s) cut at the drain timeout`));
+    Deno.exit(0);
   };
   for (const signal of ["SIGINT", "SIGTERM"] as const) {
     Deno.addSignalListener(signal, () => onSignal(signal));

@@ -215,18 +215,23 @@ export function closeQuietly(closable: { close(): void }): void {
   }
 }
 
-/** `count` bytes from a seeded generator (xorshift32), the same for the same seed. */
+/** A seeded generator of numbers in [0, 1) (mulberry32): the same seed, the same sequence. */
+export function seededRandom(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** `count` bytes from {@linkcode seededRandom}, the same for the same seed. */
 export function seededBytes(count: number, seed: number): Uint8Array {
+  const next = seededRandom(seed);
   const bytes = new Uint8Array(count);
-  let state = seed >>> 0 || 1;
-  for (let i = 0; i < count; i++) {
-    state ^= state << 13;
-    state >>>= 0;
-    state ^= state >>> 17;
-    state ^= state << 5;
-    state >>>= 0;
-    bytes[i] = state & 0xff;
-  }
+  for (let i = 0; i < count; i++) bytes[i] = (next() * 256) | 0;
   return bytes;
 }
 

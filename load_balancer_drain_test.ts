@@ -1,0 +1,100 @@
+/** SIGINT/SIGTERM: stop accepting, let connections finish, cut what is left at the timeout. */
+
+import assert from "node:assert/strict";
+import {
+  connectLoopback,
+  readAll,
+  startBalancerProcess,
+  startEchoServer,
+  writeAll,
+} from "./test_util.ts";
+
+async function roundTrip(conn: Deno.Conn, text: string): Promise<void> {
+  await writeAll(conn, new TextEncoder().encode(text));
+  const buffer = new Uint8Array(text.length);
+  let got = 0;
+  while (got < text.length) {
+    const read = await conn.read(buffer.subarray(got));
+    if (read === null) throw new Error("closed during a round trip");
+    got += read;
+  }
+  assert.equal(new TextDecoder().decode(buffer), text);
+}
+
+Deno.test("SIGTERM refuses new clients at once and lets open connections finish, then exit 0", async () => {
+  const echo = startEchoServer();
+  const lb = await startBalancerProcess(["--backend", `127.0.0.1:${echo.port}`]);
+  try {
+    const open = await connectLoopback(lb.port);
+    await roundTrip(open, "before");
+    lb.kill("SIGTERM");
+    await lb.waitForLine("stderr", /SIGTERM: no longer accepting; draining 1 connection/);
+    await assert.rejects(
+      Deno.connect({ hostname: "127.0.0.1", port: lb.port }),
+      Deno.errors.ConnectionRefused,
+    );
+    // The open connection is untouched by the drain…
+    await roundTrip(open, "during the drain");
+    await open.closeWrite();
+    assert.equal((await readAll(open)).length, 0);
+    open.close();
+    // …and once it is done, the balancer exits by itself.
+    assert.equal((await lb.status).code, 0);
+  } finally {
+    await lb.close();
+    await echo.close();
+  }
+  const access = lb.stdout.filter((line) => line.includes(" end="));
+  assert.equal(access.length, 1);
+  assert.match(access[0]!, / bytes_in=22 bytes_out=22 .* end=client-fin$/);
+  assert.match(lb.stderr.at(-1)!, /stopped; 0 connection\(s\) cut at the drain timeout/);
+});
+
+Deno.test("at --drain-timeout the connections left are closed, logged as drain-timeout, exit 0", async () => {
+  const echo = startEchoServer();
+  const lb = await startBalancerProcess([
+    "--backend",
+    `127.0.0.1:${echo.port}`,
+    "--drain-timeout",
+    "300",
+  ]);
+  try {
+    const idle = await Promise.all([connectLoopback(lb.port), connectLoopback(lb.port)]);
+    for (const conn of idle) await roundTrip(conn, "hello");
+    lb.kill("SIGINT");
+    // Neither client ends its stream; the balancer closes them when time is up.
+    for (const conn of idle) {
+      assert.equal(await conn.read(new Uint8Array(8)), null);
+      conn.close();
+    }
+    assert.equal((await lb.status).code, 0);
+  } finally {
+    await lb.close();
+    await echo.close();
+  }
+  const ends = lb.stdout.filter((line) => line.includes(" end=")).map((line) =>
+    line.replace(/.* end=/, "")
+  );
+  assert.deepEqual(ends, ["drain-timeout", "drain-timeout"]);
+  assert.match(lb.stderr.at(-1)!, /stopped; 2 connection\(s\) cut at the drain timeout/);
+});
+
+Deno.test("a second signal during the drain exits at once", async () => {
+  const echo = startEchoServer();
+  const lb = await startBalancerProcess(["--backend", `127.0.0.1:${echo.port}`]);
+  try {
+    const open = await connectLoopback(lb.port);
+    await roundTrip(open, "hello");
+    lb.kill("SIGTERM");
+    await lb.waitForLine("stderr", /SIGTERM: no longer accepting/);
+    lb.kill("SIGINT");
+    // Well before the 30 s default drain timeout.
+    assert.equal((await lb.status).code, 1);
+    assert.equal(await open.read(new Uint8Array(8)), null);
+    open.close();
+  } finally {
+    await lb.close();
+    await echo.close();
+  }
+  assert.match(lb.stderr.join("\n"), /SIGINT again: exiting now, cutting 1 connection\(s\)/);
+});
