@@ -18,7 +18,8 @@
  */
 
 import { bridge } from "../bridge.ts";
-import { cpuSeconds, median } from "./proc.ts";
+import { cpuSeconds } from "./proc.ts";
+import { median } from "./stats.ts";
 
 type Design = "loop" | "pipe-conn" | "pipe-own";
 const DESIGNS: Design[] = ["loop", "pipe-own", "pipe-conn"];

@@ -1,6 +1,5 @@
 /**
- * Reading a process's own CPU time from `/proc/PID/stat` (Linux), and the
- * small statistics every benchmark here reports.
+ * A process's own CPU time and memory, read from `/proc` (Linux).
  *
  * @module
  */
@@ -29,10 +28,14 @@ export function cpuSeconds(pid: number): number {
   return parseCpuSeconds(Deno.readTextFileSync(`/proc/${pid}/stat`));
 }
 
-/** The median of some numbers (the mean of the middle two for an even count). */
-export function median(values: readonly number[]): number {
-  if (values.length === 0) throw new RangeError("median of no values");
-  const sorted = values.toSorted((a, b) => a - b);
-  const middle = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
+/** Parses the text of `/proc/PID/status` and returns the resident set size in KiB. */
+export function parseRssKiB(status: string): number {
+  const match = /^VmRSS:\s+(\d+) kB$/m.exec(status);
+  if (!match) throw new Error("no VmRSS line in /proc status");
+  return Number(match[1]);
+}
+
+/** Resident memory of the process `pid`, in KiB. */
+export function rssKiB(pid: number): number {
+  return parseRssKiB(Deno.readTextFileSync(`/proc/${pid}/status`));
 }

@@ -1,0 +1,536 @@
+/**
+ * `deno task bench`: this load balancer beside a direct connection, HAProxy
+ * and the NGINX stream module, measured in one run on loopback.
+ *
+ * The proxy under test runs alone on core 0; the load generators (wrk,
+ * iperf3), the backends and this script share core 1. Each proxy's own CPU
+ * time (utime + stime of its process, from /proc) is divided by the work
+ * done: the least noisy figure. Every load is repeated and reported as the
+ * median with its spread; the headline is the ratio to HAProxy.
+ *
+ * Flags: `--quick` (one short run of each, about two minutes), `--runs N`,
+ * `--seconds N` (per load), `--only lb,haproxy,…`.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { parseIperf3, parseWrk } from "./parse.ts";
+import { haproxyConfig, nginxHttpBackendConfig, nginxStreamConfig } from "./peers.ts";
+import { cpuSeconds, rssKiB } from "./proc.ts";
+import {
+  type FigureKey,
+  FIGURES,
+  type Measurements,
+  ratiosToHaproxy,
+  renderTable,
+  type Target,
+  TARGETS,
+} from "./report.ts";
+
+const here = new URL(".", import.meta.url).pathname;
+const root = new URL("..", import.meta.url).pathname;
+const resultsDir = `${here}results`;
+const NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so";
+const PROXY_CORE = "0";
+const LOAD_CORE = "1";
+
+interface Settings {
+  runs: number;
+  seconds: number;
+  idleConnections: number;
+  wrkConnections: number;
+  targets: Target[];
+}
+
+// ---------------------------------------------------------------- processes
+
+/** A program we started; its output goes to a log file, its pid is the program itself. */
+interface Started {
+  readonly name: string;
+  readonly pid: number;
+  readonly log: string;
+  stop(): Promise<void>;
+}
+
+let pinning = true;
+
+/** Starts `command` pinned to `core` (when taskset exists), output to a log file. */
+function start(name: string, core: string, command: string[]): Started {
+  const log = `${resultsDir}/logs/${name}.log`;
+  const pinned = pinning ? ["taskset", "-c", core, ...command] : command;
+  // `exec` all the way down, so the pid we hold is the program's own.
+  const child = new Deno.Command("bash", {
+    args: ["-c", `exec "$@" >>"${log}" 2>&1`, "bash", ...pinned],
+    stdin: "null",
+  }).spawn();
+  return {
+    name,
+    pid: child.pid,
+    log,
+    async stop() {
+      try {
+        child.kill("SIGKILL");
+      } catch {
+        // Already gone.
+      }
+      await child.status;
+    },
+  };
+}
+
+/** Runs a command to its end pinned to the load core; returns its stdout. */
+async function run(command: string[]): Promise<string> {
+  const pinned = pinning ? ["taskset", "-c", LOAD_CORE, ...command] : command;
+  const { code, stdout, stderr } = await new Deno.Command(pinned[0]!, {
+    args: pinned.slice(1),
+    stdin: "null",
+  }).output();
+  const text = new TextDecoder().decode(stdout);
+  if (code !== 0) {
+    throw new Error(`${command[0]} exited ${code}: ${new TextDecoder().decode(stderr)}${text}`);
+  }
+  return text;
+}
+
+async function installed(program: string): Promise<boolean> {
+  const { code } = await new Deno.Command("bash", { args: ["-c", `command -v ${program}`] })
+    .output();
+  return code === 0;
+}
+
+/** Waits until something listens on 127.0.0.1:port, without connecting to it. */
+async function listening(port: number, started: Started, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const out = await new Deno.Command("ss", { args: ["-Hltn", `sport = :${port}`] }).output();
+    if (new TextDecoder().decode(out.stdout).trim() !== "") return;
+    await sleep(50);
+  }
+  let log = "";
+  try {
+    log = await Deno.readTextFile(started.log);
+  } catch {
+    // No log yet.
+  }
+  throw new Error(`${started.name} is not listening on ${port} after ${timeoutMs} ms\n${log}`);
+}
+
+function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = listener.addr.port;
+  listener.close();
+  return port;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+// ---------------------------------------------------------------- proxies
+
+/** Starts `target` in front of `backendPorts`; returns where to connect and the process to watch. */
+async function startProxy(
+  target: Exclude<Target, "direct">,
+  backendPorts: number[],
+  tag: string,
+): Promise<{ port: number; process: Started }> {
+  const port = freePort();
+  const setup = { listenPort: port, backendPorts };
+  let process: Started;
+  if (target === "lb") {
+    process = start(`lb-${tag}`, PROXY_CORE, [
+      Deno.execPath(),
+      "run",
+      "--allow-net",
+      `${root}load_balancer.ts`,
+      "--listen",
+      `127.0.0.1:${port}`,
+      ...backendPorts.flatMap((p) => ["--backend", `127.0.0.1:${p}`]),
+    ]);
+  } else if (target === "haproxy") {
+    const config = `${resultsDir}/haproxy-${tag}.cfg`;
+    await Deno.writeTextFile(config, haproxyConfig(setup));
+    process = start(`haproxy-${tag}`, PROXY_CORE, ["haproxy", "-db", "-f", config]);
+  } else {
+    const dir = await Deno.makeTempDir({ prefix: "bench-nginx-" });
+    const config = `${dir}/nginx.conf`;
+    await Deno.writeTextFile(config, nginxStreamConfig(setup, dir, NGINX_STREAM_MODULE));
+    process = start(`nginx-${tag}`, PROXY_CORE, ["nginx", "-e", `${dir}/error.log`, "-c", config]);
+  }
+  await listening(port, process);
+  return { port, process };
+}
+
+// ---------------------------------------------------------------- loads
+
+interface Backends {
+  httpPorts: number[];
+  iperfPort: number;
+}
+
+type Measure = (target: Target, backends: Backends, tag: string) => Promise<
+  Partial<Record<FigureKey, number>>
+>;
+
+/** Runs `load` against `target`: directly, or through a freshly started proxy. */
+async function throughTarget(
+  target: Target,
+  backendPorts: number[],
+  tag: string,
+  load: (port: number, proxyPid: number | undefined) => Promise<Partial<Record<FigureKey, number>>>,
+) {
+  if (target === "direct") return await load(backendPorts[0]!, undefined);
+  const { port, process } = await startProxy(target, backendPorts, tag);
+  try {
+    return await load(port, process.pid);
+  } finally {
+    await process.stop();
+  }
+}
+
+function wrkLoad(settings: Settings, close: boolean): Measure {
+  return (target, backends, tag) =>
+    throughTarget(target, backends.httpPorts, tag, async (port, pid) => {
+      const before = pid === undefined ? 0 : cpuSeconds(pid);
+      const output = await run([
+        "wrk",
+        "-t1",
+        `-c${settings.wrkConnections}`,
+        `-d${settings.seconds}s`,
+        "--latency",
+        ...(close ? ["-H", "Connection: close"] : []),
+        `http://127.0.0.1:${port}/`,
+      ]);
+      const result = parseWrk(output);
+      const cpuUs = pid === undefined ? undefined : (cpuSeconds(pid) - before) * 1e6;
+      if (close) {
+        return {
+          newConnectionsPerSecond: result.requestsPerSecond,
+          ...(cpuUs === undefined ? {} : { cpuUsPerConnection: cpuUs / result.requests }),
+        };
+      }
+      return {
+        keptAliveRequestsPerSecond: result.requestsPerSecond,
+        keptAliveP50Ms: result.p50Ms,
+        keptAliveP99Ms: result.p99Ms,
+        ...(cpuUs === undefined ? {} : { cpuUsPerRequest: cpuUs / result.requests }),
+      };
+    });
+}
+
+function iperfLoad(settings: Settings, streams: number): Measure {
+  // One backend only: iperf3's control and data connections must reach the same server.
+  return (target, backends, tag) =>
+    throughTarget(target, [backends.iperfPort], tag, async (port) => {
+      const output = await run([
+        "iperf3",
+        "-c",
+        "127.0.0.1",
+        "-p",
+        String(port),
+        "-t",
+        String(settings.seconds),
+        "-P",
+        String(streams),
+        "-J",
+      ]);
+      const gbps = parseIperf3(output);
+      return streams === 1
+        ? { throughputOneStreamGbps: gbps }
+        : { throughputFourStreamsGbps: gbps };
+    });
+}
+
+/**
+ * A backend that holds connections, counting those that have sent their
+ * first byte, and reading (and dropping) whatever comes until the client goes.
+ */
+function startHoldServer() {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const held = new Set<Deno.Conn>();
+  const hold = async (conn: Deno.Conn) => {
+    const buffer = new Uint8Array(64);
+    try {
+      if (await conn.read(buffer) === null) return;
+      held.add(conn);
+      while (await conn.read(buffer) !== null);
+    } catch {
+      // Reset: gone all the same.
+    } finally {
+      held.delete(conn);
+      try {
+        conn.close();
+      } catch {
+        // Closed.
+      }
+    }
+  };
+  (async () => {
+    for await (const conn of listener) hold(conn);
+  })().catch(() => {});
+  return { port: listener.addr.port, held, close: () => listener.close() };
+}
+
+function idleLoad(settings: Settings): Measure {
+  return async (target, _backends, tag) => {
+    if (target === "direct") return {};
+    const hold = startHoldServer();
+    try {
+      return await throughTarget(target, [hold.port], tag, async (port, pid) => {
+        // An idle connection that has been used: one byte, then quiet. (HAProxy
+        // opens the server side only once the client has sent something.)
+        const open = async () => {
+          const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+          await conn.write(new Uint8Array([0x2e]));
+          return conn;
+        };
+        // Warm up, so one-time allocations are not charged to the connections.
+        const warm = await Promise.all(Array.from({ length: 50 }, open));
+        warm.forEach((conn) => conn.close());
+        while (hold.held.size > 0) await sleep(20);
+        await sleep(300);
+        const before = rssKiB(pid!);
+        const clients: Deno.Conn[] = [];
+        for (let i = 0; i < settings.idleConnections; i += 100) {
+          const batch = Math.min(100, settings.idleConnections - i);
+          clients.push(...await Promise.all(Array.from({ length: batch }, open)));
+        }
+        const deadline = Date.now() + 30_000;
+        while (hold.held.size < settings.idleConnections && Date.now() < deadline) await sleep(20);
+        if (hold.held.size < settings.idleConnections) {
+          throw new Error(
+            `only ${hold.held.size} of ${settings.idleConnections} reached the backend`,
+          );
+        }
+        await sleep(500);
+        const after = rssKiB(pid!);
+        clients.forEach((conn) => conn.close());
+        while (hold.held.size > 0 && Date.now() < deadline + 10_000) await sleep(20);
+        return { idleKiBPerConnection: (after - before) / settings.idleConnections };
+      });
+    } finally {
+      hold.close();
+    }
+  };
+}
+
+// ---------------------------------------------------------------- the run
+
+async function machine() {
+  const cpuinfo = await Deno.readTextFile("/proc/cpuinfo");
+  const version = async (command: string[]) => {
+    try {
+      const { stdout, stderr } = await new Deno.Command(command[0]!, { args: command.slice(1) })
+        .output();
+      const text = new TextDecoder().decode(stdout) + new TextDecoder().decode(stderr);
+      return text.split("\n")[0]!.trim();
+    } catch {
+      return "not installed";
+    }
+  };
+  return {
+    date: new Date().toISOString(),
+    cpu: /^model name\s*:\s*(.*)$/m.exec(cpuinfo)?.[1] ?? "unknown",
+    cores: navigator.hardwareConcurrency,
+    kernel: Deno.osRelease(),
+    deno: Deno.version.deno,
+    haproxy: await version(["haproxy", "-v"]),
+    nginx: await version(["nginx", "-v"]),
+    wrk: await version(["wrk", "--version"]),
+    iperf3: await version(["iperf3", "--version"]),
+  };
+}
+
+function parseSettings(args: string[]): Settings {
+  const { values } = parseArgs({
+    args,
+    options: {
+      quick: { type: "boolean" },
+      runs: { type: "string" },
+      seconds: { type: "string" },
+      only: { type: "string" },
+    },
+    strict: true,
+  });
+  const quick = values.quick ?? false;
+  const integer = (flag: string, text: string | undefined, fallback: number) => {
+    if (text === undefined) return fallback;
+    const value = Number(text);
+    if (!Number.isInteger(value) || value < 1) {
+      throw new Error(`--${flag} ${text}: expected a whole number, 1 or more`);
+    }
+    return value;
+  };
+  const targets = (values.only?.split(",") ?? Object.keys(TARGETS)) as Target[];
+  for (const target of targets) {
+    if (!(target in TARGETS)) {
+      throw new Error(
+        `--only ${values.only}: unknown target ${JSON.stringify(target)}; ` +
+          `expected some of ${Object.keys(TARGETS).join(", ")}`,
+      );
+    }
+  }
+  return {
+    runs: integer("runs", values.runs, quick ? 1 : 3),
+    seconds: integer("seconds", values.seconds, quick ? 2 : 5),
+    idleConnections: quick ? 500 : 2000,
+    wrkConnections: 50,
+    targets,
+  };
+}
+
+async function main(args: string[]): Promise<number> {
+  let settings: Settings;
+  try {
+    settings = parseSettings(args);
+  } catch (error) {
+    console.error(`bench: ${(error as Error).message}`);
+    return 2;
+  }
+  await Deno.mkdir(`${resultsDir}/logs`, { recursive: true });
+
+  const missing: string[] = [];
+  for (const tool of ["wrk", "iperf3", "nginx", "ss"]) {
+    if (!(await installed(tool))) missing.push(tool);
+  }
+  if (missing.length > 0) {
+    console.error(
+      `bench: needs ${missing.join(", ")} (wrk and iperf3 drive the loads; NGINX serves the ` +
+        `HTTP backends): apt-get install haproxy nginx libnginx-mod-stream wrk iperf3 iproute2`,
+    );
+    return 1;
+  }
+  if (!(await installed("taskset"))) {
+    pinning = false;
+    console.error("bench: taskset not found (util-linux); running without pinning to cores");
+  }
+  if (settings.targets.includes("haproxy") && !(await installed("haproxy"))) {
+    console.error("bench: skipping HAProxy: not installed (apt-get install haproxy)");
+    settings.targets = settings.targets.filter((t) => t !== "haproxy");
+  }
+  let streamModule = true;
+  try {
+    await Deno.stat(NGINX_STREAM_MODULE);
+  } catch {
+    streamModule = false;
+  }
+  if (settings.targets.includes("nginx") && !streamModule) {
+    console.error(
+      "bench: skipping NGINX stream: module not found (apt-get install libnginx-mod-stream)",
+    );
+    settings.targets = settings.targets.filter((t) => t !== "nginx");
+  }
+
+  // This script, the backends and the load generators share the load core.
+  if (pinning) await run(["taskset", "-pc", LOAD_CORE, String(Deno.pid)]);
+  console.log(
+    `Proxy under test pinned to core ${PROXY_CORE}; load generators, backends and this script ` +
+      `to core ${LOAD_CORE}${pinning ? "" : " (not pinned: no taskset)"}.`,
+  );
+  console.log(
+    `${settings.runs} run(s) of each load, ${settings.seconds} s each; ` +
+      `targets: ${settings.targets.map((t) => TARGETS[t]).join(", ")}.`,
+  );
+
+  const httpPorts = [freePort(), freePort()];
+  const backendDir = await Deno.makeTempDir({ prefix: "bench-backend-" });
+  const httpConfig = `${backendDir}/nginx.conf`;
+  await Deno.writeTextFile(httpConfig, nginxHttpBackendConfig(httpPorts, backendDir));
+  const httpBackend = start("http-backend", LOAD_CORE, [
+    "nginx",
+    "-e",
+    `${backendDir}/error.log`,
+    "-c",
+    httpConfig,
+  ]);
+  const iperfPort = freePort();
+  const iperfServer = start("iperf3-server", LOAD_CORE, ["iperf3", "-s", "-p", String(iperfPort)]);
+  const backends = { httpPorts, iperfPort };
+
+  const loads: [string, Measure][] = [
+    ["kept-alive requests", wrkLoad(settings, false)],
+    ["new connections", wrkLoad(settings, true)],
+    ["one-stream throughput", iperfLoad(settings, 1)],
+    ["four-stream throughput", iperfLoad(settings, 4)],
+    ["idle connections", idleLoad(settings)],
+  ];
+  const measurements: Measurements = {};
+  const errors: string[] = [];
+  try {
+    for (const port of httpPorts) await listening(port, httpBackend);
+    await listening(iperfPort, iperfServer);
+    for (let runIndex = 0; runIndex < settings.runs; runIndex++) {
+      // Rotate the order each run, so no target always goes first.
+      const order = settings.targets.map((_, i) =>
+        settings.targets[(i + runIndex) % settings.targets.length]!
+      );
+      for (const [loadName, measure] of loads) {
+        for (const target of order) {
+          const tag = `${target}-${loadName.replaceAll(" ", "-")}-${runIndex + 1}`;
+          const started = performance.now();
+          try {
+            const figures = await measure(target, backends, tag);
+            for (const [key, value] of Object.entries(figures) as [FigureKey, number][]) {
+              ((measurements[target] ??= {})[key] ??= []).push(value);
+            }
+            const shown = Object.entries(figures).map(([key, value]) =>
+              `${key}=${value.toFixed(FIGURES[key as FigureKey].digits)}`
+            ).join(" ");
+            if (shown) {
+              console.log(
+                `  run ${runIndex + 1} ${loadName}, ${TARGETS[target]}: ${shown} ` +
+                  `(${((performance.now() - started) / 1000).toFixed(1)} s)`,
+              );
+            }
+          } catch (error) {
+            const message = `run ${runIndex + 1} ${loadName}, ${TARGETS[target]}: ${
+              (error as Error).message
+            }`;
+            errors.push(message);
+            console.error(`  failed: ${message}`);
+          }
+        }
+      }
+    }
+  } finally {
+    await httpBackend.stop();
+    await iperfServer.stop();
+  }
+
+  const table = renderTable(measurements, settings.targets);
+  console.log(`\n${table}\n`);
+  const ratios = ratiosToHaproxy(measurements);
+  if (Object.keys(ratios).length > 0) {
+    console.log("Headline, this LB ÷ HAProxy from this run (medians):");
+    for (const [key, value] of Object.entries(ratios) as [FigureKey, number][]) {
+      const figure = FIGURES[key];
+      console.log(
+        `  ${figure.label}: ${value.toFixed(2)}× (${
+          figure.lowerIsBetter ? "lower" : "higher"
+        } is better)`,
+      );
+    }
+  }
+  const report = {
+    machine: await machine(),
+    settings: { ...settings, pinned: pinning, proxyCore: PROXY_CORE, loadCore: LOAD_CORE },
+    measurements,
+    ratiosToHaproxy: ratios,
+    errors,
+  };
+  const stamp = report.machine.date.replaceAll(":", "-");
+  await Deno.writeTextFile(`${resultsDir}/bench-${stamp}.json`, JSON.stringify(report, null, 2));
+  await Deno.writeTextFile(`${resultsDir}/latest.json`, JSON.stringify(report, null, 2));
+  await Deno.writeTextFile(
+    `${resultsDir}/latest.md`,
+    `Measured ${report.machine.date} on ${report.machine.cpu}, ${report.machine.cores} cores, ` +
+      `Linux ${report.machine.kernel}, Deno ${report.machine.deno}; ${report.machine.haproxy}; ` +
+      `${report.machine.nginx}. Medians of ${settings.runs} run(s) (min–max).\n\n${table}\n`,
+  );
+  console.log(`\nWrote ${resultsDir}/latest.json and latest.md.`);
+  if (errors.length > 0) console.error(`bench: ${errors.length} measurement(s) failed; see above.`);
+  return errors.length > 0 ? 1 : 0;
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));

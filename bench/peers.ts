@@ -1,0 +1,93 @@
+/**
+ * Configuration for the programs the benchmark runs beside us: HAProxy and
+ * the NGINX stream module as proxies to compare with, and NGINX's HTTP module
+ * as the tiny backend for request/response loads. Pure text; the caller
+ * writes it to a file.
+ *
+ * @module
+ */
+
+/** Where a proxy listens and which backends it balances over. */
+export interface ProxySetup {
+  listenPort: number;
+  backendPorts: number[];
+}
+
+/** HAProxy in `mode tcp`, one thread, default buffers, round robin. */
+export function haproxyConfig({ listenPort, backendPorts }: ProxySetup): string {
+  return `global
+  nbthread 1
+  maxconn 8000
+
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+
+frontend bench
+  bind 127.0.0.1:${listenPort}
+  default_backend pool
+
+backend pool
+  balance roundrobin
+${backendPorts.map((port, i) => `  server s${i + 1} 127.0.0.1:${port}`).join("\n")}
+`;
+}
+
+/** Lines every NGINX config here shares: one worker, no daemon, files under `dir`. */
+function nginxPreamble(dir: string): string {
+  return `worker_processes 1;
+daemon off;
+# One process doing the work, whose CPU we can read directly.
+master_process off;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log;
+worker_rlimit_nofile 20000;
+events { worker_connections 10000; }
+`;
+}
+
+/** The NGINX stream module, one worker, round robin over the backends. */
+export function nginxStreamConfig(
+  { listenPort, backendPorts }: ProxySetup,
+  dir: string,
+  modulePath: string,
+): string {
+  return `load_module ${modulePath};
+${nginxPreamble(dir)}
+stream {
+  upstream pool {
+${backendPorts.map((port) => `    server 127.0.0.1:${port};`).join("\n")}
+  }
+  server {
+    listen 127.0.0.1:${listenPort};
+    proxy_pass pool;
+  }
+}
+`;
+}
+
+/** NGINX answering every HTTP request on each port with a fixed 3-byte body. */
+export function nginxHttpBackendConfig(ports: number[], dir: string): string {
+  return `${nginxPreamble(dir)}
+http {
+  access_log off;
+  keepalive_requests 100000000;
+  keepalive_timeout 300s;
+  client_body_temp_path ${dir}/body;
+  proxy_temp_path ${dir}/proxy;
+  fastcgi_temp_path ${dir}/fastcgi;
+  uwsgi_temp_path ${dir}/uwsgi;
+  scgi_temp_path ${dir}/scgi;
+${
+    ports.map((port) =>
+      `  server {
+    listen 127.0.0.1:${port} reuseport;
+    location / { return 200 "ok\\n"; }
+  }`
+    ).join("\n")
+  }
+}
+`;
+}

@@ -1,0 +1,138 @@
+/**
+ * The benchmark's figures and how they are reported: medians with their
+ * spread, side by side per target, with the ratio to HAProxy measured in the
+ * same run as the headline. Pure; tested in `report_test.ts`.
+ *
+ * @module
+ */
+
+import { ratio, summarize } from "./stats.ts";
+
+/** Everything measured, per target. */
+export const TARGETS = {
+  direct: "direct",
+  lb: "this LB",
+  haproxy: "HAProxy",
+  nginx: "NGINX stream",
+} as const;
+/** A proxy (or none) under test. */
+export type Target = keyof typeof TARGETS;
+
+/** One figure the benchmark reports. */
+export interface Figure {
+  readonly label: string;
+  readonly unit: string;
+  /** Whether a smaller number is the better one. */
+  readonly lowerIsBetter: boolean;
+  readonly digits: number;
+}
+
+/** The figures, in the order the table shows them. */
+export const FIGURES = {
+  cpuUsPerRequest: {
+    label: "proxy CPU per kept-alive request",
+    unit: "µs",
+    lowerIsBetter: true,
+    digits: 1,
+  },
+  cpuUsPerConnection: {
+    label: "proxy CPU per new connection",
+    unit: "µs",
+    lowerIsBetter: true,
+    digits: 1,
+  },
+  keptAliveRequestsPerSecond: {
+    label: "kept-alive requests per second",
+    unit: "req/s",
+    lowerIsBetter: false,
+    digits: 0,
+  },
+  keptAliveP50Ms: { label: "kept-alive p50 latency", unit: "ms", lowerIsBetter: true, digits: 3 },
+  keptAliveP99Ms: { label: "kept-alive p99 latency", unit: "ms", lowerIsBetter: true, digits: 3 },
+  newConnectionsPerSecond: {
+    label: "new connections per second",
+    unit: "conn/s",
+    lowerIsBetter: false,
+    digits: 0,
+  },
+  throughputOneStreamGbps: {
+    label: "one-stream throughput",
+    unit: "Gbit/s",
+    lowerIsBetter: false,
+    digits: 2,
+  },
+  throughputFourStreamsGbps: {
+    label: "four-stream throughput",
+    unit: "Gbit/s",
+    lowerIsBetter: false,
+    digits: 2,
+  },
+  idleKiBPerConnection: {
+    label: "memory per idle proxied connection",
+    unit: "KiB",
+    lowerIsBetter: true,
+    digits: 1,
+  },
+} as const satisfies Record<string, Figure>;
+/** The name of a figure. */
+export type FigureKey = keyof typeof FIGURES;
+
+/** Every run's value of every figure, per target. */
+export type Measurements = Partial<Record<Target, Partial<Record<FigureKey, number[]>>>>;
+
+/** Median of one target's runs of one figure, if it was measured. */
+export function medianOf(
+  measurements: Measurements,
+  target: Target,
+  figure: FigureKey,
+): number | undefined {
+  const values = measurements[target]?.[figure];
+  return values && values.length > 0 ? summarize(values).median : undefined;
+}
+
+/** This LB's median divided by HAProxy's, per figure measured for both. */
+export function ratiosToHaproxy(measurements: Measurements): Partial<Record<FigureKey, number>> {
+  const ratios: Partial<Record<FigureKey, number>> = {};
+  for (const figure of Object.keys(FIGURES) as FigureKey[]) {
+    const value = ratio(
+      medianOf(measurements, "lb", figure),
+      medianOf(measurements, "haproxy", figure),
+    );
+    if (value !== undefined) ratios[figure] = value;
+  }
+  return ratios;
+}
+
+function formatNumber(value: number, digits: number): string {
+  return value.toLocaleString("en-US", {
+    minimumFractionDigits: digits,
+    maximumFractionDigits: digits,
+  });
+}
+
+/** `median (min–max)`, or the median alone for a single run; `–` when not measured. */
+export function formatCell(values: number[] | undefined, digits: number): string {
+  if (!values || values.length === 0) return "–";
+  const { median, min, max, runs } = summarize(values);
+  if (runs === 1) return formatNumber(median, digits);
+  return `${formatNumber(median, digits)} (${formatNumber(min, digits)}–${
+    formatNumber(max, digits)
+  })`;
+}
+
+/** The results as a Markdown table: one row per figure, one column per target, then the ratio. */
+export function renderTable(measurements: Measurements, targets: readonly Target[]): string {
+  const ratios = ratiosToHaproxy(measurements);
+  const header = ["figure", ...targets.map((t) => TARGETS[t]), "this LB ÷ HAProxy"];
+  const rows = [header, header.map(() => "---")];
+  for (const [key, figure] of Object.entries(FIGURES) as [FigureKey, Figure][]) {
+    const cells = targets.map((t) => formatCell(measurements[t]?.[key], figure.digits));
+    if (cells.every((cell) => cell === "–")) continue;
+    const r = ratios[key];
+    const verdict = r === undefined
+      ? "–"
+      : `${r.toFixed(2)}× (${figure.lowerIsBetter ? "lower" : "higher"} is better)`;
+    rows.push([`${figure.label}, ${figure.unit}`, ...cells, verdict]);
+  }
+  return rows.map((row) => `| ${row.join(" | ")} |`).join("\n");
+}

@@ -1,0 +1,50 @@
+import assert from "node:assert/strict";
+import { formatCell, type Measurements, ratiosToHaproxy, renderTable } from "./report.ts";
+import { median, ratio, summarize } from "./stats.ts";
+
+Deno.test("median() and summarize() of odd and even counts, unsorted input untouched", () => {
+  const values = [5, 1, 3];
+  assert.equal(median(values), 3);
+  assert.deepEqual(values, [5, 1, 3]);
+  assert.equal(median([4, 1, 3, 2]), 2.5);
+  assert.deepEqual(summarize([12, 10, 11]), { median: 11, min: 10, max: 12, runs: 3 });
+  assert.throws(() => median([]), RangeError);
+});
+
+Deno.test("ratio() is ours over theirs, and undefined without both", () => {
+  assert.equal(ratio(15, 10), 1.5);
+  assert.equal(ratio(undefined, 10), undefined);
+  assert.equal(ratio(3, 0), undefined);
+});
+
+const measurements: Measurements = {
+  direct: { throughputOneStreamGbps: [40, 42, 41] },
+  lb: { cpuUsPerRequest: [11, 13, 12], throughputOneStreamGbps: [24, 23, 22] },
+  haproxy: { cpuUsPerRequest: [8, 8, 8], throughputOneStreamGbps: [20, 20, 20] },
+};
+
+Deno.test("ratiosToHaproxy() divides medians, figure by figure", () => {
+  assert.deepEqual(ratiosToHaproxy(measurements), {
+    cpuUsPerRequest: 1.5,
+    throughputOneStreamGbps: 1.15,
+  });
+});
+
+Deno.test("formatCell() shows the median and the spread", () => {
+  assert.equal(formatCell([11, 13, 12], 1), "12.0 (11.0–13.0)");
+  assert.equal(formatCell([143219.04], 0), "143,219");
+  assert.equal(formatCell(undefined, 1), "–");
+});
+
+Deno.test("renderTable() has a row per measured figure and the ratio to HAProxy", () => {
+  const table = renderTable(measurements, ["direct", "lb", "haproxy"]);
+  assert.equal(
+    table,
+    [
+      "| figure | direct | this LB | HAProxy | this LB ÷ HAProxy |",
+      "| --- | --- | --- | --- | --- |",
+      "| proxy CPU per kept-alive request, µs | – | 12.0 (11.0–13.0) | 8.0 (8.0–8.0) | 1.50× (lower is better) |",
+      "| one-stream throughput, Gbit/s | 41.00 (40.00–42.00) | 23.00 (22.00–24.00) | 20.00 (20.00–20.00) | 1.15× (higher is better) |",
+    ].join("\n"),
+  );
+});
