@@ -390,16 +390,23 @@ async function main(args: string[]): Promise<number> {
   }
   await Deno.mkdir(`${resultsDir}/logs`, { recursive: true });
 
-  const missing: string[] = [];
-  for (const tool of ["wrk", "iperf3", "nginx", "ss"]) {
-    if (!(await installed(tool))) missing.push(tool);
-  }
-  if (missing.length > 0) {
-    console.error(
-      `bench: needs ${missing.join(", ")} (wrk and iperf3 drive the loads; NGINX serves the ` +
-        `HTTP backends): apt-get install haproxy nginx libnginx-mod-stream wrk iperf3 iproute2`,
-    );
+  if (!(await installed("ss"))) {
+    console.error("bench: needs ss to see when servers listen: apt-get install iproute2");
     return 1;
+  }
+  const haveWrk = await installed("wrk");
+  const haveNginx = await installed("nginx");
+  const haveIperf = await installed("iperf3");
+  if (!haveWrk) {
+    console.error("bench: skipping request loads: wrk not installed (apt-get install wrk)");
+  } else if (!haveNginx) {
+    console.error(
+      "bench: skipping request loads: nginx, which serves their HTTP backends, is not installed " +
+        "(apt-get install nginx)",
+    );
+  }
+  if (!haveIperf) {
+    console.error("bench: skipping throughput: iperf3 not installed (apt-get install iperf3)");
   }
   if (!(await installed("taskset"))) {
     pinning = false;
@@ -415,7 +422,7 @@ async function main(args: string[]): Promise<number> {
   } catch {
     streamModule = false;
   }
-  if (settings.targets.includes("nginx") && !streamModule) {
+  if (settings.targets.includes("nginx") && !(haveNginx && streamModule)) {
     console.error(
       "bench: skipping NGINX stream: module not found (apt-get install libnginx-mod-stream)",
     );
@@ -433,33 +440,54 @@ async function main(args: string[]): Promise<number> {
       `targets: ${settings.targets.map((t) => TARGETS[t]).join(", ")}.`,
   );
 
+  const requestLoads = haveWrk && haveNginx;
   const httpPorts = [freePort(), freePort()];
-  const backendDir = await Deno.makeTempDir({ prefix: "bench-backend-" });
-  const httpConfig = `${backendDir}/nginx.conf`;
-  await Deno.writeTextFile(httpConfig, nginxHttpBackendConfig(httpPorts, backendDir));
-  const httpBackend = start("http-backend", LOAD_CORE, [
-    "nginx",
-    "-e",
-    `${backendDir}/error.log`,
-    "-c",
-    httpConfig,
-  ]);
   const iperfPort = freePort();
-  const iperfServer = start("iperf3-server", LOAD_CORE, ["iperf3", "-s", "-p", String(iperfPort)]);
+  const servers: Started[] = [];
+  if (requestLoads) {
+    const backendDir = await Deno.makeTempDir({ prefix: "bench-backend-" });
+    const httpConfig = `${backendDir}/nginx.conf`;
+    await Deno.writeTextFile(httpConfig, nginxHttpBackendConfig(httpPorts, backendDir));
+    const httpBackend = start("http-backend", LOAD_CORE, [
+      "nginx",
+      "-e",
+      `${backendDir}/error.log`,
+      "-c",
+      httpConfig,
+    ]);
+    servers.push(httpBackend);
+    for (const port of httpPorts) await listening(port, httpBackend);
+  }
+  if (haveIperf) {
+    const iperfServer = start("iperf3-server", LOAD_CORE, [
+      "iperf3",
+      "-s",
+      "-p",
+      String(iperfPort),
+    ]);
+    servers.push(iperfServer);
+    await listening(iperfPort, iperfServer);
+  }
   const backends = { httpPorts, iperfPort };
 
   const loads: [string, Measure][] = [
-    ["kept-alive requests", wrkLoad(settings, false)],
-    ["new connections", wrkLoad(settings, true)],
-    ["one-stream throughput", iperfLoad(settings, 1)],
-    ["four-stream throughput", iperfLoad(settings, 4)],
+    ...(requestLoads
+      ? [
+        ["kept-alive requests", wrkLoad(settings, false)],
+        ["new connections", wrkLoad(settings, true)],
+      ] as [string, Measure][]
+      : []),
+    ...(haveIperf
+      ? [
+        ["one-stream throughput", iperfLoad(settings, 1)],
+        ["four-stream throughput", iperfLoad(settings, 4)],
+      ] as [string, Measure][]
+      : []),
     ["idle connections", idleLoad(settings)],
   ];
   const measurements: Measurements = {};
   const errors: string[] = [];
   try {
-    for (const port of httpPorts) await listening(port, httpBackend);
-    await listening(iperfPort, iperfServer);
     for (let runIndex = 0; runIndex < settings.runs; runIndex++) {
       // Rotate the order each run, so no target always goes first.
       const order = settings.targets.map((_, i) =>
@@ -494,8 +522,7 @@ async function main(args: string[]): Promise<number> {
       }
     }
   } finally {
-    await httpBackend.stop();
-    await iperfServer.stop();
+    for (const server of servers) await server.stop();
   }
 
   const table = renderTable(measurements, settings.targets);
