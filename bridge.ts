@@ -11,9 +11,9 @@
  *   correct, but costs more CPU per small request and per new connection than
  *   this loop (figures in the README), because every chunk crosses two stream
  *   queues and their promises.
- * - This loop reuses one buffer per direction and awaits each write before the
- *   next read, so a slow reader holds back a fast writer through TCP's own
- *   flow control: memory per connection is two buffers, never a queue.
+ * - This loop awaits each write before the next read, so a slow reader holds
+ *   back a fast writer through TCP's own flow control: memory per connection
+ *   is two buffers, never a queue.
  *
  * End of stream on one side is passed on as a half-close (`closeWrite()`) of
  * the other; the other direction keeps flowing until it ends too. An error in
@@ -21,8 +21,14 @@
  * connection: both sockets are closed at once, so no orphan is left behind.
  * Both sockets are closed exactly once, after both copies have stopped.
  *
+ * Read buffers are small while a direction is quiet and large while it moves
+ * bulk data, both pooled (see `buffers.ts`): an idle connection holds 2 KiB
+ * of buffers, a busy one 64 KiB per busy direction.
+ *
  * @module
  */
+
+import { type BufferPool, defaultPools } from "./buffers.ts";
 
 /** How a bridged connection ended, from the balancer's point of view.
  *
@@ -44,94 +50,143 @@ export interface BridgeResult {
   readonly end: BridgeEnd;
 }
 
-/** Options for {@linkcode bridge}. */
+/** Options for {@linkcode bridge} and {@linkcode Bridge}. */
 export interface BridgeOptions {
   /** Aborting closes both sockets at once; the result's end is `aborted`. */
   signal?: AbortSignal;
-  /** Size of each direction's read buffer in bytes.
-   * @default {32768} */
-  bufferSize?: number;
+  /** Where read buffers come from. @default {defaultPools} */
+  pools?: { small: BufferPool; large: BufferPool };
 }
 
 type Side = "client" | "server";
+
+/**
+ * A bridged connection in progress. {@linkcode Bridge.result} settles once
+ * both directions have ended and both sockets are closed; it never rejects,
+ * every failure is reported as the result's `end`.
+ */
+export class Bridge {
+  /** How the connection ended, once it has. */
+  readonly result: Promise<BridgeResult>;
+  readonly #client: Deno.Conn;
+  readonly #server: Deno.Conn;
+  readonly #pools: { small: BufferPool; large: BufferPool };
+  #firstFin: BridgeEnd | undefined;
+  #failure: BridgeEnd | undefined;
+  #closed = false;
+  // Directions still copying; the second to reach end of stream need not
+  // pass it on with closeWrite(), since both sockets close right after.
+  #open = 2;
+
+  constructor(client: Deno.Conn, server: Deno.Conn, options: BridgeOptions = {}) {
+    this.#client = client;
+    this.#server = server;
+    this.#pools = options.pools ?? defaultPools;
+    this.result = this.#run(options.signal);
+  }
+
+  /** Closes both sockets at once; the result's end becomes `aborted`. */
+  cut(): void {
+    this.#fail("aborted");
+  }
+
+  async #run(signal: AbortSignal | undefined): Promise<BridgeResult> {
+    const onAbort = () => this.cut();
+    if (signal?.aborted) this.cut();
+    else signal?.addEventListener("abort", onAbort, { once: true });
+    const [bytesFromClient, bytesFromServer] = await Promise.all([
+      this.#copy(this.#client, this.#server, "client", "server"),
+      this.#copy(this.#server, this.#client, "server", "client"),
+    ]);
+    signal?.removeEventListener("abort", onAbort);
+    this.#closeBoth();
+    return {
+      bytesFromClient,
+      bytesFromServer,
+      end: this.#failure ?? this.#firstFin ?? "client-fin",
+    };
+  }
+
+  #closeBoth(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    closeQuietly(this.#client);
+    closeQuietly(this.#server);
+  }
+
+  #fail(end: BridgeEnd): void {
+    // Once we have closed the sockets ourselves, the errors that follow are
+    // our own doing, not the peer's.
+    if (this.#closed) return;
+    this.#failure = end;
+    this.#closeBoth();
+  }
+
+  // One direction: src → dst, until src ends or either side fails. Reads go
+  // into a small buffer; when one fills it, the direction borrows a large one
+  // for as long as reads keep coming in big, and gives it back when they do not.
+  async #copy(src: Deno.Conn, dst: Deno.Conn, from: Side, to: Side): Promise<number> {
+    const { small: smallPool, large: largePool } = this.#pools;
+    const small = smallPool.take();
+    let large: Uint8Array | undefined;
+    let buffer = small;
+    let total = 0;
+    try {
+      while (true) {
+        let read: number | null;
+        try {
+          read = await src.read(buffer);
+        } catch {
+          this.#fail(`${from}-reset`);
+          return total;
+        }
+        if (read === null) {
+          this.#firstFin ??= `${from}-fin`;
+          if (--this.#open > 0) {
+            try {
+              await dst.closeWrite();
+            } catch {
+              this.#fail(`${to}-reset`);
+            }
+          }
+          return total;
+        }
+        try {
+          let written = await dst.write(read === buffer.length ? buffer : buffer.subarray(0, read));
+          while (written < read) written += await dst.write(buffer.subarray(written, read));
+        } catch {
+          this.#fail(`${to}-reset`);
+          return total;
+        }
+        total += read;
+        if (buffer === small && read === small.length) {
+          large = largePool.take();
+          buffer = large;
+        } else if (large !== undefined && read < small.length) {
+          largePool.give(large);
+          large = undefined;
+          buffer = small;
+        }
+      }
+    } finally {
+      // Every read and write on these buffers has settled by now.
+      smallPool.give(small);
+      if (large !== undefined) largePool.give(large);
+    }
+  }
+}
 
 /**
  * Copies bytes both ways between `client` and `server` until both directions
  * have ended, then closes both. Never rejects: every failure is reported as
  * the result's `end`.
  */
-export async function bridge(
+export function bridge(
   client: Deno.Conn,
   server: Deno.Conn,
   options: BridgeOptions = {},
 ): Promise<BridgeResult> {
-  const bufferSize = options.bufferSize ?? 32768;
-  const signal = options.signal;
-  let firstFin: BridgeEnd | undefined;
-  let failure: BridgeEnd | undefined;
-  let closed = false;
-
-  const closeBoth = () => {
-    if (closed) return;
-    closed = true;
-    closeQuietly(client);
-    closeQuietly(server);
-  };
-  const fail = (end: BridgeEnd) => {
-    // Once we have closed the sockets ourselves, the errors that follow are
-    // our own doing, not the peer's.
-    if (closed) return;
-    failure = end;
-    closeBoth();
-  };
-  const onAbort = () => fail("aborted");
-
-  // One direction: src → dst, until src ends or either side fails.
-  const copy = async (src: Deno.Conn, dst: Deno.Conn, from: Side, to: Side): Promise<number> => {
-    const buffer = new Uint8Array(bufferSize);
-    let total = 0;
-    while (true) {
-      let read: number | null;
-      try {
-        read = await src.read(buffer);
-      } catch {
-        fail(`${from}-reset`);
-        return total;
-      }
-      if (read === null) {
-        firstFin ??= `${from}-fin`;
-        try {
-          await dst.closeWrite();
-        } catch {
-          fail(`${to}-reset`);
-        }
-        return total;
-      }
-      try {
-        let written = 0;
-        while (written < read) {
-          written += await dst.write(buffer.subarray(written, read));
-        }
-      } catch {
-        fail(`${to}-reset`);
-        return total;
-      }
-      total += read;
-    }
-  };
-
-  if (signal?.aborted) {
-    fail("aborted");
-  } else {
-    signal?.addEventListener("abort", onAbort, { once: true });
-  }
-  const [bytesFromClient, bytesFromServer] = await Promise.all([
-    copy(client, server, "client", "server"),
-    copy(server, client, "server", "client"),
-  ]);
-  signal?.removeEventListener("abort", onAbort);
-  closeBoth();
-  return { bytesFromClient, bytesFromServer, end: failure ?? firstFin ?? "client-fin" };
+  return new Bridge(client, server, options).result;
 }
 
 function closeQuietly(conn: Deno.Conn): void {

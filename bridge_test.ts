@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { bridge, type BridgeResult } from "./bridge.ts";
+import { BufferPool } from "./buffers.ts";
 import { listenLoopback, readAll, seededBytes, writeAll } from "./test_util.ts";
 
 /** Two connected loopback sockets. */
@@ -106,16 +107,31 @@ Deno.test("bridge() cuts both sides at once when its signal aborts", async () =>
   assert.deepEqual(result, { bytesFromClient: 5, bytesFromServer: 0, end: "aborted" });
 });
 
-Deno.test("bridge() with a tiny buffer still delivers every byte in order", async () => {
+Deno.test("bridge() delivers every byte in order while growing and shrinking its buffers", async () => {
+  // Tiny pools, so that bulk data makes each direction switch between its
+  // small and large buffer many times.
+  const pools = { small: new BufferPool(7, 8), large: new BufferPool(61, 8) };
   const data = seededBytes(100_000, 3);
   const result = await throughBridge(async (client, server) => {
     const [received] = await Promise.all([
       readAll(server),
-      writeAll(client, data).then(() => client.closeWrite()),
+      (async () => {
+        // Alternate bulk and trickles: small writes make the reader shrink back.
+        for (let offset = 0, i = 0; offset < data.length; i++) {
+          const size = i % 2 === 0 ? 3 : 4000;
+          await writeAll(client, data.subarray(offset, offset + size));
+          offset += size;
+        }
+        await client.closeWrite();
+      })(),
     ]);
     assert.deepEqual(received, data);
     await server.closeWrite();
     await readAll(client);
-  }, { bufferSize: 7 });
+  }, { pools });
   assert.equal(result.bytesFromClient, data.length);
+  // Every buffer went back to its pool: the two small ones, and the large
+  // one the client-to-server direction borrowed.
+  assert.equal(pools.small.free, 2);
+  assert.equal(pools.large.free, 1);
 });

@@ -27,11 +27,61 @@ export function formatDiagnostic(message: string, time: Date = new Date()): stri
   return `${time.toISOString()} load_balancer: ${message}`;
 }
 
+/**
+ * Collects lines and writes them together: at most `flushAfterMs` after the
+ * first one, or as soon as `maxBytes` have gathered. One write per connection
+ * would be a system call per connection on the busiest path. Call
+ * {@linkcode LineWriter.flush} before exiting.
+ */
+export class LineWriter {
+  readonly #write: (bytes: Uint8Array) => number;
+  readonly #flushAfterMs: number;
+  readonly #maxBytes: number;
+  readonly #encoder = new TextEncoder();
+  #pending = "";
+  #timer: ReturnType<typeof setTimeout> | undefined;
+
+  constructor(
+    write: (bytes: Uint8Array) => number,
+    options: { flushAfterMs?: number; maxBytes?: number } = {},
+  ) {
+    this.#write = write;
+    this.#flushAfterMs = options.flushAfterMs ?? 100;
+    this.#maxBytes = options.maxBytes ?? 65536;
+  }
+
+  /** Queues one line (without its newline). */
+  line(text: string): void {
+    this.#pending += `${text}\n`;
+    if (this.#pending.length >= this.#maxBytes) {
+      this.flush();
+    } else if (this.#timer === undefined) {
+      this.#timer = setTimeout(() => this.flush(), this.#flushAfterMs);
+      // A pending flush must not keep a finished process alive.
+      Deno.unrefTimer(this.#timer as unknown as number);
+    }
+  }
+
+  /** Writes everything queued, now. */
+  flush(): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    if (this.#pending === "") return;
+    const bytes = this.#encoder.encode(this.#pending);
+    this.#pending = "";
+    let written = 0;
+    while (written < bytes.length) written += this.#write(bytes.subarray(written));
+  }
+}
+
+/** Access lines on their way to stdout. */
+export const accessLog = new LineWriter((bytes) => Deno.stdout.writeSync(bytes));
+
 /** Writes each event where it belongs: access lines to stdout, the rest to stderr. */
 export function logEvent(event: LoadBalancerEvent): void {
   switch (event.type) {
     case "connection":
-      console.log(formatAccessLine(event.record));
+      accessLog.line(formatAccessLine(event.record));
       break;
     case "connect-error":
       console.error(

@@ -8,8 +8,9 @@
  * done: the least noisy figure. Every load is repeated and reported as the
  * median with its spread; the headline is the ratio to HAProxy.
  *
- * Flags: `--quick` (one short run of each, about two minutes), `--runs N`,
- * `--seconds N` (per load), `--only lb,haproxy,…`.
+ * Flags: `--quick` (one short run of each, about a minute), `--runs N`,
+ * `--seconds N` (per load), `--only lb,haproxy,nginx,direct` (targets),
+ * `--loads requests,connections,throughput,idle`.
  *
  * @module
  */
@@ -33,9 +34,12 @@ const root = new URL("..", import.meta.url).pathname;
 const resultsDir = `${here}results`;
 const NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so";
 const PROXY_CORE = "0";
+/** The loads, by the names `--loads` takes. */
+const LOAD_NAMES = ["requests", "connections", "throughput", "idle"];
 const LOAD_CORE = "1";
 
 interface Settings {
+  loads: string[];
   runs: number;
   seconds: number;
   idleConnections: number;
@@ -350,6 +354,7 @@ function parseSettings(args: string[]): Settings {
       runs: { type: "string" },
       seconds: { type: "string" },
       only: { type: "string" },
+      loads: { type: "string" },
     },
     strict: true,
   });
@@ -371,7 +376,17 @@ function parseSettings(args: string[]): Settings {
       );
     }
   }
+  const loads = values.loads?.split(",") ?? LOAD_NAMES;
+  for (const load of loads) {
+    if (!LOAD_NAMES.includes(load)) {
+      throw new Error(
+        `--loads ${values.loads}: unknown load ${JSON.stringify(load)}; ` +
+          `expected some of ${LOAD_NAMES.join(", ")}`,
+      );
+    }
+  }
   return {
+    loads,
     runs: integer("runs", values.runs, quick ? 1 : 3),
     seconds: integer("seconds", values.seconds, quick ? 2 : 5),
     idleConnections: quick ? 500 : 2000,
@@ -470,21 +485,19 @@ async function main(args: string[]): Promise<number> {
   }
   const backends = { httpPorts, iperfPort };
 
-  const loads: [string, Measure][] = [
-    ...(requestLoads
-      ? [
-        ["kept-alive requests", wrkLoad(settings, false)],
-        ["new connections", wrkLoad(settings, true)],
-      ] as [string, Measure][]
-      : []),
-    ...(haveIperf
-      ? [
-        ["one-stream throughput", iperfLoad(settings, 1)],
-        ["four-stream throughput", iperfLoad(settings, 4)],
-      ] as [string, Measure][]
-      : []),
-    ["idle connections", idleLoad(settings)],
-  ];
+  const wanted = (name: string) => settings.loads.includes(name);
+  const loads: [string, Measure][] = [];
+  if (requestLoads && wanted("requests")) {
+    loads.push(["kept-alive requests", wrkLoad(settings, false)]);
+  }
+  if (requestLoads && wanted("connections")) {
+    loads.push(["new connections", wrkLoad(settings, true)]);
+  }
+  if (haveIperf && wanted("throughput")) {
+    loads.push(["one-stream throughput", iperfLoad(settings, 1)]);
+    loads.push(["four-stream throughput", iperfLoad(settings, 4)]);
+  }
+  if (wanted("idle")) loads.push(["idle connections", idleLoad(settings)]);
   const measurements: Measurements = {};
   const errors: string[] = [];
   try {
