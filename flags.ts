@@ -21,6 +21,10 @@ export interface LoadBalancerFlags {
   connectTimeoutMs: number;
   /** Time connections may take to finish after SIGINT/SIGTERM. @default {30000} */
   drainTimeoutMs: number;
+  /** Processes sharing the listening port (Linux). @default {1} */
+  workers: number;
+  /** Started by a supervisor: listen with `reusePort` (internal). */
+  asWorker: boolean;
   /** `--help` was given. */
   help: boolean;
 }
@@ -46,6 +50,9 @@ Flags:
   --connect-timeout MS     time allowed for each backend connect (default 5000)
   --drain-timeout MS       on SIGINT/SIGTERM, time connections may take to
                            finish before they are closed (default 30000)
+  --workers N              N processes share the port (SO_REUSEPORT, Linux only;
+                           default 1). Needs --allow-run and --unstable-net:
+                           deno run --allow-net --allow-run --unstable-net load_balancer.ts
   -h, --help               show this text
 `;
 
@@ -62,6 +69,8 @@ export function parseFlags(args: readonly string[]): LoadBalancerFlags {
         backend: { type: "string", multiple: true },
         "connect-timeout": { type: "string" },
         "drain-timeout": { type: "string" },
+        workers: { type: "string" },
+        "as-worker": { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
       strict: true,
@@ -77,6 +86,8 @@ export function parseFlags(args: readonly string[]): LoadBalancerFlags {
     ),
     connectTimeoutMs: millisecondsFlag("--connect-timeout", values["connect-timeout"], 5000),
     drainTimeoutMs: millisecondsFlag("--drain-timeout", values["drain-timeout"], 30000),
+    workers: integerFlag("--workers", values.workers, 1, 1, 64),
+    asWorker: values["as-worker"] ?? false,
     help: values.help ?? false,
   };
 }
@@ -96,6 +107,21 @@ function millisecondsFlag(flag: string, text: string | undefined, fallback: numb
     throw new UsageError(
       `${flag} ${text}: expected a whole number of milliseconds, 1-2147483647`,
     );
+  }
+  return value;
+}
+
+function integerFlag(
+  flag: string,
+  text: string | undefined,
+  fallback: number,
+  lowest: number,
+  highest: number,
+): number {
+  if (text === undefined) return fallback;
+  const value = /^[0-9]{1,4}$/.test(text) ? Number(text) : NaN;
+  if (!(value >= lowest && value <= highest)) {
+    throw new UsageError(`${flag} ${text}: expected a whole number, ${lowest}-${highest}`);
   }
   return value;
 }

@@ -7,6 +7,8 @@ Deno.test("parseFlags() with no flags is the lab: 5000 → 5001, 5002", () => {
     backends: [{ hostname: "127.0.0.1", port: 5001 }, { hostname: "127.0.0.1", port: 5002 }],
     connectTimeoutMs: 5000,
     drainTimeoutMs: 30000,
+    workers: 1,
+    asWorker: false,
     help: false,
   });
 });
@@ -46,6 +48,8 @@ Deno.test("parseFlags() errors name the flag and the value", () => {
     [["--connect-timeout", "0"], "--connect-timeout 0: expected a whole number of milliseconds"],
     [["--drain-timeout", "soon"], "--drain-timeout soon: expected a whole number of milliseconds"],
     [["--listen"], "--listen needs a value"],
+    [["--workers", "0"], "--workers 0: expected a whole number, 1-64"],
+    [["--workers", "two"], "--workers two: expected a whole number, 1-64"],
     [["stray"], "unexpected argument stray"],
   ];
   for (const [args, start] of cases) {

@@ -16,7 +16,8 @@ import { RoundRobin, type Strategy } from "./balancer.ts";
 import { Bridge, type BridgeEnd } from "./bridge.ts";
 import { type BufferPool, defaultPools } from "./buffers.ts";
 import { parseFlags, USAGE, UsageError } from "./flags.ts";
-import { accessLog, formatDiagnostic, logEvent } from "./log.ts";
+import { accessLog, describe, logDiagnostic, logEvent } from "./log.ts";
+import { supervise } from "./supervisor.ts";
 
 /** One backend of the pool. */
 export interface Backend {
@@ -386,16 +387,6 @@ function isClientGone(error: unknown): boolean {
     error instanceof Deno.errors.ConnectionAborted;
 }
 
-/** A one-line description of an error: its kind and message. */
-export function describe(error: unknown): string {
-  if (error instanceof Error) {
-    const code = (error as { code?: unknown }).code;
-    const kind = typeof code === "string" ? code : error.name;
-    return `${kind}: ${error.message}`;
-  }
-  return String(error);
-}
-
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
     const done = () => {
@@ -422,9 +413,18 @@ export async function main(args: readonly string[]): Promise<void> {
     console.log(USAGE);
     return;
   }
+  if (flags.workers > 1 && !flags.asWorker) {
+    Deno.exit(await supervise({ listen: flags.listen, workers: flags.workers, args }));
+  }
   let listener;
   try {
-    listener = Deno.listen({ hostname: flags.listen.hostname, port: flags.listen.port });
+    listener = Deno.listen({
+      hostname: flags.listen.hostname,
+      port: flags.listen.port,
+      // A worker shares the port with its siblings; the supervisor has
+      // already checked that no other program holds it.
+      ...(flags.asWorker ? { reusePort: true } : {}),
+    });
   } catch (error) {
     console.error(`load_balancer: --listen ${formatHostPort(flags.listen)}: ${describe(error)}`);
     Deno.exit(2);
@@ -432,7 +432,7 @@ export async function main(args: readonly string[]): Promise<void> {
   // Last line of defence: one connection's bug must not end every other one.
   globalThis.addEventListener("unhandledrejection", (event) => {
     event.preventDefault();
-    console.error(formatDiagnostic(`unexpected error, still serving: ${describe(event.reason)}`));
+    logDiagnostic(`unexpected error, still serving: ${describe(event.reason)}`);
   });
   const backends = flags.backends.map(backendOf);
   const balancer = new LoadBalancer({
@@ -441,34 +441,45 @@ export async function main(args: readonly string[]): Promise<void> {
     connectTimeoutMs: flags.connectTimeoutMs,
     onEvent: logEvent,
   });
-  console.error(formatDiagnostic(
+  logDiagnostic(
     `listening on ${formatHostPort(balancer.addr)}; backends ${
       backends.map((b) => b.name).join(", ")
     }`,
-  ));
+  );
 
   let signals = 0;
-  const onSignal = async (signal: Deno.Signal) => {
+  const onSignal = async (signal: string) => {
     signals++;
     if (signals > 1) {
-      console.error(formatDiagnostic(
+      logDiagnostic(
         `${signal} again: exiting now, cutting ${balancer.activeConnections} connection(s)`,
-      ));
+      );
       accessLog.flush();
       Deno.exit(1);
     }
     await balancer.stopAccepting();
-    console.error(formatDiagnostic(
+    logDiagnostic(
       `${signal}: no longer accepting; draining ${balancer.activeConnections} connection(s), ` +
         `up to ${flags.drainTimeoutMs} ms`,
-    ));
+    );
     const { cut } = await balancer.shutdown(flags.drainTimeoutMs);
     accessLog.flush();
-    console.error(formatDiagnostic(`stopped; ${cut} connection(s) cut at the drain timeout`));
+    logDiagnostic(`stopped; ${cut} connection(s) cut at the drain timeout`);
     Deno.exit(0);
   };
   for (const signal of ["SIGINT", "SIGTERM"] as const) {
     Deno.addSignalListener(signal, () => onSignal(signal));
+  }
+  if (flags.asWorker) {
+    // A supervisor killed outright cannot pass on a signal: notice that we
+    // were handed to another parent, and drain as if told to stop.
+    const supervisor = Deno.ppid;
+    const watch = setInterval(() => {
+      if (Deno.ppid === supervisor) return;
+      clearInterval(watch);
+      onSignal("supervisor gone");
+    }, 1000);
+    Deno.unrefTimer(watch);
   }
   await balancer.serve();
 }

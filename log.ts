@@ -30,15 +30,18 @@ export function formatDiagnostic(message: string, time: Date = new Date()): stri
 /**
  * Collects lines and writes them together: at most `flushAfterMs` after the
  * first one, or as soon as `maxBytes` have gathered. One write per connection
- * would be a system call per connection on the busiest path. Call
- * {@linkcode LineWriter.flush} before exiting.
+ * would be a system call per connection on the busiest path. Each write holds
+ * whole lines and at most `maxBytes` (unless one line is longer): writes of
+ * up to 4 KiB to a pipe are atomic, so several processes sharing one stdout
+ * never mix their lines. Call {@linkcode LineWriter.flush} before exiting.
  */
 export class LineWriter {
   readonly #write: (bytes: Uint8Array) => number;
   readonly #flushAfterMs: number;
   readonly #maxBytes: number;
   readonly #encoder = new TextEncoder();
-  #pending = "";
+  #lines: string[] = [];
+  #length = 0;
   #timer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(
@@ -47,13 +50,14 @@ export class LineWriter {
   ) {
     this.#write = write;
     this.#flushAfterMs = options.flushAfterMs ?? 100;
-    this.#maxBytes = options.maxBytes ?? 65536;
+    this.#maxBytes = options.maxBytes ?? 4096;
   }
 
   /** Queues one line (without its newline). */
   line(text: string): void {
-    this.#pending += `${text}\n`;
-    if (this.#pending.length >= this.#maxBytes) {
+    this.#lines.push(text);
+    this.#length += text.length + 1;
+    if (this.#length >= this.#maxBytes) {
       this.flush();
     } else if (this.#timer === undefined) {
       this.#timer = setTimeout(() => this.flush(), this.#flushAfterMs);
@@ -66,9 +70,22 @@ export class LineWriter {
   flush(): void {
     clearTimeout(this.#timer);
     this.#timer = undefined;
-    if (this.#pending === "") return;
-    const bytes = this.#encoder.encode(this.#pending);
-    this.#pending = "";
+    let chunk = "";
+    for (const line of this.#lines) {
+      // Lengths are counted in UTF-16 units: exact for the ASCII we log.
+      if (chunk !== "" && chunk.length + line.length + 1 > this.#maxBytes) {
+        this.#writeAll(chunk);
+        chunk = "";
+      }
+      chunk += `${line}\n`;
+    }
+    this.#lines = [];
+    this.#length = 0;
+    if (chunk !== "") this.#writeAll(chunk);
+  }
+
+  #writeAll(text: string): void {
+    const bytes = this.#encoder.encode(text);
     let written = 0;
     while (written < bytes.length) written += this.#write(bytes.subarray(written));
   }
@@ -77,6 +94,16 @@ export class LineWriter {
 /** Access lines on their way to stdout. */
 export const accessLog = new LineWriter((bytes) => Deno.stdout.writeSync(bytes));
 
+/** Writes one diagnostic line to stderr. A stderr nobody reads any more
+ * (a supervisor that died) must not stop the balancer, so failures are dropped. */
+export function logDiagnostic(message: string): void {
+  try {
+    console.error(formatDiagnostic(message));
+  } catch {
+    // Nowhere left to say it.
+  }
+}
+
 /** Writes each event where it belongs: access lines to stdout, the rest to stderr. */
 export function logEvent(event: LoadBalancerEvent): void {
   switch (event.type) {
@@ -84,25 +111,33 @@ export function logEvent(event: LoadBalancerEvent): void {
       accessLog.line(formatAccessLine(event.record));
       break;
     case "connect-error":
-      console.error(
-        formatDiagnostic(
-          `backend ${event.backend} unreachable for client ${event.client}: ${event.reason}`,
-        ),
+      logDiagnostic(
+        `backend ${event.backend} unreachable for client ${event.client}: ${event.reason}`,
       );
       break;
     case "accept-error":
-      console.error(formatDiagnostic(
+      logDiagnostic(
         `accept failed: ${event.reason}; backing off from ${event.backoffMs} ms ` +
           `(said once until accepting works again)`,
-      ));
+      );
       break;
     case "accept-recovered":
-      console.error(formatDiagnostic(`accepting again after ${event.failures} failed accept(s)`));
+      logDiagnostic(`accepting again after ${event.failures} failed accept(s)`);
       break;
     case "internal-error":
-      console.error(formatDiagnostic(
+      logDiagnostic(
         `internal error on connection from ${event.client}, closed it: ${event.reason}`,
-      ));
+      );
       break;
   }
+}
+
+/** A one-line description of an error: its kind and message. */
+export function describe(error: unknown): string {
+  if (error instanceof Error) {
+    const code = (error as { code?: unknown }).code;
+    const kind = typeof code === "string" ? code : error.name;
+    return `${kind}: ${error.message}`;
+  }
+  return String(error);
 }

@@ -17,22 +17,33 @@ Deno.test("formatAccessLine() puts every field in its fixed place", () => {
   );
 });
 
-Deno.test("LineWriter writes queued lines together, in order, when flushed or full", () => {
+Deno.test("LineWriter writes queued lines together, in order, in whole-line chunks", () => {
   const writes: string[] = [];
   const writer = new LineWriter((bytes) => {
-    // Take at most 10 bytes per call, as a pipe may: the writer must loop.
-    writes.push(new TextDecoder().decode(bytes.subarray(0, 10)));
-    return Math.min(bytes.length, 10);
+    writes.push(new TextDecoder().decode(bytes));
+    return bytes.length;
   }, { maxBytes: 24 });
   writer.line("one");
   writer.line("two");
   assert.deepEqual(writes, []);
   writer.flush();
-  assert.equal(writes.join(""), "one\ntwo\n");
+  assert.deepEqual(writes, ["one\ntwo\n"]);
   writes.length = 0;
-  writer.line("a line long enough"); // 19 bytes: still below 24
-  writer.line("to fill it"); // now past 24: written at once
-  assert.equal(writes.join(""), "a line long enough\nto fill it\n");
-  writer.flush(); // nothing left; no empty write
-  assert.equal(writes.join(""), "a line long enough\nto fill it\n");
+  writer.line("a line long enough"); // 19 bytes: below 24, waits
+  writer.line("to fill it"); // 30 bytes queued: written at once, in two whole-line writes
+  assert.deepEqual(writes, ["a line long enough\n", "to fill it\n"]);
+  writer.flush(); // nothing left: no empty write
+  assert.equal(writes.length, 2);
+});
+
+Deno.test("LineWriter keeps writing until the sink has taken every byte", () => {
+  let taken = "";
+  const writer = new LineWriter((bytes) => {
+    const part = bytes.subarray(0, 4); // a sink that takes 4 bytes per call
+    taken += new TextDecoder().decode(part);
+    return part.length;
+  });
+  writer.line("0123456789");
+  writer.flush();
+  assert.equal(taken, "0123456789\n");
 });

@@ -276,14 +276,18 @@ export interface BalancerProcess {
 
 /**
  * Starts `deno run --allow-net load_balancer.ts --listen 127.0.0.1:0 ARGS`
- * and waits until it listens. With `maxOpenFiles`, it runs under that
- * descriptor limit (`ulimit -n`).
+ * and waits until it listens (with `--workers`, until every worker does).
+ * With `maxOpenFiles`, it runs under that descriptor limit (`ulimit -n`).
  */
 export async function startBalancerProcess(
   args: string[],
   options: { maxOpenFiles?: number } = {},
 ): Promise<BalancerProcess> {
-  const deno = [Deno.execPath(), "run", "--allow-net", "load_balancer.ts"];
+  const supervised = args.includes("--workers");
+  const permissions = supervised
+    ? ["--allow-net", "--allow-run", "--unstable-net"]
+    : ["--allow-net"];
+  const deno = [Deno.execPath(), "run", ...permissions, "load_balancer.ts"];
   const command = [...deno, "--listen", "127.0.0.1:0", ...args];
   // `exec` keeps the pid: the process we signal and measure is the balancer itself.
   const [program, ...programArgs] = options.maxOpenFiles === undefined
@@ -350,13 +354,29 @@ export async function startBalancerProcess(
     if (!exited) child.kill(signal);
   };
   const close = async () => {
+    // A supervisor's workers share its stdout: they go first, or the output
+    // would stay open behind them.
+    if (supervised && !exited) {
+      const { stdout } = await new Deno.Command("pgrep", { args: ["-P", String(child.pid)] })
+        .output();
+      for (const pid of new TextDecoder().decode(stdout).split("\n").filter(Boolean)) {
+        try {
+          Deno.kill(Number(pid), "SIGKILL");
+        } catch {
+          // Already gone.
+        }
+      }
+    }
     kill("SIGKILL");
     await status;
     await reading;
   };
   try {
-    const listening = await waitForLine("stderr", /listening on /);
-    const port = Number(/listening on .*:(\d+);/.exec(listening)?.[1]);
+    const listening = await waitForLine(
+      "stderr",
+      supervised ? /^\S+ load_balancer: listening on .* with \d+ workers$/ : /listening on /,
+    );
+    const port = Number(/listening on \S*:(\d+)[; ]/.exec(listening)?.[1]);
     return { port, pid: child.pid, ...lines, status, waitForLine, kill, close };
   } catch (error) {
     await close();

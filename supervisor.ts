@@ -1,0 +1,180 @@
+/**
+ * `--workers N`: N balancer processes sharing one listening port.
+ *
+ * JavaScript runs on one thread, so one process uses one core. With
+ * `SO_REUSEPORT` (Linux) several processes can each listen on the same
+ * address, and the kernel spreads new connections across them. The
+ * supervisor is the same program started with `--workers N`:
+ *
+ * 1. it binds the address once *without* reuse, so a port held by another
+ *    program is still reported as in use, and learns the port (for port 0);
+ * 2. it starts N workers (`--as-worker`, listening with `reusePort`);
+ * 3. it restarts a worker that dies, after a backoff that doubles while
+ *    workers keep dying young;
+ * 4. it forwards SIGINT/SIGTERM, so every worker drains, and exits when all
+ *    have; a second signal is forwarded too, and it exits at once.
+ *
+ * Workers write access lines straight to the shared stdout (each write holds
+ * whole lines, at most 4 KiB, so lines from different workers never mix);
+ * their stderr is relayed line by line, prefixed with the worker's number.
+ *
+ * @module
+ */
+
+import { formatHostPort, type HostPort } from "./address.ts";
+import { describe, logDiagnostic } from "./log.ts";
+
+/** What the supervisor needs to know. */
+export interface SupervisorOptions {
+  /** The address the workers share. */
+  listen: HostPort;
+  /** How many workers. */
+  workers: number;
+  /** The command line the supervisor was given; passed on to each worker. */
+  args: readonly string[];
+  /** The load balancer's entry module. @default {Deno.mainModule} */
+  mainModule?: string;
+}
+
+// A worker that dies sooner than this after its start counts as dying young.
+const HEALTHY_AFTER_MS = 10_000;
+const RESTART_FIRST_MS = 100;
+const RESTART_MAX_MS = 10_000;
+// A worker exits 2 when its command line or listen address is wrong; starting
+// it again would fail the same way.
+const EXIT_USAGE = 2;
+
+interface Slot {
+  readonly id: number;
+  child?: Deno.ChildProcess;
+  startedAt: number;
+  backoffMs: number;
+  restartTimer?: ReturnType<typeof setTimeout>;
+}
+
+/** Runs the supervisor until its workers have all exited; resolves with the exit code. */
+export async function supervise(options: SupervisorOptions): Promise<number> {
+  if (Deno.build.os !== "linux") {
+    console.error(
+      `load_balancer: --workers ${options.workers}: needs Linux (SO_REUSEPORT); ` +
+        `this is ${Deno.build.os}. Run one process per port instead.`,
+    );
+    return EXIT_USAGE;
+  }
+  // Bind once without reuse: fails if anything else holds the port.
+  let port: number;
+  try {
+    const probe = Deno.listen({ hostname: options.listen.hostname, port: options.listen.port });
+    port = probe.addr.port;
+    probe.close();
+  } catch (error) {
+    console.error(`load_balancer: --listen ${formatHostPort(options.listen)}: ${describe(error)}`);
+    return EXIT_USAGE;
+  }
+  const listen = formatHostPort({ hostname: options.listen.hostname, port });
+  const mainModule = options.mainModule ?? Deno.mainModule;
+  const workerArgs = [...options.args, "--listen", listen, "--as-worker"];
+
+  const slots: Slot[] = Array.from({ length: options.workers }, (_, i) => ({
+    id: i + 1,
+    startedAt: 0,
+    backoffMs: 0,
+  }));
+  let stopping = false;
+  let fatal = false;
+  let signals = 0;
+  let listening = 0;
+  const exited = Promise.withResolvers<void>();
+  const running = () => slots.filter((slot) => slot.child !== undefined).length;
+
+  const start = (slot: Slot) => {
+    slot.restartTimer = undefined;
+    slot.startedAt = Date.now();
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "--allow-net", "--unstable-net", mainModule, ...workerArgs],
+      stdin: "null",
+      stdout: "inherit",
+      stderr: "piped",
+    }).spawn();
+    slot.child = child;
+    relay(child.stderr, slot.id, (line) => {
+      if (line.includes(" listening on ") && ++listening === options.workers) {
+        logDiagnostic(`listening on ${listen} with ${options.workers} workers`);
+      }
+    });
+    child.status.then((status) => {
+      slot.child = undefined;
+      if (stopping || fatal) {
+        if (running() === 0) exited.resolve();
+        return;
+      }
+      const how = status.signal ? `signal ${status.signal}` : `code ${status.code}`;
+      if (status.code === EXIT_USAGE) {
+        logDiagnostic(`worker ${slot.id} could not start (${how}); stopping`);
+        fatal = true;
+        for (const other of slots) other.child?.kill("SIGKILL");
+        if (running() === 0) exited.resolve();
+        return;
+      }
+      const diedYoung = Date.now() - slot.startedAt < HEALTHY_AFTER_MS;
+      slot.backoffMs = diedYoung
+        ? Math.min(slot.backoffMs === 0 ? RESTART_FIRST_MS : slot.backoffMs * 2, RESTART_MAX_MS)
+        : RESTART_FIRST_MS;
+      logDiagnostic(
+        `worker ${slot.id} (pid ${child.pid}) exited with ${how}; restarting in ${slot.backoffMs} ms`,
+      );
+      slot.restartTimer = setTimeout(() => start(slot), slot.backoffMs);
+    });
+  };
+
+  const onSignal = (signal: Deno.Signal) => {
+    signals++;
+    stopping = true;
+    for (const slot of slots) {
+      clearTimeout(slot.restartTimer);
+      slot.restartTimer = undefined;
+      try {
+        slot.child?.kill(signal);
+      } catch {
+        // It just exited.
+      }
+    }
+    if (signals > 1) {
+      logDiagnostic(`${signal} again: exiting now`);
+      Deno.exit(1);
+    }
+    logDiagnostic(`${signal}: passed to ${running()} worker(s); waiting for them`);
+    if (running() === 0) exited.resolve();
+  };
+  for (const signal of ["SIGINT", "SIGTERM"] as const) {
+    Deno.addSignalListener(signal, () => onSignal(signal));
+  }
+
+  for (const slot of slots) start(slot);
+  await exited.promise;
+  if (fatal) return EXIT_USAGE;
+  logDiagnostic("all workers have exited");
+  return 0;
+}
+
+/** Copies a worker's stderr to ours, line by line, naming the worker. */
+async function relay(
+  stream: ReadableStream<Uint8Array>,
+  id: number,
+  onLine: (line: string) => void,
+): Promise<void> {
+  let partial = "";
+  try {
+    for await (const text of stream.pipeThrough(new TextDecoderStream())) {
+      const lines = (partial + text).split("\n");
+      partial = lines.pop()!;
+      for (const line of lines) {
+        console.error(`[worker ${id}] ${line}`);
+        onLine(line);
+      }
+    }
+  } catch {
+    // The worker is gone; its last words were relayed.
+  }
+  if (partial) console.error(`[worker ${id}] ${partial}`);
+}

@@ -1,0 +1,149 @@
+/** `--workers N`: a supervisor and N processes sharing one port. */
+
+import assert from "node:assert/strict";
+import {
+  connectLoopback,
+  exchange,
+  listenLoopback,
+  readAll,
+  runScript,
+  startBalancerProcess,
+  startEchoServer,
+  writeAll,
+} from "./test_util.ts";
+
+/** The supervisor's worker processes, by pid. */
+async function workersOf(supervisorPid: number): Promise<number[]> {
+  const { stdout } = await new Deno.Command("pgrep", { args: ["-P", String(supervisorPid)] })
+    .output();
+  return new TextDecoder().decode(stdout).trim().split("\n").filter(Boolean).map(Number).sort();
+}
+
+Deno.test("--workers 2 runs two processes, both listening on one port, and traffic flows", async () => {
+  const echo = startEchoServer();
+  const lb = await startBalancerProcess(["--backend", `127.0.0.1:${echo.port}`, "--workers", "2"]);
+  try {
+    assert.equal((await workersOf(lb.pid)).length, 2);
+    for (let i = 0; i < 40; i++) assert.equal(await exchange(lb.port, `hello ${i}`), `hello ${i}`);
+    // Both workers said where they listen: the same port.
+    const listening = lb.stderr.filter((line) => / listening on .*; backends/.test(line));
+    assert.equal(listening.length, 2);
+    assert.ok(listening.every((line) => line.includes(`127.0.0.1:${lb.port};`)));
+    assert.deepEqual(
+      listening.map((line) => /^\[worker (\d)\]/.exec(line)?.[1]).sort(),
+      ["1", "2"],
+    );
+  } finally {
+    await lb.close();
+    await echo.close();
+  }
+});
+
+Deno.test("a worker that is killed is replaced, and serving goes on", async () => {
+  const echo = startEchoServer();
+  const lb = await startBalancerProcess(["--backend", `127.0.0.1:${echo.port}`, "--workers", "2"]);
+  try {
+    const [victim, survivor] = await workersOf(lb.pid);
+    Deno.kill(victim!, "SIGKILL");
+    await lb.waitForLine(
+      "stderr",
+      new RegExp(`worker \\d \\(pid ${victim}\\) exited with signal SIGKILL; restarting in 100 ms`),
+    );
+    let now: number[] = [];
+    for (let wait = 0; wait < 100; wait++) {
+      now = await workersOf(lb.pid);
+      if (now.length === 2 && !now.includes(victim!)) break;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    assert.equal(now.length, 2);
+    assert.ok(now.includes(survivor!) && !now.includes(victim!), `workers now ${now}`);
+    // Three "listening" lines: two at the start, one from the replacement.
+    await lb.waitForLine("stderr", /listening on .*; backends/);
+    for (let wait = 0; wait < 100; wait++) {
+      if (lb.stderr.filter((line) => / listening on .*; backends/.test(line)).length === 3) break;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    assert.equal(lb.stderr.filter((line) => / listening on .*; backends/.test(line)).length, 3);
+    for (let i = 0; i < 20; i++) assert.equal(await exchange(lb.port, `after ${i}`), `after ${i}`);
+  } finally {
+    await lb.close();
+    await echo.close();
+  }
+});
+
+Deno.test("SIGTERM to the supervisor drains every worker, then it exits 0", async () => {
+  const echo = startEchoServer();
+  const lb = await startBalancerProcess(["--backend", `127.0.0.1:${echo.port}`, "--workers", "2"]);
+  try {
+    const held = await connectLoopback(lb.port);
+    await writeAll(held, new TextEncoder().encode("before"));
+    assert.equal(await held.read(new Uint8Array(6)), 6);
+    lb.kill("SIGTERM");
+    for (const id of [1, 2]) {
+      await lb.waitForLine("stderr", new RegExp(`^\\[worker ${id}\\] .* no longer accepting`));
+    }
+    await assert.rejects(
+      Deno.connect({ hostname: "127.0.0.1", port: lb.port }),
+      Deno.errors.ConnectionRefused,
+    );
+    // The held connection is served to its end.
+    await writeAll(held, new TextEncoder().encode(" and after"));
+    await held.closeWrite();
+    assert.equal(new TextDecoder().decode(await readAll(held)), " and after");
+    held.close();
+    assert.equal((await lb.status).code, 0);
+    assert.match(lb.stderr.at(-1)!, /all workers have exited/);
+  } finally {
+    await lb.close();
+    await echo.close();
+  }
+});
+
+Deno.test("--workers still reports a port another program holds, exit 2", async () => {
+  const busy = listenLoopback();
+  try {
+    const { code, stderr } = await runScript(
+      "load_balancer.ts",
+      ["--listen", `127.0.0.1:${busy.addr.port}`, "--workers", "2"],
+      { permissions: ["--allow-net", "--allow-run", "--unstable-net"] },
+    );
+    assert.equal(code, 2);
+    assert.match(
+      stderr,
+      new RegExp(`^load_balancer: --listen 127.0.0.1:${busy.addr.port}: EADDRINUSE.*\\n$`),
+    );
+  } finally {
+    busy.close();
+  }
+});
+
+Deno.test("workers whose supervisor is killed outright drain and exit by themselves", async () => {
+  const echo = startEchoServer();
+  const lb = await startBalancerProcess(["--backend", `127.0.0.1:${echo.port}`, "--workers", "2"]);
+  let workers: number[] = [];
+  try {
+    workers = await workersOf(lb.pid);
+    assert.equal(workers.length, 2);
+    Deno.kill(lb.pid, "SIGKILL");
+    await lb.status;
+    // Within about a second each worker sees it has a new parent, drains
+    // (nothing is open) and exits.
+    for (let wait = 0; wait < 100 && workers.some(alive); wait++) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    assert.deepEqual(workers.filter(alive), []);
+  } finally {
+    for (const pid of workers.filter(alive)) Deno.kill(pid, "SIGKILL");
+    await lb.close();
+    await echo.close();
+  }
+});
+
+function alive(pid: number): boolean {
+  try {
+    Deno.kill(pid, "SIGCONT"); // signal 0 is not offered; SIGCONT is harmless
+    return true;
+  } catch {
+    return false;
+  }
+}
