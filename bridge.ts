@@ -23,7 +23,7 @@
  *
  * Read buffers are small while a direction is quiet and large while it moves
  * bulk data, both pooled (see `buffers.ts`): an idle connection holds 2 KiB
- * of buffers, a busy one 64 KiB per busy direction.
+ * of buffers, a busy one 256 KiB per busy direction.
  *
  * @module
  */

@@ -43,10 +43,10 @@ export class BufferPool {
 /** Small buffers: what every direction of every connection holds while idle. */
 export const SMALL_BUFFER_BYTES = 1024;
 /** Large buffers: borrowed while a direction moves bulk data. */
-export const LARGE_BUFFER_BYTES = 65536;
+export const LARGE_BUFFER_BYTES = 262144;
 
-/** The pools the bridge uses unless given others. Up to 4 MiB each kept for reuse. */
+/** The pools the bridge uses unless given others; each keeps up to 4 MiB for reuse. */
 export const defaultPools = {
   small: new BufferPool(SMALL_BUFFER_BYTES, 4096),
-  large: new BufferPool(LARGE_BUFFER_BYTES, 64),
+  large: new BufferPool(LARGE_BUFFER_BYTES, 16),
 };

@@ -23,6 +23,7 @@ import {
   type FigureKey,
   FIGURES,
   type Measurements,
+  medianOf,
   ratiosToHaproxy,
   renderTable,
   type Target,
@@ -133,24 +134,54 @@ function sleep(ms: number): Promise<void> {
 
 // ---------------------------------------------------------------- proxies
 
-/** Starts `target` in front of `backendPorts`; returns where to connect and the process to watch. */
+/** A running proxy: where to connect, and its processes' CPU and memory. */
+interface Proxy {
+  port: number;
+  /** CPU seconds used so far by all its processes. */
+  cpuSeconds(): Promise<number>;
+  /** Resident memory of all its processes, KiB. */
+  rssKiB(): Promise<number>;
+  stop(): Promise<void>;
+}
+
+/** The pids of `pid` and its children (a supervisor's workers). */
+async function family(pid: number): Promise<number[]> {
+  const { stdout } = await new Deno.Command("pgrep", { args: ["-P", String(pid)] }).output();
+  const children = new TextDecoder().decode(stdout).split("\n").filter(Boolean).map(Number);
+  return [pid, ...children];
+}
+
+/** Starts `target` in front of `backendPorts`. */
 async function startProxy(
   target: Exclude<Target, "direct">,
   backendPorts: number[],
   tag: string,
-): Promise<{ port: number; process: Started }> {
+): Promise<Proxy> {
   const port = freePort();
   const setup = { listenPort: port, backendPorts };
   let process: Started;
-  if (target === "lb") {
-    process = start(`lb-${tag}`, PROXY_CORE, [
+  if (target === "lb" || target === "lbWorkers") {
+    const workers = target === "lbWorkers" ? ["--workers", "2"] : [];
+    process = start(`${target}-${tag}`, PROXY_CORE, [
       Deno.execPath(),
       "run",
       "--allow-net",
+      "--allow-run",
+      "--unstable-net",
       `${root}load_balancer.ts`,
       "--listen",
       `127.0.0.1:${port}`,
       ...backendPorts.flatMap((p) => ["--backend", `127.0.0.1:${p}`]),
+      ...workers,
+    ]);
+  } else if (target === "floor") {
+    process = start(`floor-${tag}`, PROXY_CORE, [
+      Deno.execPath(),
+      "run",
+      "--allow-net",
+      `${here}deno_floor.ts`,
+      String(port),
+      String(backendPorts[0]),
     ]);
   } else if (target === "haproxy") {
     const config = `${resultsDir}/haproxy-${tag}.cfg`;
@@ -162,8 +193,38 @@ async function startProxy(
     await Deno.writeTextFile(config, nginxStreamConfig(setup, dir, NGINX_STREAM_MODULE));
     process = start(`nginx-${tag}`, PROXY_CORE, ["nginx", "-e", `${dir}/error.log`, "-c", config]);
   }
-  await listening(port, process);
-  return { port, process };
+  if (target === "lbWorkers") {
+    // The supervisor listens for a moment itself to check the port; ready
+    // means every worker said so.
+    await logged(process, /listening on .* with 2 workers/);
+  } else {
+    await listening(port, process);
+  }
+  const pids = () => target === "lbWorkers" ? family(process.pid) : Promise.resolve([process.pid]);
+  return {
+    port,
+    cpuSeconds: async () => (await pids()).reduce((sum, pid) => sum + cpuSeconds(pid), 0),
+    rssKiB: async () => (await pids()).reduce((sum, pid) => sum + rssKiB(pid), 0),
+    stop: async () => {
+      if (target === "lbWorkers") {
+        for (const pid of (await family(process.pid)).slice(1)) Deno.kill(pid, "SIGKILL");
+      }
+      await process.stop();
+    },
+  };
+}
+
+async function logged(started: Started, pattern: RegExp, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    try {
+      if (pattern.test(await Deno.readTextFile(started.log))) return;
+    } catch {
+      // Not written yet.
+    }
+    await sleep(50);
+  }
+  throw new Error(`${started.name}: no line matching ${pattern} in ${timeoutMs} ms`);
 }
 
 // ---------------------------------------------------------------- loads
@@ -182,21 +243,22 @@ async function throughTarget(
   target: Target,
   backendPorts: number[],
   tag: string,
-  load: (port: number, proxyPid: number | undefined) => Promise<Partial<Record<FigureKey, number>>>,
+  load: (port: number, proxy: Proxy | undefined) => Promise<Partial<Record<FigureKey, number>>>,
 ) {
   if (target === "direct") return await load(backendPorts[0]!, undefined);
-  const { port, process } = await startProxy(target, backendPorts, tag);
+  const proxy = await startProxy(target, backendPorts, tag);
   try {
-    return await load(port, process.pid);
+    return await load(proxy.port, proxy);
   } finally {
-    await process.stop();
+    await proxy.stop();
   }
 }
 
 function wrkLoad(settings: Settings, close: boolean): Measure {
-  return (target, backends, tag) =>
-    throughTarget(target, backends.httpPorts, tag, async (port, pid) => {
-      const before = pid === undefined ? 0 : cpuSeconds(pid);
+  return async (target, backends, tag) => {
+    if (target === "floor") return {}; // It copies nothing: only idle memory is measured.
+    return await throughTarget(target, backends.httpPorts, tag, async (port, proxy) => {
+      const before = proxy === undefined ? 0 : await proxy.cpuSeconds();
       const output = await run([
         "wrk",
         "-t1",
@@ -207,7 +269,7 @@ function wrkLoad(settings: Settings, close: boolean): Measure {
         `http://127.0.0.1:${port}/`,
       ]);
       const result = parseWrk(output);
-      const cpuUs = pid === undefined ? undefined : (cpuSeconds(pid) - before) * 1e6;
+      const cpuUs = proxy === undefined ? undefined : (await proxy.cpuSeconds() - before) * 1e6;
       if (close) {
         return {
           newConnectionsPerSecond: result.requestsPerSecond,
@@ -221,12 +283,14 @@ function wrkLoad(settings: Settings, close: boolean): Measure {
         ...(cpuUs === undefined ? {} : { cpuUsPerRequest: cpuUs / result.requests }),
       };
     });
+  };
 }
 
 function iperfLoad(settings: Settings, streams: number): Measure {
   // One backend only: iperf3's control and data connections must reach the same server.
-  return (target, backends, tag) =>
-    throughTarget(target, [backends.iperfPort], tag, async (port) => {
+  return async (target, backends, tag) => {
+    if (target === "floor") return {};
+    return await throughTarget(target, [backends.iperfPort], tag, async (port) => {
       const output = await run([
         "iperf3",
         "-c",
@@ -244,6 +308,7 @@ function iperfLoad(settings: Settings, streams: number): Measure {
         ? { throughputOneStreamGbps: gbps }
         : { throughputFourStreamsGbps: gbps };
     });
+  };
 }
 
 /**
@@ -281,7 +346,7 @@ function idleLoad(settings: Settings): Measure {
     if (target === "direct") return {};
     const hold = startHoldServer();
     try {
-      return await throughTarget(target, [hold.port], tag, async (port, pid) => {
+      return await throughTarget(target, [hold.port], tag, async (port, proxy) => {
         // An idle connection that has been used: one byte, then quiet. (HAProxy
         // opens the server side only once the client has sent something.)
         const open = async () => {
@@ -294,7 +359,7 @@ function idleLoad(settings: Settings): Measure {
         warm.forEach((conn) => conn.close());
         while (hold.held.size > 0) await sleep(20);
         await sleep(300);
-        const before = rssKiB(pid!);
+        const before = await proxy!.rssKiB();
         const clients: Deno.Conn[] = [];
         for (let i = 0; i < settings.idleConnections; i += 100) {
           const batch = Math.min(100, settings.idleConnections - i);
@@ -308,7 +373,7 @@ function idleLoad(settings: Settings): Measure {
           );
         }
         await sleep(500);
-        const after = rssKiB(pid!);
+        const after = await proxy!.rssKiB();
         clients.forEach((conn) => conn.close());
         while (hold.held.size > 0 && Date.now() < deadline + 10_000) await sleep(20);
         return { idleKiBPerConnection: (after - before) / settings.idleConnections };
@@ -552,11 +617,20 @@ async function main(args: string[]): Promise<number> {
       );
     }
   }
+  const lbIdle = medianOf(measurements, "lb", "idleKiBPerConnection");
+  const floorIdle = medianOf(measurements, "floor", "idleKiBPerConnection");
+  const aboveFloorKiB = lbIdle !== undefined && floorIdle !== undefined
+    ? lbIdle - floorIdle
+    : undefined;
+  if (aboveFloorKiB !== undefined) {
+    console.log(`  memory per idle connection above Deno's floor: ${aboveFloorKiB.toFixed(1)} KiB`);
+  }
   const report = {
     machine: await machine(),
     settings: { ...settings, pinned: pinning, proxyCore: PROXY_CORE, loadCore: LOAD_CORE },
     measurements,
     ratiosToHaproxy: ratios,
+    idleKiBAboveDenoFloor: aboveFloorKiB,
     errors,
   };
   const stamp = report.machine.date.replaceAll(":", "-");

@@ -12,8 +12,10 @@ import { ratio, summarize } from "./stats.ts";
 export const TARGETS = {
   direct: "direct",
   lb: "this LB",
+  lbWorkers: "this LB, --workers 2",
   haproxy: "HAProxy",
   nginx: "NGINX stream",
+  floor: "Deno floor",
 } as const;
 /** A proxy (or none) under test. */
 export type Target = keyof typeof TARGETS;
