@@ -63,6 +63,8 @@ let pinning = true;
 /** Starts `command` pinned to `core` (when taskset exists), output to a log file. */
 function start(name: string, core: string, command: string[]): Started {
   const log = `${resultsDir}/logs/${name}.log`;
+  // Empty it now, not in the child: a readiness check may read it before the child starts.
+  Deno.writeTextFileSync(log, "");
   const pinned = pinning ? ["taskset", "-c", core, ...command] : command;
   // `exec` all the way down, so the pid we hold is the program's own.
   const child = new Deno.Command("bash", {
