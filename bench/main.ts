@@ -271,6 +271,7 @@ function wrkLoad(settings: Settings, close: boolean): Measure {
         `http://127.0.0.1:${port}/`,
       ]);
       const result = parseWrk(output);
+      if (result.requests === 0) throw new Error(`wrk completed no request:\n${output}`);
       const cpuUs = proxy === undefined ? undefined : (await proxy.cpuSeconds() - before) * 1e6;
       if (close) {
         return {
