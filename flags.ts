@@ -10,13 +10,25 @@
 
 import { parseArgs } from "node:util";
 import { type HostPort, parseHostPort } from "./address.ts";
+import { STRATEGY_NAMES, type StrategyName } from "./balancer.ts";
+
+/** One `--backend`: where, and its options. */
+export interface BackendSpec {
+  address: HostPort;
+  /** Relative share of connections, 1-256. @default {1} */
+  weight: number;
+  /** Takes traffic only when no other backend is left to try. @default {false} */
+  backup: boolean;
+}
 
 /** Everything the command line can set. */
 export interface LoadBalancerFlags {
   /** Where clients connect. @default {127.0.0.1:5000} */
   listen: HostPort;
   /** The pool, in order. @default {[127.0.0.1:5001, 127.0.0.1:5002]} */
-  backends: HostPort[];
+  backends: BackendSpec[];
+  /** How backends are chosen. @default {"round-robin"} */
+  balance: StrategyName;
   /** Time allowed for each backend connect attempt. @default {5000} */
   connectTimeoutMs: number;
   /** Time connections may take to finish after SIGINT/SIGTERM. @default {30000} */
@@ -44,9 +56,15 @@ Flags:
   --listen HOST:PORT       where clients connect (default 127.0.0.1:5000);
                            use 0.0.0.0:PORT or [::]:PORT for all interfaces,
                            port 0 for any free port (printed at start)
-  --backend HOST:PORT      a backend; repeat for more. Given once or more, it
+  --backend HOST:PORT[,weight=N][,backup]
+                           a backend; repeat for more. Given once or more, it
                            replaces the default pool 127.0.0.1:5001, 127.0.0.1:5002.
-                           IPv6 as [::1]:5001; host names are resolved at each connect
+                           IPv6 as [::1]:5001; host names are resolved at each connect.
+                           weight=N (1-256, default 1): its share of connections;
+                           backup: used only when no other backend is left to try
+  --balance NAME           round-robin (default; smooth weighted when weights
+                           differ), least-connections, random-two, source-hash
+                           (Maglev on the client's IP), first
   --connect-timeout MS     time allowed for each backend connect (default 5000)
   --drain-timeout MS       on SIGINT/SIGTERM, time connections may take to
                            finish before they are closed (default 30000)
@@ -67,6 +85,7 @@ export function parseFlags(args: readonly string[]): LoadBalancerFlags {
       options: {
         listen: { type: "string" },
         backend: { type: "string", multiple: true },
+        balance: { type: "string" },
         "connect-timeout": { type: "string" },
         "drain-timeout": { type: "string" },
         workers: { type: "string" },
@@ -81,9 +100,8 @@ export function parseFlags(args: readonly string[]): LoadBalancerFlags {
   }
   return {
     listen: hostPortFlag("--listen", values.listen ?? "127.0.0.1:5000", true),
-    backends: (values.backend ?? DEFAULT_BACKENDS).map((text) =>
-      hostPortFlag("--backend", text, false)
-    ),
+    backends: (values.backend ?? DEFAULT_BACKENDS).map(backendFlag),
+    balance: balanceFlag(values.balance),
     connectTimeoutMs: millisecondsFlag("--connect-timeout", values["connect-timeout"], 5000),
     drainTimeoutMs: millisecondsFlag("--drain-timeout", values["drain-timeout"], 30000),
     workers: integerFlag("--workers", values.workers, 1, 1, 64),
@@ -98,6 +116,39 @@ function hostPortFlag(flag: string, text: string, isListen: boolean): HostPort {
   } catch (error) {
     throw new UsageError(`${flag} ${text}: ${(error as Error).message}`);
   }
+}
+
+function backendFlag(text: string): BackendSpec {
+  const [where, ...options] = text.split(",");
+  const spec: BackendSpec = {
+    address: hostPortFlag("--backend", where!, false),
+    weight: 1,
+    backup: false,
+  };
+  for (const option of options) {
+    const [key, value] = option.split("=", 2) as [string, string | undefined];
+    if (key === "backup" && value === undefined) {
+      spec.backup = true;
+    } else if (key === "weight" && value !== undefined) {
+      spec.weight = /^[0-9]{1,3}$/.test(value) ? Number(value) : NaN;
+      if (!(spec.weight >= 1 && spec.weight <= 256)) {
+        throw new UsageError(
+          `--backend ${text}: weight must be 1-256, got ${JSON.stringify(value)}`,
+        );
+      }
+    } else {
+      throw new UsageError(
+        `--backend ${text}: unknown option ${JSON.stringify(option)}; expected weight=N or backup`,
+      );
+    }
+  }
+  return spec;
+}
+
+function balanceFlag(text: string | undefined): StrategyName {
+  if (text === undefined) return "round-robin";
+  if ((STRATEGY_NAMES as readonly string[]).includes(text)) return text as StrategyName;
+  throw new UsageError(`--balance ${text}: expected one of ${STRATEGY_NAMES.join(", ")}`);
 }
 
 function millisecondsFlag(flag: string, text: string | undefined, fallback: number): number {

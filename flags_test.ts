@@ -4,7 +4,11 @@ import { parseFlags, UsageError } from "./flags.ts";
 Deno.test("parseFlags() with no flags is the lab: 5000 → 5001, 5002", () => {
   assert.deepEqual(parseFlags([]), {
     listen: { hostname: "127.0.0.1", port: 5000 },
-    backends: [{ hostname: "127.0.0.1", port: 5001 }, { hostname: "127.0.0.1", port: 5002 }],
+    backends: [
+      { address: { hostname: "127.0.0.1", port: 5001 }, weight: 1, backup: false },
+      { address: { hostname: "127.0.0.1", port: 5002 }, weight: 1, backup: false },
+    ],
+    balance: "round-robin",
     connectTimeoutMs: 5000,
     drainTimeoutMs: 30000,
     workers: 1,
@@ -27,12 +31,31 @@ Deno.test("parseFlags() replaces the default pool with the --backend flags, in o
   ]);
   assert.deepEqual(flags.listen, { hostname: "::", port: 6000 });
   assert.deepEqual(flags.backends, [
-    { hostname: "10.0.0.2", port: 80 },
-    { hostname: "::1", port: 81 },
+    { address: { hostname: "10.0.0.2", port: 80 }, weight: 1, backup: false },
+    { address: { hostname: "::1", port: 81 }, weight: 1, backup: false },
   ]);
   assert.equal(flags.connectTimeoutMs, 250);
   assert.equal(flags.drainTimeoutMs, 10);
   assert.equal(flags.help, true);
+});
+
+Deno.test("parseFlags() reads backend options and the strategy", () => {
+  const flags = parseFlags([
+    "--backend",
+    "127.0.0.1:5001,weight=5",
+    "--backend",
+    "[::1]:5002,backup",
+    "--backend",
+    "db.internal:5432,weight=256,backup",
+    "--balance",
+    "source-hash",
+  ]);
+  assert.deepEqual(flags.backends, [
+    { address: { hostname: "127.0.0.1", port: 5001 }, weight: 5, backup: false },
+    { address: { hostname: "::1", port: 5002 }, weight: 1, backup: true },
+    { address: { hostname: "db.internal", port: 5432 }, weight: 256, backup: true },
+  ]);
+  assert.equal(flags.balance, "source-hash");
 });
 
 Deno.test("parseFlags() errors name the flag and the value", () => {
@@ -49,6 +72,26 @@ Deno.test("parseFlags() errors name the flag and the value", () => {
     [["--drain-timeout", "soon"], "--drain-timeout soon: expected a whole number of milliseconds"],
     [["--listen"], "--listen needs a value"],
     [["--workers", "0"], "--workers 0: expected a whole number, 1-64"],
+    [
+      ["--backend", "127.0.0.1:5001,weight=0"],
+      '--backend 127.0.0.1:5001,weight=0: weight must be 1-256, got "0"',
+    ],
+    [
+      ["--backend", "127.0.0.1:5001,weight=257"],
+      "--backend 127.0.0.1:5001,weight=257: weight must be 1-256",
+    ],
+    [
+      ["--backend", "127.0.0.1:5001,weight"],
+      '--backend 127.0.0.1:5001,weight: unknown option "weight"',
+    ],
+    [
+      ["--backend", "127.0.0.1:5001,spare"],
+      '--backend 127.0.0.1:5001,spare: unknown option "spare"; expected weight=N or backup',
+    ],
+    [
+      ["--balance", "fastest"],
+      "--balance fastest: expected one of round-robin, least-connections, random-two, source-hash, first",
+    ],
     [["--workers", "two"], "--workers two: expected a whole number, 1-64"],
     [["stray"], "unexpected argument stray"],
   ];

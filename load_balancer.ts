@@ -12,24 +12,49 @@
  */
 
 import { formatHostPort, type HostPort } from "./address.ts";
-import { RoundRobin, type Strategy } from "./balancer.ts";
+import { type Candidate, createStrategy, RoundRobin, type Strategy } from "./balancer.ts";
 import { Bridge, type BridgeEnd } from "./bridge.ts";
 import { type BufferPool, defaultPools } from "./buffers.ts";
 import { parseFlags, USAGE, UsageError } from "./flags.ts";
 import { accessLog, describe, logDiagnostic, logEvent } from "./log.ts";
 import { supervise } from "./supervisor.ts";
 
-/** One backend of the pool. */
-export interface Backend {
+/** One backend of the pool, and what the strategies need to know about it. */
+export class Backend implements Candidate {
   /** Where to connect; host names are resolved at each connect. */
   readonly address: HostPort;
   /** The address as written in logs, `HOST:PORT`. */
   readonly name: string;
+  readonly weight: number;
+  readonly backup: boolean;
+  /** Connections in progress, attempts to connect included. */
+  active = 0;
+  /** Whether new connections may go here. */
+  usable = true;
+
+  constructor(address: HostPort, options: { weight?: number; backup?: boolean } = {}) {
+    this.address = address;
+    this.name = formatHostPort(address);
+    this.weight = options.weight ?? 1;
+    this.backup = options.backup ?? false;
+  }
+
+  /** How it is listed at start: `HOST:PORT`, with its weight and backup role if set. */
+  describe(): string {
+    const notes = [
+      ...(this.weight !== 1 ? [`weight ${this.weight}`] : []),
+      ...(this.backup ? ["backup"] : []),
+    ];
+    return notes.length > 0 ? `${this.name} (${notes.join(", ")})` : this.name;
+  }
 }
 
-/** Makes a {@linkcode Backend} from its address. */
-export function backendOf(address: HostPort): Backend {
-  return { address, name: formatHostPort(address) };
+/** Makes a {@linkcode Backend} from its address and options. */
+export function backendOf(
+  address: HostPort,
+  options: { weight?: number; backup?: boolean } = {},
+): Backend {
+  return new Backend(address, options);
 }
 
 /** How a client connection ended; the access log's `end` field.
@@ -299,15 +324,20 @@ export class LoadBalancer {
     };
 
     const tried = new Set<Backend>();
+    const clientAddress = client.remoteAddr.hostname;
     let backend: Backend | undefined;
     let server: Deno.TcpConn | undefined;
     while (server === undefined && !this.#cutting) {
-      backend = this.#strategy.pick(this.#backends, { tried });
+      backend = this.#strategy.pick(this.#backends, { tried, clientAddress });
       if (backend === undefined) break;
       tried.add(backend);
+      // Counted from the attempt on, so a burst of new clients spreads out
+      // under least-connections before any of them has connected.
+      backend.active++;
       try {
         server = await this.#connect(backend, connection);
       } catch (error) {
+        backend.active--;
         if (this.#cutting) break;
         this.#emit({
           type: "connect-error",
@@ -332,6 +362,7 @@ export class LoadBalancer {
     const bridge = new Bridge(client, server, { pools: this.#pools });
     connection.cut = () => bridge.cut();
     const result = await bridge.result;
+    backend!.active--;
     const end = result.end === "aborted" ? "drain-timeout" : result.end;
     finish(end, backend, result.bytesFromClient, result.bytesFromServer);
   }
@@ -434,16 +465,17 @@ export async function main(args: readonly string[]): Promise<void> {
     event.preventDefault();
     logDiagnostic(`unexpected error, still serving: ${describe(event.reason)}`);
   });
-  const backends = flags.backends.map(backendOf);
+  const backends = flags.backends.map((spec) => backendOf(spec.address, spec));
   const balancer = new LoadBalancer({
     listener,
     backends,
+    strategy: createStrategy(flags.balance),
     connectTimeoutMs: flags.connectTimeoutMs,
     onEvent: logEvent,
   });
   logDiagnostic(
     `listening on ${formatHostPort(balancer.addr)}; backends ${
-      backends.map((b) => b.name).join(", ")
+      backends.map((b) => b.describe()).join(", ")
     }`,
   );
 

@@ -4,22 +4,10 @@ import assert from "node:assert/strict";
 import {
   connectLoopback,
   readAll,
+  roundTrip,
   startBalancerProcess,
   startEchoServer,
-  writeAll,
 } from "./test_util.ts";
-
-async function roundTrip(conn: Deno.Conn, text: string): Promise<void> {
-  await writeAll(conn, new TextEncoder().encode(text));
-  const buffer = new Uint8Array(text.length);
-  let got = 0;
-  while (got < text.length) {
-    const read = await conn.read(buffer.subarray(got));
-    if (read === null) throw new Error("closed during a round trip");
-    got += read;
-  }
-  assert.equal(new TextDecoder().decode(buffer), text);
-}
 
 Deno.test("SIGTERM refuses new clients at once and lets open connections finish, then exit 0", async () => {
   const echo = startEchoServer();

@@ -12,6 +12,7 @@ import {
   connectLoopback,
   exchange,
   readAll,
+  roundTrip,
   startBalancer,
   startBalancerProcess,
   startEchoServer,
@@ -80,17 +81,7 @@ function startWatchedEcho(): TestServer & { ended: Promise<void>[] } {
 /** A connection kept open across a test, proving other traffic is unaffected. */
 async function bystander(port: number) {
   const conn = await connectLoopback(port);
-  const check = async (text: string) => {
-    await writeAll(conn, new TextEncoder().encode(text));
-    const buffer = new Uint8Array(text.length);
-    let got = 0;
-    while (got < text.length) {
-      const read = await conn.read(buffer.subarray(got));
-      if (read === null) throw new Error("bystander was closed");
-      got += read;
-    }
-    assert.equal(new TextDecoder().decode(buffer), text);
-  };
+  const check = (text: string) => roundTrip(conn, text);
   await check("before");
   return {
     check,

@@ -1,9 +1,11 @@
 import assert from "node:assert/strict";
-import type { Dialer } from "./load_balancer.ts";
+import { createStrategy, SourceHash } from "./balancer.ts";
+import type { Backend, Dialer } from "./load_balancer.ts";
 import {
   accessRecords,
   connectLoopback,
   exchange,
+  exchangeFrom,
   listenLoopback,
   readAll,
   refusingAddress,
@@ -200,6 +202,59 @@ Deno.test("load balancer: sets TCP_NODELAY on the client and the backend socket"
   assert.deepEqual(calls, ["client:true", "server:true"]);
 });
 
+Deno.test("load balancer: source-hash keeps each client address on the backend Maglev gives it", async () => {
+  const servers = ["1", "2", "3"].map(startTaggedServer);
+  const lb = startBalancer(servers.map((s) => s.address), {
+    strategy: createStrategy("source-hash"),
+  });
+  try {
+    // What a Maglev table over the same three backends says for each source.
+    const oracle = new SourceHash<Backend>();
+    const idOf = (backend: Backend) =>
+      String(servers.findIndex((s) => s.port === backend.address.port) + 1);
+    for (let host = 2; host <= 9; host++) {
+      const source = `127.0.0.${host}`;
+      const expected = idOf(oracle.pick(lb.backends, { tried: new Set(), clientAddress: source })!);
+      for (let i = 0; i < 3; i++) {
+        assert.equal(serverOf(await exchangeFrom(source, lb.port, "x\n")), expected, source);
+      }
+    }
+  } finally {
+    await lb.close();
+    await Promise.all(servers.map((s) => s.close()));
+  }
+});
+
+Deno.test("load_balancer.ts: weights and backups from the command line", async () => {
+  const servers = ["1", "2", "3"].map(startTaggedServer);
+  const { startBalancerProcess } = await import("./test_util.ts");
+  const lb = await startBalancerProcess([
+    "--backend",
+    `127.0.0.1:${servers[0]!.port},weight=2`,
+    "--backend",
+    `127.0.0.1:${servers[1]!.port}`,
+    "--backend",
+    `127.0.0.1:${servers[2]!.port},backup`,
+  ]);
+  try {
+    const order = [];
+    for (let i = 0; i < 6; i++) order.push(serverOf(await exchange(lb.port, "x\n")));
+    // Smooth weighted round robin over {2, 1}; the backup gets nothing.
+    assert.deepEqual(order, ["1", "2", "1", "1", "2", "1"]);
+    // Both regular backends go away: the backup takes over.
+    await servers[0]!.close();
+    await servers[1]!.close();
+    assert.equal(serverOf(await exchange(lb.port, "x\n")), "3");
+    assert.match(
+      lb.stderr[0]!,
+      /backends 127\.0\.0\.1:\d+ \(weight 2\), 127\.0\.0\.1:\d+, 127\.0\.0\.1:\d+ \(backup\)$/,
+    );
+  } finally {
+    await lb.close();
+    await servers[2]!.close();
+  }
+});
+
 Deno.test("load_balancer.ts: bad input is one line naming the flag and value, exit 2", async () => {
   const busy = listenLoopback();
   try {
@@ -208,6 +263,11 @@ Deno.test("load_balancer.ts: bad input is one line naming the flag and value, ex
       [["--backend", "nonsense"], /^load_balancer: --backend nonsense: expected HOST:PORT/],
       [["--backend", "127.0.0.1:0"], /^load_balancer: --backend 127.0.0.1:0: port must be/],
       [["--backend", "127.0.0.1:65536"], /^load_balancer: --backend 127.0.0.1:65536: port must/],
+      [
+        ["--backend", "127.0.0.1:5001,weight=0"],
+        /^load_balancer: --backend 127.0.0.1:5001,weight=0: weight must be 1-256, got "0"$/,
+      ],
+      [["--balance", "fastest"], /^load_balancer: --balance fastest: expected one of round-robin,/],
       [
         ["--listen", `127.0.0.1:${busy.addr.port}`],
         new RegExp(

@@ -6,6 +6,8 @@
  * @module
  */
 
+import net from "node:net";
+import { Buffer } from "node:buffer";
 import { type HostPort } from "./address.ts";
 import { serveBackend } from "./backend.ts";
 import {
@@ -136,7 +138,7 @@ export function startBalancer(
   options: Partial<LoadBalancerOptions> = {},
 ): TestBalancer {
   const events: LoadBalancerEvent[] = [];
-  const backends = addresses.map(backendOf);
+  const backends = addresses.map((address) => backendOf(address));
   const balancer = new LoadBalancer({
     backends,
     onEvent: (event) => events.push(event),
@@ -174,6 +176,21 @@ export async function writeAll(conn: Deno.Conn, data: Uint8Array): Promise<void>
   while (written < data.length) written += await conn.write(data.subarray(written));
 }
 
+/** Sends `text` and checks the same text comes back (from an echo backend). */
+export async function roundTrip(conn: Deno.Conn, text: string): Promise<void> {
+  await writeAll(conn, new TextEncoder().encode(text));
+  const buffer = new Uint8Array(new TextEncoder().encode(text).length);
+  let got = 0;
+  while (got < buffer.length) {
+    const read = await conn.read(buffer.subarray(got));
+    if (read === null) throw new Error(`closed after ${got} bytes of a round trip`);
+    got += read;
+  }
+  if (new TextDecoder().decode(buffer) !== text) {
+    throw new Error(`round trip of ${JSON.stringify(text)} came back different`);
+  }
+}
+
 /** Reads until the peer ends its stream; a reset rejects. */
 export async function readAll(conn: Deno.Conn): Promise<Uint8Array> {
   const chunks: Uint8Array[] = [];
@@ -204,6 +221,22 @@ export async function exchange(port: number, text: string): Promise<string> {
   } finally {
     conn.close();
   }
+}
+
+/**
+ * Like {@linkcode exchange}, from a chosen loopback source address
+ * (127.0.0.x), which Deno.connect cannot pick; node:net can.
+ */
+export function exchangeFrom(localAddress: string, port: number, text: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host: "127.0.0.1", port, localAddress, allowHalfOpen: true });
+    const chunks: Buffer[] = [];
+    socket.on("data", (chunk: Buffer) => chunks.push(chunk));
+    socket.on("error", reject);
+    socket.on("end", () => socket.destroy());
+    socket.on("close", () => resolve(Buffer.concat(chunks).toString()));
+    socket.once("connect", () => socket.end(text));
+  });
 }
 
 /** Closes a socket or listener that may already be closed. */
