@@ -1,0 +1,173 @@
+/**
+ * Active health checks: a loop per backend that probes it and records the
+ * result. The probe and the timer are injected, so the loop is tested
+ * without sockets or waiting; `tcpProbe` and `sendExpectProbe` are the real
+ * probes `--health-check` chooses between.
+ *
+ * @module
+ */
+
+import type { HostPort } from "./address.ts";
+import { type Health, nextCheckIn } from "./health.ts";
+import { describe } from "./log.ts";
+
+/** Probes one address; resolves with undefined when healthy, or why not. */
+export type Probe = (address: HostPort) => Promise<string | undefined>;
+
+/** What the checker needs of a backend. */
+export interface Checkable {
+  readonly address: HostPort;
+  readonly health: Health;
+  recordCheck(ok: boolean, reason?: string): void;
+}
+
+/** Timers, injected so tests can run the loop step by step. */
+export interface Timers {
+  set(callback: () => void, ms: number): number;
+  clear(id: number): void;
+}
+
+const realTimers: Timers = {
+  set: (callback, ms) => setTimeout(callback, ms) as unknown as number,
+  clear: (id) => clearTimeout(id),
+};
+
+/** Options for {@linkcode HealthChecker}. */
+export interface HealthCheckerOptions {
+  backends: readonly Checkable[];
+  probe: Probe;
+  /** Time between checks of a healthy backend. @default {2000} */
+  intervalMs?: number;
+  /** The clock the health rules use. @default {performance.now} */
+  now?: () => number;
+  timers?: Timers;
+}
+
+/** Probes every backend on its own schedule until stopped. */
+export class HealthChecker {
+  readonly #backends: readonly Checkable[];
+  readonly #probe: Probe;
+  readonly #intervalMs: number;
+  readonly #now: () => number;
+  readonly #timers: Timers;
+  readonly #pending = new Map<Checkable, number>();
+  readonly #running = new Set<Promise<void>>();
+  #stopped = false;
+
+  constructor(options: HealthCheckerOptions) {
+    this.#backends = options.backends;
+    this.#probe = options.probe;
+    this.#intervalMs = options.intervalMs ?? 2000;
+    this.#now = options.now ?? (() => performance.now());
+    this.#timers = options.timers ?? realTimers;
+  }
+
+  /** Checks every backend now, then on its schedule. */
+  start(): void {
+    for (const backend of this.#backends) this.#schedule(backend, 0);
+  }
+
+  /** Stops scheduling and waits for probes in progress to finish. */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    for (const id of this.#pending.values()) this.#timers.clear(id);
+    this.#pending.clear();
+    await Promise.all(this.#running);
+  }
+
+  #schedule(backend: Checkable, ms: number): void {
+    if (this.#stopped) return;
+    const id = this.#timers.set(() => {
+      this.#pending.delete(backend);
+      const run = this.#check(backend);
+      this.#running.add(run);
+      run.finally(() => this.#running.delete(run));
+    }, ms);
+    this.#pending.set(backend, id);
+  }
+
+  async #check(backend: Checkable): Promise<void> {
+    let reason: string | undefined;
+    try {
+      reason = await this.#probe(backend.address);
+    } catch (error) {
+      reason = describe(error);
+    }
+    if (this.#stopped) return;
+    backend.recordCheck(reason === undefined, reason);
+    this.#schedule(backend, nextCheckIn(backend.health, this.#now(), this.#intervalMs));
+  }
+}
+
+/** Healthy when a TCP connect succeeds within `timeoutMs`. */
+export function tcpProbe(timeoutMs: number): Probe {
+  return (address) =>
+    withConnection(address, timeoutMs, () => Promise.resolve<string | undefined>(undefined));
+}
+
+/**
+ * Healthy when, after `send` is written, the reply starts with `expect`
+ * within `timeoutMs` (from connect to the last byte needed).
+ */
+export function sendExpectProbe(send: Uint8Array, expect: Uint8Array, timeoutMs: number): Probe {
+  return (address) =>
+    withConnection(address, timeoutMs, async (conn) => {
+      let written = 0;
+      while (written < send.length) written += await conn.write(send.subarray(written));
+      const reply = new Uint8Array(expect.length);
+      let got = 0;
+      while (got < expect.length) {
+        const read = await conn.read(reply.subarray(got));
+        if (read === null) return `closed after ${got} of ${expect.length} expected bytes`;
+        got += read;
+      }
+      return reply.every((byte, i) => byte === expect[i])
+        ? undefined
+        : `reply did not start with the expected bytes (got ${hex(reply)})`;
+    });
+}
+
+async function withConnection(
+  address: HostPort,
+  timeoutMs: number,
+  use: (conn: Deno.TcpConn) => Promise<string | undefined>,
+): Promise<string | undefined> {
+  const abort = new AbortController();
+  let timedOut = false;
+  let conn: Deno.TcpConn | undefined;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    abort.abort();
+    try {
+      conn?.close();
+    } catch {
+      // Closed already.
+    }
+  }, timeoutMs);
+  try {
+    conn = await Deno.connect({ ...address, signal: abort.signal });
+    return await use(conn);
+  } catch (error) {
+    return timedOut ? `no answer in ${timeoutMs} ms` : describe(error);
+  } finally {
+    clearTimeout(timer);
+    try {
+      conn?.close();
+    } catch {
+      // Closed by the timeout.
+    }
+  }
+}
+
+/** Lower-case hex of some bytes. */
+export function hex(bytes: Uint8Array): string {
+  return [...bytes].map((byte) => byte.toString(16).padStart(2, "0")).join("");
+}
+
+/** Bytes from hex; throws a RangeError naming the bad text. */
+export function fromHex(text: string): Uint8Array {
+  if (!/^([0-9a-fA-F]{2})+$/.test(text)) {
+    throw new RangeError(`expected an even number of hex digits, got ${JSON.stringify(text)}`);
+  }
+  return new Uint8Array(text.match(/../g)!.map((pair) => parseInt(pair, 16)));
+}
