@@ -11,6 +11,15 @@
 import { parseArgs } from "node:util";
 import { type HostPort, parseHostPort } from "./address.ts";
 import { STRATEGY_NAMES, type StrategyName } from "./balancer.ts";
+import type { HealthSettings } from "./health.ts";
+import { fromHex } from "./health_check.ts";
+
+/** `--health-check`: a TCP connect, or bytes to send and the reply's expected start. */
+export type HealthCheckSpec = { kind: "tcp" } | {
+  kind: "send-expect";
+  send: Uint8Array;
+  expect: Uint8Array;
+};
 
 /** One `--backend`: where, and its options. */
 export interface BackendSpec {
@@ -33,6 +42,14 @@ export interface LoadBalancerFlags {
   connectTimeoutMs: number;
   /** Time connections may take to finish after SIGINT/SIGTERM. @default {30000} */
   drainTimeoutMs: number;
+  /** Active checks; off when undefined. */
+  healthCheck: HealthCheckSpec | undefined;
+  /** Time between active checks. @default {2000} */
+  healthIntervalMs: number;
+  /** Time allowed for one active check. @default {1000} */
+  healthTimeoutMs: number;
+  /** Rise, fall, backoff and slow start. */
+  health: HealthSettings;
   /** Processes sharing the listening port (Linux). @default {1} */
   workers: number;
   /** Started by a supervisor: listen with `reusePort` (internal). */
@@ -68,6 +85,21 @@ Flags:
   --connect-timeout MS     time allowed for each backend connect (default 5000)
   --drain-timeout MS       on SIGINT/SIGTERM, time connections may take to
                            finish before they are closed (default 30000)
+  --health-check tcp       active checks: healthy when a connect succeeds
+  --health-check send=HEX,expect=HEX
+                           active checks: send these bytes; healthy when the
+                           reply starts with the expected ones (off by default)
+  --health-interval MS     time between checks (default 2000)
+  --health-timeout MS      time allowed for one check (default 1000)
+  --rise N                 good checks in a row that bring a backend up (default 2)
+  --fall N                 failed checks, or failed connects, in a row that
+                           take it down (default 3)
+  --backoff-base MS        first wait before retrying a down backend (default 1000);
+                           doubles while it keeps failing...
+  --backoff-max MS         ...up to this (default 30000). Without active checks,
+                           one client connection is let through to try it
+  --slow-start MS          a backend that comes up ramps from a twentieth of its
+                           weight to all of it over this time (default 0: off)
   --workers N              N processes share the port (SO_REUSEPORT, Linux only;
                            default 1). Needs --allow-run and --unstable-net:
                            deno run --allow-net --allow-run --unstable-net load_balancer.ts
@@ -89,6 +121,14 @@ export function parseFlags(args: readonly string[]): LoadBalancerFlags {
         "connect-timeout": { type: "string" },
         "drain-timeout": { type: "string" },
         workers: { type: "string" },
+        "health-check": { type: "string" },
+        "health-interval": { type: "string" },
+        "health-timeout": { type: "string" },
+        rise: { type: "string" },
+        fall: { type: "string" },
+        "backoff-base": { type: "string" },
+        "backoff-max": { type: "string" },
+        "slow-start": { type: "string" },
         "as-worker": { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
@@ -104,6 +144,10 @@ export function parseFlags(args: readonly string[]): LoadBalancerFlags {
     balance: balanceFlag(values.balance),
     connectTimeoutMs: millisecondsFlag("--connect-timeout", values["connect-timeout"], 5000),
     drainTimeoutMs: millisecondsFlag("--drain-timeout", values["drain-timeout"], 30000),
+    healthCheck: healthCheckFlag(values["health-check"]),
+    healthIntervalMs: millisecondsFlag("--health-interval", values["health-interval"], 2000),
+    healthTimeoutMs: millisecondsFlag("--health-timeout", values["health-timeout"], 1000),
+    health: healthSettings(values),
     workers: integerFlag("--workers", values.workers, 1, 1, 64),
     asWorker: values["as-worker"] ?? false,
     help: values.help ?? false,
@@ -143,6 +187,40 @@ function backendFlag(text: string): BackendSpec {
     }
   }
   return spec;
+}
+
+function healthCheckFlag(text: string | undefined): HealthCheckSpec | undefined {
+  if (text === undefined) return undefined;
+  if (text === "tcp") return { kind: "tcp" };
+  const match = /^send=([^,]*),expect=([^,]*)$/.exec(text);
+  if (!match) {
+    throw new UsageError(`--health-check ${text}: expected tcp or send=HEX,expect=HEX`);
+  }
+  try {
+    return { kind: "send-expect", send: fromHex(match[1]!), expect: fromHex(match[2]!) };
+  } catch (error) {
+    throw new UsageError(`--health-check ${text}: ${(error as Error).message}`);
+  }
+}
+
+function healthSettings(values: Record<string, unknown>): HealthSettings {
+  const text = (key: string) => values[key] as string | undefined;
+  const settings: HealthSettings = {
+    rise: integerFlag("--rise", text("rise"), 2, 1, 100),
+    fall: integerFlag("--fall", text("fall"), 3, 1, 100),
+    backoffBaseMs: millisecondsFlag("--backoff-base", text("backoff-base"), 1000),
+    backoffMaxMs: millisecondsFlag("--backoff-max", text("backoff-max"), 30000),
+    slowStartMs: text("slow-start") === "0"
+      ? 0
+      : millisecondsFlag("--slow-start", text("slow-start"), 0),
+  };
+  if (settings.backoffMaxMs < settings.backoffBaseMs) {
+    throw new UsageError(
+      `--backoff-max ${settings.backoffMaxMs}: must be at least --backoff-base ` +
+        `(${settings.backoffBaseMs})`,
+    );
+  }
+  return settings;
 }
 
 function balanceFlag(text: string | undefined): StrategyName {

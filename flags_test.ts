@@ -11,6 +11,10 @@ Deno.test("parseFlags() with no flags is the lab: 5000 → 5001, 5002", () => {
     balance: "round-robin",
     connectTimeoutMs: 5000,
     drainTimeoutMs: 30000,
+    healthCheck: undefined,
+    healthIntervalMs: 2000,
+    healthTimeoutMs: 1000,
+    health: { rise: 2, fall: 3, backoffBaseMs: 1000, backoffMaxMs: 30000, slowStartMs: 0 },
     workers: 1,
     asWorker: false,
     help: false,
@@ -58,6 +62,44 @@ Deno.test("parseFlags() reads backend options and the strategy", () => {
   assert.equal(flags.balance, "source-hash");
 });
 
+Deno.test("parseFlags() reads the health flags", () => {
+  const flags = parseFlags([
+    "--health-check",
+    "send=50494e470a,expect=2b504f4e47",
+    "--health-interval",
+    "500",
+    "--health-timeout",
+    "200",
+    "--rise",
+    "1",
+    "--fall",
+    "5",
+    "--backoff-base",
+    "100",
+    "--backoff-max",
+    "800",
+    "--slow-start",
+    "10000",
+  ]);
+  assert.deepEqual(flags.healthCheck, {
+    kind: "send-expect",
+    send: new TextEncoder().encode("PING\n"),
+    expect: new TextEncoder().encode("+PONG"),
+  });
+  assert.deepEqual(
+    [flags.healthIntervalMs, flags.healthTimeoutMs],
+    [500, 200],
+  );
+  assert.deepEqual(flags.health, {
+    rise: 1,
+    fall: 5,
+    backoffBaseMs: 100,
+    backoffMaxMs: 800,
+    slowStartMs: 10000,
+  });
+  assert.deepEqual(parseFlags(["--health-check", "tcp"]).healthCheck, { kind: "tcp" });
+});
+
 Deno.test("parseFlags() errors name the flag and the value", () => {
   const cases: [string[], string][] = [
     [["--bogus"], "unknown flag --bogus (see --help)"],
@@ -72,6 +114,16 @@ Deno.test("parseFlags() errors name the flag and the value", () => {
     [["--drain-timeout", "soon"], "--drain-timeout soon: expected a whole number of milliseconds"],
     [["--listen"], "--listen needs a value"],
     [["--workers", "0"], "--workers 0: expected a whole number, 1-64"],
+    [["--health-check", "http"], "--health-check http: expected tcp or send=HEX,expect=HEX"],
+    [
+      ["--health-check", "send=0g,expect=00"],
+      '--health-check send=0g,expect=00: expected an even number of hex digits, got "0g"',
+    ],
+    [["--rise", "0"], "--rise 0: expected a whole number, 1-100"],
+    [
+      ["--backoff-base", "5000", "--backoff-max", "1000"],
+      "--backoff-max 1000: must be at least --backoff-base (5000)",
+    ],
     [
       ["--backend", "127.0.0.1:5001,weight=0"],
       '--backend 127.0.0.1:5001,weight=0: weight must be 1-256, got "0"',

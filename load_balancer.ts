@@ -15,9 +15,31 @@ import { formatHostPort, type HostPort } from "./address.ts";
 import { type Candidate, createStrategy, RoundRobin, type Strategy } from "./balancer.ts";
 import { Bridge, type BridgeEnd } from "./bridge.ts";
 import { type BufferPool, defaultPools } from "./buffers.ts";
-import { parseFlags, USAGE, UsageError } from "./flags.ts";
+import {
+  admits,
+  DEFAULT_HEALTH,
+  effectiveWeight,
+  type Health,
+  type HealthChange,
+  type HealthSettings,
+  INITIAL_HEALTH,
+  recordCheck,
+  recordConnect,
+  startTrial,
+} from "./health.ts";
+import { HealthChecker, type Probe, sendExpectProbe, tcpProbe } from "./health_check.ts";
+import { type LoadBalancerFlags, parseFlags, USAGE, UsageError } from "./flags.ts";
 import { accessLog, describe, logDiagnostic, logEvent } from "./log.ts";
 import { supervise } from "./supervisor.ts";
+
+/** How a backend's health is judged; set by the balancer that owns it. */
+export interface HealthPolicy {
+  settings: HealthSettings;
+  /** Whether an active checker brings down backends back (else client trials do). */
+  activeChecks: boolean;
+  now: () => number;
+  onChange: (backend: Backend, change: HealthChange) => void;
+}
 
 /** One backend of the pool, and what the strategies need to know about it. */
 export class Backend implements Candidate {
@@ -25,24 +47,63 @@ export class Backend implements Candidate {
   readonly address: HostPort;
   /** The address as written in logs, `HOST:PORT`. */
   readonly name: string;
-  readonly weight: number;
+  /** The weight it was given; {@linkcode Backend.weight} is this during slow start's ramp. */
+  readonly configuredWeight: number;
   readonly backup: boolean;
   /** Connections in progress, attempts to connect included. */
   active = 0;
-  /** Whether new connections may go here. */
-  usable = true;
+  /** Up or down, and the counts behind it (see health.ts). */
+  health: Health = INITIAL_HEALTH;
+  /** Set by the balancer that owns it. */
+  policy: HealthPolicy = {
+    settings: DEFAULT_HEALTH,
+    activeChecks: false,
+    now: () => performance.now(),
+    onChange: () => {},
+  };
 
   constructor(address: HostPort, options: { weight?: number; backup?: boolean } = {}) {
     this.address = address;
     this.name = formatHostPort(address);
-    this.weight = options.weight ?? 1;
+    this.configuredWeight = options.weight ?? 1;
     this.backup = options.backup ?? false;
+  }
+
+  /** Whether new connections may go here now. */
+  get usable(): boolean {
+    return admits(this.health, this.policy.now(), this.policy.activeChecks);
+  }
+
+  /** The weight to balance with now (ramping up during slow start). */
+  get weight(): number {
+    const { settings, now } = this.policy;
+    return effectiveWeight(this.configuredWeight, this.health, now(), settings.slowStartMs);
+  }
+
+  /** Records an active check's result. */
+  recordCheck(ok: boolean, reason?: string): void {
+    this.#apply(recordCheck(this.health, ok, this.policy.now(), this.policy.settings, reason));
+  }
+
+  /** Records a client connection's attempt to connect. */
+  recordConnect(ok: boolean, reason?: string): void {
+    this.#apply(recordConnect(this.health, ok, this.policy.now(), this.policy.settings, reason));
+  }
+
+  /** Notes that a client is about to try this backend while it is down (half-open). */
+  startTrial(): void {
+    this.health = startTrial(this.health);
+  }
+
+  #apply(outcome: { health: Health; change?: HealthChange }): void {
+    this.health = outcome.health;
+    if (outcome.change) this.policy.onChange(this, outcome.change);
   }
 
   /** How it is listed at start: `HOST:PORT`, with its weight and backup role if set. */
   describe(): string {
     const notes = [
-      ...(this.weight !== 1 ? [`weight ${this.weight}`] : []),
+      ...(this.configuredWeight !== 1 ? [`weight ${this.configuredWeight}`] : []),
       ...(this.backup ? ["backup"] : []),
     ];
     return notes.length > 0 ? `${this.name} (${notes.join(", ")})` : this.name;
@@ -110,6 +171,14 @@ export type LoadBalancerEvent =
     readonly failures: number;
   }
   | {
+    /** A backend went up or down. */
+    readonly type: "backend-state";
+    readonly backend: string;
+    readonly from: "up" | "down";
+    readonly to: "up" | "down";
+    readonly why: string;
+  }
+  | {
     /** A bug: something threw that should not have. The connection was closed. */
     readonly type: "internal-error";
     readonly client: string;
@@ -135,6 +204,12 @@ export interface LoadBalancerOptions {
   onEvent?: (event: LoadBalancerEvent) => void;
   /** Where the bridge's read buffers come from. @default {defaultPools} */
   pools?: { small: BufferPool; large: BufferPool };
+  /** Rise/fall, backoff and slow start. @default {DEFAULT_HEALTH} */
+  health?: HealthSettings;
+  /** Active checks, off by default: how to probe and how often. */
+  healthCheck?: { probe: Probe; intervalMs: number };
+  /** The clock health decisions use. @default {performance.now} */
+  now?: () => number;
 }
 
 /** A client connection in progress, as the balancer tracks it for draining. */
@@ -174,6 +249,7 @@ export class LoadBalancer {
   // Aborted when we stop accepting: ends an accept backoff early.
   readonly #stopAccepting = new AbortController();
   readonly #connections = new Set<Connection>();
+  readonly #checker: HealthChecker | undefined;
   #serving: Promise<void> | undefined;
 
   constructor(options: LoadBalancerOptions) {
@@ -191,6 +267,23 @@ export class LoadBalancer {
       }
     };
     this.#pools = options.pools ?? defaultPools;
+    const now = options.now ?? (() => performance.now());
+    const policy: HealthPolicy = {
+      settings: options.health ?? DEFAULT_HEALTH,
+      activeChecks: options.healthCheck !== undefined,
+      now,
+      onChange: (backend, change) =>
+        this.#emit({ type: "backend-state", backend: backend.name, ...change }),
+    };
+    for (const backend of this.#backends) backend.policy = policy;
+    if (options.healthCheck) {
+      this.#checker = new HealthChecker({
+        backends: this.#backends,
+        probe: options.healthCheck.probe,
+        intervalMs: options.healthCheck.intervalMs,
+        now,
+      });
+    }
   }
 
   /** Where clients connect. */
@@ -205,6 +298,7 @@ export class LoadBalancer {
 
   /** Accepts clients until {@linkcode shutdown}; resolves when accepting stops. */
   serve(): Promise<void> {
+    if (this.#serving === undefined) this.#checker?.start();
     this.#serving ??= this.#acceptLoop();
     return this.#serving;
   }
@@ -216,6 +310,7 @@ export class LoadBalancer {
    */
   async stopAccepting(): Promise<void> {
     this.#stopAccepting.abort();
+    await this.#checker?.stop();
     try {
       this.#listener.close();
     } catch {
@@ -334,11 +429,14 @@ export class LoadBalancer {
       // Counted from the attempt on, so a burst of new clients spreads out
       // under least-connections before any of them has connected.
       backend.active++;
+      if (backend.health.state === "down") backend.startTrial();
       try {
         server = await this.#connect(backend, connection);
+        backend.recordConnect(true);
       } catch (error) {
         backend.active--;
         if (this.#cutting) break;
+        backend.recordConnect(false, describe(error));
         this.#emit({
           type: "connect-error",
           client: clientName,
@@ -430,6 +528,15 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
   });
 }
 
+function healthCheckOf(flags: LoadBalancerFlags): { probe: Probe; intervalMs: number } | undefined {
+  const check = flags.healthCheck;
+  if (check === undefined) return undefined;
+  const probe = check.kind === "tcp"
+    ? tcpProbe(flags.healthTimeoutMs)
+    : sendExpectProbe(check.send, check.expect, flags.healthTimeoutMs);
+  return { probe, intervalMs: flags.healthIntervalMs };
+}
+
 /** Runs the load balancer from the command line; see `--help`. */
 export async function main(args: readonly string[]): Promise<void> {
   let flags;
@@ -471,6 +578,8 @@ export async function main(args: readonly string[]): Promise<void> {
     backends,
     strategy: createStrategy(flags.balance),
     connectTimeoutMs: flags.connectTimeoutMs,
+    health: flags.health,
+    healthCheck: healthCheckOf(flags),
     onEvent: logEvent,
   });
   logDiagnostic(

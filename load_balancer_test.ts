@@ -98,25 +98,39 @@ Deno.test("load balancer: a backend that speaks first reaches a client that has 
   }
 });
 
-Deno.test("load balancer: a refusing backend is skipped, and used again once it is back", async () => {
+Deno.test("load balancer: a refusing backend is skipped, taken down, and used again once it is back", async () => {
   const down = refusingAddress();
   const up = startTaggedServer("up");
-  const lb = startBalancer([down, up.address]);
+  let clock = 0;
+  const lb = startBalancer([down, up.address], { now: () => clock });
   let back;
   try {
     const answers = [];
     for (let i = 0; i < 3; i++) answers.push(serverOf(await exchange(lb.port, "x\n")));
     assert.deepEqual(answers, ["up", "up", "up"]);
     const failures = lb.events.filter((e) => e.type === "connect-error");
-    assert.ok(failures.length >= 1 && failures.every((e) => e.backend === lb.backends[0]!.name));
+    assert.equal(failures.length, 3);
+    assert.ok(failures.every((e) => e.backend === lb.backends[0]!.name));
+    // Three refused connects in a row (--fall 3): it is down, and skipped without trying.
+    const states = () => lb.events.filter((e) => e.type === "backend-state");
+    assert.deepEqual(states().map((e) => e.type === "backend-state" && `${e.from}->${e.to}`), [
+      "up->down",
+    ]);
+    assert.equal(serverOf(await exchange(lb.port, "x\n")), "up");
+    assert.equal(lb.events.filter((e) => e.type === "connect-error").length, 3);
 
-    // The refusing backend starts listening: round robin reaches it again.
+    // It comes back. Once its backoff (1 s) has passed, one client tries it and brings it up.
     back = Deno.listen({ hostname: "127.0.0.1", port: down.port });
     const { serveBackend } = await import("./backend.ts");
     const serving = serveBackend(back, "back");
+    clock += 1001;
     const later = [];
     for (let i = 0; i < 4; i++) later.push(serverOf(await exchange(lb.port, "x\n")));
     assert.deepEqual(later.toSorted(), ["back", "back", "up", "up"]);
+    assert.deepEqual(states().map((e) => e.type === "backend-state" && `${e.from}->${e.to}`), [
+      "up->down",
+      "down->up",
+    ]);
     back.close();
     await serving;
   } finally {

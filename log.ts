@@ -124,6 +124,9 @@ export function logEvent(event: LoadBalancerEvent): void {
     case "accept-recovered":
       logDiagnostic(`accepting again after ${event.failures} failed accept(s)`);
       break;
+    case "backend-state":
+      logDiagnostic(`backend ${event.backend} ${event.from} -> ${event.to}: ${event.why}`);
+      break;
     case "internal-error":
       logDiagnostic(
         `internal error on connection from ${event.client}, closed it: ${event.reason}`,
