@@ -123,7 +123,7 @@ export function backendOf(
  * The bridge's four (`client-fin`, `server-fin`, `client-reset`,
  * `server-reset`), plus:
  * - `connect-failed`: every backend was tried and none could be reached;
- * - `no-backend`: the pool had no backend to try;
+ * - `no-backend`: no backend was there to try (empty pool, all down);
  * - `drain-timeout`: still open when the drain timeout ran out at shutdown.
  */
 export type ConnectionEnd =
