@@ -37,8 +37,17 @@ import { type BufferPool, defaultPools } from "./buffers.ts";
  * - `client-reset` / `server-reset`: the named side failed (reset, broken
  *   pipe, …); this wins over a clean end on the other side.
  * - `aborted`: the caller's signal cut the connection (drain timeout, …).
+ * - `idle-timeout` / `half-closed-timeout`: the caller cut it for being
+ *   quiet, or half-closed, too long (see {@linkcode Bridge.cut}).
  */
-export type BridgeEnd = "client-fin" | "server-fin" | "client-reset" | "server-reset" | "aborted";
+export type BridgeEnd =
+  | "client-fin"
+  | "server-fin"
+  | "client-reset"
+  | "server-reset"
+  | "aborted"
+  | "idle-timeout"
+  | "half-closed-timeout";
 
 /** What {@linkcode bridge} resolves with once both sockets are closed. */
 export interface BridgeResult {
@@ -56,6 +65,8 @@ export interface BridgeOptions {
   signal?: AbortSignal;
   /** Where read buffers come from. @default {defaultPools} */
   pools?: { small: BufferPool; large: BufferPool };
+  /** The clock {@linkcode Bridge.halfClosedAt} is read from. @default {performance.now} */
+  now?: () => number;
 }
 
 type Side = "client" | "server";
@@ -72,6 +83,11 @@ export class Bridge {
   readonly #server: Deno.Conn;
   readonly #pools: { small: BufferPool; large: BufferPool };
   #firstFin: BridgeEnd | undefined;
+  /** Counts reads that returned bytes: a timeout sweeper compares it between sweeps. */
+  activity = 0;
+  /** When the first side ended its stream (by the clock given); undefined before. */
+  halfClosedAt: number | undefined;
+  readonly #now: () => number;
   #failure: BridgeEnd | undefined;
   #closed = false;
   // Directions still copying; the second to reach end of stream need not
@@ -82,12 +98,13 @@ export class Bridge {
     this.#client = client;
     this.#server = server;
     this.#pools = options.pools ?? defaultPools;
+    this.#now = options.now ?? (() => performance.now());
     this.result = this.#run(options.signal);
   }
 
-  /** Closes both sockets at once; the result's end becomes `aborted`. */
-  cut(): void {
-    this.#fail("aborted");
+  /** Closes both sockets at once; the result's end becomes `why`. */
+  cut(why: "aborted" | "idle-timeout" | "half-closed-timeout" = "aborted"): void {
+    this.#fail(why);
   }
 
   async #run(signal: AbortSignal | undefined): Promise<BridgeResult> {
@@ -142,6 +159,7 @@ export class Bridge {
         }
         if (read === null) {
           this.#firstFin ??= `${from}-fin`;
+          this.halfClosedAt ??= this.#now();
           if (--this.#open > 0) {
             try {
               await dst.closeWrite();
@@ -159,6 +177,7 @@ export class Bridge {
           return total;
         }
         total += read;
+        this.activity++;
         if (buffer === small && read === small.length) {
           large = largePool.take();
           buffer = large;

@@ -42,6 +42,10 @@ export interface LoadBalancerFlags {
   connectTimeoutMs: number;
   /** Time connections may take to finish after SIGINT/SIGTERM. @default {30000} */
   drainTimeoutMs: number;
+  /** Close a connection after this long with no byte either way. @default {3600000} */
+  idleTimeoutMs: number;
+  /** Close a half-closed connection after this long with no byte. @default {60000} */
+  halfClosedTimeoutMs: number;
   /** Active checks; off when undefined. */
   healthCheck: HealthCheckSpec | undefined;
   /** Time between active checks. @default {2000} */
@@ -103,6 +107,11 @@ Flags:
   --workers N              N processes share the port (SO_REUSEPORT, Linux only;
                            default 1). Needs --allow-run and --unstable-net:
                            deno run --allow-net --allow-run --unstable-net load_balancer.ts
+  --idle-timeout MS        close a connection after this long with no byte
+                           either way (default 3600000: an hour, so quiet
+                           database connections are not cut)
+  --half-closed-timeout MS close a connection one side has finished after this
+                           long with no byte (default 60000)
   -h, --help               show this text
 `;
 
@@ -120,6 +129,8 @@ export function parseFlags(args: readonly string[]): LoadBalancerFlags {
         balance: { type: "string" },
         "connect-timeout": { type: "string" },
         "drain-timeout": { type: "string" },
+        "idle-timeout": { type: "string" },
+        "half-closed-timeout": { type: "string" },
         workers: { type: "string" },
         "health-check": { type: "string" },
         "health-interval": { type: "string" },
@@ -144,6 +155,12 @@ export function parseFlags(args: readonly string[]): LoadBalancerFlags {
     balance: balanceFlag(values.balance),
     connectTimeoutMs: millisecondsFlag("--connect-timeout", values["connect-timeout"], 5000),
     drainTimeoutMs: millisecondsFlag("--drain-timeout", values["drain-timeout"], 30000),
+    idleTimeoutMs: millisecondsFlag("--idle-timeout", values["idle-timeout"], 3_600_000),
+    halfClosedTimeoutMs: millisecondsFlag(
+      "--half-closed-timeout",
+      values["half-closed-timeout"],
+      60_000,
+    ),
     healthCheck: healthCheckFlag(values["health-check"]),
     healthIntervalMs: millisecondsFlag("--health-interval", values["health-interval"], 2000),
     healthTimeoutMs: millisecondsFlag("--health-timeout", values["health-timeout"], 1000),

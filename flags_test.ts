@@ -11,6 +11,8 @@ Deno.test("parseFlags() with no flags is the lab: 5000 → 5001, 5002", () => {
     balance: "round-robin",
     connectTimeoutMs: 5000,
     drainTimeoutMs: 30000,
+    idleTimeoutMs: 3600000,
+    halfClosedTimeoutMs: 60000,
     healthCheck: undefined,
     healthIntervalMs: 2000,
     healthTimeoutMs: 1000,

@@ -124,7 +124,10 @@ export function backendOf(
  * `server-reset`), plus:
  * - `connect-failed`: every backend was tried and none could be reached;
  * - `no-backend`: no backend was there to try (empty pool, all down);
- * - `drain-timeout`: still open when the drain timeout ran out at shutdown.
+ * - `drain-timeout`: still open when the drain timeout ran out at shutdown;
+ * - `idle-timeout`: no byte either way for the idle timeout;
+ * - `half-closed-timeout`: one side had finished, and no byte came for the
+ *   half-closed timeout.
  */
 export type ConnectionEnd =
   | Exclude<BridgeEnd, "aborted">
@@ -208,16 +211,24 @@ export interface LoadBalancerOptions {
   health?: HealthSettings;
   /** Active checks, off by default: how to probe and how often. */
   healthCheck?: { probe: Probe; intervalMs: number };
-  /** The clock health decisions use. @default {performance.now} */
+  /** The clock health decisions and timeouts use. @default {performance.now} */
   now?: () => number;
+  /** Close a connection after this long with no byte either way. @default {3600000} */
+  idleTimeoutMs?: number;
+  /** Close a half-closed connection after this long with no byte. @default {60000} */
+  halfClosedTimeoutMs?: number;
 }
 
-/** A client connection in progress, as the balancer tracks it for draining. */
+/** A client connection in progress, as the balancer tracks it for draining and timeouts. */
 interface Connection {
   /** Settles once the connection is over and reported. */
   done: Promise<void>;
   /** Ends it now, whatever stage it is at (connecting or bridged). */
   cut(): void;
+  /** Once bridged: the bridge, its activity count at the last sweep, and since when it is unchanged. */
+  bridge?: Bridge;
+  seenActivity?: number;
+  quietSince?: number;
 }
 
 // Racing IPv6 against IPv4 (Happy Eyeballs, on by default in Deno) only
@@ -250,6 +261,10 @@ export class LoadBalancer {
   readonly #stopAccepting = new AbortController();
   readonly #connections = new Set<Connection>();
   readonly #checker: HealthChecker | undefined;
+  readonly #now: () => number;
+  readonly #idleTimeoutMs: number;
+  readonly #halfClosedTimeoutMs: number;
+  #sweeper: ReturnType<typeof setInterval> | undefined;
   #serving: Promise<void> | undefined;
 
   constructor(options: LoadBalancerOptions) {
@@ -268,6 +283,9 @@ export class LoadBalancer {
     };
     this.#pools = options.pools ?? defaultPools;
     const now = options.now ?? (() => performance.now());
+    this.#now = now;
+    this.#idleTimeoutMs = options.idleTimeoutMs ?? 3_600_000;
+    this.#halfClosedTimeoutMs = options.halfClosedTimeoutMs ?? 60_000;
     const policy: HealthPolicy = {
       settings: options.health ?? DEFAULT_HEALTH,
       activeChecks: options.healthCheck !== undefined,
@@ -298,7 +316,16 @@ export class LoadBalancer {
 
   /** Accepts clients until {@linkcode shutdown}; resolves when accepting stops. */
   serve(): Promise<void> {
-    if (this.#serving === undefined) this.#checker?.start();
+    if (this.#serving === undefined) {
+      this.#checker?.start();
+      // One timer for every connection's timeouts, rather than one per read.
+      const everyMs = Math.min(
+        1000,
+        Math.max(5, Math.min(this.#idleTimeoutMs, this.#halfClosedTimeoutMs) / 4),
+      );
+      this.#sweeper = setInterval(() => this.#sweep(), everyMs);
+      Deno.unrefTimer(this.#sweeper as unknown as number);
+    }
     this.#serving ??= this.#acceptLoop();
     return this.#serving;
   }
@@ -332,12 +359,36 @@ export class LoadBalancer {
     });
     const outcome = await Promise.race([this.#allDone(), timedOut]);
     clearTimeout(timer);
-    if (outcome !== "timeout") return { cut: 0 };
-    const cut = this.#connections.size;
-    this.#cutting = true;
-    for (const connection of this.#connections) connection.cut();
-    await this.#allDone();
+    let cut = 0;
+    if (outcome === "timeout") {
+      cut = this.#connections.size;
+      this.#cutting = true;
+      for (const connection of this.#connections) connection.cut();
+      await this.#allDone();
+    }
+    clearInterval(this.#sweeper);
     return { cut };
+  }
+
+  // Cuts bridged connections that have been quiet too long: the idle timeout,
+  // or the shorter half-closed one once a side has finished.
+  #sweep(): void {
+    const now = this.#now();
+    for (const connection of this.#connections) {
+      const bridge = connection.bridge;
+      if (bridge === undefined) continue;
+      if (bridge.activity !== connection.seenActivity) {
+        connection.seenActivity = bridge.activity;
+        connection.quietSince = now;
+        continue;
+      }
+      const quietMs = now - connection.quietSince!;
+      if (bridge.halfClosedAt !== undefined && quietMs >= this.#halfClosedTimeoutMs) {
+        bridge.cut("half-closed-timeout");
+      } else if (quietMs >= this.#idleTimeoutMs) {
+        bridge.cut("idle-timeout");
+      }
+    }
   }
 
   async #allDone(): Promise<"done"> {
@@ -457,8 +508,11 @@ export class LoadBalancer {
     }
 
     setNoDelay(server);
-    const bridge = new Bridge(client, server, { pools: this.#pools });
+    const bridge = new Bridge(client, server, { pools: this.#pools, now: this.#now });
     connection.cut = () => bridge.cut();
+    connection.bridge = bridge;
+    connection.seenActivity = 0;
+    connection.quietSince = this.#now();
     const result = await bridge.result;
     backend!.active--;
     const end = result.end === "aborted" ? "drain-timeout" : result.end;
@@ -580,6 +634,8 @@ export async function main(args: readonly string[]): Promise<void> {
     connectTimeoutMs: flags.connectTimeoutMs,
     health: flags.health,
     healthCheck: healthCheckOf(flags),
+    idleTimeoutMs: flags.idleTimeoutMs,
+    halfClosedTimeoutMs: flags.halfClosedTimeoutMs,
     onEvent: logEvent,
   });
   logDiagnostic(

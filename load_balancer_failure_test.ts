@@ -298,3 +298,49 @@ Deno.test("thousands of short connections leave no descriptor behind", async () 
   }
   assert.ok(lb.stdout.every((line) => line.endsWith(" end=client-fin")));
 });
+
+Deno.test("a connection with no byte either way for the idle timeout is closed as idle-timeout", async () => {
+  const echo = startEchoServer();
+  const lb = startBalancer([echo.address], { idleTimeoutMs: 100 });
+  try {
+    const busy = await connectLoopback(lb.port);
+    const quiet = await connectLoopback(lb.port);
+    // The busy one talks every 30 ms for 300 ms: three idle timeouts' worth, never idle.
+    for (let i = 0; i < 10; i++) {
+      await roundTrip(busy, `tick ${i}`);
+      await new Promise((resolve) => setTimeout(resolve, 30));
+    }
+    // By now the quiet one has been closed by the balancer.
+    assert.equal(await quiet.read(new Uint8Array(8)), null);
+    quiet.close();
+    await roundTrip(busy, "still here");
+    busy.close();
+  } finally {
+    await lb.close();
+    await echo.close();
+  }
+  const ends = accessRecords(lb.events).map((record) => record.end);
+  assert.equal(ends[0], "idle-timeout");
+  assert.notEqual(ends[1], "idle-timeout");
+});
+
+Deno.test("a half-closed connection with no byte for the half-closed timeout is closed", async () => {
+  // A backend that reads the request to its end and then never answers nor closes.
+  const mute = startServer(async (conn) => {
+    await readAll(conn);
+    // Long enough for the timeout to fire first (100 ms, swept every 25 ms).
+    await new Promise((resolve) => setTimeout(resolve, 400));
+  });
+  const lb = startBalancer([mute.address], { halfClosedTimeoutMs: 100, idleTimeoutMs: 60_000 });
+  try {
+    const conn = await connectLoopback(lb.port);
+    await writeAll(conn, new TextEncoder().encode("request"));
+    await conn.closeWrite();
+    assert.equal(await conn.read(new Uint8Array(8)), null);
+    conn.close();
+  } finally {
+    await lb.close();
+    await mute.close();
+  }
+  assert.deepEqual(accessRecords(lb.events).map((record) => record.end), ["half-closed-timeout"]);
+});
