@@ -46,6 +46,14 @@ export interface LoadBalancerFlags {
   idleTimeoutMs: number;
   /** Close a half-closed connection after this long with no byte. @default {60000} */
   halfClosedTimeoutMs: number;
+  /** Most client connections at once. @default {10000} */
+  maxConnections: number;
+  /** Most connections per backend; 0 is no limit. @default {0} */
+  maxConnectionsPerBackend: number;
+  /** Clients that may wait for a backend with room. @default {1000} */
+  queueMax: number;
+  /** Longest a client waits for a backend with room. @default {5000} */
+  queueTimeoutMs: number;
   /** Active checks; off when undefined. */
   healthCheck: HealthCheckSpec | undefined;
   /** Time between active checks. @default {2000} */
@@ -112,6 +120,15 @@ Flags:
                            database connections are not cut)
   --half-closed-timeout MS close a connection one side has finished after this
                            long with no byte (default 60000)
+  --maxconn N              most client connections at once; at the limit the
+                           balancer stops accepting and the kernel's backlog
+                           holds the rest (default 10000)
+  --maxconn-per-backend N  most connections per backend (default 0: no limit);
+                           when every usable backend is full, clients wait...
+  --queue-max N            ...in a queue of at most N (default 1000; beyond it,
+                           closed at once as queue-full)...
+  --queue-timeout MS       ...for at most this long (default 5000; then closed
+                           as queue-timeout)
   -h, --help               show this text
 `;
 
@@ -131,6 +148,10 @@ export function parseFlags(args: readonly string[]): LoadBalancerFlags {
         "drain-timeout": { type: "string" },
         "idle-timeout": { type: "string" },
         "half-closed-timeout": { type: "string" },
+        maxconn: { type: "string" },
+        "maxconn-per-backend": { type: "string" },
+        "queue-max": { type: "string" },
+        "queue-timeout": { type: "string" },
         workers: { type: "string" },
         "health-check": { type: "string" },
         "health-interval": { type: "string" },
@@ -161,6 +182,16 @@ export function parseFlags(args: readonly string[]): LoadBalancerFlags {
       values["half-closed-timeout"],
       60_000,
     ),
+    maxConnections: integerFlag("--maxconn", values.maxconn, 10000, 1, 1_000_000),
+    maxConnectionsPerBackend: integerFlag(
+      "--maxconn-per-backend",
+      values["maxconn-per-backend"],
+      0,
+      0,
+      1_000_000,
+    ),
+    queueMax: integerFlag("--queue-max", values["queue-max"], 1000, 0, 1_000_000),
+    queueTimeoutMs: millisecondsFlag("--queue-timeout", values["queue-timeout"], 5000),
     healthCheck: healthCheckFlag(values["health-check"]),
     healthIntervalMs: millisecondsFlag("--health-interval", values["health-interval"], 2000),
     healthTimeoutMs: millisecondsFlag("--health-timeout", values["health-timeout"], 1000),
@@ -265,7 +296,7 @@ function integerFlag(
   highest: number,
 ): number {
   if (text === undefined) return fallback;
-  const value = /^[0-9]{1,4}$/.test(text) ? Number(text) : NaN;
+  const value = /^[0-9]{1,7}$/.test(text) ? Number(text) : NaN;
   if (!(value >= lowest && value <= highest)) {
     throw new UsageError(`${flag} ${text}: expected a whole number, ${lowest}-${highest}`);
   }

@@ -13,6 +13,10 @@ Deno.test("parseFlags() with no flags is the lab: 5000 → 5001, 5002", () => {
     drainTimeoutMs: 30000,
     idleTimeoutMs: 3600000,
     halfClosedTimeoutMs: 60000,
+    maxConnections: 10000,
+    maxConnectionsPerBackend: 0,
+    queueMax: 1000,
+    queueTimeoutMs: 5000,
     healthCheck: undefined,
     healthIntervalMs: 2000,
     healthTimeoutMs: 1000,
@@ -122,6 +126,7 @@ Deno.test("parseFlags() errors name the flag and the value", () => {
       '--health-check send=0g,expect=00: expected an even number of hex digits, got "0g"',
     ],
     [["--rise", "0"], "--rise 0: expected a whole number, 1-100"],
+    [["--maxconn", "0"], "--maxconn 0: expected a whole number, 1-1000000"],
     [
       ["--backoff-base", "5000", "--backoff-max", "1000"],
       "--backoff-max 1000: must be at least --backoff-base (5000)",

@@ -27,6 +27,7 @@ import {
   recordConnect,
   startTrial,
 } from "./health.ts";
+import { WaitQueue } from "./queue.ts";
 import { HealthChecker, type Probe, sendExpectProbe, tcpProbe } from "./health_check.ts";
 import { type LoadBalancerFlags, parseFlags, USAGE, UsageError } from "./flags.ts";
 import { accessLog, describe, logDiagnostic, logEvent } from "./log.ts";
@@ -52,6 +53,8 @@ export class Backend implements Candidate {
   readonly backup: boolean;
   /** Connections in progress, attempts to connect included. */
   active = 0;
+  /** Most connections at once; new clients wait in the queue beyond it. */
+  maxConnections: number;
   /** Up or down, and the counts behind it (see health.ts). */
   health: Health = INITIAL_HEALTH;
   /** Set by the balancer that owns it. */
@@ -62,16 +65,21 @@ export class Backend implements Candidate {
     onChange: () => {},
   };
 
-  constructor(address: HostPort, options: { weight?: number; backup?: boolean } = {}) {
+  constructor(
+    address: HostPort,
+    options: { weight?: number; backup?: boolean; maxConnections?: number } = {},
+  ) {
+    this.maxConnections = options.maxConnections ?? Infinity;
     this.address = address;
     this.name = formatHostPort(address);
     this.configuredWeight = options.weight ?? 1;
     this.backup = options.backup ?? false;
   }
 
-  /** Whether new connections may go here now. */
+  /** Whether new connections may go here now: healthy (or due a trial) and not full. */
   get usable(): boolean {
-    return admits(this.health, this.policy.now(), this.policy.activeChecks);
+    return this.active < this.maxConnections &&
+      admits(this.health, this.policy.now(), this.policy.activeChecks);
   }
 
   /** The weight to balance with now (ramping up during slow start). */
@@ -113,7 +121,7 @@ export class Backend implements Candidate {
 /** Makes a {@linkcode Backend} from its address and options. */
 export function backendOf(
   address: HostPort,
-  options: { weight?: number; backup?: boolean } = {},
+  options: { weight?: number; backup?: boolean; maxConnections?: number } = {},
 ): Backend {
   return new Backend(address, options);
 }
@@ -127,13 +135,17 @@ export function backendOf(
  * - `drain-timeout`: still open when the drain timeout ran out at shutdown;
  * - `idle-timeout`: no byte either way for the idle timeout;
  * - `half-closed-timeout`: one side had finished, and no byte came for the
- *   half-closed timeout.
+ *   half-closed timeout;
+ * - `queue-timeout`: every usable backend was at its limit for the whole
+ *   queue timeout; `queue-full`: they were, and the queue was full too.
  */
 export type ConnectionEnd =
   | Exclude<BridgeEnd, "aborted">
   | "connect-failed"
   | "no-backend"
-  | "drain-timeout";
+  | "drain-timeout"
+  | "queue-timeout"
+  | "queue-full";
 
 /** What the access log says about one finished client connection. */
 export interface AccessRecord {
@@ -217,6 +229,10 @@ export interface LoadBalancerOptions {
   idleTimeoutMs?: number;
   /** Close a half-closed connection after this long with no byte. @default {60000} */
   halfClosedTimeoutMs?: number;
+  /** Most client connections at once; beyond it, clients wait in the kernel's backlog. @default {10000} */
+  maxConnections?: number;
+  /** Where clients wait while every usable backend is at its limit. */
+  queue?: { max?: number; timeoutMs?: number };
 }
 
 /** A client connection in progress, as the balancer tracks it for draining and timeouts. */
@@ -265,6 +281,10 @@ export class LoadBalancer {
   readonly #idleTimeoutMs: number;
   readonly #halfClosedTimeoutMs: number;
   #sweeper: ReturnType<typeof setInterval> | undefined;
+  readonly #maxConnections: number;
+  readonly #queue: WaitQueue;
+  // Resolved when a connection ends, for an accept loop waiting at maxConnections.
+  #roomFreed: PromiseWithResolvers<void> | undefined;
   #serving: Promise<void> | undefined;
 
   constructor(options: LoadBalancerOptions) {
@@ -286,6 +306,8 @@ export class LoadBalancer {
     this.#now = now;
     this.#idleTimeoutMs = options.idleTimeoutMs ?? 3_600_000;
     this.#halfClosedTimeoutMs = options.halfClosedTimeoutMs ?? 60_000;
+    this.#maxConnections = options.maxConnections ?? 10_000;
+    this.#queue = new WaitQueue(options.queue);
     const policy: HealthPolicy = {
       settings: options.health ?? DEFAULT_HEALTH,
       activeChecks: options.healthCheck !== undefined,
@@ -337,6 +359,7 @@ export class LoadBalancer {
    */
   async stopAccepting(): Promise<void> {
     this.#stopAccepting.abort();
+    this.#roomFreed?.resolve();
     await this.#checker?.stop();
     try {
       this.#listener.close();
@@ -363,6 +386,7 @@ export class LoadBalancer {
     if (outcome === "timeout") {
       cut = this.#connections.size;
       this.#cutting = true;
+      this.#queue.cutAll();
       for (const connection of this.#connections) connection.cut();
       await this.#allDone();
     }
@@ -405,6 +429,12 @@ export class LoadBalancer {
     let failures = 0;
     let backoffMs = 0;
     while (!this.#stopAccepting.signal.aborted) {
+      if (this.#connections.size >= this.#maxConnections) {
+        // At the limit: stop accepting; the kernel's backlog holds the rest.
+        this.#roomFreed ??= Promise.withResolvers<void>();
+        await this.#roomFreed.promise;
+        continue;
+      }
       let client: Deno.TcpConn | undefined;
       try {
         client = await this.#listener.accept();
@@ -439,7 +469,11 @@ export class LoadBalancer {
           client: describeAddr(client),
           reason: describe(error),
         });
-      }).finally(() => this.#connections.delete(connection));
+      }).finally(() => {
+        this.#connections.delete(connection);
+        this.#roomFreed?.resolve();
+        this.#roomFreed = undefined;
+      });
       this.#connections.add(connection);
     }
   }
@@ -473,9 +507,21 @@ export class LoadBalancer {
     const clientAddress = client.remoteAddr.hostname;
     let backend: Backend | undefined;
     let server: Deno.TcpConn | undefined;
+    let queueEnd: "queue-timeout" | "queue-full" | undefined;
     while (server === undefined && !this.#cutting) {
       backend = this.#strategy.pick(this.#backends, { tried, clientAddress });
-      if (backend === undefined) break;
+      if (backend === undefined) {
+        // Nothing to try now; if that is because healthy backends are full,
+        // wait in the queue for one to have room.
+        const full = this.#backends.some((b) =>
+          !tried.has(b) && b.health.state === "up" && b.active >= b.maxConnections
+        );
+        if (!full) break;
+        const outcome = await this.#queue.wait();
+        if (outcome === "slot") continue;
+        if (outcome !== "cut") queueEnd = outcome === "full" ? "queue-full" : "queue-timeout";
+        break;
+      }
       tried.add(backend);
       // Counted from the attempt on, so a burst of new clients spreads out
       // under least-connections before any of them has connected.
@@ -486,6 +532,7 @@ export class LoadBalancer {
         backend.recordConnect(true);
       } catch (error) {
         backend.active--;
+        this.#queue.wake();
         if (this.#cutting) break;
         backend.recordConnect(false, describe(error));
         this.#emit({
@@ -498,11 +545,8 @@ export class LoadBalancer {
     }
     if (server === undefined) {
       closeQuietly(client);
-      const end = this.#cutting
-        ? "drain-timeout"
-        : tried.size === 0
-        ? "no-backend"
-        : "connect-failed";
+      const end = queueEnd ??
+        (this.#cutting ? "drain-timeout" : tried.size === 0 ? "no-backend" : "connect-failed");
       finish(end);
       return;
     }
@@ -515,6 +559,7 @@ export class LoadBalancer {
     connection.quietSince = this.#now();
     const result = await bridge.result;
     backend!.active--;
+    this.#queue.wake();
     const end = result.end === "aborted" ? "drain-timeout" : result.end;
     finish(end, backend, result.bytesFromClient, result.bytesFromServer);
   }
@@ -626,7 +671,12 @@ export async function main(args: readonly string[]): Promise<void> {
     event.preventDefault();
     logDiagnostic(`unexpected error, still serving: ${describe(event.reason)}`);
   });
-  const backends = flags.backends.map((spec) => backendOf(spec.address, spec));
+  const backends = flags.backends.map((spec) =>
+    backendOf(spec.address, {
+      ...spec,
+      maxConnections: flags.maxConnectionsPerBackend || Infinity,
+    })
+  );
   const balancer = new LoadBalancer({
     listener,
     backends,
@@ -636,6 +686,8 @@ export async function main(args: readonly string[]): Promise<void> {
     healthCheck: healthCheckOf(flags),
     idleTimeoutMs: flags.idleTimeoutMs,
     halfClosedTimeoutMs: flags.halfClosedTimeoutMs,
+    maxConnections: flags.maxConnections,
+    queue: { max: flags.queueMax, timeoutMs: flags.queueTimeoutMs },
     onEvent: logEvent,
   });
   logDiagnostic(

@@ -344,3 +344,77 @@ Deno.test("a half-closed connection with no byte for the half-closed timeout is 
   }
   assert.deepEqual(accessRecords(lb.events).map((record) => record.end), ["half-closed-timeout"]);
 });
+
+Deno.test("--maxconn: at the limit the balancer stops accepting until a connection ends", async () => {
+  const echo = startEchoServer();
+  const lb = startBalancer([echo.address], { maxConnections: 2 });
+  try {
+    const [a, b] = [await connectLoopback(lb.port), await connectLoopback(lb.port)];
+    await roundTrip(a, "a");
+    await roundTrip(b, "b");
+    // The third one is accepted by the kernel, not by the balancer: no answer yet.
+    const c = await connectLoopback(lb.port);
+    await writeAll(c, new TextEncoder().encode("c"));
+    const early = c.read(new Uint8Array(8));
+    await new Promise((resolve) => setTimeout(resolve, 150));
+    assert.equal(lb.balancer.activeConnections, 2);
+    a.close();
+    assert.equal(await early, 1); // answered once a slot came free
+    b.close();
+    c.close();
+  } finally {
+    await lb.close();
+    await echo.close();
+  }
+});
+
+Deno.test("--maxconn-per-backend: clients wait in the queue for room, then are served", async () => {
+  const echo = startEchoServer();
+  const lb = startBalancer([echo.address], { queue: { timeoutMs: 5000 } });
+  lb.backends[0]!.maxConnections = 1;
+  try {
+    const first = await connectLoopback(lb.port);
+    await roundTrip(first, "first");
+    const second = await connectLoopback(lb.port);
+    await writeAll(second, new TextEncoder().encode("second"));
+    let answered = false;
+    const answer = new Uint8Array(6);
+    const reading = second.read(answer).then((read) => {
+      answered = true;
+      return read;
+    });
+    await new Promise((resolve) => setTimeout(resolve, 150));
+    assert.equal(answered, false, "served while the backend was full");
+    first.close(); // room on the backend: the waiting client goes through
+    assert.equal(await reading, 6);
+    assert.equal(new TextDecoder().decode(answer), "second");
+    second.close();
+  } finally {
+    await lb.close();
+    await echo.close();
+  }
+  assert.deepEqual(accessRecords(lb.events).map((r) => r.end), ["client-fin", "client-fin"]);
+});
+
+Deno.test("the queue times out as queue-timeout, and turns clients away as queue-full", async () => {
+  const echo = startEchoServer();
+  const lb = startBalancer([echo.address], { queue: { max: 1, timeoutMs: 100 } });
+  lb.backends[0]!.maxConnections = 1;
+  try {
+    const held = await connectLoopback(lb.port);
+    await roundTrip(held, "held");
+    const waiting = await connectLoopback(lb.port);
+    const turnedAway = await connectLoopback(lb.port);
+    // The third is closed at once; the second after the queue timeout.
+    assert.equal(await turnedAway.read(new Uint8Array(8)), null);
+    assert.equal(await waiting.read(new Uint8Array(8)), null);
+    turnedAway.close();
+    waiting.close();
+    held.close();
+  } finally {
+    await lb.close();
+    await echo.close();
+  }
+  const ends = accessRecords(lb.events).map((r) => r.end);
+  assert.deepEqual(ends.slice(0, 2), ["queue-full", "queue-timeout"]);
+});
