@@ -66,6 +66,12 @@ export interface LoadBalancerFlags {
   workers: number;
   /** Started by a supervisor: listen with `reusePort` (internal). */
   asWorker: boolean;
+  /** `--config FILE`: settings from a file; the flags given override it. */
+  config: string | undefined;
+  /** `--check`: validate the configuration and exit. */
+  check: boolean;
+  /** The flags given on the command line (long names, without `--`). */
+  given: Set<string>;
   /** `--help` was given. */
   help: boolean;
 }
@@ -129,6 +135,12 @@ Flags:
                            closed at once as queue-full)...
   --queue-timeout MS       ...for at most this long (default 5000; then closed
                            as queue-timeout)
+  --config FILE            settings from a YAML or JSON file (see
+                           lb.example.yaml); flags given as well override it,
+                           for a file with one listener. Needs --allow-read
+                           and --allow-env=LOG_TOKENS,LOG_STREAM
+  --check                  validate the configuration (file and flags), print
+                           the result and exit 0 or 1; binds nothing
   -h, --help               show this text
 `;
 
@@ -162,6 +174,8 @@ export function parseFlags(args: readonly string[]): LoadBalancerFlags {
         "backoff-max": { type: "string" },
         "slow-start": { type: "string" },
         "as-worker": { type: "boolean" },
+        config: { type: "string" },
+        check: { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
       strict: true,
@@ -198,6 +212,9 @@ export function parseFlags(args: readonly string[]): LoadBalancerFlags {
     health: healthSettings(values),
     workers: integerFlag("--workers", values.workers, 1, 1, 64),
     asWorker: values["as-worker"] ?? false,
+    config: values.config,
+    check: values.check ?? false,
+    given: new Set(Object.keys(values)),
     help: values.help ?? false,
   };
 }

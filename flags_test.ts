@@ -23,6 +23,9 @@ Deno.test("parseFlags() with no flags is the lab: 5000 → 5001, 5002", () => {
     health: { rise: 2, fall: 3, backoffBaseMs: 1000, backoffMaxMs: 30000, slowStartMs: 0 },
     workers: 1,
     asWorker: false,
+    config: undefined,
+    check: false,
+    given: new Set(),
     help: false,
   });
 });

@@ -11,8 +11,8 @@
  * @module
  */
 
-import { formatHostPort, type HostPort } from "./address.ts";
-import { type Candidate, createStrategy, RoundRobin, type Strategy } from "./balancer.ts";
+import { formatHostPort, type HostPort, parseHostPort } from "./address.ts";
+import { type Candidate, RoundRobin, type Strategy } from "./balancer.ts";
 import { Bridge, type BridgeEnd } from "./bridge.ts";
 import { type BufferPool, defaultPools } from "./buffers.ts";
 import {
@@ -28,8 +28,10 @@ import {
   startTrial,
 } from "./health.ts";
 import { WaitQueue } from "./queue.ts";
-import { HealthChecker, type Probe, sendExpectProbe, tcpProbe } from "./health_check.ts";
-import { type LoadBalancerFlags, parseFlags, USAGE, UsageError } from "./flags.ts";
+import { HealthChecker, type Probe } from "./health_check.ts";
+import { parseFlags, USAGE, UsageError } from "./flags.ts";
+import { ConfigError } from "./config.ts";
+import { balancerOptions, resolveConfig, sourceOf, summarize } from "./setup.ts";
 import { accessLog, describe, logDiagnostic, logEvent } from "./log.ts";
 import { supervise } from "./supervisor.ts";
 
@@ -627,15 +629,6 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
   });
 }
 
-function healthCheckOf(flags: LoadBalancerFlags): { probe: Probe; intervalMs: number } | undefined {
-  const check = flags.healthCheck;
-  if (check === undefined) return undefined;
-  const probe = check.kind === "tcp"
-    ? tcpProbe(flags.healthTimeoutMs)
-    : sendExpectProbe(check.send, check.expect, flags.healthTimeoutMs);
-  return { probe, intervalMs: flags.healthIntervalMs };
-}
-
 /** Runs the load balancer from the command line; see `--help`. */
 export async function main(args: readonly string[]): Promise<void> {
   let flags;
@@ -650,69 +643,81 @@ export async function main(args: readonly string[]): Promise<void> {
     console.log(USAGE);
     return;
   }
-  if (flags.workers > 1 && !flags.asWorker) {
-    Deno.exit(await supervise({ listen: flags.listen, workers: flags.workers, args }));
-  }
-  let listener;
+  const source = sourceOf(flags);
+  let config;
   try {
-    listener = Deno.listen({
-      hostname: flags.listen.hostname,
-      port: flags.listen.port,
-      // A worker shares the port with its siblings; the supervisor has
-      // already checked that no other program holds it.
-      ...(flags.asWorker ? { reusePort: true } : {}),
-    });
+    config = await resolveConfig(flags);
   } catch (error) {
-    console.error(`load_balancer: --listen ${formatHostPort(flags.listen)}: ${describe(error)}`);
-    Deno.exit(2);
+    if (!(error instanceof ConfigError)) throw error;
+    for (const problem of error.problems) console.error(`load_balancer: ${source}: ${problem}`);
+    Deno.exit(flags.check ? 1 : 2);
+  }
+  if (flags.check) {
+    console.log(`load_balancer: ${source}: valid: ${summarize(config)}`);
+    return;
+  }
+  if (config.workers > 1 && !flags.asWorker) {
+    if (config.listeners.length !== 1) {
+      console.error(
+        `load_balancer: ${source}: workers ${config.workers} with ${config.listeners.length} ` +
+          `listeners: --workers supports one listener for now`,
+      );
+      Deno.exit(2);
+    }
+    const listen = parseHostPort(config.listeners[0]!.listen, { allowPortZero: true });
+    Deno.exit(await supervise({ listen, workers: config.workers, args }));
+  }
+
+  // Bind every listener first: one that cannot bind stops the start.
+  const listeners: Deno.TcpListener[] = [];
+  for (const listenerConfig of config.listeners) {
+    const address = parseHostPort(listenerConfig.listen, { allowPortZero: true });
+    try {
+      listeners.push(Deno.listen({
+        ...address,
+        // A worker shares the port with its siblings; the supervisor has
+        // already checked that no other program holds it.
+        ...(flags.asWorker ? { reusePort: true } : {}),
+      }));
+    } catch (error) {
+      const where = flags.config === undefined ? "--listen" : `listener ${listenerConfig.name}`;
+      console.error(`load_balancer: ${where} ${listenerConfig.listen}: ${describe(error)}`);
+      Deno.exit(2);
+    }
   }
   // Last line of defence: one connection's bug must not end every other one.
   globalThis.addEventListener("unhandledrejection", (event) => {
     event.preventDefault();
     logDiagnostic(`unexpected error, still serving: ${describe(event.reason)}`);
   });
-  const backends = flags.backends.map((spec) =>
-    backendOf(spec.address, {
-      ...spec,
-      maxConnections: flags.maxConnectionsPerBackend || Infinity,
-    })
-  );
-  const balancer = new LoadBalancer({
-    listener,
-    backends,
-    strategy: createStrategy(flags.balance),
-    connectTimeoutMs: flags.connectTimeoutMs,
-    health: flags.health,
-    healthCheck: healthCheckOf(flags),
-    idleTimeoutMs: flags.idleTimeoutMs,
-    halfClosedTimeoutMs: flags.halfClosedTimeoutMs,
-    maxConnections: flags.maxConnections,
-    queue: { max: flags.queueMax, timeoutMs: flags.queueTimeoutMs },
-    onEvent: logEvent,
+  const balancers = listeners.map((listener, index) => {
+    const options = balancerOptions(config, index);
+    const balancer = new LoadBalancer({ ...options, listener, onEvent: logEvent });
+    logDiagnostic(
+      `listening on ${formatHostPort(balancer.addr)}; backends ${
+        options.backends.map((b) => b.describe()).join(", ")
+      }`,
+    );
+    return balancer;
   });
-  logDiagnostic(
-    `listening on ${formatHostPort(balancer.addr)}; backends ${
-      backends.map((b) => b.describe()).join(", ")
-    }`,
-  );
+  const active = () => balancers.reduce((sum, b) => sum + b.activeConnections, 0);
 
   let signals = 0;
   const onSignal = async (signal: string) => {
     signals++;
     if (signals > 1) {
-      logDiagnostic(
-        `${signal} again: exiting now, cutting ${balancer.activeConnections} connection(s)`,
-      );
+      logDiagnostic(`${signal} again: exiting now, cutting ${active()} connection(s)`);
       accessLog.flush();
       Deno.exit(1);
     }
-    await balancer.stopAccepting();
+    await Promise.all(balancers.map((b) => b.stopAccepting()));
     logDiagnostic(
-      `${signal}: no longer accepting; draining ${balancer.activeConnections} connection(s), ` +
-        `up to ${flags.drainTimeoutMs} ms`,
+      `${signal}: no longer accepting; draining ${active()} connection(s), ` +
+        `up to ${config.drain_timeout_ms} ms`,
     );
-    const { cut } = await balancer.shutdown(flags.drainTimeoutMs);
+    const results = await Promise.all(balancers.map((b) => b.shutdown(config.drain_timeout_ms)));
     accessLog.flush();
+    const cut = results.reduce((sum, r) => sum + r.cut, 0);
     logDiagnostic(`stopped; ${cut} connection(s) cut at the drain timeout`);
     Deno.exit(0);
   };
@@ -730,7 +735,7 @@ export async function main(args: readonly string[]): Promise<void> {
     }, 1000);
     Deno.unrefTimer(watch);
   }
-  await balancer.serve();
+  await Promise.all(balancers.map((b) => b.serve()));
 }
 
 if (import.meta.main) await main(Deno.args);

@@ -314,14 +314,14 @@ export interface BalancerProcess {
  */
 export async function startBalancerProcess(
   args: string[],
-  options: { maxOpenFiles?: number } = {},
+  options: { maxOpenFiles?: number; permissions?: string[]; listen?: boolean } = {},
 ): Promise<BalancerProcess> {
   const supervised = args.includes("--workers");
-  const permissions = supervised
-    ? ["--allow-net", "--allow-run", "--unstable-net"]
-    : ["--allow-net"];
+  const permissions = options.permissions ??
+    (supervised ? ["--allow-net", "--allow-run", "--unstable-net"] : ["--allow-net"]);
   const deno = [Deno.execPath(), "run", ...permissions, "load_balancer.ts"];
-  const command = [...deno, "--listen", "127.0.0.1:0", ...args];
+  const listen = options.listen === false ? [] : ["--listen", "127.0.0.1:0"];
+  const command = [...deno, ...listen, ...args];
   // `exec` keeps the pid: the process we signal and measure is the balancer itself.
   const [program, ...programArgs] = options.maxOpenFiles === undefined
     ? command
