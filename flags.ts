@@ -70,6 +70,8 @@ export interface LoadBalancerFlags {
   config: string | undefined;
   /** `--check`: validate the configuration and exit. */
   check: boolean;
+  /** `--watch`: reload when the config file changes (as on SIGHUP). */
+  watch: boolean;
   /** The flags given on the command line (long names, without `--`). */
   given: Set<string>;
   /** `--help` was given. */
@@ -141,6 +143,7 @@ Flags:
                            and --allow-env=LOG_TOKENS,LOG_STREAM
   --check                  validate the configuration (file and flags), print
                            the result and exit 0 or 1; binds nothing
+  --watch                  reload when the config file changes, as on SIGHUP
   -h, --help               show this text
 `;
 
@@ -176,6 +179,7 @@ export function parseFlags(args: readonly string[]): LoadBalancerFlags {
         "as-worker": { type: "boolean" },
         config: { type: "string" },
         check: { type: "boolean" },
+        watch: { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
       strict: true,
@@ -214,6 +218,7 @@ export function parseFlags(args: readonly string[]): LoadBalancerFlags {
     asWorker: values["as-worker"] ?? false,
     config: values.config,
     check: values.check ?? false,
+    watch: values.watch ?? false,
     given: new Set(Object.keys(values)),
     help: values.help ?? false,
   };

@@ -30,7 +30,7 @@ import {
 import { WaitQueue } from "./queue.ts";
 import { HealthChecker, type Probe } from "./health_check.ts";
 import { parseFlags, USAGE, UsageError } from "./flags.ts";
-import { ConfigError } from "./config.ts";
+import { type Config, ConfigError } from "./config.ts";
 import { balancerOptions, resolveConfig, sourceOf, summarize } from "./setup.ts";
 import { accessLog, describe, logDiagnostic, logEvent } from "./log.ts";
 import { supervise } from "./supervisor.ts";
@@ -50,9 +50,9 @@ export class Backend implements Candidate {
   readonly address: HostPort;
   /** The address as written in logs, `HOST:PORT`. */
   readonly name: string;
-  /** The weight it was given; {@linkcode Backend.weight} is this during slow start's ramp. */
-  readonly configuredWeight: number;
-  readonly backup: boolean;
+  /** The weight it was given (a reload may change it); {@linkcode Backend.weight} ramps to it. */
+  configuredWeight: number;
+  backup: boolean;
   /** Connections in progress, attempts to connect included. */
   active = 0;
   /** Most connections at once; new clients wait in the queue beyond it. */
@@ -266,9 +266,9 @@ const ACCEPT_BACKOFF_MAX_MS = 1000;
 /** A running load balancer. Call {@linkcode LoadBalancer.serve} to start it. */
 export class LoadBalancer {
   readonly #listener: Deno.Listener<Deno.TcpConn, Deno.NetAddr>;
-  readonly #backends: readonly Backend[];
-  readonly #strategy: Strategy<Backend>;
-  readonly #connectTimeoutMs: number;
+  #backends: readonly Backend[];
+  #strategy: Strategy<Backend>;
+  #connectTimeoutMs: number;
   readonly #dial: Dialer;
   readonly #emit: (event: LoadBalancerEvent) => void;
   readonly #pools: { small: BufferPool; large: BufferPool };
@@ -278,22 +278,19 @@ export class LoadBalancer {
   // Aborted when we stop accepting: ends an accept backoff early.
   readonly #stopAccepting = new AbortController();
   readonly #connections = new Set<Connection>();
-  readonly #checker: HealthChecker | undefined;
+  #checker: HealthChecker | undefined;
   readonly #now: () => number;
-  readonly #idleTimeoutMs: number;
-  readonly #halfClosedTimeoutMs: number;
+  #idleTimeoutMs: number;
+  #halfClosedTimeoutMs: number;
   #sweeper: ReturnType<typeof setInterval> | undefined;
-  readonly #maxConnections: number;
-  readonly #queue: WaitQueue;
+  #maxConnections: number;
+  #queue: WaitQueue;
   // Resolved when a connection ends, for an accept loop waiting at maxConnections.
   #roomFreed: PromiseWithResolvers<void> | undefined;
   #serving: Promise<void> | undefined;
 
   constructor(options: LoadBalancerOptions) {
     this.#listener = options.listener;
-    this.#backends = options.backends;
-    this.#strategy = options.strategy ?? new RoundRobin();
-    this.#connectTimeoutMs = options.connectTimeoutMs ?? 5000;
     this.#dial = options.dial ?? defaultDial;
     const onEvent = options.onEvent ?? (() => {});
     this.#emit = (event) => {
@@ -304,8 +301,41 @@ export class LoadBalancer {
       }
     };
     this.#pools = options.pools ?? defaultPools;
-    const now = options.now ?? (() => performance.now());
-    this.#now = now;
+    this.#now = options.now ?? (() => performance.now());
+    this.#backends = [];
+    this.#strategy = new RoundRobin();
+    this.#connectTimeoutMs = 0;
+    this.#idleTimeoutMs = 0;
+    this.#halfClosedTimeoutMs = 0;
+    this.#maxConnections = 0;
+    this.#queue = new WaitQueue();
+    this.#apply(options);
+  }
+
+  /**
+   * Takes a new configuration for new connections; connections in progress
+   * keep the backend they have. Backends left out get no new connections,
+   * and theirs finish. Pass the same {@linkcode Backend} objects for backends
+   * that stay, so their health and connection counts carry over.
+   */
+  reconfigure(
+    options: Omit<LoadBalancerOptions, "listener" | "dial" | "onEvent" | "pools" | "now">,
+  ) {
+    this.#checker?.stop();
+    const waiting = this.#queue;
+    this.#apply(options);
+    // Clients waiting for room try again under the new configuration.
+    while (waiting.length > 0) waiting.wake();
+    if (this.#serving !== undefined) {
+      this.#checker?.start();
+      this.#startSweeper();
+    }
+  }
+
+  #apply(options: Omit<LoadBalancerOptions, "listener" | "dial" | "onEvent" | "pools" | "now">) {
+    this.#backends = options.backends;
+    this.#strategy = options.strategy ?? new RoundRobin();
+    this.#connectTimeoutMs = options.connectTimeoutMs ?? 5000;
     this.#idleTimeoutMs = options.idleTimeoutMs ?? 3_600_000;
     this.#halfClosedTimeoutMs = options.halfClosedTimeoutMs ?? 60_000;
     this.#maxConnections = options.maxConnections ?? 10_000;
@@ -313,24 +343,38 @@ export class LoadBalancer {
     const policy: HealthPolicy = {
       settings: options.health ?? DEFAULT_HEALTH,
       activeChecks: options.healthCheck !== undefined,
-      now,
+      now: this.#now,
       onChange: (backend, change) =>
         this.#emit({ type: "backend-state", backend: backend.name, ...change }),
     };
     for (const backend of this.#backends) backend.policy = policy;
-    if (options.healthCheck) {
-      this.#checker = new HealthChecker({
-        backends: this.#backends,
-        probe: options.healthCheck.probe,
-        intervalMs: options.healthCheck.intervalMs,
-        now,
-      });
-    }
+    this.#checker = options.healthCheck && new HealthChecker({
+      backends: this.#backends,
+      probe: options.healthCheck.probe,
+      intervalMs: options.healthCheck.intervalMs,
+      now: this.#now,
+    });
+  }
+
+  // One timer for every connection's timeouts, rather than one per read.
+  #startSweeper(): void {
+    clearInterval(this.#sweeper);
+    const everyMs = Math.min(
+      1000,
+      Math.max(5, Math.min(this.#idleTimeoutMs, this.#halfClosedTimeoutMs) / 4),
+    );
+    this.#sweeper = setInterval(() => this.#sweep(), everyMs);
+    Deno.unrefTimer(this.#sweeper as unknown as number);
   }
 
   /** Where clients connect. */
   get addr(): Deno.NetAddr {
     return this.#listener.addr;
+  }
+
+  /** The backends new connections go to. */
+  get backends(): readonly Backend[] {
+    return this.#backends;
   }
 
   /** Client connections in progress. */
@@ -342,13 +386,7 @@ export class LoadBalancer {
   serve(): Promise<void> {
     if (this.#serving === undefined) {
       this.#checker?.start();
-      // One timer for every connection's timeouts, rather than one per read.
-      const everyMs = Math.min(
-        1000,
-        Math.max(5, Math.min(this.#idleTimeoutMs, this.#halfClosedTimeoutMs) / 4),
-      );
-      this.#sweeper = setInterval(() => this.#sweep(), everyMs);
-      Deno.unrefTimer(this.#sweeper as unknown as number);
+      this.#startSweeper();
     }
     this.#serving ??= this.#acceptLoop();
     return this.#serving;
@@ -644,7 +682,7 @@ export async function main(args: readonly string[]): Promise<void> {
     return;
   }
   const source = sourceOf(flags);
-  let config;
+  let config: Config;
   try {
     config = await resolveConfig(flags);
   } catch (error) {
@@ -655,6 +693,10 @@ export async function main(args: readonly string[]): Promise<void> {
   if (flags.check) {
     console.log(`load_balancer: ${source}: valid: ${summarize(config)}`);
     return;
+  }
+  if (flags.watch && flags.config === undefined) {
+    console.error("load_balancer: --watch: needs --config FILE to watch");
+    Deno.exit(2);
   }
   if (config.workers > 1 && !flags.asWorker) {
     if (config.listeners.length !== 1) {
@@ -669,19 +711,23 @@ export async function main(args: readonly string[]): Promise<void> {
   }
 
   // Bind every listener first: one that cannot bind stops the start.
-  const listeners: Deno.TcpListener[] = [];
+  const bind = (listenerConfig: Config["listeners"][number]) =>
+    Deno.listen({
+      ...parseHostPort(listenerConfig.listen, { allowPortZero: true }),
+      // A worker shares the port with its siblings; the supervisor has
+      // already checked that no other program holds it.
+      ...(flags.asWorker ? { reusePort: true } : {}),
+    });
+  const where = (listenerConfig: Config["listeners"][number]) =>
+    flags.config === undefined ? "--listen" : `listener ${listenerConfig.name}`;
+  const sockets: Deno.TcpListener[] = [];
   for (const listenerConfig of config.listeners) {
-    const address = parseHostPort(listenerConfig.listen, { allowPortZero: true });
     try {
-      listeners.push(Deno.listen({
-        ...address,
-        // A worker shares the port with its siblings; the supervisor has
-        // already checked that no other program holds it.
-        ...(flags.asWorker ? { reusePort: true } : {}),
-      }));
+      sockets.push(bind(listenerConfig));
     } catch (error) {
-      const where = flags.config === undefined ? "--listen" : `listener ${listenerConfig.name}`;
-      console.error(`load_balancer: ${where} ${listenerConfig.listen}: ${describe(error)}`);
+      console.error(
+        `load_balancer: ${where(listenerConfig)} ${listenerConfig.listen}: ${describe(error)}`,
+      );
       Deno.exit(2);
     }
   }
@@ -690,26 +736,96 @@ export async function main(args: readonly string[]): Promise<void> {
     event.preventDefault();
     logDiagnostic(`unexpected error, still serving: ${describe(event.reason)}`);
   });
-  const balancers = listeners.map((listener, index) => {
+
+  // The running balancers, by the address they listen on: a reload keeps
+  // the socket (and the balancer) of every address it still lists.
+  const running = new Map<string, LoadBalancer>();
+  const start = (listener: Deno.TcpListener, index: number) => {
     const options = balancerOptions(config, index);
     const balancer = new LoadBalancer({ ...options, listener, onEvent: logEvent });
+    running.set(config.listeners[index]!.listen, balancer);
     logDiagnostic(
       `listening on ${formatHostPort(balancer.addr)}; backends ${
         options.backends.map((b) => b.describe()).join(", ")
       }`,
     );
+    balancer.serve();
     return balancer;
-  });
-  const active = () => balancers.reduce((sum, b) => sum + b.activeConnections, 0);
+  };
+  sockets.forEach(start);
+  const active = () => [...running.values()].reduce((sum, b) => sum + b.activeConnections, 0);
+  let stopping = false;
+
+  // Atomic: validate, bind new addresses, then switch; any failure changes nothing.
+  const reload = async (why: string) => {
+    let next: Config;
+    try {
+      next = await resolveConfig(flags);
+    } catch (error) {
+      if (!(error instanceof ConfigError)) throw error;
+      const more = error.problems.length > 1 ? ` (and ${error.problems.length - 1} more)` : "";
+      logDiagnostic(
+        `reload (${why}) failed, still running the previous config: ${source}: ` +
+          `${error.problems[0]}${more}`,
+      );
+      return;
+    }
+    const fresh = new Map<string, Deno.TcpListener>();
+    for (const listenerConfig of next.listeners) {
+      if (running.has(listenerConfig.listen)) continue;
+      try {
+        fresh.set(listenerConfig.listen, bind(listenerConfig));
+      } catch (error) {
+        for (const socket of fresh.values()) socket.close();
+        logDiagnostic(
+          `reload (${why}) failed, still running the previous config: ` +
+            `${where(listenerConfig)} ${listenerConfig.listen}: ${describe(error)}`,
+        );
+        return;
+      }
+    }
+    const previous = config;
+    config = next;
+    next.listeners.forEach((listenerConfig, index) => {
+      const balancer = running.get(listenerConfig.listen);
+      if (balancer === undefined) {
+        start(fresh.get(listenerConfig.listen)!, index);
+        return;
+      }
+      // Backends that stay keep their object: health and counts carry over.
+      const kept = new Map(balancer.backends.map((b) => [b.name, b]));
+      balancer.reconfigure(balancerOptions(next, index, kept));
+    });
+    for (const [address, balancer] of running) {
+      if (next.listeners.some((l) => l.listen === address)) continue;
+      running.delete(address);
+      balancer.shutdown(previous.drain_timeout_ms).then(({ cut }) =>
+        logDiagnostic(
+          `stopped listening on ${address}; ${cut} connection(s) cut at the drain timeout`,
+        )
+      );
+    }
+    logDiagnostic(`reloaded (${why}): ${summarize(next)}`);
+  };
+  let reloading = Promise.resolve();
+  const requestReload = (why: string) => {
+    if (stopping) return;
+    reloading = reloading.then(() => reload(why));
+  };
+  Deno.addSignalListener("SIGHUP", () => requestReload("SIGHUP"));
+  if (flags.watch && flags.config !== undefined) watchConfig(flags.config, requestReload);
 
   let signals = 0;
   const onSignal = async (signal: string) => {
     signals++;
+    stopping = true;
     if (signals > 1) {
       logDiagnostic(`${signal} again: exiting now, cutting ${active()} connection(s)`);
       accessLog.flush();
       Deno.exit(1);
     }
+    await reloading;
+    const balancers = [...running.values()];
     await Promise.all(balancers.map((b) => b.stopAccepting()));
     logDiagnostic(
       `${signal}: no longer accepting; draining ${active()} connection(s), ` +
@@ -735,7 +851,23 @@ export async function main(args: readonly string[]): Promise<void> {
     }, 1000);
     Deno.unrefTimer(watch);
   }
-  await Promise.all(balancers.map((b) => b.serve()));
+  // Serve until a signal ends the process.
+  await new Promise(() => {});
+}
+
+/** Calls `onChange` when the file changes, at most once per 100 ms burst of events. */
+function watchConfig(path: string, onChange: (why: string) => void): void {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  (async () => {
+    // Watch the folder: editors often replace the file rather than write it.
+    const folder = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) || "/" : ".";
+    const name = path.slice(path.lastIndexOf("/") + 1);
+    for await (const event of Deno.watchFs(folder, { recursive: false })) {
+      if (!event.paths.some((changed) => changed.endsWith(`/${name}`))) continue;
+      clearTimeout(timer);
+      timer = setTimeout(() => onChange("file changed"), 100);
+    }
+  })().catch((error) => logDiagnostic(`--watch ${path}: stopped watching: ${describe(error)}`));
 }
 
 if (import.meta.main) await main(Deno.args);

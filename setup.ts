@@ -114,6 +114,7 @@ export function summarize(config: Config): string {
 export function balancerOptions(
   config: Config,
   index: number,
+  existing: ReadonlyMap<string, Backend> = new Map(),
 ): Omit<LoadBalancerOptions, "listener"> & { backends: Backend[] } {
   const listenerConfig = config.listeners[index]!;
   const pool = config.pools[listenerConfig.pool]!;
@@ -124,13 +125,20 @@ export function balancerOptions(
     probe = sendExpectProbe(fromHex(check.send), fromHex(check.expect), pool.health.timeout_ms);
   }
   return {
-    backends: pool.backends.map((backend) =>
-      backendOf(parseHostPort(backend.address), {
-        weight: backend.weight,
-        backup: backend.backup,
+    backends: pool.backends.map((spec) => {
+      const settings = {
+        weight: spec.weight,
+        backup: spec.backup,
         maxConnections: pool.maxconn_per_backend || Infinity,
-      })
-    ),
+      };
+      const address = parseHostPort(spec.address);
+      const kept = existing.get(formatHostPort(address));
+      if (kept === undefined) return backendOf(address, settings);
+      kept.configuredWeight = settings.weight;
+      kept.backup = settings.backup;
+      kept.maxConnections = settings.maxConnections;
+      return kept;
+    }),
     strategy: createStrategy(pool.balance),
     connectTimeoutMs: pool.timeouts.connect_ms,
     idleTimeoutMs: pool.timeouts.idle_ms,

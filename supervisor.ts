@@ -12,7 +12,8 @@
  * 3. it restarts a worker that dies, after a backoff that doubles while
  *    workers keep dying young;
  * 4. it forwards SIGINT/SIGTERM, so every worker drains, and exits when all
- *    have; a second signal is forwarded too, and it exits at once.
+ *    have; a second signal is forwarded too, and it exits at once;
+ * 5. it forwards SIGHUP, so every worker reloads its configuration.
  *
  * Workers write access lines straight to the shared stdout (each write holds
  * whole lines, at most 4 KiB, so lines from different workers never mix);
@@ -149,6 +150,16 @@ export async function supervise(options: SupervisorOptions): Promise<number> {
   for (const signal of ["SIGINT", "SIGTERM"] as const) {
     Deno.addSignalListener(signal, () => onSignal(signal));
   }
+  // A reload is each worker's own: pass it on.
+  Deno.addSignalListener("SIGHUP", () => {
+    for (const slot of slots) {
+      try {
+        slot.child?.kill("SIGHUP");
+      } catch {
+        // It just exited.
+      }
+    }
+  });
 
   for (const slot of slots) start(slot);
   await exited.promise;
