@@ -707,7 +707,11 @@ export async function main(args: readonly string[]): Promise<void> {
       Deno.exit(2);
     }
     const listen = parseHostPort(config.listeners[0]!.listen, { allowPortZero: true });
-    Deno.exit(await supervise({ listen, workers: config.workers, args }));
+    // Workers read the same file (and re-read it on SIGHUP).
+    const permissions = flags.config === undefined
+      ? []
+      : ["--allow-read", "--allow-env=LOG_TOKENS,LOG_STREAM"];
+    Deno.exit(await supervise({ listen, workers: config.workers, args, permissions }));
   }
 
   // Bind every listener first: one that cannot bind stops the start.

@@ -35,6 +35,8 @@ export interface SupervisorOptions {
   args: readonly string[];
   /** The load balancer's entry module. @default {Deno.mainModule} */
   mainModule?: string;
+  /** Permissions workers need beyond --allow-net (reading a config file, …). */
+  permissions?: string[];
 }
 
 // A worker that dies sooner than this after its start counts as dying young.
@@ -92,7 +94,14 @@ export async function supervise(options: SupervisorOptions): Promise<number> {
     slot.restartTimer = undefined;
     slot.startedAt = Date.now();
     const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "--allow-net", "--unstable-net", mainModule, ...workerArgs],
+      args: [
+        "run",
+        "--allow-net",
+        "--unstable-net",
+        ...(options.permissions ?? []),
+        mainModule,
+        ...workerArgs,
+      ],
       stdin: "null",
       stdout: "inherit",
       stderr: "piped",

@@ -9,6 +9,7 @@ import {
   runScript,
   startBalancerProcess,
   startEchoServer,
+  startTaggedServer,
   writeAll,
 } from "./test_util.ts";
 
@@ -147,3 +148,41 @@ function alive(pid: number): boolean {
     return false;
   }
 }
+
+Deno.test("SIGHUP to the supervisor reloads every worker's config", async () => {
+  const [a, b] = [startTaggedServer("a"), startTaggedServer("b")];
+  const file = await Deno.makeTempFile({ suffix: ".yaml" });
+  const write = (port: number) =>
+    Deno.writeTextFile(
+      file,
+      `listeners: [{ name: web, listen: "127.0.0.1:0", pool: web }]
+pools: { web: { backends: [{ address: "127.0.0.1:${port}" }] } }
+workers: 2
+`,
+    );
+  await write(a.port);
+  const lb = await startBalancerProcess(["--config", file, "--workers", "2"], {
+    permissions: [
+      "--allow-net",
+      "--allow-run",
+      "--unstable-net",
+      "--allow-read",
+      "--allow-env=LOG_TOKENS,LOG_STREAM",
+    ],
+  });
+  try {
+    assert.match(await exchange(lb.port, "x\n"), /^\[Server a\]/);
+    await write(b.port);
+    lb.kill("SIGHUP");
+    for (const id of [1, 2]) {
+      await lb.waitForLine("stderr", new RegExp(`^\\[worker ${id}\\] .* reloaded \\(SIGHUP\\)`));
+    }
+    // Whichever worker takes them, new connections go to the new backend.
+    for (let i = 0; i < 6; i++) assert.match(await exchange(lb.port, "x\n"), /^\[Server b\]/);
+  } finally {
+    await lb.close();
+    await Deno.remove(file);
+    await a.close();
+    await b.close();
+  }
+});
