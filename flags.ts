@@ -12,6 +12,7 @@ import { parseArgs } from "node:util";
 import { type HostPort, parseHostPort } from "./address.ts";
 import { STRATEGY_NAMES, type StrategyName } from "./balancer.ts";
 import type { HealthSettings } from "./health.ts";
+import type { LogFormat } from "./log.ts";
 import { fromHex } from "./health_check.ts";
 
 /** `--health-check`: a TCP connect, or bytes to send and the reply's expected start. */
@@ -74,6 +75,10 @@ export interface LoadBalancerFlags {
   watch: boolean;
   /** The flags given on the command line (long names, without `--`). */
   given: Set<string>;
+  /** Access log format; default text on a terminal, json otherwise. */
+  logFormat: LogFormat | undefined;
+  /** Access log file (reopened on SIGUSR1); default stdout. */
+  accessLog: string | undefined;
   /** `--help` was given. */
   help: boolean;
 }
@@ -144,6 +149,10 @@ Flags:
   --check                  validate the configuration (file and flags), print
                            the result and exit 0 or 1; binds nothing
   --watch                  reload when the config file changes, as on SIGHUP
+  --log-format text|json   access lines as key=value text or JSON objects
+                           (default text on a terminal, json otherwise)
+  --access-log FILE        append access lines to FILE, reopened on SIGUSR1
+                           for log rotation (default stdout). Needs --allow-write
   -h, --help               show this text
 `;
 
@@ -180,6 +189,8 @@ export function parseFlags(args: readonly string[]): LoadBalancerFlags {
         config: { type: "string" },
         check: { type: "boolean" },
         watch: { type: "boolean" },
+        "log-format": { type: "string" },
+        "access-log": { type: "string" },
         help: { type: "boolean", short: "h" },
       },
       strict: true,
@@ -219,6 +230,8 @@ export function parseFlags(args: readonly string[]): LoadBalancerFlags {
     config: values.config,
     check: values.check ?? false,
     watch: values.watch ?? false,
+    logFormat: logFormatFlag(values["log-format"]),
+    accessLog: values["access-log"],
     given: new Set(Object.keys(values)),
     help: values.help ?? false,
   };
@@ -291,6 +304,11 @@ function healthSettings(values: Record<string, unknown>): HealthSettings {
     );
   }
   return settings;
+}
+
+function logFormatFlag(text: string | undefined): LogFormat | undefined {
+  if (text === undefined || text === "text" || text === "json") return text;
+  throw new UsageError(`--log-format ${text}: expected text or json`);
 }
 
 function balanceFlag(text: string | undefined): StrategyName {

@@ -26,6 +26,8 @@ Deno.test("parseFlags() with no flags is the lab: 5000 → 5001, 5002", () => {
     config: undefined,
     check: false,
     watch: false,
+    logFormat: undefined,
+    accessLog: undefined,
     given: new Set(),
     help: false,
   });
@@ -131,6 +133,7 @@ Deno.test("parseFlags() errors name the flag and the value", () => {
     ],
     [["--rise", "0"], "--rise 0: expected a whole number, 1-100"],
     [["--maxconn", "0"], "--maxconn 0: expected a whole number, 1-1000000"],
+    [["--log-format", "xml"], "--log-format xml: expected text or json"],
     [
       ["--backoff-base", "5000", "--backoff-max", "1000"],
       "--backoff-max 1000: must be at least --backoff-base (5000)",

@@ -32,7 +32,7 @@ import { HealthChecker, type Probe } from "./health_check.ts";
 import { parseFlags, USAGE, UsageError } from "./flags.ts";
 import { type Config, ConfigError } from "./config.ts";
 import { balancerOptions, resolveConfig, sourceOf, summarize } from "./setup.ts";
-import { accessLog, describe, logDiagnostic, logEvent } from "./log.ts";
+import { AccessLog, accessLog, describe, logDiagnostic, logEvent, useAccessLog } from "./log.ts";
 import { supervise } from "./supervisor.ts";
 
 /** How a backend's health is judged; set by the balancer that owns it. */
@@ -153,6 +153,8 @@ export type ConnectionEnd =
 export interface AccessRecord {
   /** When the connection ended. */
   readonly time: Date;
+  /** The listener's name (`default` without a config file). */
+  readonly listener: string;
   /** The client's address, `HOST:PORT`. */
   readonly client: string;
   /** The backend it was bridged to, if any. */
@@ -207,6 +209,8 @@ export type Dialer = (address: HostPort, signal: AbortSignal) => Promise<Deno.Tc
 
 /** Options for {@linkcode LoadBalancer}. */
 export interface LoadBalancerOptions {
+  /** The listener's name, for logs and metrics. @default {"default"} */
+  name?: string;
   /** Where clients come from. The balancer owns it from now on and closes it. */
   listener: Deno.Listener<Deno.TcpConn, Deno.NetAddr>;
   /** The pool, in order. */
@@ -266,6 +270,8 @@ const ACCEPT_BACKOFF_MAX_MS = 1000;
 /** A running load balancer. Call {@linkcode LoadBalancer.serve} to start it. */
 export class LoadBalancer {
   readonly #listener: Deno.Listener<Deno.TcpConn, Deno.NetAddr>;
+  /** The listener's name, for logs and metrics. */
+  readonly name: string;
   #backends: readonly Backend[];
   #strategy: Strategy<Backend>;
   #connectTimeoutMs: number;
@@ -291,6 +297,7 @@ export class LoadBalancer {
 
   constructor(options: LoadBalancerOptions) {
     this.#listener = options.listener;
+    this.name = options.name ?? "default";
     this.#dial = options.dial ?? defaultDial;
     const onEvent = options.onEvent ?? (() => {});
     this.#emit = (event) => {
@@ -533,6 +540,7 @@ export class LoadBalancer {
         type: "connection",
         record: {
           time: new Date(),
+          listener: this.name,
           client: clientName,
           backend: backend?.name,
           bytesIn,
@@ -735,6 +743,20 @@ export async function main(args: readonly string[]): Promise<void> {
       Deno.exit(2);
     }
   }
+  try {
+    useAccessLog(new AccessLog({ path: flags.accessLog, format: flags.logFormat }));
+  } catch (error) {
+    console.error(`load_balancer: --access-log ${flags.accessLog}: ${describe(error)}`);
+    Deno.exit(2);
+  }
+  Deno.addSignalListener("SIGUSR1", () => {
+    try {
+      accessLog.reopen();
+      logDiagnostic(`SIGUSR1: reopened the access log ${flags.accessLog ?? "(stdout)"}`);
+    } catch (error) {
+      logDiagnostic(`SIGUSR1: could not reopen the access log: ${describe(error)}`);
+    }
+  });
   // Last line of defence: one connection's bug must not end every other one.
   globalThis.addEventListener("unhandledrejection", (event) => {
     event.preventDefault();
@@ -746,7 +768,8 @@ export async function main(args: readonly string[]): Promise<void> {
   const running = new Map<string, LoadBalancer>();
   const start = (listener: Deno.TcpListener, index: number) => {
     const options = balancerOptions(config, index);
-    const balancer = new LoadBalancer({ ...options, listener, onEvent: logEvent });
+    const name = config.listeners[index]!.name;
+    const balancer = new LoadBalancer({ ...options, name, listener, onEvent: logEvent });
     running.set(config.listeners[index]!.listen, balancer);
     logDiagnostic(
       `listening on ${formatHostPort(balancer.addr)}; backends ${

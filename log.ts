@@ -8,18 +8,33 @@
 
 import type { AccessRecord, LoadBalancerEvent } from "./load_balancer.ts";
 
+/** The two access log formats. */
+export type LogFormat = "text" | "json";
+
 /** One access line: `key=value` fields in a fixed order, easy to grep and to split.
  *
- * `2026-11-26T10:00:00.000Z client=127.0.0.1:40000 backend=127.0.0.1:5001
- * bytes_in=6 bytes_out=17 duration_ms=2 end=client-fin` (on one line);
- * `backend=-` when no backend was reached.
+ * `2026-11-26T10:00:00.000Z listener=web client=127.0.0.1:40000
+ * backend=127.0.0.1:5001 bytes_in=6 bytes_out=17 duration_ms=2
+ * end=client-fin` (on one line); `backend=-` when no backend was reached.
  */
 export function formatAccessLine(record: AccessRecord): string {
-  return `${record.time.toISOString()} client=${record.client} backend=${
-    record.backend ?? "-"
-  } bytes_in=${record.bytesIn} bytes_out=${record.bytesOut} duration_ms=${
-    Math.round(record.durationMs)
-  } end=${record.end}`;
+  return `${record.time.toISOString()} listener=${record.listener} client=${record.client} ` +
+    `backend=${record.backend ?? "-"} bytes_in=${record.bytesIn} bytes_out=${record.bytesOut} ` +
+    `duration_ms=${Math.round(record.durationMs)} end=${record.end}`;
+}
+
+/** The same fields as one JSON object; `backend` is null when none was reached. */
+export function formatAccessJson(record: AccessRecord): string {
+  return JSON.stringify({
+    time: record.time.toISOString(),
+    listener: record.listener,
+    client: record.client,
+    backend: record.backend ?? null,
+    bytes_in: record.bytesIn,
+    bytes_out: record.bytesOut,
+    duration_ms: Math.round(record.durationMs),
+    end: record.end,
+  });
 }
 
 /** One diagnostic line for stderr, prefixed with the time. */
@@ -91,8 +106,64 @@ export class LineWriter {
   }
 }
 
-/** Access lines on their way to stdout. */
-export const accessLog = new LineWriter((bytes) => Deno.stdout.writeSync(bytes));
+/**
+ * Where access lines go: stdout, or a file opened for appending, which
+ * {@linkcode AccessLog.reopen} closes and opens again (after log rotation
+ * moved it; SIGUSR1).
+ */
+export class AccessLog {
+  #file: Deno.FsFile | undefined;
+  readonly #path: string | undefined;
+  readonly #writer: LineWriter;
+  /** The format lines are written in. */
+  format: LogFormat;
+
+  constructor(options: { path?: string; format?: LogFormat } = {}) {
+    this.#path = options.path;
+    this.#file = this.#path === undefined ? undefined : AccessLog.#open(this.#path);
+    this.#writer = new LineWriter((bytes) => (this.#file ?? Deno.stdout).writeSync(bytes));
+    this.format = options.format ??
+      (this.#file === undefined && Deno.stdout.isTerminal() ? "text" : "json");
+  }
+
+  static #open(path: string): Deno.FsFile {
+    return Deno.openSync(path, { append: true, create: true });
+  }
+
+  /** Queues the line for one finished connection. */
+  write(record: AccessRecord): void {
+    this.#writer.line(this.format === "json" ? formatAccessJson(record) : formatAccessLine(record));
+  }
+
+  /** Writes everything queued, now. */
+  flush(): void {
+    this.#writer.flush();
+  }
+
+  /** Writes what is queued and closes the file, if any. */
+  close(): void {
+    this.flush();
+    this.#file?.close();
+    this.#file = undefined;
+  }
+
+  /** Closes the file and opens the same path again; a no-op for stdout. */
+  reopen(): void {
+    if (this.#path === undefined) return;
+    this.flush();
+    const next = AccessLog.#open(this.#path);
+    this.#file?.close();
+    this.#file = next;
+  }
+}
+
+/** The access log `logEvent` writes to; the CLI sets it up from its flags. */
+export let accessLog = new AccessLog({ format: "text" });
+
+/** Replaces the access log (the CLI does, once its flags are read). */
+export function useAccessLog(log: AccessLog): void {
+  accessLog = log;
+}
 
 /** Writes one diagnostic line to stderr. A stderr nobody reads any more
  * (a supervisor that died) must not stop the balancer, so failures are dropped. */
@@ -108,7 +179,7 @@ export function logDiagnostic(message: string): void {
 export function logEvent(event: LoadBalancerEvent): void {
   switch (event.type) {
     case "connection":
-      accessLog.line(formatAccessLine(event.record));
+      accessLog.write(event.record);
       break;
     case "connect-error":
       logDiagnostic(

@@ -1,20 +1,58 @@
 import assert from "node:assert/strict";
-import { formatAccessLine, LineWriter } from "./log.ts";
+import { AccessLog, formatAccessJson, formatAccessLine, LineWriter } from "./log.ts";
+
+const record = {
+  time: new Date("2026-11-26T10:00:00.000Z"),
+  listener: "web",
+  client: "127.0.0.1:40000",
+  backend: undefined,
+  bytesIn: 6,
+  bytesOut: 0,
+  durationMs: 2.4,
+  end: "connect-failed" as const,
+};
 
 Deno.test("formatAccessLine() puts every field in its fixed place", () => {
   assert.equal(
-    formatAccessLine({
-      time: new Date("2026-11-26T10:00:00.000Z"),
-      client: "127.0.0.1:40000",
-      backend: undefined,
-      bytesIn: 6,
-      bytesOut: 0,
-      durationMs: 2.4,
-      end: "connect-failed",
-    }),
-    "2026-11-26T10:00:00.000Z client=127.0.0.1:40000 backend=- bytes_in=6 bytes_out=0 " +
-      "duration_ms=2 end=connect-failed",
+    formatAccessLine(record),
+    "2026-11-26T10:00:00.000Z listener=web client=127.0.0.1:40000 backend=- bytes_in=6 " +
+      "bytes_out=0 duration_ms=2 end=connect-failed",
   );
+});
+
+Deno.test("formatAccessJson() has the same fields, backend null when none", () => {
+  assert.deepEqual(JSON.parse(formatAccessJson(record)), {
+    time: "2026-11-26T10:00:00.000Z",
+    listener: "web",
+    client: "127.0.0.1:40000",
+    backend: null,
+    bytes_in: 6,
+    bytes_out: 0,
+    duration_ms: 2,
+    end: "connect-failed",
+  });
+});
+
+Deno.test("AccessLog appends to its file, and reopen() starts a new one after rotation", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const log = new AccessLog({ path: `${dir}/access.log` });
+    assert.equal(log.format, "json"); // not a terminal
+    log.write(record);
+    log.flush();
+    await Deno.rename(`${dir}/access.log`, `${dir}/access.log.1`); // what logrotate does
+    log.write({ ...record, listener: "after" });
+    log.reopen(); // flushes into the moved file, then opens a new one
+    log.write({ ...record, listener: "new" });
+    log.flush();
+    const lines = async (path: string) =>
+      (await Deno.readTextFile(path)).trim().split("\n").map((l) => JSON.parse(l).listener);
+    assert.deepEqual(await lines(`${dir}/access.log.1`), ["web", "after"]);
+    assert.deepEqual(await lines(`${dir}/access.log`), ["new"]);
+    log.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("LineWriter writes queued lines together, in order, in whole-line chunks", () => {
@@ -46,4 +84,41 @@ Deno.test("LineWriter keeps writing until the sink has taken every byte", () => 
   writer.line("0123456789");
   writer.flush();
   assert.equal(taken, "0123456789\n");
+});
+
+Deno.test("load_balancer.ts --access-log FILE: JSON lines, reopened on SIGUSR1 after rotation", async () => {
+  const { startBalancerProcess, startEchoServer, exchange } = await import("./test_util.ts");
+  const echo = startEchoServer();
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/access.log`;
+  const lb = await startBalancerProcess(
+    ["--backend", `127.0.0.1:${echo.port}`, "--access-log", path, "--log-format", "json"],
+    { permissions: ["--allow-net", `--allow-write=${dir}`] },
+  );
+  const lines = async (file: string) =>
+    (await Deno.readTextFile(file)).trim().split("\n").map((line) => JSON.parse(line));
+  const until = async (check: () => Promise<boolean>) => {
+    for (let i = 0; i < 100 && !(await check().catch(() => false)); i++) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  };
+  try {
+    assert.equal(await exchange(lb.port, "one"), "one");
+    await until(async () => (await lines(path)).length === 1);
+    await Deno.rename(path, `${path}.1`);
+    lb.kill("SIGUSR1");
+    await lb.waitForLine("stderr", /SIGUSR1: reopened the access log/);
+    assert.equal(await exchange(lb.port, "two!"), "two!");
+    await until(async () => (await lines(path)).length === 1);
+    const [before] = await lines(`${path}.1`);
+    const [after] = await lines(path);
+    assert.equal(before.bytes_in, 3);
+    assert.equal(after.bytes_in, 4);
+    assert.equal(after.listener, "default");
+    assert.equal(after.end, "client-fin");
+  } finally {
+    await lb.close();
+    await echo.close();
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -321,7 +321,9 @@ export async function startBalancerProcess(
     (supervised ? ["--allow-net", "--allow-run", "--unstable-net"] : ["--allow-net"]);
   const deno = [Deno.execPath(), "run", ...permissions, "load_balancer.ts"];
   const listen = options.listen === false ? [] : ["--listen", "127.0.0.1:0"];
-  const command = [...deno, ...listen, ...args];
+  // The tests read access lines as text; piped, the default would be JSON.
+  const format = args.includes("--log-format") ? [] : ["--log-format", "text"];
+  const command = [...deno, ...listen, ...format, ...args];
   // `exec` keeps the pid: the process we signal and measure is the balancer itself.
   const [program, ...programArgs] = options.maxOpenFiles === undefined
     ? command
