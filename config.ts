@@ -101,6 +101,12 @@ export const configSchema = z.strictObject({
   pools: z.record(z.string(), poolSchema, { error: "expected pools by name" }),
   drain_timeout_ms: milliseconds(30000),
   workers: whole(1, 64, 1),
+  admin: z.strictObject({
+    listen: address({ allowPortZero: true }).describe("where the admin API listens"),
+    token_file: z.string({ error: "expected a file path" }).optional().describe(
+      "a file holding the bearer token changes need; none means changes are refused",
+    ),
+  }).optional(),
 }).superRefine((config, context) => {
   const names = new Set<string>();
   const addresses = new Set<string>();

@@ -79,6 +79,10 @@ export interface LoadBalancerFlags {
   logFormat: LogFormat | undefined;
   /** Access log file (reopened on SIGUSR1); default stdout. */
   accessLog: string | undefined;
+  /** `--admin`: where the admin API listens; off when undefined. */
+  admin: HostPort | undefined;
+  /** `--admin-token-file`: the bearer token's file. */
+  adminTokenFile: string | undefined;
   /** `--help` was given. */
   help: boolean;
 }
@@ -153,6 +157,11 @@ Flags:
                            (default text on a terminal, json otherwise)
   --access-log FILE        append access lines to FILE, reopened on SIGUSR1
                            for log rotation (default stdout). Needs --allow-write
+  --admin [HOST:]PORT      serve the admin API (metrics, backends) there;
+                           127.0.0.1 unless a host is given (off by default)
+  --admin-token-file FILE  the bearer token that changes through the admin
+                           API need (else LB_ADMIN_TOKEN; with neither,
+                           changes are refused)
   -h, --help               show this text
 `;
 
@@ -191,6 +200,8 @@ export function parseFlags(args: readonly string[]): LoadBalancerFlags {
         watch: { type: "boolean" },
         "log-format": { type: "string" },
         "access-log": { type: "string" },
+        admin: { type: "string" },
+        "admin-token-file": { type: "string" },
         help: { type: "boolean", short: "h" },
       },
       strict: true,
@@ -232,6 +243,12 @@ export function parseFlags(args: readonly string[]): LoadBalancerFlags {
     watch: values.watch ?? false,
     logFormat: logFormatFlag(values["log-format"]),
     accessLog: values["access-log"],
+    admin: values.admin === undefined ? undefined : hostPortFlag(
+      "--admin",
+      values.admin.includes(":") ? values.admin : `127.0.0.1:${values.admin}`,
+      true,
+    ),
+    adminTokenFile: values["admin-token-file"],
     given: new Set(Object.keys(values)),
     help: values.help ?? false,
   };

@@ -28,6 +28,8 @@ Deno.test("parseFlags() with no flags is the lab: 5000 → 5001, 5002", () => {
     watch: false,
     logFormat: undefined,
     accessLog: undefined,
+    admin: undefined,
+    adminTokenFile: undefined,
     given: new Set(),
     help: false,
   });

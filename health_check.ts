@@ -18,7 +18,9 @@ export type Probe = (address: HostPort) => Promise<string | undefined>;
 export interface Checkable {
   readonly address: HostPort;
   readonly health: Health;
-  recordCheck(ok: boolean, reason?: string): void;
+  /** A backend `disabled` by the admin API is not checked. */
+  readonly adminState?: string;
+  recordCheck(ok: boolean, reason?: string, durationMs?: number): void;
 }
 
 /** Timers, injected so tests can run the loop step by step. */
@@ -87,14 +89,19 @@ export class HealthChecker {
   }
 
   async #check(backend: Checkable): Promise<void> {
+    if (backend.adminState === "disabled") {
+      this.#schedule(backend, this.#intervalMs);
+      return;
+    }
     let reason: string | undefined;
+    const started = performance.now();
     try {
       reason = await this.#probe(backend.address);
     } catch (error) {
       reason = describe(error);
     }
     if (this.#stopped) return;
-    backend.recordCheck(reason === undefined, reason);
+    backend.recordCheck(reason === undefined, reason, performance.now() - started);
     this.#schedule(backend, nextCheckIn(backend.health, this.#now(), this.#intervalMs));
   }
 }

@@ -28,9 +28,11 @@ import {
   startTrial,
 } from "./health.ts";
 import { WaitQueue } from "./queue.ts";
+import { CHECK_BUCKETS, DURATION_BUCKETS, Histogram } from "./metrics.ts";
 import { HealthChecker, type Probe } from "./health_check.ts";
 import { parseFlags, USAGE, UsageError } from "./flags.ts";
 import { type Config, ConfigError } from "./config.ts";
+import { createAdminHandler } from "./admin.ts";
 import { balancerOptions, resolveConfig, sourceOf, summarize } from "./setup.ts";
 import { AccessLog, accessLog, describe, logDiagnostic, logEvent, useAccessLog } from "./log.ts";
 import { supervise } from "./supervisor.ts";
@@ -57,6 +59,22 @@ export class Backend implements Candidate {
   active = 0;
   /** Most connections at once; new clients wait in the queue beyond it. */
   maxConnections: number;
+  /**
+   * Set through the admin API until the next reload: `draining` takes no new
+   * connections (health checks go on), `disabled` neither (nor checks).
+   */
+  adminState: "enabled" | "draining" | "disabled" = "enabled";
+  /** Connections bridged to it that have ended. */
+  connections = 0;
+  /** Bytes from clients to it, and from it to clients, over ended connections. */
+  bytesIn = 0;
+  bytesOut = 0;
+  /** Failed attempts to connect to it. */
+  connectFailures = 0;
+  /** The last active check: when, whether it passed, and why not. */
+  lastCheck: { at: Date; ok: boolean; reason?: string } | undefined;
+  /** How long active checks took, in seconds. */
+  readonly checkSeconds = new Histogram(CHECK_BUCKETS);
   /** Up or down, and the counts behind it (see health.ts). */
   health: Health = INITIAL_HEALTH;
   /** Set by the balancer that owns it. */
@@ -78,9 +96,14 @@ export class Backend implements Candidate {
     this.backup = options.backup ?? false;
   }
 
-  /** Whether new connections may go here now: healthy (or due a trial) and not full. */
+  /** `up` or `down`, or the admin state when it is not `enabled`. */
+  get state(): "up" | "down" | "draining" | "disabled" {
+    return this.adminState === "enabled" ? this.health.state : this.adminState;
+  }
+
+  /** Whether new connections may go here now: enabled, healthy (or due a trial), not full. */
   get usable(): boolean {
-    return this.active < this.maxConnections &&
+    return this.adminState === "enabled" && this.active < this.maxConnections &&
       admits(this.health, this.policy.now(), this.policy.activeChecks);
   }
 
@@ -90,8 +113,10 @@ export class Backend implements Candidate {
     return effectiveWeight(this.configuredWeight, this.health, now(), settings.slowStartMs);
   }
 
-  /** Records an active check's result. */
-  recordCheck(ok: boolean, reason?: string): void {
+  /** Records an active check's result, and how long it took. */
+  recordCheck(ok: boolean, reason?: string, durationMs?: number): void {
+    this.lastCheck = { at: new Date(), ok, ...(reason === undefined ? {} : { reason }) };
+    if (durationMs !== undefined) this.checkSeconds.observe(durationMs / 1000);
     this.#apply(recordCheck(this.health, ok, this.policy.now(), this.policy.settings, reason));
   }
 
@@ -211,6 +236,8 @@ export type Dialer = (address: HostPort, signal: AbortSignal) => Promise<Deno.Tc
 export interface LoadBalancerOptions {
   /** The listener's name, for logs and metrics. @default {"default"} */
   name?: string;
+  /** Its pool's name, for metrics. @default {"default"} */
+  pool?: string;
   /** Where clients come from. The balancer owns it from now on and closes it. */
   listener: Deno.Listener<Deno.TcpConn, Deno.NetAddr>;
   /** The pool, in order. */
@@ -272,6 +299,10 @@ export class LoadBalancer {
   readonly #listener: Deno.Listener<Deno.TcpConn, Deno.NetAddr>;
   /** The listener's name, for logs and metrics. */
   readonly name: string;
+  /** Its pool's name (a reload may change it). */
+  pool: string;
+  /** How long connections lasted, in seconds. */
+  readonly durations = new Histogram(DURATION_BUCKETS);
   #backends: readonly Backend[];
   #strategy: Strategy<Backend>;
   #connectTimeoutMs: number;
@@ -298,6 +329,7 @@ export class LoadBalancer {
   constructor(options: LoadBalancerOptions) {
     this.#listener = options.listener;
     this.name = options.name ?? "default";
+    this.pool = "default";
     this.#dial = options.dial ?? defaultDial;
     const onEvent = options.onEvent ?? (() => {});
     this.#emit = (event) => {
@@ -340,6 +372,7 @@ export class LoadBalancer {
   }
 
   #apply(options: Omit<LoadBalancerOptions, "listener" | "dial" | "onEvent" | "pools" | "now">) {
+    this.pool = options.pool ?? "default";
     this.#backends = options.backends;
     this.#strategy = options.strategy ?? new RoundRobin();
     this.#connectTimeoutMs = options.connectTimeoutMs ?? 5000;
@@ -382,6 +415,11 @@ export class LoadBalancer {
   /** The backends new connections go to. */
   get backends(): readonly Backend[] {
     return this.#backends;
+  }
+
+  /** Clients waiting for a backend with room. */
+  get queueLength(): number {
+    return this.#queue.length;
   }
 
   /** Client connections in progress. */
@@ -536,6 +574,8 @@ export class LoadBalancer {
       bytesIn = 0,
       bytesOut = 0,
     ) => {
+      const durationMs = performance.now() - startedAt;
+      this.durations.observe(durationMs / 1000);
       this.#emit({
         type: "connection",
         record: {
@@ -545,7 +585,7 @@ export class LoadBalancer {
           backend: backend?.name,
           bytesIn,
           bytesOut,
-          durationMs: performance.now() - startedAt,
+          durationMs,
           end,
         },
       });
@@ -582,6 +622,7 @@ export class LoadBalancer {
         backend.active--;
         this.#queue.wake();
         if (this.#cutting) break;
+        backend.connectFailures++;
         backend.recordConnect(false, describe(error));
         this.#emit({
           type: "connect-error",
@@ -607,6 +648,9 @@ export class LoadBalancer {
     connection.quietSince = this.#now();
     const result = await bridge.result;
     backend!.active--;
+    backend!.connections++;
+    backend!.bytesIn += result.bytesFromClient;
+    backend!.bytesOut += result.bytesFromServer;
     this.#queue.wake();
     const end = result.end === "aborted" ? "drain-timeout" : result.end;
     finish(end, backend, result.bytesFromClient, result.bytesFromServer);
@@ -706,6 +750,13 @@ export async function main(args: readonly string[]): Promise<void> {
     console.error("load_balancer: --watch: needs --config FILE to watch");
     Deno.exit(2);
   }
+  if (config.workers > 1 && config.admin !== undefined) {
+    console.error(
+      `load_balancer: ${source}: the admin API with workers ${config.workers}: not supported ` +
+        `yet (each worker would need its own port); use one worker, or leave the admin API out`,
+    );
+    Deno.exit(2);
+  }
   if (config.workers > 1 && !flags.asWorker) {
     if (config.listeners.length !== 1) {
       console.error(
@@ -783,6 +834,11 @@ export async function main(args: readonly string[]): Promise<void> {
   const active = () => [...running.values()].reduce((sum, b) => sum + b.activeConnections, 0);
   let stopping = false;
 
+  const counts = { reloads: 0, reloadFailures: 0 };
+  if (config.admin !== undefined) {
+    await serveAdmin(config.admin, () => [...running.values()], counts);
+  }
+
   // Atomic: validate, bind new addresses, then switch; any failure changes nothing.
   const reload = async (why: string) => {
     let next: Config;
@@ -790,6 +846,7 @@ export async function main(args: readonly string[]): Promise<void> {
       next = await resolveConfig(flags);
     } catch (error) {
       if (!(error instanceof ConfigError)) throw error;
+      counts.reloadFailures++;
       const more = error.problems.length > 1 ? ` (and ${error.problems.length - 1} more)` : "";
       logDiagnostic(
         `reload (${why}) failed, still running the previous config: ${source}: ` +
@@ -804,6 +861,7 @@ export async function main(args: readonly string[]): Promise<void> {
         fresh.set(listenerConfig.listen, bind(listenerConfig));
       } catch (error) {
         for (const socket of fresh.values()) socket.close();
+        counts.reloadFailures++;
         logDiagnostic(
           `reload (${why}) failed, still running the previous config: ` +
             `${where(listenerConfig)} ${listenerConfig.listen}: ${describe(error)}`,
@@ -832,6 +890,7 @@ export async function main(args: readonly string[]): Promise<void> {
         )
       );
     }
+    counts.reloads++;
     logDiagnostic(`reloaded (${why}): ${summarize(next)}`);
   };
   let reloading = Promise.resolve();
@@ -880,6 +939,50 @@ export async function main(args: readonly string[]): Promise<void> {
   }
   // Serve until a signal ends the process.
   await new Promise(() => {});
+}
+
+/** Serves the admin API; exits 2 when its address cannot be bound or its token read. */
+async function serveAdmin(
+  settings: NonNullable<Config["admin"]>,
+  balancers: () => LoadBalancer[],
+  counts: { reloads: number; reloadFailures: number },
+): Promise<void> {
+  let token: string | undefined;
+  if (settings.token_file !== undefined) {
+    try {
+      token = (await Deno.readTextFile(settings.token_file)).trim();
+    } catch (error) {
+      console.error(`load_balancer: admin token file ${settings.token_file}: ${describe(error)}`);
+      Deno.exit(2);
+    }
+  } else if (
+    (await Deno.permissions.query({ name: "env", variable: "LB_ADMIN_TOKEN" })).state === "granted"
+  ) {
+    token = Deno.env.get("LB_ADMIN_TOKEN") || undefined;
+  }
+  const view = {
+    balancers,
+    get reloads() {
+      return counts.reloads;
+    },
+    get reloadFailures() {
+      return counts.reloadFailures;
+    },
+  };
+  const address = parseHostPort(settings.listen, { allowPortZero: true });
+  try {
+    Deno.serve({
+      ...address,
+      onListen: ({ hostname, port }) =>
+        logDiagnostic(
+          `admin API on http://${formatHostPort({ hostname, port })} ` +
+            `(changes ${token === undefined ? "refused: no token" : "need the token"})`,
+        ),
+    }, createAdminHandler({ view, token }));
+  } catch (error) {
+    console.error(`load_balancer: admin ${settings.listen}: ${describe(error)}`);
+    Deno.exit(2);
+  }
 }
 
 /** Calls `onChange` when the file changes, at most once per 100 ms burst of events. */

@@ -57,6 +57,12 @@ const FLAG_KEYS: Record<string, (raw: Raw, flags: LoadBalancerFlags) => void> = 
   "slow-start": (raw, flags) => part(pool(raw), "health").slow_start_ms = flags.health.slowStartMs,
   "drain-timeout": (raw, flags) => raw.drain_timeout_ms = flags.drainTimeoutMs,
   "workers": (raw, flags) => raw.workers = flags.workers,
+  "admin": (raw, flags) => {
+    if (flags.admin !== undefined) part(raw, "admin").listen = formatHostPort(flags.admin);
+  },
+  "admin-token-file": (raw, flags) => {
+    if (flags.adminTokenFile !== undefined) part(raw, "admin").token_file = flags.adminTokenFile;
+  },
 };
 
 function listener(raw: Raw): Raw {
@@ -137,8 +143,10 @@ export function balancerOptions(
       kept.configuredWeight = settings.weight;
       kept.backup = settings.backup;
       kept.maxConnections = settings.maxConnections;
+      kept.adminState = "enabled"; // admin API changes last until the next reload
       return kept;
     }),
+    pool: listenerConfig.pool,
     strategy: createStrategy(pool.balance),
     connectTimeoutMs: pool.timeouts.connect_ms,
     idleTimeoutMs: pool.timeouts.idle_ms,

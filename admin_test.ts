@@ -1,0 +1,299 @@
+import assert from "node:assert/strict";
+import { type AdminView, createAdminHandler, tokenMatches } from "./admin.ts";
+import {
+  exchange,
+  startBalancer,
+  startBalancerProcess,
+  startTaggedServer,
+  type TestBalancer,
+} from "./test_util.ts";
+
+const TOKEN = "s3cret-token";
+
+function viewOf(...lbs: TestBalancer[]): AdminView {
+  return { balancers: () => lbs.map((lb) => lb.balancer), reloads: 2, reloadFailures: 1 };
+}
+
+const post = (path: string, options: { token?: string; body?: string } = {}) =>
+  new Request(`http://admin${path}`, {
+    method: "POST",
+    headers: options.token ? { authorization: `Bearer ${options.token}` } : {},
+    body: options.body,
+  });
+
+const promtool = await new Deno.Command("bash", { args: ["-c", "command -v promtool"] }).output();
+const havePromtool = promtool.code === 0;
+if (!havePromtool) {
+  console.log(
+    "promtool not found (apt-get install prometheus): the metrics parser test is skipped",
+  );
+}
+
+Deno.test("GET /metrics: every metric, counting what happened", async () => {
+  const [one, two] = [startTaggedServer("1"), startTaggedServer("2")];
+  const lb = startBalancer([one.address, two.address]);
+  try {
+    assert.match(await exchange(lb.port, "hi\n"), /^\[Server 1\] hi/);
+    const response = await createAdminHandler({ view: viewOf(lb) })(
+      new Request("http://admin/metrics"),
+    );
+    assert.equal(response.status, 200);
+    assert.equal(response.headers.get("content-type"), "text/plain; version=0.0.4; charset=utf-8");
+    const text = await response.text();
+    for (
+      const name of [
+        "lb_connections_active",
+        "lb_connections_total",
+        "lb_bytes_received_total",
+        "lb_bytes_sent_total",
+        "lb_connect_failures_total",
+        "lb_backend_up",
+        "lb_backend_state",
+        "lb_health_check_duration_seconds",
+        "lb_queue_length",
+        "lb_connection_duration_seconds",
+        "lb_reloads_total",
+        "lb_reload_failures_total",
+        "lb_build_info",
+      ]
+    ) {
+      assert.match(text, new RegExp(`^# TYPE ${name} `, "m"), name);
+    }
+    const b1 = `listener="default",pool="default",backend="127.0.0.1:${one.port}"`;
+    assert.match(text, new RegExp(`^lb_connections_total\\{${b1}\\} 1$`, "m"));
+    assert.match(text, new RegExp(`^lb_bytes_received_total\\{${b1}\\} 3$`, "m"));
+    assert.match(text, new RegExp(`^lb_bytes_sent_total\\{${b1}\\} 14$`, "m"));
+    assert.match(text, new RegExp(`^lb_backend_state\\{${b1},state="up"\\} 1$`, "m"));
+    assert.match(text, new RegExp(`^lb_backend_state\\{${b1},state="down"\\} 0$`, "m"));
+    assert.match(
+      text,
+      /^lb_connection_duration_seconds_count\{listener="default",pool="default"\} 1$/m,
+    );
+    assert.match(text, /^lb_reloads_total 2$/m);
+    assert.match(text, /^lb_reload_failures_total 1$/m);
+  } finally {
+    await lb.close();
+    await one.close();
+    await two.close();
+  }
+});
+
+Deno.test({
+  name: "promtool accepts /metrics",
+  ignore: !havePromtool,
+  async fn() {
+    const one = startTaggedServer("1");
+    const lb = startBalancer([one.address]);
+    try {
+      await exchange(lb.port, "hi\n");
+      lb.backends[0]!.recordCheck(true, undefined, 3);
+      const text = await (await createAdminHandler({ view: viewOf(lb) })(
+        new Request("http://admin/metrics"),
+      )).text();
+      const child = new Deno.Command("promtool", {
+        args: ["check", "metrics"],
+        stdin: "piped",
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+      const writer = child.stdin.getWriter();
+      await writer.write(new TextEncoder().encode(text));
+      await writer.close();
+      const { code, stdout, stderr } = await child.output();
+      const said = new TextDecoder().decode(stdout) + new TextDecoder().decode(stderr);
+      assert.equal(code, 0, said);
+      assert.equal(said.trim(), "", said); // no lint complaints either
+    } finally {
+      await lb.close();
+      await one.close();
+    }
+  },
+});
+
+Deno.test("GET /api/backends: each backend's pool, address, state, weight, counts, last check", async () => {
+  const one = startTaggedServer("1");
+  const lb = startBalancer([one.address]);
+  try {
+    await exchange(lb.port, "hi\n");
+    lb.backends[0]!.recordCheck(false, "refused", 2);
+    const response = await createAdminHandler({ view: viewOf(lb) })(
+      new Request("http://admin/api/backends"),
+    );
+    const [backend] = await response.json();
+    assert.equal(typeof backend.last_check.time, "string");
+    delete backend.last_check.time;
+    assert.deepEqual(backend, {
+      pool: "default",
+      address: `127.0.0.1:${one.port}`,
+      state: "up",
+      weight: 1,
+      backup: false,
+      active: 0,
+      total: 1,
+      bytes_in: 3,
+      bytes_out: 14,
+      connect_failures: 0,
+      last_check: { ok: false, reason: "refused" },
+    });
+  } finally {
+    await lb.close();
+    await one.close();
+  }
+});
+
+Deno.test("changes: 403 without a configured token, 401 with a missing or wrong one", async () => {
+  const one = startTaggedServer("1");
+  const lb = startBalancer([one.address]);
+  try {
+    const path = `/api/backends/default/${encodeURIComponent(lb.backends[0]!.name)}/drain`;
+    const closed = createAdminHandler({ view: viewOf(lb) });
+    const refused = await closed(post(path, { token: TOKEN }));
+    assert.equal(refused.status, 403);
+    assert.match((await refused.json()).error, /no admin token is configured/);
+    const open = createAdminHandler({ view: viewOf(lb), token: TOKEN });
+    for (const token of [undefined, "wrong", `${TOKEN}x`]) {
+      const response = await open(post(path, { token }));
+      assert.equal(response.status, 401, String(token));
+      assert.equal(response.headers.get("www-authenticate"), 'Bearer realm="lb-admin"');
+      await response.body?.cancel();
+    }
+    assert.equal(lb.backends[0]!.state, "up");
+  } finally {
+    await lb.close();
+    await one.close();
+  }
+});
+
+Deno.test("changes: drain, disable, enable and weight, with the token", async () => {
+  const [one, two] = [startTaggedServer("1"), startTaggedServer("2")];
+  const lb = startBalancer([one.address, two.address]);
+  const handler = createAdminHandler({ view: viewOf(lb), token: TOKEN });
+  const first = encodeURIComponent(lb.backends[0]!.name);
+  try {
+    const drained = await handler(post(`/api/backends/default/${first}/drain`, { token: TOKEN }));
+    assert.equal(drained.status, 200);
+    assert.equal((await drained.json()).state, "draining");
+    // A drained backend gets no new clients.
+    for (let i = 0; i < 4; i++) assert.match(await exchange(lb.port, "x\n"), /^\[Server 2\]/);
+    const disabled = await handler(
+      post(`/api/backends/default/${first}/disable`, { token: TOKEN }),
+    );
+    assert.equal((await disabled.json()).state, "disabled");
+    const enabled = await handler(post(`/api/backends/default/${first}/enable`, { token: TOKEN }));
+    assert.equal((await enabled.json()).state, "up");
+    const weighted = await handler(
+      post(`/api/backends/default/${first}/weight`, { token: TOKEN, body: '{"weight": 5}' }),
+    );
+    assert.equal(weighted.status, 200);
+    assert.equal((await weighted.json()).weight, 5);
+    assert.equal(lb.backends[0]!.weight, 5);
+  } finally {
+    await lb.close();
+    await one.close();
+    await two.close();
+  }
+});
+
+Deno.test("changes: bad input is 400 with a JSON error naming it; unknown backends 404", async () => {
+  const one = startTaggedServer("1");
+  const lb = startBalancer([one.address, { hostname: "::1", port: 5001 }]);
+  const handler = createAdminHandler({ view: viewOf(lb), token: TOKEN });
+  const first = encodeURIComponent(lb.backends[0]!.name);
+  try {
+    const cases: [Request, number, RegExp][] = [
+      [
+        post(`/api/backends/default/${first}/weight`, { token: TOKEN, body: '{"weight": 0}' }),
+        400,
+        /^weight: expected a whole number 1-256, got 0$/,
+      ],
+      [
+        post(`/api/backends/default/${first}/weight`, { token: TOKEN, body: "five" }),
+        400,
+        /^body must be JSON like \{"weight": 5\}, got "five"$/,
+      ],
+      [
+        post(`/api/backends/default/${first}/reboot`, { token: TOKEN }),
+        400,
+        /^unknown action "reboot"/,
+      ],
+      [
+        post(`/api/backends/default/%E0%A4%A/drain`, { token: TOKEN }),
+        400,
+        /must be percent-encoded/,
+      ],
+      [
+        post(`/api/backends/default/127.0.0.1%3A9/drain`, { token: TOKEN }),
+        404,
+        /^no backend "127.0.0.1:9" in pool "default"$/,
+      ],
+      [post(`/api/backends/other/${first}/drain`, { token: TOKEN }), 404, /in pool "other"/],
+    ];
+    for (const [request, status, error] of cases) {
+      const response = await handler(request);
+      assert.equal(response.status, status, request.url);
+      assert.match((await response.json()).error, error, request.url);
+    }
+    // An IPv6 backend, its address percent-encoded.
+    const v6 = await handler(
+      post(`/api/backends/default/${encodeURIComponent("[::1]:5001")}/drain`, { token: TOKEN }),
+    );
+    assert.equal(v6.status, 200);
+    assert.equal((await v6.json()).address, "[::1]:5001");
+  } finally {
+    await lb.close();
+    await one.close();
+  }
+});
+
+Deno.test("tokenMatches() compares whole tokens", () => {
+  assert.equal(tokenMatches("abc", "abc"), true);
+  assert.equal(tokenMatches("abc", "abd"), false);
+  assert.equal(tokenMatches("ab", "abc"), false);
+});
+
+Deno.test("--admin over a real socket: metrics, and a change with the token file", async () => {
+  const one = startTaggedServer("1");
+  const dir = await Deno.makeTempDir();
+  await Deno.writeTextFile(`${dir}/token`, `${TOKEN}\n`);
+  const lb = await startBalancerProcess(
+    [
+      "--backend",
+      `127.0.0.1:${one.port}`,
+      "--admin",
+      "127.0.0.1:0",
+      "--admin-token-file",
+      `${dir}/token`,
+    ],
+    { permissions: ["--allow-net", `--allow-read=${dir}`] },
+  );
+  try {
+    const line = await lb.waitForLine(
+      "stderr",
+      /admin API on http:\/\/127\.0\.0\.1:\d+ \(changes need the token\)/,
+    );
+    const base = /(http:\/\/127\.0\.0\.1:\d+)/.exec(line)![1];
+    const metrics = await fetch(`${base}/metrics`);
+    assert.match(await metrics.text(), /^lb_build_info\{version="[^"]+",deno="[^"]+"\} 1$/m);
+    const drained = await fetch(
+      `${base}/api/backends/default/${encodeURIComponent(`127.0.0.1:${one.port}`)}/drain`,
+      { method: "POST", headers: { authorization: `Bearer ${TOKEN}` } },
+    );
+    assert.equal(drained.status, 200);
+    assert.equal((await drained.json()).state, "draining");
+  } finally {
+    await lb.close();
+    await one.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("--admin with --workers 2 is refused with a clear error, exit 2", async () => {
+  const { runScript } = await import("./test_util.ts");
+  const { code, stderr } = await runScript(
+    "load_balancer.ts",
+    ["--listen", "127.0.0.1:0", "--workers", "2", "--admin", "127.0.0.1:0"],
+    { permissions: ["--allow-net", "--allow-run", "--unstable-net"] },
+  );
+  assert.equal(code, 2);
+  assert.match(stderr, /the admin API with workers 2: not supported yet/);
+});

@@ -1,0 +1,75 @@
+/**
+ * Prometheus text exposition: a histogram type, and rendering of samples.
+ * The balancer keeps plain counters on its own objects; nothing here runs
+ * per connection except {@linkcode Histogram.observe}, and the text is only
+ * built when `/metrics` is asked for.
+ *
+ * @module
+ */
+
+/** Upper bounds, in seconds, for connection durations. */
+export const DURATION_BUCKETS = [0.005, 0.025, 0.1, 0.5, 1, 5, 30, 120, 600, 3600];
+/** Upper bounds, in seconds, for health check durations. */
+export const CHECK_BUCKETS = [0.001, 0.005, 0.025, 0.1, 0.5, 1, 5];
+
+/** A cumulative histogram, Prometheus style. */
+export class Histogram {
+  readonly buckets: readonly number[];
+  readonly counts: number[];
+  sum = 0;
+  count = 0;
+
+  constructor(buckets: readonly number[]) {
+    this.buckets = buckets;
+    this.counts = new Array(buckets.length).fill(0);
+  }
+
+  observe(value: number): void {
+    this.sum += value;
+    this.count++;
+    const index = this.buckets.findIndex((bound) => value <= bound);
+    if (index >= 0) this.counts[index]!++;
+  }
+}
+
+/** Labels of one series. */
+export type Labels = Record<string, string>;
+
+/** One metric family: its samples, all of one type. */
+export type Family =
+  | { name: string; help: string; type: "counter" | "gauge"; samples: [Labels, number][] }
+  | { name: string; help: string; type: "histogram"; samples: [Labels, Histogram][] };
+
+function escape(value: string): string {
+  return value.replaceAll("\\", "\\\\").replaceAll('"', '\\"').replaceAll("\n", "\\n");
+}
+
+function series(name: string, labels: Labels, value: number): string {
+  const text = Object.entries(labels).map(([k, v]) => `${k}="${escape(v)}"`).join(",");
+  const number = Number.isFinite(value) ? String(value) : value > 0 ? "+Inf" : "-Inf";
+  return text ? `${name}{${text}} ${number}` : `${name} ${number}`;
+}
+
+/** Renders metric families in the Prometheus text format (version 0.0.4). */
+export function renderMetrics(families: readonly Family[]): string {
+  const lines: string[] = [];
+  for (const family of families) {
+    lines.push(`# HELP ${family.name} ${family.help}`);
+    lines.push(`# TYPE ${family.name} ${family.type}`);
+    if (family.type === "histogram") {
+      for (const [labels, histogram] of family.samples) {
+        let cumulative = 0;
+        histogram.buckets.forEach((bound, i) => {
+          cumulative += histogram.counts[i]!;
+          lines.push(series(`${family.name}_bucket`, { ...labels, le: String(bound) }, cumulative));
+        });
+        lines.push(series(`${family.name}_bucket`, { ...labels, le: "+Inf" }, histogram.count));
+        lines.push(series(`${family.name}_sum`, labels, histogram.sum));
+        lines.push(series(`${family.name}_count`, labels, histogram.count));
+      }
+    } else {
+      for (const [labels, value] of family.samples) lines.push(series(family.name, labels, value));
+    }
+  }
+  return lines.join("\n") + "\n";
+}
