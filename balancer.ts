@@ -103,14 +103,14 @@ export function eligible<B extends Candidate>(
  * backend gets exactly its weight.
  */
 export class RoundRobin<B extends Candidate> implements Strategy<B> {
-  #cursor = 0;
+  readonly #cursor = new Cursor();
   readonly #score = new Map<B, number>();
 
   pick(backends: readonly B[], context: PickContext<B>): B | undefined {
     const pool = eligible(backends, context.tried);
     if (pool.length === 0) return undefined;
     const weight = pool[0]!.weight;
-    if (pool.every((b) => b.weight === weight)) return this.#next(backends, new Set(pool));
+    if (pool.every((b) => b.weight === weight)) return this.#cursor.next(backends, new Set(pool));
     let total = 0;
     let best: B | undefined;
     let bestScore = -Infinity;
@@ -126,14 +126,22 @@ export class RoundRobin<B extends Candidate> implements Strategy<B> {
     this.#score.set(best!, bestScore - total);
     return best;
   }
+}
 
-  #next(backends: readonly B[], pool: ReadonlySet<B>): B | undefined {
+/**
+ * A round-robin cursor over the caller's list: the next backend at or after
+ * the cursor that is among `candidates`, moving the cursor just past it.
+ */
+class Cursor {
+  #position = 0;
+
+  next<B>(backends: readonly B[], candidates: ReadonlySet<B>): B | undefined {
     const count = backends.length;
     for (let step = 0; step < count; step++) {
-      const index = (this.#cursor + step) % count;
+      const index = (this.#position + step) % count;
       const backend = backends[index]!;
-      if (!pool.has(backend)) continue;
-      this.#cursor = (index + 1) % count;
+      if (!candidates.has(backend)) continue;
+      this.#position = (index + 1) % count;
       return backend;
     }
     return undefined;
@@ -150,22 +158,13 @@ function load(backend: Candidate): number {
  * relative to its weight. Ties go round robin, so an idle pool still rotates.
  */
 export class LeastConnections<B extends Candidate> implements Strategy<B> {
-  #cursor = 0;
+  readonly #cursor = new Cursor();
 
   pick(backends: readonly B[], context: PickContext<B>): B | undefined {
     const pool = eligible(backends, context.tried);
     if (pool.length === 0) return undefined;
     const lowest = Math.min(...pool.map(load));
-    const tied = new Set(pool.filter((b) => load(b) === lowest));
-    const count = backends.length;
-    for (let step = 0; step < count; step++) {
-      const index = (this.#cursor + step) % count;
-      const backend = backends[index]!;
-      if (!tied.has(backend)) continue;
-      this.#cursor = (index + 1) % count;
-      return backend;
-    }
-    return undefined;
+    return this.#cursor.next(backends, new Set(pool.filter((b) => load(b) === lowest)));
   }
 }
 

@@ -103,6 +103,23 @@ function backOff(health: Health, now: number, settings: HealthSettings): Health 
   return { ...health, streak: 0, backoffMs, retryAt: now + backoffMs, trial: false };
 }
 
+// Up: a success clears the streak of failures; `fall` failures in a row take it down.
+function whileUp(
+  health: Health,
+  ok: boolean,
+  now: number,
+  settings: HealthSettings,
+  what: "check" | "connect",
+  reason: string,
+): Outcome {
+  if (ok) return { health: health.streak === 0 ? health : { ...health, streak: 0 } };
+  const streak = health.streak + 1;
+  if (streak >= settings.fall) {
+    return goDown(now, settings, `${streak} failed ${what}(s) in a row, last: ${reason}`);
+  }
+  return { health: { ...health, streak } };
+}
+
 /** An active check's result. `reason` says what failed, for the log. */
 export function recordCheck(
   health: Health,
@@ -111,14 +128,7 @@ export function recordCheck(
   settings: HealthSettings,
   reason = "check failed",
 ): Outcome {
-  if (health.state === "up") {
-    if (ok) return { health: health.streak === 0 ? health : { ...health, streak: 0 } };
-    const streak = health.streak + 1;
-    if (streak >= settings.fall) {
-      return goDown(now, settings, `${streak} failed check(s) in a row, last: ${reason}`);
-    }
-    return { health: { ...health, streak } };
-  }
+  if (health.state === "up") return whileUp(health, ok, now, settings, "check", reason);
   if (!ok) return { health: backOff(health, now, settings) };
   const streak = health.streak + 1;
   if (streak >= settings.rise) return comeUp(now, `${streak} good check(s) in a row`);
@@ -134,14 +144,7 @@ export function recordConnect(
   settings: HealthSettings,
   reason = "connect failed",
 ): Outcome {
-  if (health.state === "up") {
-    if (ok) return { health: health.streak === 0 ? health : { ...health, streak: 0 } };
-    const streak = health.streak + 1;
-    if (streak >= settings.fall) {
-      return goDown(now, settings, `${streak} failed connect(s) in a row, last: ${reason}`);
-    }
-    return { health: { ...health, streak } };
-  }
+  if (health.state === "up") return whileUp(health, ok, now, settings, "connect", reason);
   // Down: this was the half-open trial (or a retry the active check allowed).
   if (ok) return comeUp(now, "a client connected");
   return { health: backOff(health, now, settings) };
