@@ -103,13 +103,17 @@ export class Backend implements Candidate {
 
   /** Whether new connections may go here now: enabled, healthy (or due a trial), not full. */
   get usable(): boolean {
-    return this.adminState === "enabled" && this.active < this.maxConnections &&
+    if (this.adminState !== "enabled" || this.active >= this.maxConnections) return false;
+    // The clock matters only to a down backend (is its trial due?): read it only then.
+    return this.health.state === "up" ||
       admits(this.health, this.policy.now(), this.policy.activeChecks);
   }
 
   /** The weight to balance with now (ramping up during slow start). */
   get weight(): number {
     const { settings, now } = this.policy;
+    // Strategies read this on every pick: skip the clock unless a ramp is on.
+    if (settings.slowStartMs <= 0) return this.configuredWeight;
     return effectiveWeight(this.configuredWeight, this.health, now(), settings.slowStartMs);
   }
 
@@ -602,7 +606,8 @@ export class LoadBalancer {
         // Nothing to try now; if that is because healthy backends are full,
         // wait in the queue for one to have room.
         const full = this.#backends.some((b) =>
-          !tried.has(b) && b.health.state === "up" && b.active >= b.maxConnections
+          !tried.has(b) && b.adminState === "enabled" && b.health.state === "up" &&
+          b.active >= b.maxConnections
         );
         if (!full) break;
         const outcome = await this.#queue.wait();
@@ -622,14 +627,10 @@ export class LoadBalancer {
         backend.active--;
         this.#queue.wake();
         if (this.#cutting) break;
+        const reason = describe(error);
         backend.connectFailures++;
-        backend.recordConnect(false, describe(error));
-        this.#emit({
-          type: "connect-error",
-          client: clientName,
-          backend: backend.name,
-          reason: describe(error),
-        });
+        backend.recordConnect(false, reason);
+        this.#emit({ type: "connect-error", client: clientName, backend: backend.name, reason });
       }
     }
     if (server === undefined) {

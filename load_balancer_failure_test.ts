@@ -260,7 +260,7 @@ Deno.test("a client that never reads holds back a fast backend: memory stays bou
   }
   assert.ok(stalled, `the backend wrote ${written} bytes without being held back`);
   // What is in flight: the kernel's socket buffers on loopback (a few MiB
-  // each way) plus one 32 KiB buffer in the balancer — never the whole stream.
+  // each way) plus at most one 256 KiB buffer in the balancer — never the whole stream.
   assert.ok(written < 32 * 1024 * 1024, `${written} bytes in flight`);
 });
 
@@ -417,4 +417,24 @@ Deno.test("the queue times out as queue-timeout, and turns clients away as queue
   }
   const ends = accessRecords(lb.events).map((r) => r.end);
   assert.deepEqual(ends.slice(0, 2), ["queue-full", "queue-timeout"]);
+});
+
+Deno.test("a full backend that is drained does not hold new clients in the queue", async () => {
+  const echo = startEchoServer();
+  const lb = startBalancer([echo.address], { queue: { timeoutMs: 5000 } });
+  lb.backends[0]!.maxConnections = 1;
+  try {
+    const held = await connectLoopback(lb.port);
+    await roundTrip(held, "held");
+    lb.backends[0]!.adminState = "draining";
+    // No room will ever come for new clients there: closed at once, not after 5 s.
+    const turnedAway = await connectLoopback(lb.port);
+    assert.equal(await turnedAway.read(new Uint8Array(8)), null);
+    turnedAway.close();
+    held.close();
+  } finally {
+    await lb.close();
+    await echo.close();
+  }
+  assert.equal(accessRecords(lb.events)[0]?.end, "no-backend");
 });

@@ -35,7 +35,6 @@ export function listenLoopback(options: { tcpBacklog?: number } = {}): Deno.TcpL
 export function startServer(handle: (conn: Deno.TcpConn) => Promise<void>): TestServer {
   const listener = listenLoopback();
   const connections = new Set<Promise<void>>();
-  const open = new Set<Deno.TcpConn>();
   const accepting = (async () => {
     while (true) {
       let conn: Deno.TcpConn;
@@ -45,9 +44,7 @@ export function startServer(handle: (conn: Deno.TcpConn) => Promise<void>): Test
         if (error instanceof Deno.errors.NotConnected) continue;
         return;
       }
-      open.add(conn);
       const done = handle(conn).catch(() => {}).finally(() => {
-        open.delete(conn);
         closeQuietly(conn);
       });
       connections.add(done);
