@@ -208,6 +208,14 @@ export type LoadBalancerEvent =
     readonly reason: string;
   }
   | {
+    /** A backend connect found no free descriptor; the client waits and tries again. */
+    readonly type: "descriptor-shortage";
+    readonly client: string;
+    readonly backend: string;
+    readonly reason: string;
+    readonly waitMs: number;
+  }
+  | {
     /** Accepting failed (out of descriptors, …); reported once, when it starts failing. */
     readonly type: "accept-error";
     readonly reason: string;
@@ -600,6 +608,7 @@ export class LoadBalancer {
     let backend: Backend | undefined;
     let server: Deno.TcpConn | undefined;
     let queueEnd: "queue-timeout" | "queue-full" | undefined;
+    let shortageWaitMs = 0;
     while (server === undefined && !this.#cutting) {
       backend = this.#strategy.pick(this.#backends, { tried, clientAddress });
       if (backend === undefined) {
@@ -628,6 +637,30 @@ export class LoadBalancer {
         this.#queue.wake();
         if (this.#cutting) break;
         const reason = describe(error);
+        if (isOutOfDescriptors(error)) {
+          // Our shortage, not the backend's: leave its health and counters
+          // alone, and wait for descriptors (closing connections free them)
+          // as long as the connect timeout allows.
+          const waitedMs = performance.now() - startedAt;
+          if (waitedMs >= this.#connectTimeoutMs) break;
+          shortageWaitMs = Math.min(
+            shortageWaitMs === 0 ? ACCEPT_BACKOFF_FIRST_MS : shortageWaitMs * 2,
+            ACCEPT_BACKOFF_MAX_MS,
+            this.#connectTimeoutMs - waitedMs,
+          );
+          this.#emit({
+            type: "descriptor-shortage",
+            client: clientName,
+            backend: backend.name,
+            reason,
+            waitMs: shortageWaitMs,
+          });
+          tried.delete(backend);
+          const waiting = new AbortController();
+          connection.cut = () => waiting.abort();
+          await sleep(shortageWaitMs, waiting.signal);
+          continue;
+        }
         backend.connectFailures++;
         backend.recordConnect(false, reason);
         this.#emit({ type: "connect-error", client: clientName, backend: backend.name, reason });
@@ -700,6 +733,12 @@ function setNoDelay(conn: Deno.TcpConn): void {
   } catch {
     // The peer already reset; the bridge will see it and end the connection.
   }
+}
+
+/** EMFILE or ENFILE: this process (or the system) has no descriptor to spare. */
+function isOutOfDescriptors(error: unknown): boolean {
+  const code = (error as { code?: unknown } | undefined)?.code;
+  return code === "EMFILE" || code === "ENFILE";
 }
 
 function isClientGone(error: unknown): boolean {

@@ -131,7 +131,11 @@ Deno.test("out of descriptors: accept backs off, says so once, and serves again"
     await exhausted;
     for (const conn of held.splice(0)) conn.close();
     // Accepting resumes by itself once descriptors are free again.
-    assert.equal(await exchange(lb.port, "after the shortage"), "after the shortage");
+    assert.equal(
+      await exchange(lb.port, "after the shortage"),
+      "after the shortage",
+      [...lb.stderr, ...lb.stdout].join("\n"),
+    );
     await lb.waitForLine("stderr", /accepting again after \d+ failed accept/);
     const warnings = lb.stderr.filter((line) => line.includes("accept failed"));
     assert.equal(warnings.length, 1, warnings.join("\n"));
@@ -140,6 +144,37 @@ Deno.test("out of descriptors: accept backs off, says so once, and serves again"
     await lb.close();
     await echo.close();
   }
+});
+
+Deno.test("a backend connect with no descriptor to spare waits for one, and the backend is not blamed", async () => {
+  const echo = startEchoServer();
+  // The first four connects fail as Deno.connect does when the process is out
+  // of descriptors (code EMFILE): one more than --fall; the fifth gets through.
+  let attempts = 0;
+  const dial: Dialer = async (address, signal) => {
+    if (++attempts <= 4) {
+      throw Object.assign(new Error("Too many open files (os error 24)"), { code: "EMFILE" });
+    }
+    return await Deno.connect({ ...address, signal });
+  };
+  const lb = startBalancer([echo.address], { dial });
+  try {
+    assert.equal(await exchange(lb.port, "waited"), "waited");
+  } finally {
+    await lb.close();
+    await echo.close();
+  }
+  const shortages = lb.events.filter((event) => event.type === "descriptor-shortage");
+  assert.deepEqual(shortages.map((event) => event.type === "descriptor-shortage" && event.waitMs), [
+    10,
+    20,
+    40,
+    80,
+  ]);
+  assert.equal(lb.events.filter((event) => event.type === "connect-error").length, 0);
+  assert.equal(lb.backends[0]!.connectFailures, 0);
+  assert.equal(lb.events.filter((event) => event.type === "backend-state").length, 0);
+  assert.deepEqual(accessRecords(lb.events).map((record) => record.end), ["client-fin"]);
 });
 
 Deno.test("a client reset mid-stream closes its backend connection; others go on", async () => {

@@ -186,6 +186,12 @@ export function logEvent(event: LoadBalancerEvent): void {
         `backend ${event.backend} unreachable for client ${event.client}: ${event.reason}`,
       );
       break;
+    case "descriptor-shortage":
+      logDiagnostic(
+        `no descriptor to connect client ${event.client} to backend ${event.backend}: ` +
+          `${event.reason}; trying again in ${Math.round(event.waitMs)} ms`,
+      );
+      break;
     case "accept-error":
       logDiagnostic(
         `accept failed: ${event.reason}; backing off from ${event.backoffMs} ms ` +
