@@ -28,6 +28,7 @@ import {
   startTrial,
 } from "./health.ts";
 import { WaitQueue } from "./queue.ts";
+import { TimeoutQueue } from "./timeouts.ts";
 import { CHECK_BUCKETS, DURATION_BUCKETS, Histogram } from "./metrics.ts";
 import { HealthChecker, type Probe } from "./health_check.ts";
 import { parseFlags, USAGE, UsageError } from "./flags.ts";
@@ -332,6 +333,8 @@ export class LoadBalancer {
   #idleTimeoutMs: number;
   #halfClosedTimeoutMs: number;
   #sweeper: ReturnType<typeof setInterval> | undefined;
+  /** Every connect attempt's timeout, on one timer. */
+  readonly #connectTimeouts = new TimeoutQueue();
   #maxConnections: number;
   #queue: WaitQueue;
   // Resolved when a connection ends, for an accept loop waiting at maxConnections.
@@ -488,6 +491,7 @@ export class LoadBalancer {
       await this.#allDone();
     }
     clearInterval(this.#sweeper);
+    this.#connectTimeouts.clear();
     return { cut };
   }
 
@@ -693,9 +697,10 @@ export class LoadBalancer {
   // One attempt, bounded by the connect timeout and by a drain cut-off.
   async #connect(backend: Backend, connection: Connection): Promise<Deno.TcpConn> {
     const attempt = new AbortController();
-    const timer = setTimeout(
-      () => attempt.abort(new Deno.errors.TimedOut(`no answer in ${this.#connectTimeoutMs} ms`)),
-      this.#connectTimeoutMs,
+    const timeoutMs = this.#connectTimeoutMs;
+    const timeout = this.#connectTimeouts.add(
+      timeoutMs,
+      () => attempt.abort(new Deno.errors.TimedOut(`no answer in ${timeoutMs} ms`)),
     );
     connection.cut = () => attempt.abort(new Deno.errors.Interrupted("draining"));
     try {
@@ -704,7 +709,7 @@ export class LoadBalancer {
       // Deno reports an aborted connect as a generic AbortError; say why.
       throw attempt.signal.aborted ? attempt.signal.reason : error;
     } finally {
-      clearTimeout(timer);
+      timeout.cancel();
     }
   }
 }
