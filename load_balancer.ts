@@ -563,19 +563,24 @@ export class LoadBalancer {
       backoffMs = 0;
       if (client === undefined) continue;
       const connection: Connection = { done: Promise.resolve(), cut: () => {} };
-      connection.done = this.#handle(client, connection).catch((error) => {
-        closeQuietly(client);
-        this.#emit({
-          type: "internal-error",
-          client: describeAddr(client),
-          reason: describe(error),
-        });
-      }).finally(() => {
-        this.#connections.delete(connection);
-        this.#roomFreed?.resolve();
-        this.#roomFreed = undefined;
-      });
+      // In the set before it starts: it may end before #serve first awaits.
       this.#connections.add(connection);
+      connection.done = this.#serve(client, connection);
+    }
+  }
+
+  // One client connection from accept to close. Nothing it does may escape:
+  // an unexpected error ends this connection only.
+  async #serve(client: Deno.TcpConn, connection: Connection): Promise<void> {
+    try {
+      await this.#handle(client, connection);
+    } catch (error) {
+      closeQuietly(client);
+      this.#emit({ type: "internal-error", client: describeAddr(client), reason: describe(error) });
+    } finally {
+      this.#connections.delete(connection);
+      this.#roomFreed?.resolve();
+      this.#roomFreed = undefined;
     }
   }
 

@@ -11,6 +11,27 @@ import type { AccessRecord, LoadBalancerEvent } from "./load_balancer.ts";
 /** The two access log formats. */
 export type LogFormat = "text" | "json";
 
+// Date.prototype.toISOString() costs about a microsecond in Deno 2.9.6, as
+// much as the rest of an access line; within one second only the
+// milliseconds change, so the rest of the text is kept.
+let isoSecond = NaN;
+let isoPrefix = "";
+
+/** `time` as `toISOString()` writes it (UTC, milliseconds, `Z`), cheaply. */
+export function isoTime(time: Date): string {
+  const ms = time.getTime();
+  const second = Math.floor(ms / 1000);
+  if (second !== isoSecond) {
+    const text = time.toISOString();
+    // Years past 9999 (or before 0) are written with a sign and six digits: leave those alone.
+    if (text.length !== 24) return text;
+    isoSecond = second;
+    isoPrefix = text.slice(0, 20);
+  }
+  const millis = ms - second * 1000;
+  return `${isoPrefix}${millis < 10 ? "00" : millis < 100 ? "0" : ""}${millis}Z`;
+}
+
 /** One access line: `key=value` fields in a fixed order, easy to grep and to split.
  *
  * `2026-11-26T10:00:00.000Z listener=web client=127.0.0.1:40000
@@ -18,7 +39,7 @@ export type LogFormat = "text" | "json";
  * end=client-fin` (on one line); `backend=-` when no backend was reached.
  */
 export function formatAccessLine(record: AccessRecord): string {
-  return `${record.time.toISOString()} listener=${record.listener} client=${record.client} ` +
+  return `${isoTime(record.time)} listener=${record.listener} client=${record.client} ` +
     `backend=${record.backend ?? "-"} bytes_in=${record.bytesIn} bytes_out=${record.bytesOut} ` +
     `duration_ms=${Math.round(record.durationMs)} end=${record.end}`;
 }
@@ -26,7 +47,7 @@ export function formatAccessLine(record: AccessRecord): string {
 /** The same fields as one JSON object; `backend` is null when none was reached. */
 export function formatAccessJson(record: AccessRecord): string {
   return JSON.stringify({
-    time: record.time.toISOString(),
+    time: isoTime(record.time),
     listener: record.listener,
     client: record.client,
     backend: record.backend ?? null,

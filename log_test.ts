@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { AccessLog, formatAccessJson, formatAccessLine, LineWriter } from "./log.ts";
+import fc from "fast-check";
+import { AccessLog, formatAccessJson, formatAccessLine, isoTime, LineWriter } from "./log.ts";
 
 const record = {
   time: new Date("2026-11-26T10:00:00.000Z"),
@@ -31,6 +32,25 @@ Deno.test("formatAccessJson() has the same fields, backend null when none", () =
     duration_ms: 2,
     end: "connect-failed",
   });
+});
+
+Deno.test("isoTime() writes exactly what toISOString() does, in any order of times", () => {
+  // Times near each other (the cached second) and far apart, in any order,
+  // including the years toISOString() writes with a sign.
+  const times = fc.array(
+    fc.oneof(
+      fc.integer({ min: 1_700_000_000_000, max: 1_700_000_003_000 }),
+      fc.integer({ min: -62_198_755_200_000, max: 253_402_300_799_999 }),
+      fc.integer({ min: -8.64e15, max: 8.64e15 }),
+    ),
+    { minLength: 1, maxLength: 50 },
+  );
+  fc.assert(fc.property(times, (list) => {
+    for (const ms of list) assert.equal(isoTime(new Date(ms)), new Date(ms).toISOString());
+  }));
+  assert.equal(isoTime(new Date("2026-11-26T10:00:00.007Z")), "2026-11-26T10:00:00.007Z");
+  assert.equal(isoTime(new Date("2026-11-26T10:00:00.070Z")), "2026-11-26T10:00:00.070Z");
+  assert.equal(isoTime(new Date("2026-11-26T10:00:01.700Z")), "2026-11-26T10:00:01.700Z");
 });
 
 Deno.test("AccessLog appends to its file, and reopen() starts a new one after rotation", async () => {
