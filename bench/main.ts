@@ -24,6 +24,7 @@ import {
   FIGURES,
   type Measurements,
   medianOf,
+  ratiosBetween,
   ratiosToHaproxy,
   renderTable,
   type Target,
@@ -153,11 +154,16 @@ async function family(pid: number): Promise<number[]> {
   return [pid, ...children];
 }
 
-/** Starts `target` in front of `backendPorts`. */
+/**
+ * Starts `target` in front of `backendPorts`. The Deno floor runs as a
+ * minimal copying proxy (`copy`) or as one that only holds idle sockets
+ * (`hold`); see `deno_floor.ts`.
+ */
 async function startProxy(
   target: Exclude<Target, "direct">,
   backendPorts: number[],
   tag: string,
+  floorMode: FloorMode = "copy",
 ): Promise<Proxy> {
   const port = freePort();
   const setup = { listenPort: port, backendPorts };
@@ -182,8 +188,9 @@ async function startProxy(
       "run",
       "--allow-net",
       `${here}deno_floor.ts`,
+      floorMode,
       String(port),
-      String(backendPorts[0]),
+      ...backendPorts.map(String),
     ]);
   } else if (target === "haproxy") {
     const config = `${resultsDir}/haproxy-${tag}.cfg`;
@@ -236,6 +243,8 @@ interface Backends {
   iperfPort: number;
 }
 
+type FloorMode = "copy" | "hold";
+
 type Measure = (target: Target, backends: Backends, tag: string) => Promise<
   Partial<Record<FigureKey, number>>
 >;
@@ -246,9 +255,10 @@ async function throughTarget(
   backendPorts: number[],
   tag: string,
   load: (port: number, proxy: Proxy | undefined) => Promise<Partial<Record<FigureKey, number>>>,
+  floorMode: FloorMode = "copy",
 ) {
   if (target === "direct") return await load(backendPorts[0]!, undefined);
-  const proxy = await startProxy(target, backendPorts, tag);
+  const proxy = await startProxy(target, backendPorts, tag, floorMode);
   try {
     return await load(proxy.port, proxy);
   } finally {
@@ -258,7 +268,6 @@ async function throughTarget(
 
 function wrkLoad(settings: Settings, close: boolean): Measure {
   return async (target, backends, tag) => {
-    if (target === "floor") return {}; // It copies nothing: only idle memory is measured.
     return await throughTarget(target, backends.httpPorts, tag, async (port, proxy) => {
       const before = proxy === undefined ? 0 : await proxy.cpuSeconds();
       const output = await run([
@@ -292,6 +301,7 @@ function wrkLoad(settings: Settings, close: boolean): Measure {
 function iperfLoad(settings: Settings, streams: number): Measure {
   // One backend only: iperf3's control and data connections must reach the same server.
   return async (target, backends, tag) => {
+    // Its 1 KiB buffers would say nothing about Deno's bulk speed.
     if (target === "floor") return {};
     return await throughTarget(target, [backends.iperfPort], tag, async (port) => {
       const output = await run([
@@ -380,7 +390,7 @@ function idleLoad(settings: Settings): Measure {
         clients.forEach((conn) => conn.close());
         while (hold.held.size > 0 && Date.now() < deadline + 10_000) await sleep(20);
         return { idleKiBPerConnection: (after - before) / settings.idleConnections };
-      });
+      }, "hold");
     } finally {
       hold.close();
     }
@@ -609,9 +619,19 @@ async function main(args: string[]): Promise<number> {
   const table = renderTable(measurements, settings.targets);
   console.log(`\n${table}\n`);
   const ratios = ratiosToHaproxy(measurements);
-  if (Object.keys(ratios).length > 0) {
-    console.log("Headline, this LB ÷ HAProxy from this run (medians):");
-    for (const [key, value] of Object.entries(ratios) as [FigureKey, number][]) {
+  // The floor says how much of the distance is Deno's own: no proxy built on
+  // Deno.listen/Deno.connect costs less than it.
+  const floorRatios = ratiosBetween(measurements, "floor", "haproxy");
+  const aboveFloor = ratiosBetween(measurements, "lb", "floor");
+  const headlines: [string, Partial<Record<FigureKey, number>>][] = [
+    ["Headline, this LB ÷ HAProxy from this run (medians):", ratios],
+    ["Deno's floor (a minimal Deno proxy) ÷ HAProxy:", floorRatios],
+    ["This LB ÷ Deno's floor:", aboveFloor],
+  ];
+  for (const [title, values] of headlines) {
+    if (Object.keys(values).length === 0) continue;
+    console.log(title);
+    for (const [key, value] of Object.entries(values) as [FigureKey, number][]) {
       const figure = FIGURES[key];
       console.log(
         `  ${figure.label}: ${value.toFixed(2)}× (${
@@ -633,6 +653,8 @@ async function main(args: string[]): Promise<number> {
     settings: { ...settings, pinned: pinning, proxyCore: PROXY_CORE, loadCore: LOAD_CORE },
     measurements,
     ratiosToHaproxy: ratios,
+    denoFloorRatiosToHaproxy: floorRatios,
+    ratiosToDenoFloor: aboveFloor,
     idleKiBAboveDenoFloor: aboveFloorKiB,
     errors,
   };

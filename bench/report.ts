@@ -92,17 +92,26 @@ export function medianOf(
   return values && values.length > 0 ? summarize(values).median : undefined;
 }
 
-/** This LB's median divided by HAProxy's, per figure measured for both. */
-export function ratiosToHaproxy(measurements: Measurements): Partial<Record<FigureKey, number>> {
+/** `target`'s median divided by `reference`'s, per figure measured for both. */
+export function ratiosBetween(
+  measurements: Measurements,
+  target: Target,
+  reference: Target,
+): Partial<Record<FigureKey, number>> {
   const ratios: Partial<Record<FigureKey, number>> = {};
   for (const figure of Object.keys(FIGURES) as FigureKey[]) {
     const value = ratio(
-      medianOf(measurements, "lb", figure),
-      medianOf(measurements, "haproxy", figure),
+      medianOf(measurements, target, figure),
+      medianOf(measurements, reference, figure),
     );
     if (value !== undefined) ratios[figure] = value;
   }
   return ratios;
+}
+
+/** This LB's median divided by HAProxy's, per figure measured for both. */
+export function ratiosToHaproxy(measurements: Measurements): Partial<Record<FigureKey, number>> {
+  return ratiosBetween(measurements, "lb", "haproxy");
 }
 
 function formatNumber(value: number, digits: number): string {

@@ -1,5 +1,11 @@
 import assert from "node:assert/strict";
-import { formatCell, type Measurements, ratiosToHaproxy, renderTable } from "./report.ts";
+import {
+  formatCell,
+  type Measurements,
+  ratiosBetween,
+  ratiosToHaproxy,
+  renderTable,
+} from "./report.ts";
 import { median, ratio, summarize } from "./stats.ts";
 
 Deno.test("median() and summarize() of odd and even counts, unsorted input untouched", () => {
@@ -28,6 +34,15 @@ Deno.test("ratiosToHaproxy() divides medians, figure by figure", () => {
     cpuUsPerRequest: 1.5,
     throughputOneStreamGbps: 1.15,
   });
+});
+
+Deno.test("ratiosBetween() compares any two targets; figures one lacks are left out", () => {
+  const withFloor: Measurements = {
+    ...measurements,
+    floor: { cpuUsPerRequest: [10, 9, 11], idleKiBPerConnection: [14] },
+  };
+  assert.deepEqual(ratiosBetween(withFloor, "floor", "haproxy"), { cpuUsPerRequest: 1.25 });
+  assert.deepEqual(ratiosBetween(withFloor, "lb", "floor"), { cpuUsPerRequest: 1.2 });
 });
 
 Deno.test("formatCell() shows the median and the spread", () => {
