@@ -39,6 +39,8 @@ const PROXY_CORE = "0";
 /** The loads, by the names `--loads` takes. */
 const LOAD_NAMES = ["requests", "connections", "throughput", "idle"];
 const LOAD_CORE = "1";
+/** What `deno task lb` runs the balancer with (README, "Speed"); the floor gets it too. */
+const DENO_V8_FLAGS = ["--v8-flags=--no-incremental-marking"];
 
 interface Settings {
   loads: string[];
@@ -173,6 +175,7 @@ async function startProxy(
     process = start(`${target}-${tag}`, PROXY_CORE, [
       Deno.execPath(),
       "run",
+      ...DENO_V8_FLAGS,
       "--allow-net",
       "--allow-run",
       "--unstable-net",
@@ -186,6 +189,7 @@ async function startProxy(
     process = start(`floor-${tag}`, PROXY_CORE, [
       Deno.execPath(),
       "run",
+      ...DENO_V8_FLAGS,
       "--allow-net",
       `${here}deno_floor.ts`,
       floorMode,
