@@ -96,8 +96,6 @@ export async function supervise(options: SupervisorOptions): Promise<number> {
     const child = new Deno.Command(Deno.execPath(), {
       args: [
         "run",
-        // Workers run with the flags `deno task lb` gives (README, "Speed").
-        "--v8-flags=--no-incremental-marking",
         "--allow-net",
         "--unstable-net",
         ...(options.permissions ?? []),

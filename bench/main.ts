@@ -39,8 +39,6 @@ const PROXY_CORE = "0";
 /** The loads, by the names `--loads` takes. */
 const LOAD_NAMES = ["requests", "connections", "throughput", "idle"];
 const LOAD_CORE = "1";
-/** What `deno task lb` runs the balancer with (README, "Speed"); the floor gets it too. */
-const DENO_V8_FLAGS = ["--v8-flags=--no-incremental-marking"];
 
 interface Settings {
   loads: string[];
@@ -175,7 +173,6 @@ async function startProxy(
     process = start(`${target}-${tag}`, PROXY_CORE, [
       Deno.execPath(),
       "run",
-      ...DENO_V8_FLAGS,
       "--allow-net",
       "--allow-run",
       "--unstable-net",
@@ -189,7 +186,6 @@ async function startProxy(
     process = start(`floor-${tag}`, PROXY_CORE, [
       Deno.execPath(),
       "run",
-      ...DENO_V8_FLAGS,
       "--allow-net",
       `${here}deno_floor.ts`,
       floorMode,
