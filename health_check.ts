@@ -11,7 +11,20 @@ import type { HostPort } from "./address.ts";
 import { type Health, nextCheckIn } from "./health.ts";
 import { describe } from "./log.ts";
 
-/** Probes one address; resolves with undefined when healthy, or why not. */
+/**
+ * EMFILE or ENFILE: this process (or the system) has no descriptor to spare.
+ * That is our shortage, not a verdict on the backend we were about to try.
+ */
+export function isOutOfDescriptors(error: unknown): boolean {
+  const code = (error as { code?: unknown } | undefined)?.code;
+  return code === "EMFILE" || code === "ENFILE";
+}
+
+/**
+ * Probes one address; resolves with undefined when healthy, or why not.
+ * Rejects when the probe could not be made at all (out of descriptors):
+ * the checker then records nothing and tries again at the interval.
+ */
 export type Probe = (address: HostPort) => Promise<string | undefined>;
 
 /** What the checker needs of a backend. */
@@ -98,6 +111,11 @@ export class HealthChecker {
     try {
       reason = await this.#probe(backend.address);
     } catch (error) {
+      if (isOutOfDescriptors(error)) {
+        // No verdict: leave the backend's health as it is and look again later.
+        if (!this.#stopped) this.#schedule(backend, this.#intervalMs);
+        return;
+      }
       reason = describe(error);
     }
     if (this.#stopped) return;
@@ -155,6 +173,7 @@ async function withConnection(
     conn = await Deno.connect({ ...address, signal: abort.signal });
     return await use(conn);
   } catch (error) {
+    if (!timedOut && isOutOfDescriptors(error)) throw error;
     return timedOut ? `no answer in ${timeoutMs} ms` : describe(error);
   } finally {
     clearTimeout(timer);

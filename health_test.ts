@@ -179,6 +179,37 @@ Deno.test("HealthChecker probes at once, then every interval, and backs off whil
   assert.deepEqual(fake.pending(), []);
 });
 
+Deno.test("HealthChecker records nothing when a probe finds no descriptor, and looks again", async () => {
+  const fake = fakeTimers();
+  const recorded: boolean[] = [];
+  const backend: Checkable = {
+    address: { hostname: "127.0.0.1", port: 1 },
+    health: INITIAL_HEALTH,
+    recordCheck: (ok) => void recorded.push(ok),
+  };
+  const outcomes = ["emfile", "emfile", "emfile", "emfile", "ok"];
+  const probed: number[] = [];
+  const checker = new HealthChecker({
+    backends: [backend],
+    probe: () => {
+      probed.push(fake.now());
+      if (outcomes.shift() === "ok") return Promise.resolve(undefined);
+      return Promise.reject(
+        Object.assign(new Error("Too many open files (os error 24)"), { code: "EMFILE" }),
+      );
+    },
+    intervalMs: 100,
+    now: fake.now,
+    timers: fake.timers,
+  });
+  checker.start();
+  for (let i = 0; i < 5; i++) await fake.step();
+  // Four shortages (more than `fall`) recorded nothing; the fifth probe's verdict is the first.
+  assert.deepEqual(probed, [0, 100, 200, 300, 400]);
+  assert.deepEqual(recorded, [true]);
+  await checker.stop();
+});
+
 Deno.test("tcpProbe: healthy when a connect succeeds, not when refused or silent", async () => {
   const server = startServer(() => Promise.resolve());
   const silent = await silentAddress();

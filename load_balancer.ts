@@ -30,7 +30,7 @@ import {
 import { WaitQueue } from "./queue.ts";
 import { TimeoutQueue } from "./timeouts.ts";
 import { CHECK_BUCKETS, DURATION_BUCKETS, Histogram } from "./metrics.ts";
-import { HealthChecker, type Probe } from "./health_check.ts";
+import { HealthChecker, isOutOfDescriptors, type Probe } from "./health_check.ts";
 import { parseFlags, USAGE, UsageError } from "./flags.ts";
 import { type Config, ConfigError } from "./config.ts";
 import { createAdminHandler } from "./admin.ts";
@@ -743,12 +743,6 @@ function setNoDelay(conn: Deno.TcpConn): void {
   } catch {
     // The peer already reset; the bridge will see it and end the connection.
   }
-}
-
-/** EMFILE or ENFILE: this process (or the system) has no descriptor to spare. */
-function isOutOfDescriptors(error: unknown): boolean {
-  const code = (error as { code?: unknown } | undefined)?.code;
-  return code === "EMFILE" || code === "ENFILE";
 }
 
 function isClientGone(error: unknown): boolean {
