@@ -43,7 +43,7 @@ export function parseHostPort(text: string, options: ParseHostPortOptions = {}):
     }
     hostname = text.slice(1, close);
     portText = text.slice(close + 2);
-    if (!hostname.includes(":") || !/^[0-9A-Fa-f:.]+$/.test(hostname)) {
+    if (!isIpv6(hostname)) {
       throw new RangeError(`bracketed host must be an IPv6 address: got ${JSON.stringify(text)}`);
     }
   } else {
@@ -52,12 +52,21 @@ export function parseHostPort(text: string, options: ParseHostPortOptions = {}):
     hostname = text.slice(0, colon);
     portText = text.slice(colon + 1);
     if (hostname.includes(":")) {
+      const example = isIpv6(hostname) && /^[0-9]+$/.test(portText)
+        ? `[${hostname}]:${portText}`
+        : "[::1]:5001";
       throw new RangeError(
-        `IPv6 addresses need brackets, [${hostname}]:${portText}: got ${JSON.stringify(text)}`,
+        `an IPv6 address needs brackets and a port, as in ${example}: got ${JSON.stringify(text)}`,
       );
     }
     if (!HOST_NAME.test(hostname)) {
       throw new RangeError(`${expected}: got ${JSON.stringify(text)}`);
+    }
+    // All digits and dots reads as an IPv4 address, never as a name to resolve.
+    if (/^[0-9.]+$/.test(hostname) && !isIpv4(hostname)) {
+      throw new RangeError(
+        `not an IPv4 address (four numbers 0-255): got ${JSON.stringify(text)}`,
+      );
     }
   }
   const lowest = options.allowPortZero ? 0 : 1;
@@ -70,6 +79,23 @@ export function parseHostPort(text: string, options: ParseHostPortOptions = {}):
     );
   }
   return { hostname, port };
+}
+
+/** Whether `text` is a dotted-quad IPv4 address, each part 0-255. */
+export function isIpv4(text: string): boolean {
+  const parts = text.split(".");
+  return parts.length === 4 && parts.every((part) => /^[0-9]{1,3}$/.test(part) && +part <= 255);
+}
+
+/** Whether `text` (without brackets) is an IPv6 address, as a URL parser reads one. */
+export function isIpv6(text: string): boolean {
+  if (!text.includes(":") || !/^[0-9A-Fa-f:.]+$/.test(text)) return false;
+  try {
+    new URL(`http://[${text}]/`);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** Prints an address the way {@linkcode parseHostPort} reads it. */

@@ -13,9 +13,7 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import type { Backend, LoadBalancer } from "./load_balancer.ts";
 import { type Family, type Labels, renderMetrics } from "./metrics.ts";
-
-/** The version `lb_build_info` reports. */
-export const VERSION = "0.9.0";
+import { VERSION } from "./version.ts";
 
 /** What the admin API can see of a running balancer. */
 export interface AdminView {
@@ -167,81 +165,135 @@ export function tokenMatches(presented: string, expected: string): boolean {
 /** Options for {@linkcode createAdminHandler}. */
 export interface AdminOptions {
   view: AdminView;
-  /** The bearer token mutations need; none means every mutation is refused (403). */
-  token?: string;
+  /**
+   * The bearer token changes need, or a function giving the current one (a
+   * reload may rotate it); none means every change is refused (403).
+   */
+  token?: string | (() => string | undefined);
+  /** Told of every change made, as one line naming it and who made it. */
+  audit?: (message: string) => void;
+  /** `POST /api/logs/reopen`: reopens the access log; returns what was reopened. */
+  reopenLogs?: () => string;
 }
 
-/** The admin API as one request handler. */
+const ACTIONS = ["drain", "enable", "disable", "weight"] as const;
+
+/** The admin API as one request handler; `peer` (`HOST:PORT`) is named in audit lines. */
 export function createAdminHandler(
   options: AdminOptions,
-): (request: Request) => Response | Promise<Response> {
-  const { view, token } = options;
-  return (request) => {
+): (request: Request, peer?: string) => Response | Promise<Response> {
+  const { view, audit = () => {} } = options;
+  const token = typeof options.token === "function" ? options.token : () =>
+    options.token as
+      | string
+      | undefined;
+  return (request, peer = "-") => {
     const url = new URL(request.url);
     const parts = url.pathname.split("/").slice(1);
-    if (request.method === "GET" && url.pathname === "/metrics") {
-      return new Response(metricsText(view), {
-        headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
-      });
-    }
-    if (request.method === "GET" && url.pathname === "/api/backends") {
+    // HEAD answers as GET does, without the body (the server drops it).
+    const reading = request.method === "GET" || request.method === "HEAD";
+    if (url.pathname === "/metrics" || url.pathname === "/api/backends") {
+      if (!reading) {
+        return json(405, { error: `use GET for ${url.pathname}` }, { allow: "GET, HEAD" });
+      }
+      if (url.pathname === "/metrics") {
+        return new Response(metricsText(view), {
+          headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
+        });
+      }
       return json(
         200,
         view.balancers().flatMap((b) => b.backends.map((backend) => backendJson(b.pool, backend))),
       );
     }
-    if (parts[0] === "api" && parts[1] === "backends" && parts.length === 5) {
+    const isAction = parts[0] === "api" && parts[1] === "backends" && parts.length === 5 &&
+      (ACTIONS as readonly string[]).includes(parts[4]!);
+    const isReopen = url.pathname === "/api/logs/reopen";
+    if (isAction || isReopen) {
       if (request.method !== "POST") {
         return json(405, { error: `use POST for ${url.pathname}` }, { allow: "POST" });
       }
-      return mutate(request, parts, view, token);
+      const refused = authorize(request, token());
+      if (refused !== undefined) return refused;
+      if (isReopen) return reopen(options.reopenLogs, audit, peer);
+      return mutate(request, parts, view, audit, peer);
     }
-    return json(404, { error: `no route ${request.method} ${url.pathname}` });
+    return json(404, { error: `no route ${request.method} ${truncate(url.pathname)}` });
   };
 }
 
-function mutate(
-  request: Request,
-  parts: string[],
-  view: AdminView,
-  token: string | undefined,
-): Response | Promise<Response> {
+/** Undefined when the request carries the token; else the refusal. */
+function authorize(request: Request, token: string | undefined): Response | undefined {
   if (token === undefined) {
     return json(403, {
       error: "changes are disabled: no admin token is configured " +
         "(--admin-token-file FILE, or the LB_ADMIN_TOKEN environment variable)",
     });
   }
-  const presented = /^Bearer (.+)$/.exec(request.headers.get("authorization") ?? "")?.[1];
+  // The scheme name is case-insensitive (RFC 7235, section 2.1).
+  const presented = /^bearer +(\S+) *$/i.exec(request.headers.get("authorization") ?? "")?.[1];
   if (presented === undefined || !tokenMatches(presented, token)) {
     return json(401, { error: "a valid 'Authorization: Bearer TOKEN' header is needed" }, {
       "www-authenticate": 'Bearer realm="lb-admin"',
     });
   }
+  return undefined;
+}
+
+function reopen(
+  reopenLogs: (() => string) | undefined,
+  audit: (message: string) => void,
+  peer: string,
+): Response {
+  if (reopenLogs === undefined) return json(404, { error: "no access log to reopen" });
+  try {
+    const what = reopenLogs();
+    audit(`admin: reopened the access log ${what} (by ${peer})`);
+    return json(200, { reopened: what });
+  } catch (error) {
+    return json(500, { error: `could not reopen the access log: ${(error as Error).message}` });
+  }
+}
+
+// Input shown back in an error is cut short: never echo a body whole.
+function truncate(text: string): string {
+  return text.length > 64 ? `${text.slice(0, 61)}...` : text;
+}
+
+function mutate(
+  request: Request,
+  parts: string[],
+  view: AdminView,
+  audit: (message: string) => void,
+  peer: string,
+): Response | Promise<Response> {
   let pool: string, address: string;
   try {
     [pool, address] = [decodeURIComponent(parts[2]!), decodeURIComponent(parts[3]!)];
   } catch {
-    return json(400, { error: `pool and address must be percent-encoded: ${parts.join("/")}` });
-  }
-  const action = parts[4]!;
-  if (!["drain", "enable", "disable", "weight"].includes(action)) {
     return json(400, {
-      error: `unknown action ${JSON.stringify(action)}; expected drain, enable, disable or weight`,
+      error: `pool and address must be percent-encoded: ${truncate(parts.join("/"))}`,
     });
   }
+  const action = parts[4]! as typeof ACTIONS[number];
   const targets = view.balancers().filter((b) => b.pool === pool).flatMap((b) =>
     b.backends.filter((backend) => backend.name === address)
   );
   if (targets.length === 0) {
     return json(404, {
-      error: `no backend ${JSON.stringify(address)} in pool ${JSON.stringify(pool)}`,
+      error: `no backend ${JSON.stringify(truncate(address))} in pool ${
+        JSON.stringify(truncate(pool))
+      }`,
     });
   }
   const done = () => json(200, backendJson(pool, targets[0]!));
   if (action !== "weight") {
     const state = action === "drain" ? "draining" : action === "disable" ? "disabled" : "enabled";
+    const before = targets[0]!.adminState;
     for (const backend of targets) backend.adminState = state;
+    audit(
+      `admin: ${action} backend ${address} of pool ${pool}: ${before} -> ${state} (by ${peer})`,
+    );
     return done();
   }
   return request.text().then((text) => {
@@ -250,15 +302,21 @@ function mutate(
       weight = (JSON.parse(text) as { weight?: unknown })?.weight;
     } catch {
       return json(400, {
-        error: `body must be JSON like {"weight": 5}, got ${JSON.stringify(text)}`,
+        error: `body must be JSON like {"weight": 5}, got ${JSON.stringify(truncate(text))}`,
       });
     }
     if (!Number.isInteger(weight) || (weight as number) < 1 || (weight as number) > 256) {
       return json(400, {
-        error: `weight: expected a whole number 1-256, got ${JSON.stringify(weight)}`,
+        error: `weight: expected a whole number 1-256, got ${
+          truncate(JSON.stringify(weight) ?? "nothing")
+        }`,
       });
     }
+    const before = targets[0]!.configuredWeight;
     for (const backend of targets) backend.configuredWeight = weight as number;
+    audit(
+      `admin: weight of backend ${address} in pool ${pool}: ${before} -> ${weight} (by ${peer})`,
+    );
     return done();
   });
 }

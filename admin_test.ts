@@ -213,8 +213,8 @@ Deno.test("changes: bad input is 400 with a JSON error naming it; unknown backen
       ],
       [
         post(`/api/backends/default/${first}/reboot`, { token: TOKEN }),
-        400,
-        /^unknown action "reboot"/,
+        404,
+        /^no route POST \/api\/backends\/default\/.*\/reboot$/,
       ],
       [
         post(`/api/backends/default/%E0%A4%A/drain`, { token: TOKEN }),
@@ -295,5 +295,5 @@ Deno.test("--admin with --workers 2 is refused with a clear error, exit 2", asyn
     { permissions: ["--allow-net", "--allow-run", "--unstable-net"] },
   );
   assert.equal(code, 2);
-  assert.match(stderr, /the admin API with workers 2: not supported yet/);
+  assert.match(stderr, /workers: the admin API with workers 2 is not supported yet/);
 });

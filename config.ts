@@ -12,7 +12,7 @@
 
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
-import { parseHostPort } from "./address.ts";
+import { formatHostPort, type HostPort, parseHostPort } from "./address.ts";
 import { STRATEGY_NAMES } from "./balancer.ts";
 
 const MAX_MS = 2_147_483_647;
@@ -36,6 +36,26 @@ function address(options: { allowPortZero?: boolean } = {}) {
       context.addIssue({ code: "custom", message: (error as Error).message });
     }
   });
+}
+
+/**
+ * Names of listeners and pools: they go into metrics labels, admin URLs and
+ * log lines, and must never be mistaken for a property every object has
+ * (`__proto__`, `toString`), so they are kept to a plain alphabet.
+ */
+const NAME = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$/;
+const NAME_RULE = "expected a name of 1-64 letters, digits, '-', '_', '.' or ':', " +
+  "starting with a letter or digit";
+
+function name(what: string) {
+  return z.string({ error: `expected ${what}` }).regex(NAME, { error: NAME_RULE });
+}
+
+/** `9000` or `"9000"` means `127.0.0.1:9000`, as `--admin 9000` does. */
+function loopbackIfBarePort(value: unknown): unknown {
+  if (typeof value === "number" && Number.isInteger(value)) return `127.0.0.1:${value}`;
+  if (typeof value === "string" && /^[0-9]+$/.test(value)) return `127.0.0.1:${value}`;
+  return value;
 }
 
 const hex = z.string({ error: "expected hex digits" }).regex(/^([0-9a-fA-F]{2})+$/, {
@@ -86,9 +106,9 @@ const poolSchema = z.strictObject({
 });
 
 const listenerSchema = z.strictObject({
-  name: z.string({ error: "expected a name" }).min(1, { error: "expected a name" }),
+  name: name("a name"),
   listen: address({ allowPortZero: true }),
-  pool: z.string({ error: "expected the name of a pool" }),
+  pool: name("the name of a pool"),
   maxconn: whole(1, 1_000_000, 10000),
 });
 
@@ -98,11 +118,16 @@ export const configSchema = z.strictObject({
   listeners: z.array(listenerSchema, { error: "expected a list of listeners" }).min(1, {
     error: "expected at least one listener",
   }),
-  pools: z.record(z.string(), poolSchema, { error: "expected pools by name" }),
+  pools: z.record(name("a pool name"), poolSchema, { error: "expected pools by name" })
+    // Looked up by names from the file: no prototype to stumble on.
+    .transform((pools) => Object.assign(Object.create(null), pools) as typeof pools),
   drain_timeout_ms: milliseconds(30000),
   workers: whole(1, 64, 1),
   admin: z.strictObject({
-    listen: address({ allowPortZero: true }).describe("where the admin API listens"),
+    listen: z.preprocess(
+      loopbackIfBarePort,
+      address({ allowPortZero: true }),
+    ).describe("where the admin API listens: HOST:PORT, or a port on 127.0.0.1"),
     token_file: z.string({ error: "expected a file path" }).optional().describe(
       "a file holding the bearer token changes need; none means changes are refused",
     ),
@@ -111,7 +136,7 @@ export const configSchema = z.strictObject({
   const names = new Set<string>();
   const addresses = new Set<string>();
   config.listeners.forEach((listener, i) => {
-    if (!(listener.pool in config.pools)) {
+    if (!Object.hasOwn(config.pools, listener.pool)) {
       context.addIssue({
         code: "custom",
         path: ["listeners", i, "pool"],
@@ -137,7 +162,65 @@ export const configSchema = z.strictObject({
     names.add(listener.name);
     addresses.add(listener.listen);
   });
+  // Addresses that would fail to bind beside each other: the same port on
+  // the same host, on a wildcard, or on a name that may resolve to the other.
+  const sockets: { path: (string | number)[]; text: string }[] = [
+    ...config.listeners.map((l, i) => ({ path: ["listeners", i, "listen"], text: l.listen })),
+    ...(config.admin ? [{ path: ["admin", "listen"], text: config.admin.listen }] : []),
+  ];
+  sockets.forEach((socket, i) => {
+    const earlier = sockets.slice(0, i).find((other) =>
+      // Two listeners on one address are reported above.
+      !(other.text === socket.text && socket.path[0] === "listeners") &&
+      socketsOverlap(other.text, socket.text)
+    );
+    if (earlier === undefined) return;
+    context.addIssue({
+      code: "custom",
+      path: socket.path,
+      message: `${JSON.stringify(socket.text)} overlaps ${formatPath(earlier.path)} ` +
+        `${JSON.stringify(earlier.text)}: both would need port ${
+          parseHostPort(socket.text, { allowPortZero: true }).port
+        } on the same address`,
+    });
+  });
+  if (config.workers > 1 && config.admin !== undefined) {
+    context.addIssue({
+      code: "custom",
+      path: ["workers"],
+      message: `the admin API with workers ${config.workers} is not supported yet (each worker ` +
+        `would need its own port); use one worker, or leave the admin API out`,
+    });
+  }
+  if (config.workers > 1 && config.listeners.length !== 1) {
+    context.addIssue({
+      code: "custom",
+      path: ["workers"],
+      message: `workers ${config.workers} with ${config.listeners.length} listeners: ` +
+        `workers support one listener for now`,
+    });
+  }
   for (const [name, pool] of Object.entries(config.pools)) {
+    const seen = new Map<string, number>();
+    pool.backends.forEach((backend, i) => {
+      let key: string;
+      try {
+        key = formatHostPort(parseHostPort(backend.address));
+      } catch {
+        return; // reported on its own
+      }
+      const first = seen.get(key);
+      if (first === undefined) {
+        seen.set(key, i);
+        return;
+      }
+      context.addIssue({
+        code: "custom",
+        path: ["pools", name, "backends", i, "address"],
+        message: `${JSON.stringify(backend.address)} is already backends[${first}] of this ` +
+          `pool; give each backend once (use weight for a bigger share)`,
+      });
+    });
     if (pool.health.backoff_max_ms < pool.health.backoff_base_ms) {
       context.addIssue({
         code: "custom",
@@ -148,6 +231,28 @@ export const configSchema = z.strictObject({
     }
   }
 });
+
+/** Whether two listen addresses could not both be bound (port 0 never clashes). */
+export function socketsOverlap(a: string, b: string): boolean {
+  let first: HostPort, second: HostPort;
+  try {
+    first = parseHostPort(a, { allowPortZero: true });
+    second = parseHostPort(b, { allowPortZero: true });
+  } catch {
+    return false; // reported on its own
+  }
+  if (first.port === 0 || first.port !== second.port) return false;
+  const covers = (wide: string, other: string) =>
+    // `[::]` takes IPv4 too (dual stack); `0.0.0.0` takes every IPv4 address.
+    wide === "::" || (wide === "0.0.0.0" && !other.includes(":"));
+  const isName = (host: string) => !isIpLiteral(host);
+  return first.hostname === second.hostname || covers(first.hostname, second.hostname) ||
+    covers(second.hostname, first.hostname) || isName(first.hostname) || isName(second.hostname);
+}
+
+function isIpLiteral(host: string): boolean {
+  return host.includes(":") || /^[0-9]{1,3}(\.[0-9]{1,3}){3}$/.test(host);
+}
 
 /** A validated configuration, defaults filled in. */
 export type Config = z.output<typeof configSchema>;
@@ -183,6 +288,28 @@ function valueAt(root: unknown, path: readonly PropertyKey[]): unknown {
   return value;
 }
 
+/**
+ * A value from the file, for a message: JSON, at most 60 characters. Safe on
+ * anything YAML can build, self-references (`&a … *a`) included.
+ */
+export function showValue(value: unknown): string {
+  const seen = new Set<unknown>();
+  let text: string | undefined;
+  try {
+    text = JSON.stringify(value, (_key, inner) => {
+      if (inner !== null && typeof inner === "object") {
+        if (seen.has(inner)) return "[itself]";
+        seen.add(inner);
+      }
+      return typeof inner === "bigint" ? String(inner) : inner;
+    });
+  } catch {
+    text = undefined;
+  }
+  text ??= String(value);
+  return text.length > 60 ? `${text.slice(0, 57)}...` : text;
+}
+
 function describeIssue(issue: z.core.$ZodIssue, raw: unknown): string {
   const path = formatPath(issue.path);
   if (issue.code === "unrecognized_keys") {
@@ -192,11 +319,21 @@ function describeIssue(issue: z.core.$ZodIssue, raw: unknown): string {
   if (issue.code === "custom") return `${path}: ${issue.message}`;
   const value = valueAt(raw, issue.path);
   if (value === undefined) return `${path}: missing; ${issue.message}`;
-  return `${path}: ${issue.message}, got ${JSON.stringify(value)}`;
+  return `${path}: ${issue.message}, got ${showValue(value)}`;
 }
 
 /** Validates a parsed file (or one built from flags), filling defaults. @throws {ConfigError} */
 export function validateConfig(raw: unknown): Config {
+  if (raw === null || raw === undefined) {
+    throw new ConfigError([
+      "the file is empty; expected listeners and pools (see lb.example.yaml)",
+    ]);
+  }
+  if (typeof raw !== "object" || Array.isArray(raw)) {
+    throw new ConfigError([
+      `expected a mapping with listeners and pools (see lb.example.yaml), got ${showValue(raw)}`,
+    ]);
+  }
   const result = configSchema.safeParse(raw);
   if (!result.success) throw new ConfigError(result.error.issues.map((i) => describeIssue(i, raw)));
   return result.data;
@@ -213,8 +350,17 @@ export function parseConfigText(text: string): unknown {
         "reading YAML needs --allow-env=LOG_TOKENS,LOG_STREAM (the yaml package's debug switches)",
       ]);
     }
-    throw new ConfigError([`not valid YAML or JSON: ${(error as Error).message.split("\n")[0]}`]);
+    throw new ConfigError([`not valid YAML or JSON: ${yamlProblem(error)}`]);
   }
+}
+
+// The yaml package ends its first line with "at line 2, column 1:" and puts
+// the excerpt on the lines after it: keep one line, with the place in it.
+function yamlProblem(error: unknown): string {
+  const message = error instanceof Error ? error.message : String(error);
+  const first = message.split("\n")[0]!.replace(/ at line \d+, column \d+:?$/, "");
+  const place = (error as { linePos?: { line: number; col: number }[] }).linePos?.[0];
+  return place === undefined ? first : `line ${place.line}, column ${place.col}: ${first}`;
 }
 
 /** Parses and validates a config file's text. @throws {ConfigError} */

@@ -32,7 +32,9 @@ pools:
     pools: { web: { backends: [{ address: "127.0.0.1:5001" }] } },
   }));
   assert.deepEqual(yaml, json);
-  assert.deepEqual(yaml, {
+  // Pools come back in a null-prototype object: names from the file never meet Object's own.
+  assert.equal(Object.getPrototypeOf(yaml.pools), null);
+  assert.deepEqual({ ...yaml, pools: { ...yaml.pools } }, {
     listeners: [{ name: "web", listen: "127.0.0.1:5000", pool: "web", maxconn: 10000 }],
     pools: {
       web: {

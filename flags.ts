@@ -77,7 +77,7 @@ export interface LoadBalancerFlags {
   given: Set<string>;
   /** Access log format; default text on a terminal, json otherwise. */
   logFormat: LogFormat | undefined;
-  /** Access log file (reopened on SIGUSR1); default stdout. */
+  /** Access log file (reopened on SIGUSR2); default stdout. */
   accessLog: string | undefined;
   /** `--admin`: where the admin API listens; off when undefined. */
   admin: HostPort | undefined;
@@ -85,6 +85,8 @@ export interface LoadBalancerFlags {
   adminTokenFile: string | undefined;
   /** `--help` was given. */
   help: boolean;
+  /** `--version` was given. */
+  version: boolean;
 }
 
 /** A bad command line; the message is meant for the user as it is. */
@@ -155,14 +157,20 @@ Flags:
   --watch                  reload when the config file changes, as on SIGHUP
   --log-format text|json   access lines as key=value text or JSON objects
                            (default text on a terminal, json otherwise)
-  --access-log FILE        append access lines to FILE, reopened on SIGUSR1
-                           for log rotation (default stdout). Needs --allow-write
+  --access-log FILE        append access lines to FILE, reopened on SIGUSR2
+                           (or POST /api/logs/reopen) after log rotation
+                           (default stdout). Needs --allow-write
   --admin [HOST:]PORT      serve the admin API (metrics, backends) there;
                            127.0.0.1 unless a host is given (off by default)
   --admin-token-file FILE  the bearer token that changes through the admin
                            API need (else LB_ADMIN_TOKEN; with neither,
                            changes are refused)
+  --version                print the version and exit
   -h, --help               show this text
+
+Signals: SIGHUP reloads the config file, SIGUSR2 reopens the access log,
+SIGINT/SIGTERM drain and stop. Never send SIGUSR1: Deno opens a debugger on
+it; the balancer ignores it when it may (--allow-ffi, as deno task lb grants).
 `;
 
 const DEFAULT_BACKENDS = ["127.0.0.1:5001", "127.0.0.1:5002"];
@@ -172,7 +180,7 @@ export function parseFlags(args: readonly string[]): LoadBalancerFlags {
   let values;
   try {
     ({ values } = parseArgs({
-      args: [...args],
+      args: joinNegativeValues(args),
       options: {
         listen: { type: "string" },
         backend: { type: "string", multiple: true },
@@ -203,6 +211,7 @@ export function parseFlags(args: readonly string[]): LoadBalancerFlags {
         admin: { type: "string" },
         "admin-token-file": { type: "string" },
         help: { type: "boolean", short: "h" },
+        version: { type: "boolean" },
       },
       strict: true,
       allowPositionals: false,
@@ -210,7 +219,7 @@ export function parseFlags(args: readonly string[]): LoadBalancerFlags {
   } catch (error) {
     throw new UsageError(describeParseArgsError(error));
   }
-  return {
+  const flags: LoadBalancerFlags = {
     listen: hostPortFlag("--listen", values.listen ?? "127.0.0.1:5000", true),
     backends: (values.backend ?? DEFAULT_BACKENDS).map(backendFlag),
     balance: balanceFlag(values.balance),
@@ -243,15 +252,44 @@ export function parseFlags(args: readonly string[]): LoadBalancerFlags {
     watch: values.watch ?? false,
     logFormat: logFormatFlag(values["log-format"]),
     accessLog: values["access-log"],
-    admin: values.admin === undefined ? undefined : hostPortFlag(
-      "--admin",
-      values.admin.includes(":") ? values.admin : `127.0.0.1:${values.admin}`,
-      true,
-    ),
+    admin: values.admin === undefined ? undefined : adminFlag(values.admin),
     adminTokenFile: values["admin-token-file"],
     given: new Set(Object.keys(values)),
     help: values.help ?? false,
+    version: values.version ?? false,
   };
+  if (flags.watch && flags.config === undefined) {
+    throw new UsageError("--watch: needs --config FILE to watch");
+  }
+  return flags;
+}
+
+// `--connect-timeout -5` would read to parseArgs as a flag with no value;
+// joined as `--connect-timeout=-5`, it reaches the range check and its message.
+function joinNegativeValues(args: readonly string[]): string[] {
+  const joined: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i]!;
+    const next = args[i + 1];
+    if (/^--[a-z-]+$/.test(arg) && next !== undefined && /^-[0-9.]/.test(next)) {
+      joined.push(`${arg}=${next}`);
+      i++;
+    } else {
+      joined.push(arg);
+    }
+  }
+  return joined;
+}
+
+function adminFlag(text: string): HostPort {
+  // A bare port means loopback, the safe place for an admin API.
+  if (/^[0-9]+$/.test(text)) return hostPortFlag("--admin", `127.0.0.1:${text}`, true);
+  if (!text.includes(":")) {
+    throw new UsageError(
+      `--admin ${text}: expected PORT or HOST:PORT (e.g. 9000 or 127.0.0.1:9000)`,
+    );
+  }
+  return hostPortFlag("--admin", text, true);
 }
 
 function hostPortFlag(flag: string, text: string, isListen: boolean): HostPort {
@@ -372,7 +410,10 @@ function describeParseArgsError(error: unknown): string {
       return `unexpected argument ${/'([^']*)'/.exec(message)?.[1] ?? message}: ` +
         `every setting is a flag (see --help)`;
     case "ERR_PARSE_ARGS_INVALID_OPTION_VALUE":
-      return `${option ?? "a flag"} needs a value (see --help)`;
+      // "Option '--check' does not take an argument" for `--check=yes`.
+      return message.includes("does not take an argument")
+        ? `${option ?? "a flag"} takes no value (see --help)`
+        : `${option ?? "a flag"} needs a value (see --help)`;
     default:
       return message;
   }

@@ -25,6 +25,7 @@ Deno.test("parseFlags() with no flags is the lab: 5000 → 5001, 5002", () => {
     asWorker: false,
     config: undefined,
     check: false,
+    version: false,
     watch: false,
     logFormat: undefined,
     accessLog: undefined,

@@ -31,9 +31,12 @@ import { WaitQueue } from "./queue.ts";
 import { TimeoutQueue } from "./timeouts.ts";
 import { CHECK_BUCKETS, DURATION_BUCKETS, Histogram } from "./metrics.ts";
 import { HealthChecker, isOutOfDescriptors, type Probe } from "./health_check.ts";
-import { parseFlags, USAGE, UsageError } from "./flags.ts";
-import { type Config, ConfigError } from "./config.ts";
+import { type LoadBalancerFlags, parseFlags, USAGE, UsageError } from "./flags.ts";
+import { type Config, ConfigError, socketsOverlap } from "./config.ts";
 import { createAdminHandler } from "./admin.ts";
+import { AdminServer } from "./admin_server.ts";
+import { canUseLibc, ignoreSigusr1, isSignalIgnored } from "./libc.ts";
+import { VERSION } from "./version.ts";
 import { balancerOptions, resolveConfig, sourceOf, summarize } from "./setup.ts";
 import { AccessLog, accessLog, describe, logDiagnostic, logEvent, useAccessLog } from "./log.ts";
 import { supervise } from "./supervisor.ts";
@@ -763,61 +766,101 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
   });
 }
 
+/** A start-up failure: the message for stderr, and the exit code (2: usage or setup). */
+class StartError extends Error {
+  constructor(message: string, readonly code = 2) {
+    super(message);
+  }
+}
+
 /** Runs the load balancer from the command line; see `--help`. */
 export async function main(args: readonly string[]): Promise<void> {
+  // Before anything else: no window in which SIGUSR1 opens a debugger.
+  const sigusr1 = guardSigusr1();
+  let code: number;
+  try {
+    code = await run(args, sigusr1);
+  } catch (error) {
+    if (error instanceof StartError) {
+      for (const line of error.message.split("\n")) console.error(`load_balancer: ${line}`);
+      code = error.code;
+    } else {
+      // A bug: say it on one line, and never report success.
+      console.error(`load_balancer: internal error at start-up: ${describe(error)}`);
+      code = 70;
+    }
+  }
+  accessLog.flush();
+  Deno.exit(code);
+}
+
+/**
+ * Sets SIGUSR1 to "ignored" (see libc.ts), or says why it could not. Deno
+ * starts V8's inspector on SIGUSR1, which would let any local user run code
+ * in the balancer.
+ */
+function guardSigusr1(): string | undefined {
+  if (!canUseLibc()) {
+    return Deno.build.os === "linux"
+      ? "warning: SIGUSR1 would open a debugger on 127.0.0.1:9229 (Deno's inspector) that " +
+        "any local user could attach to; run with --allow-ffi (deno task lb does) so the " +
+        "balancer can ignore it, and never send SIGUSR1 (the access log reopens on SIGUSR2)"
+      : undefined;
+  }
+  try {
+    ignoreSigusr1();
+    return undefined;
+  } catch (error) {
+    return `warning: could not ignore SIGUSR1, which opens a debugger: ${describe(error)}`;
+  }
+}
+
+// The command line, from flags to a running balancer; resolves with the
+// exit code when the process should end (signals exit on their own).
+async function run(args: readonly string[], sigusr1Warning: string | undefined): Promise<number> {
   let flags;
   try {
     flags = parseFlags(args);
   } catch (error) {
-    if (!(error instanceof UsageError)) throw error;
-    console.error(`load_balancer: ${error.message}`);
-    Deno.exit(2);
+    if (error instanceof UsageError) throw new StartError(error.message);
+    throw error;
   }
   if (flags.help) {
     console.log(USAGE);
-    return;
+    return 0;
+  }
+  if (flags.version) {
+    console.log(`load_balancer ${VERSION} (deno ${Deno.version.deno})`);
+    return 0;
   }
   const source = sourceOf(flags);
+  const problems = (error: ConfigError) => error.problems.map((p) => `${source}: ${p}`).join("\n");
   let config: Config;
+  let prepared: Prepared;
   try {
     config = await resolveConfig(flags);
+    // The same checks whether we start or only --check: nothing binds here.
+    prepared = await prepare(flags, config);
   } catch (error) {
-    if (!(error instanceof ConfigError)) throw error;
-    for (const problem of error.problems) console.error(`load_balancer: ${source}: ${problem}`);
-    Deno.exit(flags.check ? 1 : 2);
+    if (error instanceof ConfigError) throw new StartError(problems(error), flags.check ? 1 : 2);
+    throw error;
   }
   if (flags.check) {
     console.log(`load_balancer: ${source}: valid: ${summarize(config)}`);
-    return;
-  }
-  if (flags.watch && flags.config === undefined) {
-    console.error("load_balancer: --watch: needs --config FILE to watch");
-    Deno.exit(2);
-  }
-  if (config.workers > 1 && config.admin !== undefined) {
-    console.error(
-      `load_balancer: ${source}: the admin API with workers ${config.workers}: not supported ` +
-        `yet (each worker would need its own port); use one worker, or leave the admin API out`,
-    );
-    Deno.exit(2);
+    return 0;
   }
   if (config.workers > 1 && !flags.asWorker) {
-    if (config.listeners.length !== 1) {
-      console.error(
-        `load_balancer: ${source}: workers ${config.workers} with ${config.listeners.length} ` +
-          `listeners: --workers supports one listener for now`,
-      );
-      Deno.exit(2);
-    }
     const listen = parseHostPort(config.listeners[0]!.listen, { allowPortZero: true });
-    // Workers read the same file (and re-read it on SIGHUP).
-    const permissions = flags.config === undefined
-      ? []
-      : ["--allow-read", "--allow-env=LOG_TOKENS,LOG_STREAM"];
-    Deno.exit(await supervise({ listen, workers: config.workers, args, permissions }));
+    return await supervise({
+      listen,
+      workers: config.workers,
+      args,
+      permissions: workerPermissions(flags),
+    });
   }
 
-  // Bind every listener first: one that cannot bind stops the start.
+  // Bind every socket first, admin included: one that cannot bind stops
+  // the start before anything says it is listening.
   const bind = (listenerConfig: Config["listeners"][number]) =>
     Deno.listen({
       ...parseHostPort(listenerConfig.listen, { allowPortZero: true }),
@@ -828,41 +871,50 @@ export async function main(args: readonly string[]): Promise<void> {
   const where = (listenerConfig: Config["listeners"][number]) =>
     flags.config === undefined ? "--listen" : `listener ${listenerConfig.name}`;
   const sockets: Deno.TcpListener[] = [];
+  const closeAll = () => sockets.forEach((socket) => socket.close());
   for (const listenerConfig of config.listeners) {
     try {
       sockets.push(bind(listenerConfig));
     } catch (error) {
-      console.error(
-        `load_balancer: ${where(listenerConfig)} ${listenerConfig.listen}: ${describe(error)}`,
-      );
-      Deno.exit(2);
+      closeAll();
+      throw new StartError(`${where(listenerConfig)} ${listenerConfig.listen}: ${describe(error)}`);
     }
   }
-  try {
-    useAccessLog(new AccessLog({ path: flags.accessLog, format: flags.logFormat }));
-  } catch (error) {
-    console.error(`load_balancer: --access-log ${flags.accessLog}: ${describe(error)}`);
-    Deno.exit(2);
-  }
-  Deno.addSignalListener("SIGUSR1", () => {
+  let adminSocket: Deno.TcpListener | undefined;
+  if (config.admin !== undefined) {
     try {
-      accessLog.reopen();
-      logDiagnostic(`SIGUSR1: reopened the access log ${flags.accessLog ?? "(stdout)"}`);
+      adminSocket = Deno.listen(parseHostPort(config.admin.listen, { allowPortZero: true }));
     } catch (error) {
-      logDiagnostic(`SIGUSR1: could not reopen the access log: ${describe(error)}`);
+      closeAll();
+      throw new StartError(`admin ${config.admin.listen}: ${describe(error)}`);
+    }
+  }
+  useAccessLog(prepared.accessLog);
+  const reopenAccessLog = () => {
+    accessLog.reopen();
+    return flags.accessLog ?? "(stdout)";
+  };
+  Deno.addSignalListener("SIGUSR2", () => {
+    try {
+      logDiagnostic(`SIGUSR2: reopened the access log ${reopenAccessLog()}`);
+    } catch (error) {
+      logDiagnostic(`SIGUSR2: could not reopen the access log: ${describe(error)}`);
     }
   });
   // Last line of defence: one connection's bug must not end every other one.
   globalThis.addEventListener("unhandledrejection", (event) => {
     event.preventDefault();
-    logDiagnostic(`unexpected error, still serving: ${describe(event.reason)}`);
+    logDiagnostic(`unexpected error, still serving: ${oneLine(describe(event.reason))}`);
   });
 
   // The running balancers, by the address they listen on: a reload keeps
   // the socket (and the balancer) of every address it still lists.
   const running = new Map<string, LoadBalancer>();
-  const start = (listener: Deno.TcpListener, index: number) => {
-    const options = balancerOptions(config, index);
+  const start = (
+    listener: Deno.TcpListener,
+    index: number,
+    options: ReturnType<typeof balancerOptions>,
+  ) => {
     const name = config.listeners[index]!.name;
     const balancer = new LoadBalancer({ ...options, name, listener, onEvent: logEvent });
     running.set(config.listeners[index]!.listen, balancer);
@@ -874,29 +926,72 @@ export async function main(args: readonly string[]): Promise<void> {
     balancer.serve();
     return balancer;
   };
-  sockets.forEach(start);
+  sockets.forEach((socket, index) => start(socket, index, prepared.balancers[index]!));
+  if (sigusr1Warning !== undefined) logDiagnostic(sigusr1Warning);
   const active = () => [...running.values()].reduce((sum, b) => sum + b.activeConnections, 0);
   let stopping = false;
 
   const counts = { reloads: 0, reloadFailures: 0 };
-  if (config.admin !== undefined) {
-    await serveAdmin(config.admin, () => [...running.values()], counts);
+  let token = prepared.token;
+  if (adminSocket !== undefined) {
+    const view = {
+      balancers: () => [...running.values()],
+      get reloads() {
+        return counts.reloads;
+      },
+      get reloadFailures() {
+        return counts.reloadFailures;
+      },
+    };
+    const handler = createAdminHandler({
+      view,
+      token: () => token,
+      audit: logDiagnostic,
+      reopenLogs: reopenAccessLog,
+    });
+    const server = new AdminServer({ listener: adminSocket, handler });
+    logDiagnostic(
+      `admin API on http://${formatHostPort(server.addr)} ` +
+        `(changes ${token === undefined ? "refused: no token" : "need the token"})`,
+    );
   }
 
-  // Atomic: validate, bind new addresses, then switch; any failure changes nothing.
+  // Atomic: validate, prepare, bind new addresses, then switch; any failure
+  // changes nothing, and is one line.
   const reload = async (why: string) => {
+    const failed = (problem: string, more = 0) => {
+      counts.reloadFailures++;
+      logDiagnostic(
+        `reload (${why}) failed, still running the previous config: ${oneLine(problem)}` +
+          (more > 0 ? ` (and ${more} more)` : ""),
+      );
+    };
     let next: Config;
+    let nextPrepared: Prepared;
     try {
       next = await resolveConfig(flags);
+      nextPrepared = await prepare(flags, next, accessLog);
     } catch (error) {
-      if (!(error instanceof ConfigError)) throw error;
-      counts.reloadFailures++;
-      const more = error.problems.length > 1 ? ` (and ${error.problems.length - 1} more)` : "";
-      logDiagnostic(
-        `reload (${why}) failed, still running the previous config: ${source}: ` +
-          `${error.problems[0]}${more}`,
+      if (error instanceof ConfigError) {
+        return failed(`${source}: ${error.problems[0]}`, error.problems.length - 1);
+      }
+      return failed(`internal error: ${describe(error)}`);
+    }
+    // A new address that overlaps one still bound (127.0.0.1:5901 widened to
+    // 0.0.0.0:5901) cannot be bound until the old socket closes.
+    for (const listenerConfig of next.listeners) {
+      if (running.has(listenerConfig.listen)) continue;
+      const clash = [...running.keys()].find((address) =>
+        !next.listeners.some((l) => l.listen === address) &&
+        socketsOverlap(address, listenerConfig.listen)
       );
-      return;
+      if (clash !== undefined) {
+        return failed(
+          `${where(listenerConfig)} ${listenerConfig.listen} overlaps ${clash}, which stays ` +
+            `bound until the reload is done: moving a listener to an overlapping address on ` +
+            `the same port needs a restart (or use another port)`,
+        );
+      }
     }
     const fresh = new Map<string, Deno.TcpListener>();
     for (const listenerConfig of next.listeners) {
@@ -905,25 +1000,21 @@ export async function main(args: readonly string[]): Promise<void> {
         fresh.set(listenerConfig.listen, bind(listenerConfig));
       } catch (error) {
         for (const socket of fresh.values()) socket.close();
-        counts.reloadFailures++;
-        logDiagnostic(
-          `reload (${why}) failed, still running the previous config: ` +
-            `${where(listenerConfig)} ${listenerConfig.listen}: ${describe(error)}`,
-        );
-        return;
+        return failed(`${where(listenerConfig)} ${listenerConfig.listen}: ${describe(error)}`);
       }
     }
     const previous = config;
     config = next;
+    token = nextPrepared.token;
     next.listeners.forEach((listenerConfig, index) => {
       const balancer = running.get(listenerConfig.listen);
       if (balancer === undefined) {
-        start(fresh.get(listenerConfig.listen)!, index);
-        return;
+        start(fresh.get(listenerConfig.listen)!, index, nextPrepared.balancers[index]!);
+      } else {
+        // Backends that stay keep their object: health and counts carry over.
+        const kept = new Map(balancer.backends.map((b) => [b.name, b]));
+        balancer.reconfigure(balancerOptions(next, index, kept));
       }
-      // Backends that stay keep their object: health and counts carry over.
-      const kept = new Map(balancer.backends.map((b) => [b.name, b]));
-      balancer.reconfigure(balancerOptions(next, index, kept));
     });
     for (const [address, balancer] of running) {
       if (next.listeners.some((l) => l.listen === address)) continue;
@@ -935,12 +1026,19 @@ export async function main(args: readonly string[]): Promise<void> {
       );
     }
     counts.reloads++;
-    logDiagnostic(`reloaded (${why}): ${summarize(next)}`);
+    const restart = needsRestart(previous, next);
+    logDiagnostic(
+      `reloaded (${why}): ${summarize(next)}` +
+        (restart.length > 0 ? `; not applied until a restart: ${restart.join(", ")}` : ""),
+    );
   };
   let reloading = Promise.resolve();
   const requestReload = (why: string) => {
     if (stopping) return;
-    reloading = reloading.then(() => reload(why));
+    // Never rejects: a failed reload must leave the next one, and shutdown, working.
+    reloading = reloading.then(() => reload(why)).catch((error) =>
+      logDiagnostic(`reload (${why}) failed: internal error: ${oneLine(describe(error))}`)
+    );
   };
   Deno.addSignalListener("SIGHUP", () => requestReload("SIGHUP"));
   if (flags.watch && flags.config !== undefined) watchConfig(flags.config, requestReload);
@@ -981,52 +1079,123 @@ export async function main(args: readonly string[]): Promise<void> {
     }, 1000);
     Deno.unrefTimer(watch);
   }
+  if (canUseLibc()) {
+    // In case a future Deno installs its SIGUSR1 handler anew after start-up.
+    const check = setTimeout(() => {
+      if (!isSignalIgnored()) logDiagnostic("SIGUSR1 had a handler again; ignoring it again");
+    }, 2000);
+    Deno.unrefTimer(check);
+  }
   // Serve until a signal ends the process.
-  await new Promise(() => {});
+  return await new Promise<number>(() => {});
 }
 
-/** Serves the admin API; exits 2 when its address cannot be bound or its token read. */
-async function serveAdmin(
-  settings: NonNullable<Config["admin"]>,
-  balancers: () => LoadBalancer[],
-  counts: { reloads: number; reloadFailures: number },
-): Promise<void> {
+/** Settings a reload cannot apply to a running process, as `key (old -> new)`. */
+function needsRestart(previous: Config, next: Config): string[] {
+  const changed: string[] = [];
+  const before = previous.admin?.listen ?? "off";
+  const after = next.admin?.listen ?? "off";
+  if (before !== after) changed.push(`admin.listen (${before} -> ${after})`);
+  if (previous.workers !== next.workers) {
+    changed.push(`workers (${previous.workers} -> ${next.workers})`);
+  }
+  return changed;
+}
+
+/** Everything a start (or a reload) needs beyond the config, checked before anything binds. */
+interface Prepared {
+  /** The admin token, when the admin API is on and one is configured. */
+  token: string | undefined;
+  /** The balancer options of each listener, in order. */
+  balancers: ReturnType<typeof balancerOptions>[];
+  /** The access log, opened (a reload keeps the running one). */
+  accessLog: AccessLog;
+}
+
+/**
+ * Reads the token, opens the access log and builds each listener's options:
+ * every check start-up makes short of binding, so `--check` finds what start
+ * would. @throws {ConfigError}
+ */
+async function prepare(
+  flags: LoadBalancerFlags,
+  config: Config,
+  runningLog?: AccessLog,
+): Promise<Prepared> {
+  const problems: string[] = [];
   let token: string | undefined;
-  if (settings.token_file !== undefined) {
-    try {
-      token = (await Deno.readTextFile(settings.token_file)).trim();
-    } catch (error) {
-      console.error(`load_balancer: admin token file ${settings.token_file}: ${describe(error)}`);
-      Deno.exit(2);
-    }
-  } else if (
-    (await Deno.permissions.query({ name: "env", variable: "LB_ADMIN_TOKEN" })).state === "granted"
-  ) {
-    token = Deno.env.get("LB_ADMIN_TOKEN") || undefined;
-  }
-  const view = {
-    balancers,
-    get reloads() {
-      return counts.reloads;
-    },
-    get reloadFailures() {
-      return counts.reloadFailures;
-    },
-  };
-  const address = parseHostPort(settings.listen, { allowPortZero: true });
   try {
-    Deno.serve({
-      ...address,
-      onListen: ({ hostname, port }) =>
-        logDiagnostic(
-          `admin API on http://${formatHostPort({ hostname, port })} ` +
-            `(changes ${token === undefined ? "refused: no token" : "need the token"})`,
-        ),
-    }, createAdminHandler({ view, token }));
+    token = config.admin === undefined ? undefined : await readToken(config.admin.token_file);
   } catch (error) {
-    console.error(`load_balancer: admin ${settings.listen}: ${describe(error)}`);
-    Deno.exit(2);
+    problems.push((error as Error).message);
   }
+  let log = runningLog;
+  if (log === undefined) {
+    try {
+      log = new AccessLog({ path: flags.accessLog, format: flags.logFormat });
+      if (flags.check) log.close();
+    } catch (error) {
+      problems.push(`--access-log ${flags.accessLog}: ${describe(error)}`);
+    }
+  }
+  // Built afresh, so a reload that fails later has touched no running backend.
+  const balancers = config.listeners.map((_, index) => balancerOptions(config, index));
+  if (problems.length > 0) {
+    if (log !== runningLog) log?.close();
+    throw new ConfigError(problems);
+  }
+  return { token, balancers, accessLog: log! };
+}
+
+/** The admin token: from its file (never empty), else from LB_ADMIN_TOKEN. @throws {Error} */
+async function readToken(file: string | undefined): Promise<string | undefined> {
+  if (file !== undefined) {
+    let text: string;
+    try {
+      text = await Deno.readTextFile(file);
+    } catch (error) {
+      throw new Error(`admin.token_file ${file}: ${describe(error)}`);
+    }
+    const token = text.trim();
+    if (token === "" || /\s/.test(token)) {
+      throw new Error(
+        `admin.token_file ${file}: expected one token (no spaces), got ${
+          token === "" ? "an empty file" : "more than one word"
+        }`,
+      );
+    }
+    return token;
+  }
+  const permission = await Deno.permissions.query({ name: "env", variable: "LB_ADMIN_TOKEN" });
+  if (permission.state !== "granted") {
+    // Whether it is set cannot be known without the permission: never
+    // guess, since a token set but ignored would leave changes refused.
+    throw new Error(
+      "the admin API reads its token from LB_ADMIN_TOKEN when no token file is given, and " +
+        "that needs --allow-env=LB_ADMIN_TOKEN (deno task lb grants it); grant it even to run " +
+        "read-only with the variable unset, or give admin.token_file / --admin-token-file",
+    );
+  }
+  const token = Deno.env.get("LB_ADMIN_TOKEN")?.trim();
+  return token === "" ? undefined : token;
+}
+
+/** The permissions a worker needs for the features this command line uses. */
+function workerPermissions(flags: LoadBalancerFlags): string[] {
+  const permissions: string[] = [];
+  // Workers read the same file (and re-read it on SIGHUP).
+  if (flags.config !== undefined) {
+    permissions.push("--allow-read", "--allow-env=LOG_TOKENS,LOG_STREAM");
+  } else if (flags.adminTokenFile !== undefined) {
+    permissions.push(`--allow-read=${flags.adminTokenFile}`);
+  }
+  if (flags.accessLog !== undefined) permissions.push(`--allow-write=${flags.accessLog}`);
+  if (canUseLibc()) permissions.push("--allow-ffi");
+  return permissions;
+}
+
+function oneLine(text: string): string {
+  return text.replace(/\s*\n\s*/g, " | ");
 }
 
 /** Calls `onChange` when the file changes, at most once per 100 ms burst of events. */

@@ -106,7 +106,7 @@ Deno.test("LineWriter keeps writing until the sink has taken every byte", () => 
   assert.equal(taken, "0123456789\n");
 });
 
-Deno.test("load_balancer.ts --access-log FILE: JSON lines, reopened on SIGUSR1 after rotation", async () => {
+Deno.test("load_balancer.ts --access-log FILE: JSON lines, reopened on SIGUSR2 after rotation", async () => {
   const { startBalancerProcess, startEchoServer, exchange } = await import("./test_util.ts");
   const echo = startEchoServer();
   const dir = await Deno.makeTempDir();
@@ -126,8 +126,8 @@ Deno.test("load_balancer.ts --access-log FILE: JSON lines, reopened on SIGUSR1 a
     assert.equal(await exchange(lb.port, "one"), "one");
     await until(async () => (await lines(path)).length === 1);
     await Deno.rename(path, `${path}.1`);
-    lb.kill("SIGUSR1");
-    await lb.waitForLine("stderr", /SIGUSR1: reopened the access log/);
+    lb.kill("SIGUSR2");
+    await lb.waitForLine("stderr", /SIGUSR2: reopened the access log/);
     assert.equal(await exchange(lb.port, "two!"), "two!");
     await until(async () => (await lines(path)).length === 1);
     const [before] = await lines(`${path}.1`);

@@ -13,7 +13,9 @@
  *    workers keep dying young;
  * 4. it forwards SIGINT/SIGTERM, so every worker drains, and exits when all
  *    have; a second signal is forwarded too, and it exits at once;
- * 5. it forwards SIGHUP, so every worker reloads its configuration.
+ * 5. it forwards SIGHUP, so every worker reloads its configuration, and
+ *    SIGUSR2, so every worker reopens its access log. It never forwards
+ *    SIGUSR1, on which Deno opens a debugger (see libc.ts).
  *
  * Workers write access lines straight to the shared stdout (each write holds
  * whole lines, at most 4 KiB, so lines from different workers never mix);
@@ -159,16 +161,19 @@ export async function supervise(options: SupervisorOptions): Promise<number> {
   for (const signal of ["SIGINT", "SIGTERM"] as const) {
     Deno.addSignalListener(signal, () => onSignal(signal));
   }
-  // A reload is each worker's own: pass it on.
-  Deno.addSignalListener("SIGHUP", () => {
-    for (const slot of slots) {
-      try {
-        slot.child?.kill("SIGHUP");
-      } catch {
-        // It just exited.
+  // A reload, or reopening the access log, is each worker's own: pass it on.
+  // SIGUSR1 is never passed on: Deno would open a debugger on it.
+  for (const signal of ["SIGHUP", "SIGUSR2"] as const) {
+    Deno.addSignalListener(signal, () => {
+      for (const slot of slots) {
+        try {
+          slot.child?.kill(signal);
+        } catch {
+          // It just exited.
+        }
       }
-    }
-  });
+    });
+  }
 
   for (const slot of slots) start(slot);
   await exited.promise;
