@@ -849,7 +849,22 @@ async function run(args: readonly string[], sigusr1Warning: string | undefined):
     console.log(`load_balancer: ${source}: valid: ${summarize(config)}`);
     return 0;
   }
-  if (config.workers > 1 && !flags.asWorker) {
+  // Listen for signals before anything says it is listening, so that a
+  // SIGHUP or SIGTERM sent right after never meets the default action
+  // (which ends the process). What each does is set once serving.
+  const on: Partial<Record<"SIGHUP" | "SIGUSR2" | "SIGINT" | "SIGTERM", () => void>> = {};
+  const early = (signal: string) => () => {
+    logDiagnostic(`${signal} before serving: exiting`);
+    Deno.exit(0);
+  };
+  const isSupervisor = config.workers > 1 && !flags.asWorker;
+  if (!isSupervisor) {
+    for (const signal of ["SIGHUP", "SIGUSR2", "SIGINT", "SIGTERM"] as const) {
+      const exit = signal === "SIGINT" || signal === "SIGTERM" ? early(signal) : () => {};
+      Deno.addSignalListener(signal, () => (on[signal] ?? exit)());
+    }
+  }
+  if (isSupervisor) {
     const listen = parseHostPort(config.listeners[0]!.listen, { allowPortZero: true });
     return await supervise({
       listen,
@@ -894,13 +909,13 @@ async function run(args: readonly string[], sigusr1Warning: string | undefined):
     accessLog.reopen();
     return flags.accessLog ?? "(stdout)";
   };
-  Deno.addSignalListener("SIGUSR2", () => {
+  on.SIGUSR2 = () => {
     try {
       logDiagnostic(`SIGUSR2: reopened the access log ${reopenAccessLog()}`);
     } catch (error) {
       logDiagnostic(`SIGUSR2: could not reopen the access log: ${describe(error)}`);
     }
-  });
+  };
   // Last line of defence: one connection's bug must not end every other one.
   globalThis.addEventListener("unhandledrejection", (event) => {
     event.preventDefault();
@@ -1040,7 +1055,7 @@ async function run(args: readonly string[], sigusr1Warning: string | undefined):
       logDiagnostic(`reload (${why}) failed: internal error: ${oneLine(describe(error))}`)
     );
   };
-  Deno.addSignalListener("SIGHUP", () => requestReload("SIGHUP"));
+  on.SIGHUP = () => requestReload("SIGHUP");
   if (flags.watch && flags.config !== undefined) watchConfig(flags.config, requestReload);
 
   let signals = 0;
@@ -1065,9 +1080,7 @@ async function run(args: readonly string[], sigusr1Warning: string | undefined):
     logDiagnostic(`stopped; ${cut} connection(s) cut at the drain timeout`);
     Deno.exit(0);
   };
-  for (const signal of ["SIGINT", "SIGTERM"] as const) {
-    Deno.addSignalListener(signal, () => onSignal(signal));
-  }
+  for (const signal of ["SIGINT", "SIGTERM"] as const) on[signal] = () => onSignal(signal);
   if (flags.asWorker) {
     // A supervisor killed outright cannot pass on a signal: notice that we
     // were handed to another parent, and drain as if told to stop.

@@ -137,3 +137,136 @@ Deno.test("--watch reloads when the file changes", async () => {
     await b!.close();
   }
 });
+
+Deno.test("a reload that cannot be used is one counted line; later reloads and SIGTERM still work", async () => {
+  const [a, b] = ["a", "b"].map(startTaggedServer);
+  const port = freePort();
+  const dir = await Deno.makeTempDir();
+  const file = `${dir}/lb.yaml`;
+  await Deno.writeTextFile(`${dir}/token`, "t0k3n\n");
+  const admin = `admin: { listen: "127.0.0.1:0", token_file: ${dir}/token }\n`;
+  await Deno.writeTextFile(file, config([["web", port, [a!.port]]]) + admin);
+  const lb = await startBalancerProcess(["--config", file], {
+    permissions: PERMISSIONS,
+    listen: false,
+  });
+  try {
+    const base = /(http:\/\/\S+) /.exec(await lb.waitForLine("stderr", /admin API on /))![1];
+    const bad = [
+      // A YAML anchor that refers to itself, and pool names every object has.
+      config([["web", port, [b!.port]]]).replace(
+        "- { name: web,",
+        "- &l { maxconn: *l, name: web,",
+      ),
+      config([["web", port, [b!.port]]]).replace("pool: web }", "pool: toString }"),
+      config([["web", port, [b!.port]]]).replace("pool: web }", "pool: __proto__ }"),
+    ];
+    for (const [i, text] of bad.entries()) {
+      await Deno.writeTextFile(file, text + admin);
+      lb.kill("SIGHUP");
+      const failures = new RegExp(`^lb_reload_failures_total ${i + 1}$`, "m");
+      for (let tries = 0; tries < 200; tries++) {
+        if (failures.test(await (await fetch(`${base}/metrics`)).text())) break;
+        await lb.waitForLine("stderr", /reload \(SIGHUP\) failed/);
+      }
+      assert.match(await (await fetch(`${base}/metrics`)).text(), failures);
+      assert.equal(serverOf(await exchange(port, "x\n")), "a", "the old config still serves");
+    }
+    const failed = lb.stderr.filter((line) => /reload \(SIGHUP\) failed/.test(line));
+    assert.equal(failed.length, 3, failed.join("\n"));
+    assert.match(failed[0]!, /listeners\[0\]\.maxconn: expected a whole number .*got \{/);
+    assert.match(failed[1]!, /no pool named "toString"/);
+    assert.match(failed[2]!, /listeners\[0\]\.pool: expected a name/);
+    // Every line the balancer wrote is its own: no stack trace, no continuation.
+    for (const line of lb.stderr) assert.match(line, /^\S+ load_balancer: /, line);
+
+    await Deno.writeTextFile(file, config([["web", port, [b!.port]]]) + admin);
+    lb.kill("SIGHUP");
+    await lb.waitForLine("stderr", /reloaded \(SIGHUP\)/);
+    assert.equal(serverOf(await exchange(port, "x\n")), "b");
+    lb.kill("SIGTERM");
+    assert.equal((await lb.status).code, 0, "the first SIGTERM ends it, cleanly");
+  } finally {
+    await lb.close();
+    await Deno.remove(dir, { recursive: true });
+    await a!.close();
+    await b!.close();
+  }
+});
+
+Deno.test("a reload applies a rotated admin token, and names what needs a restart", async () => {
+  const a = startTaggedServer("a");
+  const port = freePort();
+  const dir = await Deno.makeTempDir();
+  const file = `${dir}/lb.yaml`;
+  await Deno.writeTextFile(`${dir}/token`, "old-token\n");
+  const admin = (listen: string) => `admin: { listen: "${listen}", token_file: ${dir}/token }\n`;
+  await Deno.writeTextFile(file, config([["web", port, [a.port]]]) + admin("127.0.0.1:0"));
+  const lb = await startBalancerProcess(["--config", file], {
+    permissions: PERMISSIONS,
+    listen: false,
+  });
+  try {
+    const base = /(http:\/\/\S+) /.exec(await lb.waitForLine("stderr", /admin API on /))![1];
+    const drain = (token: string) =>
+      fetch(`${base}/api/backends/web/${encodeURIComponent(`127.0.0.1:${a.port}`)}/drain`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${token}` },
+      }).then(async (response) => (await response.body?.cancel(), response.status));
+    assert.equal(await drain("old-token"), 200);
+
+    await Deno.writeTextFile(`${dir}/token`, "new-token\n");
+    const other = freePort();
+    await Deno.writeTextFile(file, config([["web", port, [a.port]]]) + admin(`127.0.0.1:${other}`));
+    lb.kill("SIGHUP");
+    const reloaded = await lb.waitForLine("stderr", /reloaded \(SIGHUP\)/);
+    assert.match(
+      reloaded,
+      new RegExp(
+        `not applied until a restart: admin\\.listen \\(127\\.0\\.0\\.1:0 -> 127\\.0\\.0\\.1:${other}\\)$`,
+      ),
+    );
+    assert.equal(await drain("old-token"), 401);
+    assert.equal(await drain("new-token"), 200);
+
+    await Deno.writeTextFile(file, config([["web", port, [a.port]]]) + "workers: 2\n");
+    lb.kill("SIGHUP");
+    const second = await lb.waitForLine("stderr", /reloaded \(SIGHUP\).*workers/);
+    assert.match(
+      second,
+      /not applied until a restart: admin\.listen \(127\.0\.0\.1:\d+ -> off\), workers \(1 -> 2\)$/,
+    );
+  } finally {
+    await lb.close();
+    await Deno.remove(dir, { recursive: true });
+    await a.close();
+  }
+});
+
+Deno.test("a reload that widens a listener on the same port says it needs a restart, and keeps serving", async () => {
+  const a = startTaggedServer("a");
+  const port = freePort();
+  const file = await Deno.makeTempFile({ suffix: ".yaml" });
+  await Deno.writeTextFile(file, config([["web", port, [a.port]]]));
+  const lb = await startBalancerProcess(["--config", file], {
+    permissions: PERMISSIONS,
+    listen: false,
+  });
+  try {
+    await Deno.writeTextFile(
+      file,
+      config([["web", port, [a.port]]]).replace(`127.0.0.1:${port}`, `0.0.0.0:${port}`),
+    );
+    lb.kill("SIGHUP");
+    const failed = await lb.waitForLine("stderr", /reload \(SIGHUP\) failed/);
+    assert.match(
+      failed,
+      new RegExp(`0\\.0\\.0\\.0:${port} overlaps 127\\.0\\.0\\.1:${port}.*needs a restart`),
+    );
+    assert.equal(serverOf(await exchange(port, "x\n")), "a");
+  } finally {
+    await lb.close();
+    await Deno.remove(file);
+    await a.close();
+  }
+});
