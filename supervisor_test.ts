@@ -186,3 +186,38 @@ workers: 2
     await b.close();
   }
 });
+
+Deno.test("--workers 2 --access-log FILE: workers get the write permission, and SIGUSR2 reopens in each", async () => {
+  const echo = startEchoServer();
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/access.log`;
+  const lb = await startBalancerProcess(
+    ["--backend", `127.0.0.1:${echo.port}`, "--workers", "2", "--access-log", path],
+    { permissions: ["--allow-net", "--allow-run", "--unstable-net", `--allow-write=${dir}`] },
+  );
+  const lines = async (file: string) =>
+    (await Deno.readTextFile(file).catch(() => "")).split("\n").filter(Boolean);
+  try {
+    for (let i = 0; i < 10; i++) assert.equal(await exchange(lb.port, `x${i}`), `x${i}`);
+    // Lines are flushed within 100 ms of being queued.
+    for (let i = 0; i < 200 && (await lines(path)).length < 10; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    assert.equal((await lines(path)).length, 10);
+    await Deno.rename(path, `${path}.1`);
+    lb.kill("SIGUSR2");
+    await lb.waitForLine("stderr", /^\[worker 1\] .*SIGUSR2: reopened the access log/);
+    await lb.waitForLine("stderr", /^\[worker 2\] .*SIGUSR2: reopened the access log/);
+    assert.equal(await exchange(lb.port, "after"), "after");
+    for (let i = 0; i < 200 && (await lines(path)).length < 1; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    assert.equal((await lines(path)).length, 1);
+    assert.equal((await lines(`${path}.1`)).length, 10);
+    assert.ok(!lb.stderr.some((line) => /NotCapable/.test(line)), lb.stderr.join("\n"));
+  } finally {
+    await lb.close();
+    await echo.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -1,0 +1,262 @@
+/** The admin API's own HTTP server: limits, deadlines, and what each refusal looks like. */
+
+import assert from "node:assert/strict";
+import { AdminServer, type AdminServerOptions } from "./admin_server.ts";
+import { createAdminHandler } from "./admin.ts";
+import {
+  connectLoopback,
+  listenLoopback,
+  readAll,
+  startBalancer,
+  startTaggedServer,
+  writeAll,
+} from "./test_util.ts";
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+function startAdmin(options: Partial<AdminServerOptions> = {}): AdminServer {
+  return new AdminServer({
+    listener: listenLoopback(),
+    handler: (request, peer) =>
+      new Response(`${request.method} ${new URL(request.url).pathname} from ${peer}\n`),
+    ...options,
+  });
+}
+
+/** Sends `request` as raw bytes and reads the whole answer. */
+async function raw(port: number, request: string | Uint8Array): Promise<string> {
+  const conn = await connectLoopback(port);
+  try {
+    await writeAll(conn, typeof request === "string" ? encoder.encode(request) : request);
+    return decoder.decode(await readAll(conn));
+  } finally {
+    conn.close();
+  }
+}
+
+/** Resolves once the server has closed `conn` (a read ends or fails). */
+async function closedByServer(conn: Deno.Conn): Promise<void> {
+  const buffer = new Uint8Array(1024);
+  try {
+    while ((await conn.read(buffer)) !== null) {
+      // Drain whatever it sent first.
+    }
+  } catch {
+    // A reset counts as closed.
+  }
+}
+
+Deno.test("admin server: answers one request per connection, with its length, then closes", async () => {
+  const server = startAdmin();
+  try {
+    const answer = await raw(server.addr.port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert.match(answer, /^HTTP\/1\.1 200 OK\r\n/);
+    assert.match(answer, /\r\nconnection: close\r\n/);
+    const [, body] = answer.split("\r\n\r\n");
+    assert.match(body!, /^GET \/metrics from 127\.0\.0\.1:\d+\n$/);
+    assert.match(answer, new RegExp(`\r\ncontent-length: ${body!.length}\r\n`));
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("admin server: HEAD gets GET's headers and length, and no body", async () => {
+  const server = startAdmin();
+  try {
+    const answer = await raw(server.addr.port, "HEAD /metrics HTTP/1.1\r\n\r\n");
+    const [head, body] = answer.split("\r\n\r\n");
+    assert.match(head!, /^HTTP\/1\.1 200 OK/);
+    assert.match(head!, /content-length: [1-9]\d*/);
+    assert.equal(body, "");
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("admin server: a client that dribbles its headers is closed at the header deadline", async () => {
+  const server = startAdmin({ headerTimeoutMs: 300 });
+  const conn = await connectLoopback(server.addr.port);
+  try {
+    // One byte, then nothing more: the server, not the client, ends it.
+    await writeAll(conn, encoder.encode("G"));
+    await closedByServer(conn);
+    assert.equal(server.connections, 0);
+  } finally {
+    conn.close();
+    await server.close();
+  }
+});
+
+Deno.test("admin server: a body shorter than its Content-Length is closed at the body deadline, no trace", async () => {
+  const server = startAdmin({ bodyTimeoutMs: 300 });
+  const conn = await connectLoopback(server.addr.port);
+  try {
+    await writeAll(conn, encoder.encode("POST /x HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc"));
+    await closedByServer(conn);
+  } finally {
+    conn.close();
+    await server.close();
+  }
+});
+
+Deno.test("admin server: past the connection cap, 503 at once; half-sent requests do not pile up", async () => {
+  const server = startAdmin({ maxConnections: 3, headerTimeoutMs: 60_000 });
+  const held = await Promise.all([1, 2, 3].map(() => connectLoopback(server.addr.port)));
+  try {
+    for (const conn of held) await writeAll(conn, encoder.encode("GET /"));
+    // The three are in; the fourth is refused without being read.
+    for (let i = 0; i < 100 && server.connections < 3; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    const answer = await raw(server.addr.port, "GET /metrics HTTP/1.1\r\n\r\n");
+    assert.match(answer, /^HTTP\/1\.1 503 Service Unavailable\r\n/);
+  } finally {
+    for (const conn of held) conn.close();
+    await server.close();
+  }
+});
+
+Deno.test("admin server: a body over the limit is 413, unread and never echoed", async () => {
+  const server = startAdmin({ maxBodyBytes: 1024 });
+  try {
+    const answer = await raw(
+      server.addr.port,
+      `POST /api/backends/p/a/weight HTTP/1.1\r\nContent-Length: 100000000\r\n\r\n${
+        "x".repeat(2000)
+      }`,
+    );
+    assert.match(answer, /^HTTP\/1\.1 413 Content Too Large\r\n/);
+    assert.ok(answer.length < 400, `short: ${answer.length} bytes`);
+    assert.doesNotMatch(answer, /xxxx/);
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("admin server: malformed requests are 400, over-long headers 431, chunked bodies 501", async () => {
+  const server = startAdmin({ maxHeaderBytes: 256 });
+  try {
+    const cases: [string, RegExp][] = [
+      ["NOT HTTP\r\n\r\n", /^HTTP\/1\.1 400 /],
+      ["GET /x HTTP/1.1\r\nno colon here\r\n\r\n", /^HTTP\/1\.1 400 /],
+      ["POST /x HTTP/1.1\r\nContent-Length: -1\r\n\r\n", /^HTTP\/1\.1 400 /],
+      [`GET /x HTTP/1.1\r\nX-Long: ${"a".repeat(400)}\r\n\r\n`, /^HTTP\/1\.1 431 /],
+      ["POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", /^HTTP\/1\.1 501 /],
+    ];
+    for (const [request, status] of cases) {
+      assert.match(await raw(server.addr.port, request), status, JSON.stringify(request));
+    }
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("admin over the server: 'bearer' in any case, audit lines with the peer, 404 for unknown actions", async () => {
+  const one = startTaggedServer("1");
+  const lb = startBalancer([one.address]);
+  const audit: string[] = [];
+  const handler = createAdminHandler({
+    view: { balancers: () => [lb.balancer], reloads: 0, reloadFailures: 0 },
+    token: "t0k3n",
+    audit: (line) => audit.push(line),
+  });
+  const server = startAdmin({ handler });
+  const base = `http://127.0.0.1:${server.addr.port}`;
+  const backend = encodeURIComponent(lb.backends[0]!.name);
+  try {
+    const post = async (path: string, authorization: string, body?: string) => {
+      const response = await fetch(`${base}${path}`, {
+        method: "POST",
+        headers: { authorization },
+        ...(body === undefined ? {} : { body }),
+      });
+      await response.body?.cancel();
+      return response.status;
+    };
+    assert.equal(await post(`/api/backends/default/${backend}/drain`, "bearer t0k3n"), 200);
+    assert.equal(await post(`/api/backends/default/${backend}/enable`, "BEARER  t0k3n"), 200);
+    assert.equal(
+      await post(`/api/backends/default/${backend}/weight`, "Bearer t0k3n", '{"weight":4}'),
+      200,
+    );
+    assert.equal(await post(`/api/backends/default/${backend}/reboot`, "Bearer t0k3n"), 404);
+    assert.equal(await post(`/api/backends/default/${backend}/drain`, "Basic t0k3n"), 401);
+    const get = await fetch(`${base}/api/backends/default/${backend}/drain`);
+    await get.body?.cancel();
+    assert.equal(get.status, 405);
+    assert.equal(get.headers.get("allow"), "POST");
+    const head = await fetch(`${base}/api/backends`, { method: "HEAD" });
+    assert.equal(head.status, 200);
+    assert.equal(audit.length, 3, audit.join("\n"));
+    const name = lb.backends[0]!.name.replace(/\./g, "\\.");
+    assert.match(
+      audit[0]!,
+      new RegExp(
+        `^admin: drain backend ${name} of pool default: enabled -> draining \\(by 127\\.0\\.0\\.1:\\d+\\)$`,
+      ),
+    );
+    assert.match(audit[1]!, /enable .*: draining -> enabled \(by 127\.0\.0\.1:\d+\)$/);
+    assert.match(
+      audit[2]!,
+      /^admin: weight of backend .* in pool default: 1 -> 4 \(by 127\.0\.0\.1:\d+\)$/,
+    );
+  } finally {
+    await server.close();
+    await lb.close();
+    await one.close();
+  }
+});
+
+Deno.test("admin: a bad weight body is named, cut short, never echoed whole", async () => {
+  const one = startTaggedServer("1");
+  const lb = startBalancer([one.address]);
+  const handler = createAdminHandler({
+    view: { balancers: () => [lb.balancer], reloads: 0, reloadFailures: 0 },
+    token: "t",
+  });
+  try {
+    const response = await handler(
+      new Request(
+        `http://admin/api/backends/default/${encodeURIComponent(lb.backends[0]!.name)}/weight`,
+        {
+          method: "POST",
+          headers: { authorization: "Bearer t" },
+          body: "y".repeat(50_000),
+        },
+      ),
+    );
+    assert.equal(response.status, 400);
+    const text = await response.text();
+    assert.ok(text.length < 200, `${text.length} bytes`);
+    assert.equal(
+      JSON.parse(text).error,
+      `body must be JSON like {"weight": 5}, got "${"y".repeat(61)}..."`,
+    );
+  } finally {
+    await lb.close();
+    await one.close();
+  }
+});
+
+Deno.test("POST /api/logs/reopen reopens the access log, with the token", async () => {
+  let reopened = 0;
+  const handler = createAdminHandler({
+    view: { balancers: () => [], reloads: 0, reloadFailures: 0 },
+    token: "t",
+    reopenLogs: () => (reopened++, "/var/log/lb/access.log"),
+  });
+  const post = (authorization?: string) =>
+    handler(
+      new Request("http://admin/api/logs/reopen", {
+        method: "POST",
+        headers: authorization === undefined ? {} : { authorization },
+      }),
+    );
+  assert.equal((await post()).status, 401);
+  assert.equal(reopened, 0);
+  const response = await post("Bearer t");
+  assert.equal(response.status, 200);
+  assert.deepEqual(await response.json(), { reopened: "/var/log/lb/access.log" });
+  assert.equal(reopened, 1);
+});
