@@ -67,6 +67,78 @@ export interface BridgeOptions {
   pools?: { small: BufferPool; large: BufferPool };
   /** The clock {@linkcode Bridge.halfClosedAt} is read from. @default {performance.now} */
   now?: () => number;
+  /**
+   * What was read from the client while its backend was being dialled: the
+   * bridge forwards it first, then takes over the reader's read and buffer.
+   */
+  early?: EarlyReader;
+}
+
+/**
+ * Reads from the client while its backend is being dialled, so that a client
+ * that resets (or goes away) is noticed at once and the dial abandoned,
+ * rather than at the connect timeout. Reads stop at `limit` bytes; nothing is
+ * sent anywhere until a bridge takes the reader over, so a retry on another
+ * backend never sends a byte twice.
+ *
+ * The first read goes into `buffer`, a small pooled one that the bridge then
+ * uses (and gives back); later ones, rare, into buffers of their own.
+ */
+export class EarlyReader {
+  /** Bytes read and not yet forwarded, in order. */
+  readonly chunks: Uint8Array[] = [];
+  /** The read under way, and the buffer it reads into. */
+  pending: { buffer: Uint8Array; read: Promise<number | null> } | undefined;
+  /** The client ended its stream (half-close) before a backend was connected. */
+  ended = false;
+  /** The client failed (reset, …) before a backend was connected. */
+  failed = false;
+  readonly buffer: Uint8Array;
+  readonly #conn: Deno.Conn;
+  readonly #limit: number;
+  readonly #onFail: () => void;
+  #bytes = 0;
+  #stopped = false;
+
+  constructor(conn: Deno.Conn, buffer: Uint8Array, onFail: () => void, limit = 65536) {
+    this.#conn = conn;
+    this.buffer = buffer;
+    this.#onFail = onFail;
+    this.#limit = limit;
+    this.#read(buffer);
+  }
+
+  #read(buffer: Uint8Array): void {
+    const read = this.#conn.read(buffer);
+    this.pending = { buffer, read };
+    read.then((count) => {
+      if (this.#stopped) return; // the bridge has taken it over
+      this.pending = undefined;
+      if (count === null) {
+        this.ended = true;
+        return;
+      }
+      this.chunks.push(buffer.subarray(0, count));
+      this.#bytes += count;
+      if (this.#bytes < this.#limit) this.#read(new Uint8Array(16384));
+    }, () => {
+      if (this.#stopped) return;
+      this.pending = undefined;
+      this.failed = true;
+      this.#onFail();
+    });
+  }
+
+  /** Stops reading ahead: a pending read is now the caller's to await. */
+  stop(): void {
+    this.#stopped = true;
+  }
+
+  /** Stops, and waits for a read still under way to settle (after the socket is closed). */
+  async settle(): Promise<void> {
+    this.stop();
+    await this.pending?.read.catch(() => {});
+  }
 }
 
 type Side = "client" | "server";
@@ -89,6 +161,7 @@ export class Bridge {
   halfClosedAt: number | undefined;
   readonly #now: () => number;
   #failure: BridgeEnd | undefined;
+  #early: EarlyReader | undefined;
   #closed = false;
   // Directions still copying; the second to reach end of stream need not
   // pass it on with closeWrite(), since both sockets close right after.
@@ -99,6 +172,7 @@ export class Bridge {
     this.#server = server;
     this.#pools = options.pools ?? defaultPools;
     this.#now = options.now ?? (() => performance.now());
+    this.#early = options.early;
     this.result = this.#run(options.signal);
   }
 
@@ -144,15 +218,37 @@ export class Bridge {
   // for as long as reads keep coming in big, and gives it back when they do not.
   async #copy(src: Deno.Conn, dst: Deno.Conn, from: Side, to: Side): Promise<number> {
     const { small: smallPool, large: largePool } = this.#pools;
-    const small = smallPool.take();
+    // What the client sent while its backend was dialled comes first, as if
+    // just read; then the reader's pending read, if any; then reads of our own.
+    const early = from === "client" ? this.#early : undefined;
+    this.#early = undefined;
+    early?.stop();
+    const queued = early?.chunks ?? [];
+    let pending = early?.pending;
+    const small = early?.buffer ?? smallPool.take();
     let large: Uint8Array | undefined;
     let buffer = small;
     let total = 0;
     try {
       while (true) {
         let read: number | null;
+        let chunk = buffer;
         try {
-          read = await src.read(buffer);
+          if (queued.length > 0) {
+            chunk = queued.shift()!;
+            read = chunk.length;
+          } else if (early?.failed) {
+            throw new Error("the client failed while its backend was dialled");
+          } else if (early?.ended && pending === undefined) {
+            read = null;
+          } else if (pending !== undefined) {
+            chunk = pending.buffer;
+            const under = pending.read;
+            pending = undefined;
+            read = await under;
+          } else {
+            read = await src.read(buffer);
+          }
         } catch {
           this.#fail(`${from}-reset`);
           return total;
@@ -170,14 +266,15 @@ export class Bridge {
           return total;
         }
         try {
-          let written = await dst.write(read === buffer.length ? buffer : buffer.subarray(0, read));
-          while (written < read) written += await dst.write(buffer.subarray(written, read));
+          let written = await dst.write(read === chunk.length ? chunk : chunk.subarray(0, read));
+          while (written < read) written += await dst.write(chunk.subarray(written, read));
         } catch {
           this.#fail(`${to}-reset`);
           return total;
         }
         total += read;
         this.activity++;
+        if (chunk !== buffer) continue;
         if (buffer === small && read === small.length) {
           large = largePool.take();
           buffer = large;

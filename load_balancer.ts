@@ -13,7 +13,7 @@
 
 import { formatHostPort, type HostPort, parseHostPort } from "./address.ts";
 import { type Candidate, RoundRobin, type Strategy } from "./balancer.ts";
-import { Bridge, type BridgeEnd } from "./bridge.ts";
+import { Bridge, type BridgeEnd, EarlyReader } from "./bridge.ts";
 import { type BufferPool, defaultPools } from "./buffers.ts";
 import {
   admits,
@@ -615,13 +615,22 @@ export class LoadBalancer {
       });
     };
 
+    // Reading from the client starts now, so that a client that resets
+    // while we dial is noticed and the dial abandoned. What this read brings
+    // is forwarded once a backend is connected: nothing has been sent before
+    // then, so a retry never sends a byte twice.
+    const clientGone = new AbortController();
+    const early = new EarlyReader(client, this.#pools.small.take(), () => {
+      clientGone.abort();
+      connection.cut();
+    });
     const tried = new Set<Backend>();
     const clientAddress = client.remoteAddr.hostname;
     let backend: Backend | undefined;
     let server: Deno.TcpConn | undefined;
     let queueEnd: "queue-timeout" | "queue-full" | undefined;
     let shortageWaitMs = 0;
-    while (server === undefined && !this.#cutting) {
+    while (server === undefined && !this.#cutting && !clientGone.signal.aborted) {
       backend = this.#strategy.pick(this.#backends, { tried, clientAddress });
       if (backend === undefined) {
         // Nothing to try now; if that is because healthy backends are full,
@@ -631,7 +640,7 @@ export class LoadBalancer {
           b.active >= b.maxConnections
         );
         if (!full) break;
-        const outcome = await this.#queue.wait();
+        const outcome = await this.#queue.wait(clientGone.signal);
         if (outcome === "slot") continue;
         if (outcome !== "cut") queueEnd = outcome === "full" ? "queue-full" : "queue-timeout";
         break;
@@ -647,7 +656,7 @@ export class LoadBalancer {
       } catch (error) {
         backend.active--;
         this.#queue.wake();
-        if (this.#cutting) break;
+        if (this.#cutting || clientGone.signal.aborted) break;
         const reason = describe(error);
         if (isOutOfDescriptors(error)) {
           // Our shortage, not the backend's: leave its health and counters
@@ -679,15 +688,23 @@ export class LoadBalancer {
       }
     }
     if (server === undefined) {
-      closeQuietly(client);
-      const end = queueEnd ??
+      const end = clientGone.signal.aborted ? "client-reset" : queueEnd ??
         (this.#cutting ? "drain-timeout" : tried.size === 0 ? "no-backend" : "connect-failed");
+      early.stop();
+      closeQuietly(client);
+      // A read under way settles once the socket is closed; then its buffer is free.
+      await early.settle();
+      this.#pools.small.give(early.buffer);
       finish(end);
       return;
     }
 
     setNoDelay(server);
-    const bridge = new Bridge(client, server, { pools: this.#pools, now: this.#now });
+    const bridge = new Bridge(client, server, {
+      pools: this.#pools,
+      now: this.#now,
+      early,
+    });
     connection.cut = () => bridge.cut();
     connection.bridge = bridge;
     connection.seenActivity = 0;

@@ -198,27 +198,46 @@ Deno.test("a client reset mid-stream closes its backend connection; others go on
   assert.deepEqual(ends, ["client-reset", "client-fin"]);
 });
 
-Deno.test("a client that resets while its backend connect is in progress leaves no orphan", async () => {
-  const echo = startWatchedEcho();
+Deno.test("a client that resets while its backend is dialled: the dial is abandoned, nothing is sent", async () => {
+  // A backend that counts what it is sent.
+  let received = 0;
+  const counting = startServer(async (conn) => {
+    const buffer = new Uint8Array(1024);
+    try {
+      for (let read; (read = await conn.read(buffer)) !== null;) received += read;
+    } catch {
+      // Reset: counted all the same.
+    }
+  });
+  // A dial that waits for the test, unless the balancer abandons it first.
   let openGate!: () => void;
   const gate = new Promise<void>((resolve) => openGate = resolve);
+  const abandoned = Promise.withResolvers<void>();
   const dial: Dialer = async (address, signal) => {
-    await gate;
+    signal.addEventListener("abort", () => abandoned.resolve(), { once: true });
+    await Promise.race([gate, abandoned.promise]);
     return await Deno.connect({ ...address, signal });
   };
-  const lb = startBalancer([echo.address], { dial });
+  const lb = startBalancer([counting.address], { dial });
   try {
     await resettingClient(lb.port, async (socket) => {
-      socket.write("request");
-      await new Promise((resolve) => setTimeout(resolve, 50));
+      await new Promise<void>((resolve) => socket.write("data", () => resolve()));
     });
+    await abandoned.promise;
     openGate();
-    await echo.ended[0];
+    // The client's connection is over, and reported.
+    while (lb.balancer.activeConnections > 0) await new Promise((r) => setTimeout(r, 5));
   } finally {
+    openGate();
     await lb.close();
-    await echo.close();
+    await counting.close();
   }
-  assert.deepEqual(accessRecords(lb.events).map((record) => record.end), ["client-reset"]);
+  const records = accessRecords(lb.events);
+  assert.deepEqual(records.map((r) => [r.end, r.bytesIn, r.backend]), [
+    ["client-reset", 0, undefined],
+  ]);
+  assert.equal(received, 0, "the backend was sent nothing");
+  assert.equal(lb.backends[0]!.connectFailures, 0, "the client's reset is not the backend's fault");
 });
 
 Deno.test("a backend reset mid-stream closes the client; others go on", async () => {

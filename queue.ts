@@ -38,21 +38,25 @@ export class WaitQueue {
 
   /**
    * Waits until {@linkcode WaitQueue.wake} reaches this client (`slot`), the
-   * timeout passes (`timeout`) or {@linkcode WaitQueue.cutAll} is called
-   * (`cut`); resolves `full` at once when the queue is full.
+   * timeout passes (`timeout`), {@linkcode WaitQueue.cutAll} is called or
+   * `signal` aborts (`cut`); resolves `full` at once when the queue is full.
    */
-  wait(): Promise<WaitOutcome> {
+  wait(signal?: AbortSignal): Promise<WaitOutcome> {
     if (this.#waiters.length >= this.#max) return Promise.resolve("full");
+    if (signal?.aborted) return Promise.resolve("cut");
     return new Promise((resolve) => {
+      const onAbort = () => waiter.settle("cut");
       const waiter: Waiter = {
         settle: (outcome) => {
           clearTimeout(timer);
+          signal?.removeEventListener("abort", onAbort);
           const index = this.#waiters.indexOf(waiter);
           if (index >= 0) this.#waiters.splice(index, 1);
           resolve(outcome);
         },
       };
       const timer = setTimeout(() => waiter.settle("timeout"), this.#timeoutMs);
+      signal?.addEventListener("abort", onAbort, { once: true });
       this.#waiters.push(waiter);
     });
   }
