@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { type AdminView, createAdminHandler, tokenMatches } from "./admin.ts";
 import {
   exchange,
+  runScript,
   startBalancer,
   startBalancerProcess,
   startTaggedServer,
@@ -288,7 +289,6 @@ Deno.test("--admin over a real socket: metrics, and a change with the token file
 });
 
 Deno.test("--admin with --workers 2 is refused with a clear error, exit 2", async () => {
-  const { runScript } = await import("./test_util.ts");
   const { code, stderr } = await runScript(
     "load_balancer.ts",
     ["--listen", "127.0.0.1:0", "--workers", "2", "--admin", "127.0.0.1:0"],

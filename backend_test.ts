@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { exchange, runScript, startTaggedServer } from "./test_util.ts";
+import { exchange, readAll, runScript, startTaggedServer } from "./test_util.ts";
 
 Deno.test("backend answers each line with its tag, in order", async () => {
   const server = startTaggedServer("1");
@@ -32,7 +32,6 @@ Deno.test("backend joins a line that arrives in pieces", async () => {
     await conn.write(encoder.encode("lo\nby"));
     await conn.write(encoder.encode("e\n"));
     await conn.closeWrite();
-    const { readAll } = await import("./test_util.ts");
     assert.equal(
       new TextDecoder().decode(await readAll(conn)),
       "[Server 3] hello\n[Server 3] bye\n",

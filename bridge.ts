@@ -18,7 +18,8 @@
  * End of stream on one side is passed on as a half-close (`closeWrite()`) of
  * the other; the other direction keeps flowing until it ends too. An error in
  * either direction (a reset, a write to a closed peer) ends the whole
- * connection: both sockets are closed at once, so no orphan is left behind.
+ * connection: both sockets are closed at once, so no orphan is left behind,
+ * and the other side is reset too when the caller gave a way to (`reset`).
  * Both sockets are closed exactly once, after both copies have stopped.
  *
  * Read buffers are small while a direction is quiet and large while it moves
@@ -67,6 +68,13 @@ export interface BridgeOptions {
   pools?: { small: BufferPool; large: BufferPool };
   /** The clock {@linkcode Bridge.halfClosedAt} is read from. @default {performance.now} */
   now?: () => number;
+  /**
+   * Sends a reset (RST) on a socket before it is closed; returns false when
+   * it cannot. With it, a reset on one side is passed on to the other, and a
+   * cut (drain timeout) resets both, so no peer takes a cut-short stream for
+   * a complete one. Without it, both are closed cleanly (FIN).
+   */
+  reset?: (conn: Deno.Conn) => boolean;
   /**
    * What was read from the client while its backend was being dialled: the
    * bridge forwards it first, then takes over the reader's read and buffer.
@@ -162,6 +170,7 @@ export class Bridge {
   readonly #now: () => number;
   #failure: BridgeEnd | undefined;
   #early: EarlyReader | undefined;
+  readonly #reset: ((conn: Deno.Conn) => boolean) | undefined;
   #closed = false;
   // Directions still copying; the second to reach end of stream need not
   // pass it on with closeWrite(), since both sockets close right after.
@@ -173,6 +182,7 @@ export class Bridge {
     this.#pools = options.pools ?? defaultPools;
     this.#now = options.now ?? (() => performance.now());
     this.#early = options.early;
+    this.#reset = options.reset;
     this.result = this.#run(options.signal);
   }
 
@@ -210,6 +220,12 @@ export class Bridge {
     // our own doing, not the peer's.
     if (this.#closed) return;
     this.#failure = end;
+    // A transparent proxy passes a reset on; a cut at the drain timeout
+    // resets both sides. Timeouts for quiet connections close cleanly.
+    if (this.#reset !== undefined) {
+      if (end === "server-reset" || end === "aborted") this.#reset(this.#client);
+      if (end === "client-reset" || end === "aborted") this.#reset(this.#server);
+    }
     this.#closeBoth();
   }
 

@@ -3,14 +3,24 @@
  * binding, constant and struct layout the balancer uses lives here, so the
  * sharp edges of FFI are in one place.
  *
- * Today it holds one thing: switching off `SIGUSR1`. Deno (since 2.9.2), like
+ * It holds two things today.
+ *
+ * **Switching off `SIGUSR1`.** Deno (since 2.9.2), like
  * Node, starts V8's inspector on 127.0.0.1:9229 when the process gets
  * `SIGUSR1`, whether or not the program listens for that signal. Any local
  * user can then attach a debugger and run code inside the balancer with all
  * of its permissions. Deno has no flag to turn that off, so the balancer sets
  * the signal's disposition to "ignore" itself.
  *
- * Needs `--allow-ffi` (Linux only); without it the caller warns instead.
+ * **Resetting a connection** Deno opened. Deno can close a socket only
+ * cleanly (FIN), so a backend's reset would reach the client as a clean end,
+ * and a truncated answer would look complete. {@linkcode resetConnection}
+ * finds the socket's descriptor (by its two addresses) and disconnects it
+ * with `connect(fd, AF_UNSPEC)`, which makes Linux send a reset (RST) and
+ * leaves the descriptor for Deno to close as usual.
+ *
+ * Needs `--allow-ffi` (Linux only); without it the callers warn, or close
+ * cleanly, instead.
  *
  * @module
  */
@@ -22,22 +32,41 @@ export const SIG_IGN = 1n;
 /** `SIG_DFL`, the default disposition. */
 export const SIG_DFL = 0n;
 
+/** `AF_UNSPEC`, `AF_INET` and `AF_INET6` on Linux. */
+export const AF_UNSPEC = 0;
+export const AF_INET = 2;
+export const AF_INET6 = 10;
+/** `F_GETFD`: a cheap question that fails with `EBADF` on a closed descriptor. */
+export const F_GETFD = 1;
+/** Bytes of `struct sockaddr_in` and `struct sockaddr_in6`. */
+export const SOCKADDR_IN_BYTES = 16;
+export const SOCKADDR_IN6_BYTES = 28;
+
 const SYMBOLS = {
   // sighandler_t signal(int signum, sighandler_t handler): returns the previous handler.
   signal: { parameters: ["i32", "pointer"], result: "pointer" },
+  // int getpeername(int fd, struct sockaddr *addr, socklen_t *len), and getsockname alike.
+  getpeername: { parameters: ["i32", "pointer", "pointer"], result: "i32" },
+  getsockname: { parameters: ["i32", "pointer", "pointer"], result: "i32" },
+  // int connect(int fd, const struct sockaddr *addr, socklen_t len)
+  connect: { parameters: ["i32", "pointer", "u32"], result: "i32" },
+  // int fcntl(int fd, int cmd, ...)
+  fcntl: { parameters: ["i32", "i32"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
-
-let library: Deno.DynamicLibrary<typeof SYMBOLS> | undefined;
-
-function libc(): Deno.DynamicLibrary<typeof SYMBOLS> {
-  library ??= Deno.dlopen("libc.so.6", SYMBOLS);
-  return library;
-}
 
 /** Whether this process may call libc: Linux, and `--allow-ffi` granted. */
 export function canUseLibc(): boolean {
   return Deno.build.os === "linux" &&
     Deno.permissions.querySync({ name: "ffi" }).state === "granted";
+}
+
+// Opened once, when this module is first imported, if it may be: it stays
+// open for the life of the process.
+const library = canUseLibc() ? Deno.dlopen("libc.so.6", SYMBOLS) : undefined;
+
+function libc(): Deno.DynamicLibrary<typeof SYMBOLS> {
+  if (library === undefined) throw new Deno.errors.NotCapable("libc needs Linux and --allow-ffi");
+  return library;
 }
 
 /**
@@ -75,4 +104,167 @@ export function ignoreSigusr1(): void {
 export function isSignalIgnored(): boolean {
   const previous = setSignalDisposition(SIGUSR1, SIG_IGN);
   return previous === SIG_IGN;
+}
+
+/** An address as a `struct sockaddr` holds it. */
+export interface SocketAddress {
+  family: number;
+  /** IPv4 dotted quad, or IPv6 as a URL writes it (lowercase, `::` for the longest run of zeros). */
+  hostname: string;
+  port: number;
+}
+
+/**
+ * Reads a `struct sockaddr_in` or `sockaddr_in6`: `sa_family` (host order,
+ * 2 bytes) at 0, the port (network order) at 2; IPv4's 4 address bytes at 4;
+ * IPv6's 16 at 8 (after 4 bytes of flow info). Undefined for other families.
+ */
+export function decodeSockaddr(bytes: Uint8Array): SocketAddress | undefined {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const family = view.getUint16(0, true);
+  const port = view.getUint16(2, false);
+  if (family === AF_INET) {
+    return { family, hostname: Array.from(bytes.subarray(4, 8)).join("."), port };
+  }
+  if (family === AF_INET6) {
+    const groups: string[] = [];
+    for (let i = 0; i < 8; i++) groups.push(view.getUint16(8 + 2 * i, false).toString(16));
+    return { family, hostname: canonicalHost(groups.join(":")), port };
+  }
+  return undefined;
+}
+
+/** Writes `address` as a `struct sockaddr_in`/`sockaddr_in6` into `into`; returns its length. */
+export function encodeSockaddr(address: { hostname: string; port: number }, into: Uint8Array) {
+  into.fill(0);
+  const view = new DataView(into.buffer, into.byteOffset, into.byteLength);
+  view.setUint16(2, address.port, false);
+  if (!address.hostname.includes(":")) {
+    view.setUint16(0, AF_INET, true);
+    address.hostname.split(".").forEach((part, i) => into[4 + i] = Number(part));
+    return SOCKADDR_IN_BYTES;
+  }
+  view.setUint16(0, AF_INET6, true);
+  // Expand `::` to the zero groups it stands for.
+  const [head, tail] = canonicalHost(address.hostname).split("::") as [string, string?];
+  const left = head === "" ? [] : head.split(":");
+  const right = tail === undefined || tail === "" ? [] : tail.split(":");
+  const groups = [...left, ...Array(8 - left.length - right.length).fill("0"), ...right];
+  groups.forEach((group, i) => view.setUint16(8 + 2 * i, parseInt(group, 16), false));
+  return SOCKADDR_IN6_BYTES;
+}
+
+/** An IPv6 address as a URL writes it, so two spellings of one address compare equal. */
+function canonicalHost(hostname: string): string {
+  if (!hostname.includes(":")) return hostname;
+  return new URL(`http://[${hostname}]/`).hostname.slice(1, -1);
+}
+
+// Buffers handed to libc by pointer: allocated once, referenced for good.
+const addressBytes = new Uint8Array(128);
+const lengthWord = new Uint32Array(1);
+const unspecified = new Uint8Array(SOCKADDR_IN_BYTES); // sa_family = AF_UNSPEC
+let pointers:
+  | { address: Deno.PointerValue; length: Deno.PointerValue; unspecified: Deno.PointerValue }
+  | undefined;
+
+function pointersOf() {
+  pointers ??= {
+    address: Deno.UnsafePointer.of(addressBytes),
+    length: Deno.UnsafePointer.of(lengthWord),
+    unspecified: Deno.UnsafePointer.of(unspecified),
+  };
+  return pointers;
+}
+
+function addressOf(
+  call: "getpeername" | "getsockname",
+  fd: number,
+): SocketAddress | undefined {
+  const { address, length } = pointersOf();
+  lengthWord[0] = addressBytes.length;
+  if (libc().symbols[call](fd, address, length) !== 0) return undefined;
+  return decodeSockaddr(addressBytes);
+}
+
+const sameAddress = (a: SocketAddress | undefined, b: { hostname: string; port: number }) =>
+  a !== undefined && a.port === b.port && a.hostname === canonicalHost(b.hostname);
+
+/**
+ * Which descriptors hold which connections, by `local|remote`: built by one
+ * pass over the descriptors, then trusted only after checking (a descriptor
+ * may have been closed and its number reused since).
+ */
+const byAddresses = new Map<string, number>();
+/**
+ * Passes are paid from a budget that refills at a tenth of the time elapsed,
+ * up to 100 ms: they stay under a tenth of the time however many resets come
+ * at once (a burst of resets of existing connections needs one pass anyway).
+ * A miss with no budget left closes cleanly instead.
+ */
+const SCAN_SHARE = 0.1;
+const SCAN_BUDGET_MAX_MS = 100;
+let scanBudgetMs = SCAN_BUDGET_MAX_MS;
+let budgetAt = 0;
+/** Descriptors in a row that do not exist before the pass stops. */
+const GAP = 64;
+
+function keyOf(local: Deno.NetAddr, remote: Deno.NetAddr): string {
+  return `${local.port} ${canonicalHost(local.hostname)}|${remote.port} ${
+    canonicalHost(remote.hostname)
+  }`;
+}
+
+function holds(fd: number, local: Deno.NetAddr, remote: Deno.NetAddr): boolean {
+  return sameAddress(addressOf("getpeername", fd), remote) &&
+    sameAddress(addressOf("getsockname", fd), local);
+}
+
+function scan(): void {
+  byAddresses.clear();
+  const startedAt = performance.now();
+  for (let fd = 3, gap = 0; gap < GAP; fd++) {
+    const remote = addressOf("getpeername", fd);
+    if (remote === undefined) {
+      // Not a connected socket; a run of descriptors that do not exist ends the pass.
+      gap = libc().symbols.fcntl(fd, F_GETFD) === -1 ? gap + 1 : 0;
+      continue;
+    }
+    gap = 0;
+    const local = addressOf("getsockname", fd);
+    if (local === undefined) continue;
+    byAddresses.set(`${local.port} ${local.hostname}|${remote.port} ${remote.hostname}`, fd);
+  }
+  scanBudgetMs -= performance.now() - startedAt;
+}
+
+/** The descriptor of the TCP connection between `local` and `remote`, or -1. */
+export function descriptorOf(local: Deno.NetAddr, remote: Deno.NetAddr): number {
+  const key = keyOf(local, remote);
+  const known = byAddresses.get(key);
+  if (known !== undefined && holds(known, local, remote)) return known;
+  const now = performance.now();
+  scanBudgetMs = Math.min(SCAN_BUDGET_MAX_MS, scanBudgetMs + (now - budgetAt) * SCAN_SHARE);
+  budgetAt = now;
+  if (scanBudgetMs <= 0) return -1;
+  scan();
+  return byAddresses.get(key) ?? -1;
+}
+
+/**
+ * Makes Linux send a reset on `conn` now (see the module doc); Deno still
+ * closes it as usual. Returns false when its descriptor was not found.
+ */
+export function resetConnection(conn: Deno.Conn): boolean {
+  let local: Deno.NetAddr, remote: Deno.NetAddr;
+  try {
+    local = conn.localAddr as Deno.NetAddr;
+    remote = conn.remoteAddr as Deno.NetAddr;
+  } catch {
+    return false; // already closed
+  }
+  const fd = descriptorOf(local, remote);
+  if (fd < 0) return false;
+  byAddresses.delete(keyOf(local, remote));
+  return libc().symbols.connect(fd, pointersOf().unspecified, SOCKADDR_IN_BYTES) === 0;
 }

@@ -35,7 +35,7 @@ import { type LoadBalancerFlags, parseFlags, USAGE, UsageError } from "./flags.t
 import { type Config, ConfigError, socketsOverlap } from "./config.ts";
 import { createAdminHandler } from "./admin.ts";
 import { AdminServer } from "./admin_server.ts";
-import { canUseLibc, ignoreSigusr1, isSignalIgnored } from "./libc.ts";
+import { canUseLibc, ignoreSigusr1, isSignalIgnored, resetConnection } from "./libc.ts";
 import { VERSION } from "./version.ts";
 import { balancerOptions, resolveConfig, sourceOf, summarize } from "./setup.ts";
 import { AccessLog, accessLog, describe, logDiagnostic, logEvent, useAccessLog } from "./log.ts";
@@ -282,6 +282,11 @@ export interface LoadBalancerOptions {
   maxConnections?: number;
   /** Where clients wait while every usable backend is at its limit. */
   queue?: { max?: number; timeoutMs?: number };
+  /**
+   * Sends a reset on a socket (see libc.ts); with it, resets are passed on
+   * and the drain timeout resets what it cuts. @default {none: closes cleanly}
+   */
+  reset?: (conn: Deno.Conn) => boolean;
 }
 
 /** A client connection in progress, as the balancer tracks it for draining and timeouts. */
@@ -325,6 +330,7 @@ export class LoadBalancer {
   readonly #dial: Dialer;
   readonly #emit: (event: LoadBalancerEvent) => void;
   readonly #pools: { small: BufferPool; large: BufferPool };
+  readonly #reset: ((conn: Deno.Conn) => boolean) | undefined;
   // Set when the drain timeout runs out: every connection left is cut, and
   // none still connecting may start another attempt.
   #cutting = false;
@@ -358,6 +364,7 @@ export class LoadBalancer {
       }
     };
     this.#pools = options.pools ?? defaultPools;
+    this.#reset = options.reset;
     this.#now = options.now ?? (() => performance.now());
     this.#backends = [];
     this.#strategy = new RoundRobin();
@@ -691,6 +698,7 @@ export class LoadBalancer {
       const end = clientGone.signal.aborted ? "client-reset" : queueEnd ??
         (this.#cutting ? "drain-timeout" : tried.size === 0 ? "no-backend" : "connect-failed");
       early.stop();
+      if (end === "drain-timeout") this.#reset?.(client);
       closeQuietly(client);
       // A read under way settles once the socket is closed; then its buffer is free.
       await early.settle();
@@ -704,6 +712,7 @@ export class LoadBalancer {
       pools: this.#pools,
       now: this.#now,
       early,
+      reset: this.#reset,
     });
     connection.cut = () => bridge.cut();
     connection.bridge = bridge;
@@ -948,7 +957,13 @@ async function run(args: readonly string[], sigusr1Warning: string | undefined):
     options: ReturnType<typeof balancerOptions>,
   ) => {
     const name = config.listeners[index]!.name;
-    const balancer = new LoadBalancer({ ...options, name, listener, onEvent: logEvent });
+    const balancer = new LoadBalancer({
+      ...options,
+      name,
+      listener,
+      onEvent: logEvent,
+      ...(canUseLibc() ? { reset: resetConnection } : {}),
+    });
     running.set(config.listeners[index]!.listen, balancer);
     logDiagnostic(
       `listening on ${formatHostPort(balancer.addr)}; backends ${

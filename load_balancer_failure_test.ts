@@ -20,6 +20,7 @@ import {
   type TestServer,
   writeAll,
 } from "./test_util.ts";
+import { resetConnection } from "./libc.ts";
 
 /** Connects with node:net and resets (RST) as soon as `afterConnect` is done. */
 function resettingClient(
@@ -238,6 +239,64 @@ Deno.test("a client that resets while its backend is dialled: the dial is abando
   ]);
   assert.equal(received, 0, "the backend was sent nothing");
   assert.equal(lb.backends[0]!.connectFailures, 0, "the client's reset is not the backend's fault");
+});
+
+Deno.test({
+  name:
+    "with reset on (--allow-ffi), a backend's reset reaches the client as a reset, after its bytes",
+  ignore: Deno.build.os !== "linux",
+  fn: async () => {
+    const resetting = net.createServer((socket) => {
+      socket.on("error", () => {});
+      socket.once("data", () => socket.write("partial", () => socket.resetAndDestroy()));
+    });
+    await new Promise<void>((resolve) => resetting.listen(0, "127.0.0.1", resolve));
+    const port = (resetting.address() as net.AddressInfo).port;
+    const lb = startBalancer([{ hostname: "127.0.0.1", port }], { reset: resetConnection });
+    try {
+      const conn = await connectLoopback(lb.port);
+      await writeAll(conn, new TextEncoder().encode("go"));
+      const received: number[] = [];
+      const buffer = new Uint8Array(64);
+      const ending = await (async () => {
+        try {
+          for (let read; (read = await conn.read(buffer)) !== null;) {
+            received.push(...buffer.subarray(0, read));
+          }
+          return "clean end";
+        } catch (error) {
+          return error instanceof Deno.errors.ConnectionReset ? "reset" : String(error);
+        }
+      })();
+      conn.close();
+      assert.equal(new TextDecoder().decode(new Uint8Array(received)), "partial");
+      assert.equal(ending, "reset", "a cut-short answer must not look complete");
+    } finally {
+      await lb.close();
+      await new Promise((resolve) => resetting.close(resolve));
+    }
+    assert.deepEqual(accessRecords(lb.events).map((r) => r.end), ["server-reset"]);
+  },
+});
+
+Deno.test({
+  name: "with reset on, connections cut at the drain timeout are reset, not ended cleanly",
+  ignore: Deno.build.os !== "linux",
+  fn: async () => {
+    const echo = startEchoServer();
+    const lb = startBalancer([echo.address], { reset: resetConnection });
+    try {
+      const conn = await connectLoopback(lb.port);
+      await roundTrip(conn, "held open");
+      await lb.balancer.shutdown(0);
+      await assert.rejects(() => conn.read(new Uint8Array(16)), Deno.errors.ConnectionReset);
+      conn.close();
+    } finally {
+      await lb.close();
+      await echo.close();
+    }
+    assert.deepEqual(accessRecords(lb.events).map((r) => r.end), ["drain-timeout"]);
+  },
 });
 
 Deno.test("a backend reset mid-stream closes the client; others go on", async () => {

@@ -13,6 +13,7 @@ import {
   seededBytes,
   silentAddress,
   startBalancer,
+  startBalancerProcess,
   startEchoServer,
   startServer,
   startTaggedServer,
@@ -241,7 +242,6 @@ Deno.test("load balancer: source-hash keeps each client address on the backend M
 
 Deno.test("load_balancer.ts: weights and backups from the command line", async () => {
   const servers = ["1", "2", "3"].map(startTaggedServer);
-  const { startBalancerProcess } = await import("./test_util.ts");
   const lb = await startBalancerProcess([
     "--backend",
     `127.0.0.1:${servers[0]!.port},weight=2`,

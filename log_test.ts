@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { AccessLog, formatAccessJson, formatAccessLine, isoTime, LineWriter } from "./log.ts";
+import { exchange, startBalancerProcess, startEchoServer } from "./test_util.ts";
 
 const record = {
   time: new Date("2026-11-26T10:00:00.000Z"),
@@ -107,7 +108,6 @@ Deno.test("LineWriter keeps writing until the sink has taken every byte", () => 
 });
 
 Deno.test("load_balancer.ts --access-log FILE: JSON lines, reopened on SIGUSR2 after rotation", async () => {
-  const { startBalancerProcess, startEchoServer, exchange } = await import("./test_util.ts");
   const echo = startEchoServer();
   const dir = await Deno.makeTempDir();
   const path = `${dir}/access.log`;
