@@ -11,14 +11,20 @@
  */
 
 import { createHash, timingSafeEqual } from "node:crypto";
-import type { Backend, LoadBalancer } from "./load_balancer.ts";
+import { formatHostPort, parseHostPort } from "./address.ts";
+import { AdminServer } from "./admin_server.ts";
+import { describe, StartError } from "./errors.ts";
 import { type Family, type Labels, renderMetrics } from "./metrics.ts";
+import type { Backend, Pool } from "./pool.ts";
+import type { LoadBalancer } from "./proxy.ts";
 import { VERSION } from "./version.ts";
 
 /** What the admin API can see of a running balancer. */
 export interface AdminView {
-  /** The balancers running now, one per listener. */
-  balancers(): readonly LoadBalancer[];
+  /** The listeners running now. */
+  listeners(): readonly LoadBalancer[];
+  /** The pools of the configuration running now, each backend once. */
+  pools(): readonly Pool[];
   /** Reloads done, and reloads that failed and changed nothing. */
   readonly reloads: number;
   readonly reloadFailures: number;
@@ -28,11 +34,13 @@ const STATES = ["up", "down", "draining", "disabled"] as const;
 
 /** Every metric, rendered in the Prometheus text format. */
 export function metricsText(view: AdminView): string {
-  const balancers = view.balancers();
-  const perListener = balancers.map((b) => ({ listener: b.name, pool: b.pool }));
-  const perBackend = balancers.flatMap((b) =>
-    b.backends.map((backend) => ({
-      labels: { listener: b.name, pool: b.pool, backend: backend.name },
+  const balancers = view.listeners();
+  const pools = view.pools();
+  const perListener = balancers.map((b) => ({ listener: b.name, pool: b.pool.name }));
+  // A backend is counted once per pool, however many listeners use the pool.
+  const perBackend = pools.flatMap((pool) =>
+    pool.backends.map((backend) => ({
+      labels: { pool: pool.name, backend: backend.name },
       backend,
     }))
   );
@@ -102,7 +110,7 @@ export function metricsText(view: AdminView): string {
       name: "lb_queue_length",
       help: "Clients waiting for a backend with room.",
       type: "gauge",
-      samples: balancers.map((b, i) => [perListener[i]!, b.queueLength]),
+      samples: pools.map((pool) => [{ pool: pool.name }, pool.queue.length]),
     },
     {
       name: "lb_connection_duration_seconds",
@@ -203,7 +211,9 @@ export function createAdminHandler(
       }
       return json(
         200,
-        view.balancers().flatMap((b) => b.backends.map((backend) => backendJson(b.pool, backend))),
+        view.pools().flatMap((pool) =>
+          pool.backends.map((backend) => backendJson(pool.name, backend))
+        ),
       );
     }
     const isAction = parts[0] === "api" && parts[1] === "backends" && parts.length === 5 &&
@@ -276,8 +286,8 @@ function mutate(
     });
   }
   const action = parts[4]! as typeof ACTIONS[number];
-  const targets = view.balancers().filter((b) => b.pool === pool).flatMap((b) =>
-    b.backends.filter((backend) => backend.name === address)
+  const targets = view.pools().filter((p) => p.name === pool).flatMap((p) =>
+    p.backends.filter((backend) => backend.name === address)
   );
   if (targets.length === 0) {
     return json(404, {
@@ -319,4 +329,23 @@ function mutate(
     );
     return done();
   });
+}
+
+/**
+ * Binds the admin API's address and serves it. @throws {StartError} when the
+ * address cannot be bound.
+ */
+export function startAdmin(listen: string, options: AdminOptions): AdminServer {
+  let listener: Deno.TcpListener;
+  try {
+    listener = Deno.listen(parseHostPort(listen, { allowPortZero: true }));
+  } catch (error) {
+    throw new StartError(`admin ${listen}: ${describe(error)}`);
+  }
+  return new AdminServer({ listener, handler: createAdminHandler(options) });
+}
+
+/** Where an admin server listens, as a URL. */
+export function adminUrl(server: AdminServer): string {
+  return `http://${formatHostPort(server.addr)}`;
 }

@@ -22,6 +22,9 @@
  */
 
 import { formatHostPort } from "./address.ts";
+import { type Clock, realClock, sleep } from "./clock.ts";
+import { closeQuietly } from "./errors.ts";
+import { writeAll } from "./io.ts";
 
 /** Answers one request; `peer` is the client's `HOST:PORT`. */
 export type AdminHandler = (request: Request, peer: string) => Response | Promise<Response>;
@@ -44,6 +47,8 @@ export interface AdminServerOptions {
   maxHeaderBytes?: number;
   /** Largest request body, in bytes. @default {65536} */
   maxBodyBytes?: number;
+  /** The clock the deadlines run on. @default {realClock} */
+  clock?: Clock;
 }
 
 const REASONS: Record<number, string> = {
@@ -81,6 +86,7 @@ export class AdminServer {
   readonly #writeTimeoutMs: number;
   readonly #maxHeaderBytes: number;
   readonly #maxBodyBytes: number;
+  readonly #clock: Clock;
   readonly #connections = new Map<Deno.TcpConn, Promise<void>>();
   readonly #accepting: Promise<void>;
 
@@ -93,6 +99,7 @@ export class AdminServer {
     this.#writeTimeoutMs = options.writeTimeoutMs ?? 10_000;
     this.#maxHeaderBytes = options.maxHeaderBytes ?? 16_384;
     this.#maxBodyBytes = options.maxBodyBytes ?? 65_536;
+    this.#clock = options.clock ?? realClock;
     this.#accepting = this.#acceptLoop();
   }
 
@@ -122,7 +129,7 @@ export class AdminServer {
       } catch (error) {
         if (error instanceof Deno.errors.BadResource) return; // closed
         // A client gone before accept, or no descriptor: try again shortly.
-        await new Promise((resolve) => setTimeout(resolve, 10));
+        await sleep(this.#clock, 10);
         continue;
       }
       if (this.#connections.size >= this.#maxConnections) {
@@ -149,10 +156,10 @@ export class AdminServer {
   async #serve(conn: Deno.TcpConn): Promise<void> {
     // One deadline at a time; when it passes, the connection is closed and
     // whatever read or write is pending fails.
-    let timer: ReturnType<typeof setTimeout> | undefined;
+    let timer: number | undefined;
     const deadline = (ms: number) => {
-      clearTimeout(timer);
-      timer = setTimeout(() => closeQuietly(conn), ms);
+      this.#clock.clearTimer(timer);
+      timer = this.#clock.setTimer(() => closeQuietly(conn), ms);
     };
     let peer = "-";
     try {
@@ -178,7 +185,7 @@ export class AdminServer {
     } catch {
       // The client went away, or a deadline closed the connection.
     } finally {
-      clearTimeout(timer);
+      this.#clock.clearTimer(timer);
       closeQuietly(conn);
     }
   }
@@ -270,11 +277,6 @@ async function writeResponse(conn: Deno.Conn, method: string, response: Response
   await writeAll(conn, method === "HEAD" ? head : concat(head, body));
 }
 
-async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
-  let written = 0;
-  while (written < bytes.length) written += await conn.write(bytes.subarray(written));
-}
-
 function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
   const joined = new Uint8Array(a.length + b.length);
   joined.set(a);
@@ -290,12 +292,4 @@ function indexOf(haystack: Uint8Array, needle: Uint8Array): number {
     return i;
   }
   return -1;
-}
-
-function closeQuietly(closable: { close(): void }): void {
-  try {
-    closable.close();
-  } catch {
-    // Already closed.
-  }
 }

@@ -157,7 +157,7 @@ Deno.test("admin over the server: 'bearer' in any case, audit lines with the pee
   const lb = startBalancer([one.address]);
   const audit: string[] = [];
   const handler = createAdminHandler({
-    view: { balancers: () => [lb.balancer], reloads: 0, reloadFailures: 0 },
+    view: { listeners: () => [lb.balancer], pools: () => [lb.pool], reloads: 0, reloadFailures: 0 },
     token: "t0k3n",
     audit: (line) => audit.push(line),
   });
@@ -212,7 +212,7 @@ Deno.test("admin: a bad weight body is named, cut short, never echoed whole", as
   const one = startTaggedServer("1");
   const lb = startBalancer([one.address]);
   const handler = createAdminHandler({
-    view: { balancers: () => [lb.balancer], reloads: 0, reloadFailures: 0 },
+    view: { listeners: () => [lb.balancer], pools: () => [lb.pool], reloads: 0, reloadFailures: 0 },
     token: "t",
   });
   try {
@@ -242,7 +242,7 @@ Deno.test("admin: a bad weight body is named, cut short, never echoed whole", as
 Deno.test("POST /api/logs/reopen reopens the access log, with the token", async () => {
   let reopened = 0;
   const handler = createAdminHandler({
-    view: { balancers: () => [], reloads: 0, reloadFailures: 0 },
+    view: { listeners: () => [], pools: () => [], reloads: 0, reloadFailures: 0 },
     token: "t",
     reopenLogs: () => (reopened++, "/var/log/lb/access.log"),
   });

@@ -30,35 +30,16 @@
  */
 
 import { type BufferPool, defaultPools } from "./buffers.ts";
+import { type Clock, realClock } from "./clock.ts";
+import type { Joined, JoinResult } from "./engine.ts";
+import { closeQuietly } from "./errors.ts";
+import type { JoinEnd } from "./events.ts";
 
-/** How a bridged connection ended, from the balancer's point of view.
- *
- * - `client-fin` / `server-fin`: both directions finished cleanly; the named
- *   side was the first to end its stream.
- * - `client-reset` / `server-reset`: the named side failed (reset, broken
- *   pipe, …); this wins over a clean end on the other side.
- * - `aborted`: the caller's signal cut the connection (drain timeout, …).
- * - `idle-timeout` / `half-closed-timeout`: the caller cut it for being
- *   quiet, or half-closed, too long (see {@linkcode Bridge.cut}).
- */
-export type BridgeEnd =
-  | "client-fin"
-  | "server-fin"
-  | "client-reset"
-  | "server-reset"
-  | "aborted"
-  | "idle-timeout"
-  | "half-closed-timeout";
+/** How a bridged connection ended (see events.ts). */
+export type BridgeEnd = JoinEnd;
 
 /** What {@linkcode bridge} resolves with once both sockets are closed. */
-export interface BridgeResult {
-  /** Bytes read from the client and written to the server. */
-  readonly bytesFromClient: number;
-  /** Bytes read from the server and written to the client. */
-  readonly bytesFromServer: number;
-  /** How it ended. */
-  readonly end: BridgeEnd;
-}
+export type BridgeResult = JoinResult;
 
 /** Options for {@linkcode bridge} and {@linkcode Bridge}. */
 export interface BridgeOptions {
@@ -66,8 +47,8 @@ export interface BridgeOptions {
   signal?: AbortSignal;
   /** Where read buffers come from. @default {defaultPools} */
   pools?: { small: BufferPool; large: BufferPool };
-  /** The clock {@linkcode Bridge.halfClosedAt} is read from. @default {performance.now} */
-  now?: () => number;
+  /** The clock {@linkcode Bridge.halfClosedAt} is read from. @default {realClock} */
+  clock?: Clock;
   /**
    * Sends a reset (RST) on a socket before it is closed; returns false when
    * it cannot. With it, a reset on one side is passed on to the other, and a
@@ -156,7 +137,7 @@ type Side = "client" | "server";
  * both directions have ended and both sockets are closed; it never rejects,
  * every failure is reported as the result's `end`.
  */
-export class Bridge {
+export class Bridge implements Joined {
   /** How the connection ended, once it has. */
   readonly result: Promise<BridgeResult>;
   readonly #client: Deno.Conn;
@@ -167,7 +148,7 @@ export class Bridge {
   activity = 0;
   /** When the first side ended its stream (by the clock given); undefined before. */
   halfClosedAt: number | undefined;
-  readonly #now: () => number;
+  readonly #clock: Clock;
   #failure: BridgeEnd | undefined;
   #early: EarlyReader | undefined;
   readonly #reset: ((conn: Deno.Conn) => boolean) | undefined;
@@ -180,7 +161,7 @@ export class Bridge {
     this.#client = client;
     this.#server = server;
     this.#pools = options.pools ?? defaultPools;
-    this.#now = options.now ?? (() => performance.now());
+    this.#clock = options.clock ?? realClock;
     this.#early = options.early;
     this.#reset = options.reset;
     this.result = this.#run(options.signal);
@@ -271,7 +252,7 @@ export class Bridge {
         }
         if (read === null) {
           this.#firstFin ??= `${from}-fin`;
-          this.halfClosedAt ??= this.#now();
+          this.halfClosedAt ??= this.#clock.now();
           if (--this.#open > 0) {
             try {
               await dst.closeWrite();
@@ -319,12 +300,4 @@ export function bridge(
   options: BridgeOptions = {},
 ): Promise<BridgeResult> {
   return new Bridge(client, server, options).result;
-}
-
-function closeQuietly(conn: Deno.Conn): void {
-  try {
-    conn.close();
-  } catch {
-    // Already closed: nothing left to release.
-  }
 }

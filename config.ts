@@ -14,6 +14,7 @@ import { parse as parseYaml } from "yaml";
 import { z } from "zod";
 import { formatHostPort, type HostPort, parseHostPort } from "./address.ts";
 import { STRATEGY_NAMES } from "./balancer.ts";
+import { type Clock, realClock } from "./clock.ts";
 
 const MAX_MS = 2_147_483_647;
 
@@ -382,4 +383,27 @@ export async function readConfigFile(path: string): Promise<unknown> {
 /** The JSON Schema of the file, for editors (`deno task schema`). */
 export function jsonSchema(): Record<string, unknown> {
   return z.toJSONSchema(configSchema, { io: "input" }) as Record<string, unknown>;
+}
+
+/**
+ * Calls `onChange` when the file at `path` changes, at most once per 100 ms
+ * burst of events (`--watch`); `onStop` if watching fails. Watches the folder:
+ * editors often replace the file rather than write it.
+ */
+export function watchConfig(
+  path: string,
+  onChange: (why: string) => void,
+  onStop: (error: unknown) => void,
+  clock: Clock = realClock,
+): void {
+  let timer: number | undefined;
+  (async () => {
+    const folder = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) || "/" : ".";
+    const name = path.slice(path.lastIndexOf("/") + 1);
+    for await (const event of Deno.watchFs(folder, { recursive: false })) {
+      if (!event.paths.some((changed) => changed.endsWith(`/${name}`))) continue;
+      clock.clearTimer(timer);
+      timer = clock.setTimer(() => onChange("file changed"), 100);
+    }
+  })().catch(onStop);
 }

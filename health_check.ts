@@ -8,17 +8,10 @@
  */
 
 import type { HostPort } from "./address.ts";
+import { type Clock, realClock } from "./clock.ts";
+import { closeQuietly, describe, isOutOfDescriptors } from "./errors.ts";
 import { type Health, nextCheckIn } from "./health.ts";
-import { describe } from "./log.ts";
-
-/**
- * EMFILE or ENFILE: this process (or the system) has no descriptor to spare.
- * That is our shortage, not a verdict on the backend we were about to try.
- */
-export function isOutOfDescriptors(error: unknown): boolean {
-  const code = (error as { code?: unknown } | undefined)?.code;
-  return code === "EMFILE" || code === "ENFILE";
-}
+import { writeAll } from "./io.ts";
 
 /**
  * Probes one address; resolves with undefined when healthy, or why not.
@@ -36,26 +29,14 @@ export interface Checkable {
   recordCheck(ok: boolean, reason?: string, durationMs?: number): void;
 }
 
-/** Timers, injected so tests can run the loop step by step. */
-export interface Timers {
-  set(callback: () => void, ms: number): number;
-  clear(id: number): void;
-}
-
-const realTimers: Timers = {
-  set: (callback, ms) => setTimeout(callback, ms) as unknown as number,
-  clear: (id) => clearTimeout(id),
-};
-
 /** Options for {@linkcode HealthChecker}. */
 export interface HealthCheckerOptions {
   backends: readonly Checkable[];
   probe: Probe;
   /** Time between checks of a healthy backend. @default {2000} */
   intervalMs?: number;
-  /** The clock the health rules use. @default {performance.now} */
-  now?: () => number;
-  timers?: Timers;
+  /** The clock checks are scheduled and timed on. @default {realClock} */
+  clock?: Clock;
 }
 
 /** Probes every backend on its own schedule until stopped. */
@@ -63,8 +44,7 @@ export class HealthChecker {
   readonly #backends: readonly Checkable[];
   readonly #probe: Probe;
   readonly #intervalMs: number;
-  readonly #now: () => number;
-  readonly #timers: Timers;
+  readonly #clock: Clock;
   readonly #pending = new Map<Checkable, number>();
   readonly #running = new Set<Promise<void>>();
   #stopped = false;
@@ -73,8 +53,7 @@ export class HealthChecker {
     this.#backends = options.backends;
     this.#probe = options.probe;
     this.#intervalMs = options.intervalMs ?? 2000;
-    this.#now = options.now ?? (() => performance.now());
-    this.#timers = options.timers ?? realTimers;
+    this.#clock = options.clock ?? realClock;
   }
 
   /** Checks every backend now, then on its schedule. */
@@ -85,19 +64,23 @@ export class HealthChecker {
   /** Stops scheduling and waits for probes in progress to finish. */
   async stop(): Promise<void> {
     this.#stopped = true;
-    for (const id of this.#pending.values()) this.#timers.clear(id);
+    for (const id of this.#pending.values()) this.#clock.clearTimer(id);
     this.#pending.clear();
     await Promise.all(this.#running);
   }
 
   #schedule(backend: Checkable, ms: number): void {
     if (this.#stopped) return;
-    const id = this.#timers.set(() => {
-      this.#pending.delete(backend);
-      const run = this.#check(backend);
-      this.#running.add(run);
-      run.finally(() => this.#running.delete(run));
-    }, ms);
+    const id = this.#clock.setTimer(
+      () => {
+        this.#pending.delete(backend);
+        const run = this.#check(backend);
+        this.#running.add(run);
+        run.finally(() => this.#running.delete(run));
+      },
+      ms,
+      { unref: true },
+    );
     this.#pending.set(backend, id);
   }
 
@@ -107,7 +90,7 @@ export class HealthChecker {
       return;
     }
     let reason: string | undefined;
-    const started = performance.now();
+    const started = this.#clock.now();
     try {
       reason = await this.#probe(backend.address);
     } catch (error) {
@@ -119,8 +102,8 @@ export class HealthChecker {
       reason = describe(error);
     }
     if (this.#stopped) return;
-    backend.recordCheck(reason === undefined, reason, performance.now() - started);
-    this.#schedule(backend, nextCheckIn(backend.health, this.#now(), this.#intervalMs));
+    backend.recordCheck(reason === undefined, reason, this.#clock.now() - started);
+    this.#schedule(backend, nextCheckIn(backend.health, this.#clock.now(), this.#intervalMs));
   }
 }
 
@@ -137,8 +120,7 @@ export function tcpProbe(timeoutMs: number): Probe {
 export function sendExpectProbe(send: Uint8Array, expect: Uint8Array, timeoutMs: number): Probe {
   return (address) =>
     withConnection(address, timeoutMs, async (conn) => {
-      let written = 0;
-      while (written < send.length) written += await conn.write(send.subarray(written));
+      await writeAll(conn, send);
       const reply = new Uint8Array(expect.length);
       let got = 0;
       while (got < expect.length) {
@@ -163,11 +145,7 @@ async function withConnection(
   const timer = setTimeout(() => {
     timedOut = true;
     abort.abort();
-    try {
-      conn?.close();
-    } catch {
-      // Closed already.
-    }
+    closeQuietly(conn);
   }, timeoutMs);
   try {
     conn = await Deno.connect({ ...address, signal: abort.signal });
@@ -177,11 +155,7 @@ async function withConnection(
     return timedOut ? `no answer in ${timeoutMs} ms` : describe(error);
   } finally {
     clearTimeout(timer);
-    try {
-      conn?.close();
-    } catch {
-      // Closed by the timeout.
-    }
+    closeQuietly(conn); // unless the timeout already did
   }
 }
 

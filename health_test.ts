@@ -16,9 +16,8 @@ import {
   HealthChecker,
   sendExpectProbe,
   tcpProbe,
-  type Timers,
 } from "./health_check.ts";
-import { refusingAddress, silentAddress, startServer, writeAll } from "./test_util.ts";
+import { FakeClock, refusingAddress, silentAddress, startServer, writeAll } from "./test_util.ts";
 
 const settings = { ...DEFAULT_HEALTH, rise: 2, fall: 3, backoffBaseMs: 1000, backoffMaxMs: 5000 };
 
@@ -116,37 +115,8 @@ Deno.test("slow start ramps the weight from a twentieth to all of it, then stays
   assert.equal(effectiveWeight(10, INITIAL_HEALTH, 0, 10000), 10); // at start: full weight
 });
 
-/** Timers the test fires by hand, in order of due time. */
-function fakeTimers() {
-  let now = 0;
-  let nextId = 1;
-  const due = new Map<number, { at: number; callback: () => void }>();
-  const timers: Timers = {
-    set(callback, ms) {
-      due.set(nextId, { at: now + ms, callback });
-      return nextId++;
-    },
-    clear(id) {
-      due.delete(id);
-    },
-  };
-  return {
-    timers,
-    now: () => now,
-    /** Moves the clock to the next timer and fires it. */
-    async step() {
-      const [id, next] = [...due.entries()].sort((a, b) => a[1].at - b[1].at)[0]!;
-      due.delete(id);
-      now = next.at;
-      next.callback();
-      await new Promise((resolve) => setTimeout(resolve, 0));
-    },
-    pending: () => [...due.values()].map((d) => d.at),
-  };
-}
-
 Deno.test("HealthChecker probes at once, then every interval, and backs off while down", async () => {
-  const fake = fakeTimers();
+  const fake = new FakeClock();
   const results = [true, false, false, false, false, true, true];
   const probed: number[] = [];
   const changes: string[] = [];
@@ -166,21 +136,20 @@ Deno.test("HealthChecker probes at once, then every interval, and backs off whil
       return Promise.resolve(results.shift() ? undefined : "refused");
     },
     intervalMs: 100,
-    now: fake.now,
-    timers: fake.timers,
+    clock: fake,
   });
   checker.start();
-  for (let i = 0; i < 7; i++) await fake.step();
+  for (let i = 0; i < 7; i++) await fake.next();
   // ok@0, fail@100, fail@200, fail@300 → down (backoff 1000); fail@1300 → backoff 2000;
   // ok@3300 (rising: next at the interval), ok@3400 → up.
   assert.deepEqual(probed, [0, 100, 200, 300, 1300, 3300, 3400]);
   assert.deepEqual(changes, ["down@300", "up@3400"]);
   await checker.stop();
-  assert.deepEqual(fake.pending(), []);
+  assert.equal(fake.pending, 0);
 });
 
 Deno.test("HealthChecker records nothing when a probe finds no descriptor, and looks again", async () => {
-  const fake = fakeTimers();
+  const fake = new FakeClock();
   const recorded: boolean[] = [];
   const backend: Checkable = {
     address: { hostname: "127.0.0.1", port: 1 },
@@ -199,11 +168,10 @@ Deno.test("HealthChecker records nothing when a probe finds no descriptor, and l
       );
     },
     intervalMs: 100,
-    now: fake.now,
-    timers: fake.timers,
+    clock: fake,
   });
   checker.start();
-  for (let i = 0; i < 5; i++) await fake.step();
+  for (let i = 0; i < 5; i++) await fake.next();
   // Four shortages (more than `fall`) recorded nothing; the fifth probe's verdict is the first.
   assert.deepEqual(probed, [0, 100, 200, 300, 400]);
   assert.deepEqual(recorded, [true]);

@@ -6,7 +6,7 @@
 
 import assert from "node:assert/strict";
 import net from "node:net";
-import type { Dialer } from "./load_balancer.ts";
+import type { Dialer } from "./engine_deno.ts";
 import {
   accessRecords,
   connectLoopback,

@@ -1,12 +1,10 @@
 /** Health end to end on loopback: a backend killed mid-run, then restarted. */
 
 import assert from "node:assert/strict";
-import { serveBackend } from "./backend.ts";
+import { serveBackend } from "./lab.ts";
 import { tcpProbe } from "./health_check.ts";
-import type { LoadBalancerEvent } from "./load_balancer.ts";
-import { exchange, startBalancer, startTaggedServer } from "./test_util.ts";
-
-const serverOf = (answer: string) => /^\[Server ([^\]]+)\]/.exec(answer)?.[1] ?? answer;
+import type { LoadBalancerEvent } from "./events.ts";
+import { exchange, serverOf, startBalancer, startTaggedServer } from "./test_util.ts";
 
 /** Resolves when the balancer reports `backend` going to `to`. */
 function stateChange(events: LoadBalancerEvent[], backend: string, to: "up" | "down") {

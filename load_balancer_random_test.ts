@@ -11,7 +11,7 @@
 
 import assert from "node:assert/strict";
 import net from "node:net";
-import type { AccessRecord } from "./load_balancer.ts";
+import type { AccessRecord } from "./events.ts";
 import {
   accessRecords,
   readAll,

@@ -1,16 +1,19 @@
 import assert from "node:assert/strict";
 import { createStrategy, SourceHash } from "./balancer.ts";
-import type { Backend, Dialer } from "./load_balancer.ts";
+import type { Dialer } from "./engine_deno.ts";
+import type { Backend } from "./pool.ts";
 import {
   accessRecords,
   connectLoopback,
   exchange,
   exchangeFrom,
+  FakeClock,
   listenLoopback,
   readAll,
   refusingAddress,
   runScript,
   seededBytes,
+  serverOf,
   silentAddress,
   startBalancer,
   startBalancerProcess,
@@ -21,9 +24,6 @@ import {
 } from "./test_util.ts";
 
 /** Which server answered: "1" for "[Server 1] …". */
-function serverOf(answer: string): string {
-  return /^\[Server ([^\]]+)\]/.exec(answer)?.[1] ?? `no tag in ${JSON.stringify(answer)}`;
-}
 
 Deno.test("load balancer: round robin is exact, s1 s2 s3 s1 s2 s3 s1", async () => {
   const servers = ["1", "2", "3"].map(startTaggedServer);
@@ -102,8 +102,8 @@ Deno.test("load balancer: a backend that speaks first reaches a client that has 
 Deno.test("load balancer: a refusing backend is skipped, taken down, and used again once it is back", async () => {
   const down = refusingAddress();
   const up = startTaggedServer("up");
-  let clock = 0;
-  const lb = startBalancer([down, up.address], { now: () => clock });
+  const clock = new FakeClock();
+  const lb = startBalancer([down, up.address], { clock });
   let back;
   try {
     const answers = [];
@@ -122,9 +122,9 @@ Deno.test("load balancer: a refusing backend is skipped, taken down, and used ag
 
     // It comes back. Once its backoff (1 s) has passed, one client tries it and brings it up.
     back = Deno.listen({ hostname: "127.0.0.1", port: down.port });
-    const { serveBackend } = await import("./backend.ts");
+    const { serveBackend } = await import("./lab.ts");
     const serving = serveBackend(back, "back");
-    clock += 1001;
+    await clock.tick(1001);
     const later = [];
     for (let i = 0; i < 4; i++) later.push(serverOf(await exchange(lb.port, "x\n")));
     assert.deepEqual(later.toSorted(), ["back", "back", "up", "up"]);

@@ -6,7 +6,8 @@
  * @module
  */
 
-import type { AccessRecord, LoadBalancerEvent } from "./load_balancer.ts";
+import { type Clock, realClock } from "./clock.ts";
+import type { AccessRecord, LoadBalancerEvent } from "./events.ts";
 
 /** The two access log formats. */
 export type LogFormat = "text" | "json";
@@ -76,17 +77,19 @@ export class LineWriter {
   readonly #flushAfterMs: number;
   readonly #maxBytes: number;
   readonly #encoder = new TextEncoder();
+  readonly #clock: Clock;
   #lines: string[] = [];
   #length = 0;
-  #timer: ReturnType<typeof setTimeout> | undefined;
+  #timer: number | undefined;
 
   constructor(
     write: (bytes: Uint8Array) => number,
-    options: { flushAfterMs?: number; maxBytes?: number } = {},
+    options: { flushAfterMs?: number; maxBytes?: number; clock?: Clock } = {},
   ) {
     this.#write = write;
     this.#flushAfterMs = options.flushAfterMs ?? 100;
     this.#maxBytes = options.maxBytes ?? 4096;
+    this.#clock = options.clock ?? realClock;
   }
 
   /** Queues one line (without its newline). */
@@ -96,15 +99,14 @@ export class LineWriter {
     if (this.#length >= this.#maxBytes) {
       this.flush();
     } else if (this.#timer === undefined) {
-      this.#timer = setTimeout(() => this.flush(), this.#flushAfterMs);
       // A pending flush must not keep a finished process alive.
-      Deno.unrefTimer(this.#timer as unknown as number);
+      this.#timer = this.#clock.setTimer(() => this.flush(), this.#flushAfterMs, { unref: true });
     }
   }
 
   /** Writes everything queued, now. */
   flush(): void {
-    clearTimeout(this.#timer);
+    this.#clock.clearTimer(this.#timer);
     this.#timer = undefined;
     let chunk = "";
     for (const line of this.#lines) {
@@ -178,14 +180,6 @@ export class AccessLog {
   }
 }
 
-/** The access log `logEvent` writes to; the CLI sets it up from its flags. */
-export let accessLog = new AccessLog({ format: "text" });
-
-/** Replaces the access log (the CLI does, once its flags are read). */
-export function useAccessLog(log: AccessLog): void {
-  accessLog = log;
-}
-
 /** Writes one diagnostic line to stderr. A stderr nobody reads any more
  * (a supervisor that died) must not stop the balancer, so failures are dropped. */
 export function logDiagnostic(message: string): void {
@@ -196,8 +190,15 @@ export function logDiagnostic(message: string): void {
   }
 }
 
-/** Writes each event where it belongs: access lines to stdout, the rest to stderr. */
-export function logEvent(event: LoadBalancerEvent): void {
+/**
+ * The event sink the entry point hands to listeners and pools: access lines
+ * to `accessLog`, the rest to stderr.
+ */
+export function eventLogger(accessLog: AccessLog): (event: LoadBalancerEvent) => void {
+  return (event) => logEvent(event, accessLog);
+}
+
+function logEvent(event: LoadBalancerEvent, accessLog: AccessLog): void {
   switch (event.type) {
     case "connection":
       accessLog.write(event.record);
@@ -231,14 +232,4 @@ export function logEvent(event: LoadBalancerEvent): void {
       );
       break;
   }
-}
-
-/** A one-line description of an error: its kind and message. */
-export function describe(error: unknown): string {
-  if (error instanceof Error) {
-    const code = (error as { code?: unknown }).code;
-    const kind = typeof code === "string" ? code : error.name;
-    return `${kind}: ${error.message}`;
-  }
-  return String(error);
 }

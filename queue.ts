@@ -5,6 +5,8 @@
  * @module
  */
 
+import { type Clock, realClock } from "./clock.ts";
+
 /** Why a wait ended. */
 export type WaitOutcome = "slot" | "timeout" | "full" | "cut";
 
@@ -18,6 +20,8 @@ export interface WaitQueueOptions {
   max?: number;
   /** Longest a client waits for a slot. @default {5000} */
   timeoutMs?: number;
+  /** The clock the timeout runs on. @default {realClock} */
+  clock?: Clock;
 }
 
 /** A bounded FIFO of clients waiting for a backend to have room. */
@@ -25,10 +29,12 @@ export class WaitQueue {
   readonly #waiters: Waiter[] = [];
   readonly #max: number;
   readonly #timeoutMs: number;
+  readonly #clock: Clock;
 
   constructor(options: WaitQueueOptions = {}) {
     this.#max = options.max ?? 1000;
     this.#timeoutMs = options.timeoutMs ?? 5000;
+    this.#clock = options.clock ?? realClock;
   }
 
   /** Clients waiting now. */
@@ -48,14 +54,14 @@ export class WaitQueue {
       const onAbort = () => waiter.settle("cut");
       const waiter: Waiter = {
         settle: (outcome) => {
-          clearTimeout(timer);
+          this.#clock.clearTimer(timer);
           signal?.removeEventListener("abort", onAbort);
           const index = this.#waiters.indexOf(waiter);
           if (index >= 0) this.#waiters.splice(index, 1);
           resolve(outcome);
         },
       };
-      const timer = setTimeout(() => waiter.settle("timeout"), this.#timeoutMs);
+      const timer = this.#clock.setTimer(() => waiter.settle("timeout"), this.#timeoutMs);
       signal?.addEventListener("abort", onAbort, { once: true });
       this.#waiters.push(waiter);
     });

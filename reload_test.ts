@@ -6,13 +6,13 @@ import {
   exchange,
   listenLoopback,
   readAll,
+  serverOf,
   startBalancerProcess,
   startTaggedServer,
   writeAll,
 } from "./test_util.ts";
 
 const PERMISSIONS = ["--allow-net", "--allow-read", "--allow-env=LOG_TOKENS,LOG_STREAM"];
-const serverOf = (answer: string) => /^\[Server ([^\]]+)\]/.exec(answer)?.[1] ?? answer;
 
 function freePort(): number {
   const listener = listenLoopback();

@@ -25,7 +25,11 @@
  */
 
 import { formatHostPort, type HostPort } from "./address.ts";
-import { describe, logDiagnostic } from "./log.ts";
+import { type Clock, nextBackoff, realClock } from "./clock.ts";
+import { describe } from "./errors.ts";
+import { READY, readyAddress } from "./events.ts";
+import { eachLine } from "./io.ts";
+import { logDiagnostic } from "./log.ts";
 
 /** What the supervisor needs to know. */
 export interface SupervisorOptions {
@@ -39,6 +43,8 @@ export interface SupervisorOptions {
   mainModule?: string;
   /** Permissions workers need beyond --allow-net (reading a config file, …). */
   permissions?: string[];
+  /** The clock restarts are timed on. @default {realClock} */
+  clock?: Clock;
 }
 
 // A worker that dies sooner than this after its start counts as dying young.
@@ -54,7 +60,7 @@ interface Slot {
   child?: Deno.ChildProcess;
   startedAt: number;
   backoffMs: number;
-  restartTimer?: ReturnType<typeof setTimeout>;
+  restartTimer?: number;
 }
 
 /** Runs the supervisor until its workers have all exited; resolves with the exit code. */
@@ -78,6 +84,7 @@ export async function supervise(options: SupervisorOptions): Promise<number> {
   }
   const listen = formatHostPort({ hostname: options.listen.hostname, port });
   const mainModule = options.mainModule ?? Deno.mainModule;
+  const clock = options.clock ?? realClock;
   const workerArgs = [...options.args, "--listen", listen, "--as-worker"];
 
   const slots: Slot[] = Array.from({ length: options.workers }, (_, i) => ({
@@ -87,6 +94,7 @@ export async function supervise(options: SupervisorOptions): Promise<number> {
   }));
   let stopping = false;
   let fatal = false;
+  let forced = false;
   let signals = 0;
   let listening = 0;
   const exited = Promise.withResolvers<void>();
@@ -94,7 +102,7 @@ export async function supervise(options: SupervisorOptions): Promise<number> {
 
   const start = (slot: Slot) => {
     slot.restartTimer = undefined;
-    slot.startedAt = Date.now();
+    slot.startedAt = clock.now();
     const child = new Deno.Command(Deno.execPath(), {
       args: [
         "run",
@@ -110,8 +118,8 @@ export async function supervise(options: SupervisorOptions): Promise<number> {
     }).spawn();
     slot.child = child;
     relay(child.stderr, slot.id, (line) => {
-      if (line.includes(" listening on ") && ++listening === options.workers) {
-        logDiagnostic(`listening on ${listen} with ${options.workers} workers`);
+      if (readyAddress(line) !== undefined && ++listening === options.workers) {
+        logDiagnostic(`${READY}${listen} with ${options.workers} workers`);
       }
     });
     child.status.then((status) => {
@@ -128,14 +136,14 @@ export async function supervise(options: SupervisorOptions): Promise<number> {
         if (running() === 0) exited.resolve();
         return;
       }
-      const diedYoung = Date.now() - slot.startedAt < HEALTHY_AFTER_MS;
+      const diedYoung = clock.now() - slot.startedAt < HEALTHY_AFTER_MS;
       slot.backoffMs = diedYoung
-        ? Math.min(slot.backoffMs === 0 ? RESTART_FIRST_MS : slot.backoffMs * 2, RESTART_MAX_MS)
+        ? nextBackoff(slot.backoffMs, RESTART_FIRST_MS, RESTART_MAX_MS)
         : RESTART_FIRST_MS;
       logDiagnostic(
         `worker ${slot.id} (pid ${child.pid}) exited with ${how}; restarting in ${slot.backoffMs} ms`,
       );
-      slot.restartTimer = setTimeout(() => start(slot), slot.backoffMs);
+      slot.restartTimer = clock.setTimer(() => start(slot), slot.backoffMs);
     });
   };
 
@@ -143,7 +151,7 @@ export async function supervise(options: SupervisorOptions): Promise<number> {
     signals++;
     stopping = true;
     for (const slot of slots) {
-      clearTimeout(slot.restartTimer);
+      clock.clearTimer(slot.restartTimer);
       slot.restartTimer = undefined;
       try {
         slot.child?.kill(signal);
@@ -153,7 +161,9 @@ export async function supervise(options: SupervisorOptions): Promise<number> {
     }
     if (signals > 1) {
       logDiagnostic(`${signal} again: exiting now`);
-      Deno.exit(1);
+      forced = true;
+      exited.resolve();
+      return;
     }
     logDiagnostic(`${signal}: passed to ${running()} worker(s); waiting for them`);
     if (running() === 0) exited.resolve();
@@ -177,6 +187,7 @@ export async function supervise(options: SupervisorOptions): Promise<number> {
 
   for (const slot of slots) start(slot);
   await exited.promise;
+  if (forced) return 1;
   if (fatal) return EXIT_USAGE;
   logDiagnostic("all workers have exited");
   return 0;
@@ -188,18 +199,12 @@ async function relay(
   id: number,
   onLine: (line: string) => void,
 ): Promise<void> {
-  let partial = "";
   try {
-    for await (const text of stream.pipeThrough(new TextDecoderStream())) {
-      const lines = (partial + text).split("\n");
-      partial = lines.pop()!;
-      for (const line of lines) {
-        console.error(`[worker ${id}] ${line}`);
-        onLine(line);
-      }
-    }
+    await eachLine(stream, (line) => {
+      console.error(`[worker ${id}] ${line}`);
+      onLine(line);
+    });
   } catch {
     // The worker is gone; its last words were relayed.
   }
-  if (partial) console.error(`[worker ${id}] ${partial}`);
 }

@@ -9,14 +9,96 @@
 import net from "node:net";
 import { Buffer } from "node:buffer";
 import { type HostPort } from "./address.ts";
-import { serveBackend } from "./backend.ts";
-import {
-  type Backend,
-  backendOf,
-  LoadBalancer,
-  type LoadBalancerEvent,
-  type LoadBalancerOptions,
-} from "./load_balancer.ts";
+import { answerLines } from "./lab.ts";
+import type { Strategy } from "./balancer.ts";
+import type { BufferPool } from "./buffers.ts";
+import type { Clock } from "./clock.ts";
+import { DenoEngine, type Dialer, listenerOf } from "./engine_deno.ts";
+import { closeQuietly } from "./errors.ts";
+import { type LoadBalancerEvent, readyPort } from "./events.ts";
+import type { HealthSettings } from "./health.ts";
+import type { Probe } from "./health_check.ts";
+import { eachLine, writeAll } from "./io.ts";
+import { Backend, Pool } from "./pool.ts";
+import { LoadBalancer } from "./proxy.ts";
+
+export { closeQuietly, writeAll };
+
+/**
+ * A clock that moves only when told: timers fire in deadline order as
+ * {@linkcode FakeClock.tick} passes them, with pending promise callbacks run
+ * after each, so timing logic is tested exactly and without waiting.
+ */
+export class FakeClock implements Clock {
+  #now = 0;
+  #nextId = 1;
+  readonly #timers = new Map<number, { at: number; callback: () => void }>();
+
+  now(): number {
+    return this.#now;
+  }
+
+  setTimer(callback: () => void, ms: number): number {
+    const id = this.#nextId++;
+    this.#timers.set(id, { at: this.#now + Math.max(0, ms), callback });
+    return id;
+  }
+
+  clearTimer(id: number | undefined): void {
+    if (id !== undefined) this.#timers.delete(id);
+  }
+
+  /** Timers set and not yet fired or cleared. */
+  get pending(): number {
+    return this.#timers.size;
+  }
+
+  /** Moves time to the next timer and fires it (and only it). */
+  async next(): Promise<void> {
+    let next: [number, { at: number; callback: () => void }] | undefined;
+    for (const entry of this.#timers) {
+      if (next === undefined || entry[1].at < next[1].at) next = entry;
+    }
+    if (next === undefined) throw new Error("FakeClock.next(): no timer is set");
+    this.#timers.delete(next[0]);
+    this.#now = Math.max(this.#now, next[1].at);
+    next[1].callback();
+    await settle();
+  }
+
+  /** Moves time on to `time` (absolute), firing every timer due on the way. */
+  advanceTo(time: number): Promise<void> {
+    return this.tick(time - this.#now);
+  }
+
+  /** Moves time on by `ms`, firing every timer due on the way, in order. */
+  async tick(ms: number): Promise<void> {
+    const end = this.#now + ms;
+    while (true) {
+      let next: [number, { at: number; callback: () => void }] | undefined;
+      for (const entry of this.#timers) {
+        if (entry[1].at <= end && (next === undefined || entry[1].at < next[1].at)) next = entry;
+      }
+      if (next === undefined) break;
+      this.#timers.delete(next[0]);
+      this.#now = next[1].at;
+      next[1].callback();
+      await settle();
+    }
+    this.#now = end;
+    await settle();
+  }
+}
+
+/** Lets promise callbacks (and the I/O they wait for, briefly) run. */
+async function settle(): Promise<void> {
+  for (let i = 0; i < 5; i++) await new Promise((resolve) => setTimeout(resolve, 0));
+}
+
+/** The `N` of a lab backend's answer `[Server N] …`, or the answer itself. */
+export function serverOf(answer: string): string {
+  return /^\[Server ([^\]]+)\]/.exec(answer)?.[1] ?? answer;
+}
 
 /** A server started for a test. */
 export interface TestServer {
@@ -78,17 +160,7 @@ export function startEchoServer(): TestServer {
 
 /** A lab backend answering `[Server ID] <line>`. */
 export function startTaggedServer(id: string): TestServer {
-  const listener = listenLoopback();
-  const serving = serveBackend(listener, id);
-  const port = listener.addr.port;
-  return {
-    address: { hostname: "127.0.0.1", port },
-    port,
-    async close() {
-      listener.close();
-      await serving;
-    },
-  };
+  return startServer((conn) => answerLines(conn, id));
 }
 
 /** A port on 127.0.0.1 where nothing listens: connects to it are refused. */
@@ -119,9 +191,9 @@ export async function silentAddress(): Promise<TestServer> {
   };
 }
 
-/** A balancer on a free loopback port, recording every event it reports. */
 export interface TestBalancer {
   readonly balancer: LoadBalancer;
+  readonly pool: Pool;
   readonly port: number;
   readonly events: LoadBalancerEvent[];
   readonly backends: Backend[];
@@ -129,28 +201,75 @@ export interface TestBalancer {
   close(): Promise<void>;
 }
 
-/** Starts a {@linkcode LoadBalancer} over the given backend addresses. */
+/** What a test may set on the balancer it starts (the listener's and the pool's settings). */
+export interface TestBalancerOptions {
+  strategy?: Strategy<Backend>;
+  connectTimeoutMs?: number;
+  idleTimeoutMs?: number;
+  halfClosedTimeoutMs?: number;
+  maxConnections?: number;
+  queue?: { max?: number; timeoutMs?: number };
+  health?: HealthSettings;
+  healthCheck?: { probe: Probe; intervalMs: number };
+  dial?: Dialer;
+  reset?: (conn: Deno.Conn) => boolean;
+  pools?: { small: BufferPool; large: BufferPool };
+  listener?: Deno.TcpListener;
+  clock?: Clock;
+}
+
+/** Starts a {@linkcode LoadBalancer} over the given backend addresses, on the `deno` engine. */
 export function startBalancer(
   addresses: HostPort[],
-  options: Partial<LoadBalancerOptions> = {},
+  options: TestBalancerOptions = {},
 ): TestBalancer {
   const events: LoadBalancerEvent[] = [];
-  const backends = addresses.map((address) => backendOf(address));
-  const balancer = new LoadBalancer({
+  const onEvent = (event: LoadBalancerEvent) => events.push(event);
+  const backends = addresses.map((address) => new Backend(address));
+  const clock = options.clock;
+  const pool = new Pool({
     backends,
-    onEvent: (event) => events.push(event),
-    ...options,
-    listener: options.listener ?? listenLoopback(),
+    ...(options.strategy ? { strategy: options.strategy } : {}),
+    settings: {
+      ...(options.connectTimeoutMs ? { connectTimeoutMs: options.connectTimeoutMs } : {}),
+      ...(options.idleTimeoutMs ? { idleTimeoutMs: options.idleTimeoutMs } : {}),
+      ...(options.halfClosedTimeoutMs ? { halfClosedTimeoutMs: options.halfClosedTimeoutMs } : {}),
+    },
+    ...(options.queue ? { queue: options.queue } : {}),
+    ...(options.health ? { health: options.health } : {}),
+    ...(options.healthCheck ? { healthCheck: options.healthCheck } : {}),
+    ...(clock ? { clock } : {}),
+    onEvent,
   });
+  const engine = new DenoEngine({
+    ...(options.dial ? { dial: options.dial } : {}),
+    ...(options.reset ? { reset: options.reset } : {}),
+    ...(options.pools ? { pools: options.pools } : {}),
+    ...(clock ? { clock } : {}),
+  });
+  const balancer = new LoadBalancer({
+    listener: listenerOf(options.listener ?? listenLoopback()),
+    engine,
+    pool,
+    ...(options.maxConnections ? { maxConnections: options.maxConnections } : {}),
+    ...(clock ? { clock } : {}),
+    onEvent,
+  });
+  pool.start();
   const serving = balancer.serve();
   return {
     balancer,
-    port: balancer.addr.port,
+    pool,
+    port: balancer.address.port,
     events,
     backends,
     async close() {
-      await balancer.shutdown(0);
+      const shutdown = balancer.shutdown(0);
+      // On a fake clock, the drain timeout passes only when told to.
+      if (clock instanceof FakeClock) await clock.tick(0);
+      await shutdown;
       await serving;
+      await pool.stop();
     },
   };
 }
@@ -165,12 +284,6 @@ export async function connectLoopback(port: number): Promise<Deno.TcpConn> {
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
   conn.setNoDelay(true);
   return conn;
-}
-
-/** Writes all of `data`. */
-export async function writeAll(conn: Deno.Conn, data: Uint8Array): Promise<void> {
-  let written = 0;
-  while (written < data.length) written += await conn.write(data.subarray(written));
 }
 
 /** Sends `text` and checks the same text comes back (from an echo backend). */
@@ -234,15 +347,6 @@ export function exchangeFrom(localAddress: string, port: number, text: string): 
     socket.on("close", () => resolve(Buffer.concat(chunks).toString()));
     socket.once("connect", () => socket.end(text));
   });
-}
-
-/** Closes a socket or listener that may already be closed. */
-export function closeQuietly(closable: { close(): void }): void {
-  try {
-    closable.close();
-  } catch {
-    // Already closed.
-  }
 }
 
 /** A seeded generator of numbers in [0, 1) (mulberry32): the same seed, the same sequence. */
@@ -335,22 +439,16 @@ export async function startBalancerProcess(
   }).spawn();
   const lines = { stdout: [] as string[], stderr: [] as string[] };
   const waiters: { stream: "stdout" | "stderr"; pattern: RegExp; found(line: string): void }[] = [];
-  const collect = async (stream: "stdout" | "stderr", readable: ReadableStream<Uint8Array>) => {
-    let partial = "";
-    for await (const text of readable.pipeThrough(new TextDecoderStream())) {
-      const parts = (partial + text).split("\n");
-      partial = parts.pop()!;
-      for (const line of parts) {
-        lines[stream].push(line);
-        for (const waiter of waiters.filter((w) => w.stream === stream)) {
-          if (waiter.pattern.test(line)) {
-            waiters.splice(waiters.indexOf(waiter), 1);
-            waiter.found(line);
-          }
+  const collect = (stream: "stdout" | "stderr", readable: ReadableStream<Uint8Array>) =>
+    eachLine(readable, (line) => {
+      lines[stream].push(line);
+      for (const waiter of waiters.filter((w) => w.stream === stream)) {
+        if (waiter.pattern.test(line)) {
+          waiters.splice(waiters.indexOf(waiter), 1);
+          waiter.found(line);
         }
       }
-    }
-  };
+    });
   const reading = Promise.all([
     collect("stdout", child.stdout),
     collect("stderr", child.stderr),
@@ -408,7 +506,7 @@ export async function startBalancerProcess(
       "stderr",
       supervised ? /^\S+ load_balancer: listening on .* with \d+ workers$/ : /listening on /,
     );
-    const port = Number(/listening on \S*:(\d+)[; ]/.exec(listening)?.[1]);
+    const port = readyPort(listening)!;
     return { port, pid: child.pid, ...lines, status, waitForLine, kill, close };
   } catch (error) {
     await close();

@@ -17,24 +17,7 @@
  * @module
  */
 
-/** The clock and the timer a {@linkcode TimeoutQueue} runs on; injected in tests. */
-export interface Clock {
-  now(): number;
-  setTimer(callback: () => void, ms: number): number;
-  clearTimer(id: number): void;
-}
-
-const realClock: Clock = {
-  now: () => performance.now(),
-  setTimer(callback, ms) {
-    const id = setTimeout(callback, ms) as unknown as number;
-    // The timer never keeps the process alive by itself: attempts in flight
-    // belong to connections, which do.
-    Deno.unrefTimer(id);
-    return id;
-  },
-  clearTimer: (id) => clearTimeout(id),
-};
+import { type Clock, realClock } from "./clock.ts";
 
 /** A timeout in a {@linkcode TimeoutQueue}; cancel it once the work is done. */
 export interface Timeout {
@@ -122,9 +105,12 @@ export class TimeoutQueue {
   #arm(deadline: number): void {
     this.#disarm();
     this.#timerAt = deadline;
+    // Never keeps the process alive by itself: the attempts it times belong
+    // to connections, which do.
     this.#timer = this.#clock.setTimer(
       () => this.#fire(),
       Math.max(0, deadline - this.#clock.now()),
+      { unref: true },
     );
   }
 

@@ -1,0 +1,80 @@
+/**
+ * The seam between policy and the operating system: what a listener needs
+ * to move bytes, and nothing more.
+ *
+ * A listener (proxy.ts) decides: which backend, when to retry, when to give
+ * up, what to report. An engine does: listen and accept, dial, watch a client
+ * while its backend is dialled, join two connections (copy both ways, pass on
+ * half-close, count bytes), close. Policy modules never import an engine;
+ * only the entry point picks one and hands it down. Today's engine is
+ * `engine_deno.ts`, on `Deno.listen` and `Deno.connect`.
+ *
+ * Timeouts stay on the policy side: a dial is abandoned through its
+ * `AbortSignal`, and idle or half-closed joins are cut through
+ * {@linkcode Joined.cut}, both driven by the listener's clock.
+ *
+ * @module
+ */
+
+import type { HostPort } from "./address.ts";
+import type { JoinEnd } from "./events.ts";
+
+/** One connection, as an engine holds it. */
+export interface EngineConn {
+  /** The peer's address, `HOST:PORT`, for logs. */
+  readonly peer: string;
+  /** The peer's host alone, for `source-hash`. */
+  readonly peerHost: string;
+}
+
+/** A listening socket. */
+export interface EngineListener {
+  /** Where it listens (the port the kernel chose, for port 0). */
+  readonly address: HostPort;
+  /** The next client. Rejects when closed, or when accepting failed (out of descriptors, …). */
+  accept(): Promise<EngineConn>;
+  /** Stops listening; a pending accept rejects. */
+  close(): void;
+}
+
+/** What a join resolves with once both connections are closed. */
+export interface JoinResult {
+  /** Bytes read from the client and written to the server. */
+  readonly bytesFromClient: number;
+  /** Bytes read from the server and written to the client. */
+  readonly bytesFromServer: number;
+  /** How it ended. */
+  readonly end: JoinEnd;
+}
+
+/** Two connections joined: bytes flow both ways until both ends are done. */
+export interface Joined {
+  /** Settles once both connections are closed; never rejects. */
+  readonly result: Promise<JoinResult>;
+  /** Grows with every chunk moved: a sweeper compares it between looks. */
+  readonly activity: number;
+  /** When the first side ended its stream (by the engine's clock); undefined before. */
+  readonly halfClosedAt: number | undefined;
+  /** Closes both at once; the result's end becomes `why`. */
+  cut(why: "aborted" | "idle-timeout" | "half-closed-timeout"): void;
+}
+
+/** An implementation of the seam. */
+export interface Engine {
+  /** `deno` today. */
+  readonly name: string;
+  /** Binds and listens. @throws when the address cannot be bound */
+  listen(address: HostPort, options?: { reusePort?: boolean }): EngineListener;
+  /**
+   * Watches a new client until it is joined or closed: `onGone` is called if
+   * it resets or fails meanwhile. What it sends meanwhile is kept (bounded)
+   * and forwarded by {@linkcode Engine.join}; nothing is sent anywhere before.
+   */
+  watch(client: EngineConn, onGone: () => void): void;
+  /** Connects to a backend; rejects when `signal` aborts (connect timeout, drain, client gone). */
+  dial(address: HostPort, signal: AbortSignal): Promise<EngineConn>;
+  /** Joins a client and the backend connection dialled for it. */
+  join(client: EngineConn, server: EngineConn): Joined;
+  /** Closes a client that was never joined; `reset` sends a reset where the engine can. */
+  close(conn: EngineConn, options?: { reset?: boolean }): Promise<void>;
+}

@@ -1,0 +1,129 @@
+/**
+ * What the data plane reports, as types: how a connection ended, the access
+ * record, every event a listener emits, and the readiness line. A leaf: it
+ * imports nothing, and everything may import it.
+ *
+ * @module
+ */
+
+/** How two joined connections ended, from the balancer's point of view.
+ *
+ * - `client-fin` / `server-fin`: both directions finished cleanly; the named
+ *   side was the first to end its stream.
+ * - `client-reset` / `server-reset`: the named side failed (reset, broken
+ *   pipe, …); this wins over a clean end on the other side.
+ * - `aborted`: the caller cut it (drain timeout, …).
+ * - `idle-timeout` / `half-closed-timeout`: the caller cut it for being
+ *   quiet, or half-closed, too long.
+ */
+export type JoinEnd =
+  | "client-fin"
+  | "server-fin"
+  | "client-reset"
+  | "server-reset"
+  | "aborted"
+  | "idle-timeout"
+  | "half-closed-timeout";
+
+/** How a client connection ended; the access log's `end` field.
+ *
+ * The join's ends (but `aborted`), plus:
+ * - `connect-failed`: every backend was tried and none could be reached;
+ * - `no-backend`: no backend was there to try (empty pool, all down);
+ * - `drain-timeout`: still open when the drain timeout ran out at shutdown;
+ * - `queue-timeout`: every usable backend was at its limit for the whole
+ *   queue timeout; `queue-full`: they were, and the queue was full too.
+ */
+export type ConnectionEnd =
+  | Exclude<JoinEnd, "aborted">
+  | "connect-failed"
+  | "no-backend"
+  | "drain-timeout"
+  | "queue-timeout"
+  | "queue-full";
+
+/** What the access log says about one finished client connection. */
+export interface AccessRecord {
+  /** When the connection ended. */
+  readonly time: Date;
+  /** The listener's name (`default` without a config file). */
+  readonly listener: string;
+  /** The client's address, `HOST:PORT`. */
+  readonly client: string;
+  /** The backend it was joined to, if any. */
+  readonly backend: string | undefined;
+  /** Bytes received from the client (and sent on to the backend). */
+  readonly bytesIn: number;
+  /** Bytes received from the backend (and sent on to the client). */
+  readonly bytesOut: number;
+  /** From accept to close, in milliseconds. */
+  readonly durationMs: number;
+  /** How it ended. */
+  readonly end: ConnectionEnd;
+}
+
+/** Everything a listener and its pool report; the caller decides where it goes. */
+export type LoadBalancerEvent =
+  | { readonly type: "connection"; readonly record: AccessRecord }
+  | {
+    readonly type: "connect-error";
+    readonly client: string;
+    readonly backend: string;
+    readonly reason: string;
+  }
+  | {
+    /** A backend connect found no free descriptor; the client waits and tries again. */
+    readonly type: "descriptor-shortage";
+    readonly client: string;
+    readonly backend: string;
+    readonly reason: string;
+    readonly waitMs: number;
+  }
+  | {
+    /** Accepting failed (out of descriptors, …); reported once, when it starts failing. */
+    readonly type: "accept-error";
+    readonly reason: string;
+    readonly backoffMs: number;
+  }
+  | {
+    /** Accepting works again after `failures` failed attempts. */
+    readonly type: "accept-recovered";
+    readonly failures: number;
+  }
+  | {
+    /** A backend went up or down. */
+    readonly type: "backend-state";
+    readonly backend: string;
+    readonly from: "up" | "down";
+    readonly to: "up" | "down";
+    readonly why: string;
+  }
+  | {
+    /** A bug: something threw that should not have. The connection was closed. */
+    readonly type: "internal-error";
+    readonly client: string;
+    readonly reason: string;
+  };
+
+/**
+ * Readiness: each listener, once it accepts, writes one diagnostic line
+ * `… listening on HOST:PORT; backends …` (and a `--workers` supervisor,
+ * `… listening on HOST:PORT with N workers` once all of them do). The demo,
+ * the supervisor and the tests find it with {@linkcode readyAddress} rather
+ * than matching the prose themselves.
+ */
+export const READY = "listening on ";
+
+/** The `HOST:PORT` a readiness line names, or undefined if `line` is not one. */
+export function readyAddress(line: string): string | undefined {
+  const at = line.indexOf(READY);
+  if (at < 0) return undefined;
+  return /^(\S+?)(;| with |$)/.exec(line.slice(at + READY.length))?.[1];
+}
+
+/** The port of a readiness line, or undefined. */
+export function readyPort(line: string): number | undefined {
+  const address = readyAddress(line);
+  const port = address === undefined ? NaN : Number(address.slice(address.lastIndexOf(":") + 1));
+  return Number.isInteger(port) ? port : undefined;
+}

@@ -1,0 +1,403 @@
+/**
+ * A listener: accepts clients and hands each one to a backend of its pool.
+ *
+ * Every connection is one loop: pick a backend → dial it (with a timeout) →
+ * on failure pick again, skipping what already failed → join the two
+ * connections → report how it went. Nothing is sent to a backend before it
+ * is connected, so a retry never sends a byte twice.
+ *
+ * It moves no byte itself: the sockets are the engine's (engine.ts), the
+ * backends, strategy and queue the pool's (pool.ts). Every timer runs on the
+ * injected clock.
+ *
+ * @module
+ */
+
+import { type Clock, nextBackoff, realClock, sleep } from "./clock.ts";
+import type { Engine, EngineConn, EngineListener, Joined } from "./engine.ts";
+import { describe, isClientGone, isOutOfDescriptors } from "./errors.ts";
+import type { ConnectionEnd, LoadBalancerEvent } from "./events.ts";
+import { DURATION_BUCKETS, Histogram } from "./metrics.ts";
+import type { Backend, Pool } from "./pool.ts";
+import { TimeoutQueue } from "./timeouts.ts";
+
+/** Options for {@linkcode LoadBalancer}. */
+export interface LoadBalancerOptions {
+  /** The listener's name, for logs and metrics. @default {"default"} */
+  name?: string;
+  /** Where clients come from. The balancer owns it from now on and closes it. */
+  listener: EngineListener;
+  /** Moves the bytes. */
+  engine: Engine;
+  /** Its backends, strategy, queue and timeouts (shared with other listeners on it). */
+  pool: Pool;
+  /** Most client connections at once; beyond it, clients wait in the kernel's backlog. @default {10000} */
+  maxConnections?: number;
+  /** The clock every timeout runs on. @default {realClock} */
+  clock?: Clock;
+  /** Receives every event; nothing is logged from the core itself. */
+  onEvent?: (event: LoadBalancerEvent) => void;
+}
+
+/** A client connection in progress, as the balancer tracks it for draining and timeouts. */
+interface Connection {
+  /** Settles once the connection is over and reported. */
+  done: Promise<void>;
+  /** Ends it now, whatever stage it is at (connecting, queued or joined). */
+  cut(): void;
+  /** Once joined: the join, its activity at the last sweep, and since when it is unchanged. */
+  joined?: Joined;
+  seenActivity?: number;
+  quietSince?: number;
+}
+
+// Accepting again at once after EMFILE would spin; wait, doubling, up to a second.
+const BACKOFF_FIRST_MS = 10;
+const BACKOFF_MAX_MS = 1000;
+
+/** A running listener. Call {@linkcode LoadBalancer.serve} to start it. */
+export class LoadBalancer {
+  readonly #listener: EngineListener;
+  readonly #engine: Engine;
+  /** The listener's name, for logs and metrics. */
+  readonly name: string;
+  /** How long connections lasted, in seconds. */
+  readonly durations = new Histogram(DURATION_BUCKETS);
+  #pool: Pool;
+  #maxConnections: number;
+  readonly #clock: Clock;
+  readonly #emit: (event: LoadBalancerEvent) => void;
+  // Set when the drain timeout runs out: every connection left is cut, and
+  // none still connecting may start another attempt.
+  #cutting = false;
+  // Aborted when we stop accepting: ends an accept backoff early.
+  readonly #stopAccepting = new AbortController();
+  readonly #connections = new Set<Connection>();
+  #sweeper: number | undefined;
+  /** Every connect attempt's timeout, on one timer. */
+  readonly #connectTimeouts: TimeoutQueue;
+  // Resolved when a connection ends, for an accept loop waiting at maxConnections.
+  #roomFreed: PromiseWithResolvers<void> | undefined;
+  #serving: Promise<void> | undefined;
+
+  constructor(options: LoadBalancerOptions) {
+    this.#listener = options.listener;
+    this.#engine = options.engine;
+    this.name = options.name ?? "default";
+    this.#pool = options.pool;
+    this.#maxConnections = options.maxConnections ?? 10_000;
+    this.#clock = options.clock ?? realClock;
+    this.#connectTimeouts = new TimeoutQueue(this.#clock);
+    const onEvent = options.onEvent ?? (() => {});
+    this.#emit = (event) => {
+      try {
+        onEvent(event);
+      } catch {
+        // A failing log sink (a closed stdout, …) must not take connections down.
+      }
+    };
+  }
+
+  /**
+   * Takes a new pool and limit for new connections; connections in progress
+   * keep the backend they have. Clients waiting in the old pool's queue are
+   * woken by its `stop()` and try again under the new one.
+   */
+  reconfigure(options: { pool: Pool; maxConnections?: number }): void {
+    this.#pool = options.pool;
+    this.#maxConnections = options.maxConnections ?? 10_000;
+    if (this.#serving !== undefined) this.#startSweeper();
+  }
+
+  /** Where clients connect. */
+  get address(): { hostname: string; port: number } {
+    return this.#listener.address;
+  }
+
+  /** The pool new connections go to. */
+  get pool(): Pool {
+    return this.#pool;
+  }
+
+  /** The backends new connections go to. */
+  get backends(): readonly Backend[] {
+    return this.#pool.backends;
+  }
+
+  /** Client connections in progress. */
+  get activeConnections(): number {
+    return this.#connections.size;
+  }
+
+  /** Accepts clients until {@linkcode shutdown}; resolves when accepting stops. */
+  serve(): Promise<void> {
+    if (this.#serving === undefined) this.#startSweeper();
+    this.#serving ??= this.#acceptLoop();
+    return this.#serving;
+  }
+
+  /** Closes the listening socket; resolves once its accept loop has ended. */
+  async stopAccepting(): Promise<void> {
+    this.#stopAccepting.abort();
+    this.#roomFreed?.resolve();
+    try {
+      this.#listener.close();
+    } catch {
+      // Already closed.
+    }
+    await this.#serving;
+  }
+
+  /**
+   * Stops accepting at once (new clients are refused), waits for connections
+   * in progress to finish, and when `drainTimeoutMs` runs out cuts what is
+   * left, each reported as `drain-timeout`. Resolves with how many were cut.
+   */
+  async shutdown(drainTimeoutMs: number): Promise<{ cut: number }> {
+    await this.stopAccepting();
+    const timedOut = Promise.withResolvers<"timeout">();
+    const timer = this.#clock.setTimer(() => timedOut.resolve("timeout"), drainTimeoutMs);
+    const outcome = await Promise.race([this.#allDone(), timedOut.promise]);
+    this.#clock.clearTimer(timer);
+    let cut = 0;
+    if (outcome === "timeout") {
+      cut = this.#connections.size;
+      this.#cutting = true;
+      for (const connection of this.#connections) connection.cut();
+      await this.#allDone();
+    }
+    this.#clock.clearTimer(this.#sweeper);
+    this.#connectTimeouts.clear();
+    return { cut };
+  }
+
+  // One timer for every connection's timeouts, rather than one per read.
+  #startSweeper(): void {
+    this.#clock.clearTimer(this.#sweeper);
+    const { idleTimeoutMs, halfClosedTimeoutMs } = this.#pool.settings;
+    const everyMs = Math.min(1000, Math.max(5, Math.min(idleTimeoutMs, halfClosedTimeoutMs) / 4));
+    const tick = () => {
+      this.#sweep();
+      this.#sweeper = this.#clock.setTimer(tick, everyMs, { unref: true });
+    };
+    this.#sweeper = this.#clock.setTimer(tick, everyMs, { unref: true });
+  }
+
+  // Cuts joined connections that have been quiet too long: the idle timeout,
+  // or the shorter half-closed one once a side has finished.
+  #sweep(): void {
+    const now = this.#clock.now();
+    const { idleTimeoutMs, halfClosedTimeoutMs } = this.#pool.settings;
+    for (const connection of this.#connections) {
+      const joined = connection.joined;
+      if (joined === undefined) continue;
+      if (joined.activity !== connection.seenActivity) {
+        connection.seenActivity = joined.activity;
+        connection.quietSince = now;
+        continue;
+      }
+      const quietMs = now - connection.quietSince!;
+      if (joined.halfClosedAt !== undefined && quietMs >= halfClosedTimeoutMs) {
+        joined.cut("half-closed-timeout");
+      } else if (quietMs >= idleTimeoutMs) {
+        joined.cut("idle-timeout");
+      }
+    }
+  }
+
+  async #allDone(): Promise<"done"> {
+    while (this.#connections.size > 0) {
+      await Promise.all([...this.#connections].map((connection) => connection.done));
+    }
+    return "done";
+  }
+
+  // One failed accept must never stop the loop: a client that resets before
+  // we accept it, or running out of descriptors, would otherwise end serving
+  // for good.
+  async #acceptLoop(): Promise<void> {
+    let failures = 0;
+    let backoffMs = 0;
+    while (!this.#stopAccepting.signal.aborted) {
+      if (this.#connections.size >= this.#maxConnections) {
+        // At the limit: stop accepting; the kernel's backlog holds the rest.
+        this.#roomFreed ??= Promise.withResolvers<void>();
+        await this.#roomFreed.promise;
+        continue;
+      }
+      let client: EngineConn | undefined;
+      try {
+        client = await this.#listener.accept();
+      } catch (error) {
+        if (this.#stopAccepting.signal.aborted) break;
+        // A client that reset before we accepted it: accepting itself works.
+        if (!isClientGone(error)) {
+          // Out of descriptors (EMFILE/ENFILE) or the like: the pending client
+          // stays queued in the kernel; back off so we do not spin, then retry.
+          // Said once per episode, so a long shortage does not flood the log.
+          failures++;
+          backoffMs = nextBackoff(backoffMs, BACKOFF_FIRST_MS, BACKOFF_MAX_MS);
+          if (failures === 1) {
+            this.#emit({ type: "accept-error", reason: describe(error), backoffMs });
+          }
+          await sleep(this.#clock, backoffMs, this.#stopAccepting.signal);
+          continue;
+        }
+      }
+      if (failures > 0) this.#emit({ type: "accept-recovered", failures });
+      failures = 0;
+      backoffMs = 0;
+      if (client === undefined) continue;
+      const connection: Connection = { done: Promise.resolve(), cut: () => {} };
+      // In the set before it starts: it may end before #serve first awaits.
+      this.#connections.add(connection);
+      connection.done = this.#serve(client, connection);
+    }
+  }
+
+  // One client connection from accept to close. Nothing it does may escape:
+  // an unexpected error ends this connection only.
+  async #serve(client: EngineConn, connection: Connection): Promise<void> {
+    try {
+      await this.#handle(client, connection);
+    } catch (error) {
+      await this.#engine.close(client).catch(() => {});
+      this.#emit({ type: "internal-error", client: client.peer, reason: describe(error) });
+    } finally {
+      this.#connections.delete(connection);
+      this.#roomFreed?.resolve();
+      this.#roomFreed = undefined;
+    }
+  }
+
+  // `connection.cut` is pointed at whatever the connection is doing now.
+  async #handle(client: EngineConn, connection: Connection): Promise<void> {
+    const startedAt = this.#clock.now();
+    const finish = (end: ConnectionEnd, backend?: Backend, bytesIn = 0, bytesOut = 0) => {
+      const durationMs = this.#clock.now() - startedAt;
+      this.durations.observe(durationMs / 1000);
+      this.#emit({
+        type: "connection",
+        record: {
+          time: new Date(),
+          listener: this.name,
+          client: client.peer,
+          backend: backend?.name,
+          bytesIn,
+          bytesOut,
+          durationMs,
+          end,
+        },
+      });
+    };
+
+    // A client that resets while we dial is noticed at once, and its dial
+    // abandoned: it never costs the backend a connection.
+    const clientGone = new AbortController();
+    this.#engine.watch(client, () => {
+      clientGone.abort();
+      connection.cut();
+    });
+    const tried = new Set<Backend>();
+    let backend: Backend | undefined;
+    let server: EngineConn | undefined;
+    let queueEnd: "queue-timeout" | "queue-full" | undefined;
+    let shortageWaitMs = 0;
+    while (server === undefined && !this.#cutting && !clientGone.signal.aborted) {
+      const pool = this.#pool;
+      backend = pool.strategy.pick(pool.backends, { tried, clientAddress: client.peerHost });
+      if (backend === undefined) {
+        // Nothing to try now; if that is because healthy backends are full,
+        // wait in the queue for one to have room.
+        if (!pool.hasRoomLater(tried)) break;
+        const waiting = new AbortController();
+        connection.cut = () => waiting.abort();
+        const outcome = await pool.queue.wait(AbortSignal.any([waiting.signal, clientGone.signal]));
+        if (outcome === "slot") continue;
+        if (outcome !== "cut") queueEnd = outcome === "full" ? "queue-full" : "queue-timeout";
+        break;
+      }
+      tried.add(backend);
+      // Counted from the attempt on, so a burst of new clients spreads out
+      // under least-connections before any of them has connected.
+      backend.active++;
+      if (backend.health.state === "down") backend.startTrial();
+      try {
+        server = await this.#connect(backend, connection);
+        backend.recordConnect(true);
+      } catch (error) {
+        backend.active--;
+        pool.queue.wake();
+        if (this.#cutting || clientGone.signal.aborted) break;
+        const reason = describe(error);
+        if (isOutOfDescriptors(error)) {
+          // Our shortage, not the backend's: leave its health and counters
+          // alone, and wait for descriptors (closing connections free them)
+          // as long as the connect timeout allows.
+          const waitedMs = this.#clock.now() - startedAt;
+          const limitMs = pool.settings.connectTimeoutMs;
+          if (waitedMs >= limitMs) break;
+          shortageWaitMs = Math.min(
+            nextBackoff(shortageWaitMs, BACKOFF_FIRST_MS, BACKOFF_MAX_MS),
+            limitMs - waitedMs,
+          );
+          this.#emit({
+            type: "descriptor-shortage",
+            client: client.peer,
+            backend: backend.name,
+            reason,
+            waitMs: shortageWaitMs,
+          });
+          tried.delete(backend);
+          const waiting = new AbortController();
+          connection.cut = () => waiting.abort();
+          await sleep(this.#clock, shortageWaitMs, waiting.signal);
+          continue;
+        }
+        backend.connectFailures++;
+        backend.recordConnect(false, reason);
+        this.#emit({ type: "connect-error", client: client.peer, backend: backend.name, reason });
+      }
+    }
+    if (server === undefined) {
+      const end = clientGone.signal.aborted ? "client-reset" : queueEnd ??
+        (this.#cutting ? "drain-timeout" : tried.size === 0 ? "no-backend" : "connect-failed");
+      await this.#engine.close(client, { reset: end === "drain-timeout" });
+      finish(end);
+      return;
+    }
+
+    const joined = this.#engine.join(client, server);
+    connection.cut = () => joined.cut("aborted");
+    connection.joined = joined;
+    connection.seenActivity = 0;
+    connection.quietSince = this.#clock.now();
+    const result = await joined.result;
+    backend!.active--;
+    backend!.connections++;
+    backend!.bytesIn += result.bytesFromClient;
+    backend!.bytesOut += result.bytesFromServer;
+    this.#pool.queue.wake();
+    const end = result.end === "aborted" ? "drain-timeout" : result.end;
+    finish(end, backend, result.bytesFromClient, result.bytesFromServer);
+  }
+
+  // One attempt, bounded by the connect timeout and by a drain cut-off.
+  async #connect(backend: Backend, connection: Connection): Promise<EngineConn> {
+    const attempt = new AbortController();
+    const timeoutMs = this.#pool.settings.connectTimeoutMs;
+    const timeout = this.#connectTimeouts.add(
+      timeoutMs,
+      () => attempt.abort(new Deno.errors.TimedOut(`no answer in ${timeoutMs} ms`)),
+    );
+    connection.cut = () => attempt.abort(new Deno.errors.Interrupted("draining"));
+    try {
+      return await this.#engine.dial(backend.address, attempt.signal);
+    } catch (error) {
+      // Deno reports an aborted connect as a generic AbortError; say why.
+      throw attempt.signal.aborted ? attempt.signal.reason : error;
+    } finally {
+      timeout.cancel();
+    }
+  }
+}
