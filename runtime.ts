@@ -87,21 +87,21 @@ export class Runtime {
     try {
       for (const listenerConfig of this.#config.listeners) sockets.push(this.#bind(listenerConfig));
       if (this.#config.admin !== undefined) {
-        const runtime = this;
+        const counts = () => ({ reloads: this.reloads, failures: this.reloadFailures });
         this.#admin = startAdmin(this.#config.admin.listen, {
           view: {
-            listeners: () => [...runtime.#running.values()],
-            pools: () => [...runtime.#pools.values()],
+            listeners: () => [...this.#running.values()],
+            pools: () => [...this.#pools.values()],
             get reloads() {
-              return runtime.reloads;
+              return counts().reloads;
             },
             get reloadFailures() {
-              return runtime.reloadFailures;
+              return counts().failures;
             },
           },
-          token: () => runtime.#token,
+          token: () => this.#token,
           audit: logDiagnostic,
-          reopenLogs: () => runtime.reopenLogs(),
+          reopenLogs: () => this.reopenLogs(),
         });
       }
     } catch (error) {
