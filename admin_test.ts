@@ -301,5 +301,5 @@ Deno.test("--admin with --workers 2 is refused with a clear error, exit 2", asyn
     { permissions: ["--allow-net", "--allow-run", "--unstable-net"] },
   );
   assert.equal(code, 2);
-  assert.match(stderr, /workers: the admin API with workers 2 is not supported yet/);
+  assert.match(stderr, /--workers 2: the admin API with workers 2 is not supported yet/);
 });

@@ -124,6 +124,11 @@ export const configSchema = z.strictObject({
     .transform((pools) => Object.assign(Object.create(null), pools) as typeof pools),
   drain_timeout_ms: milliseconds(30000),
   workers: whole(1, 64, 1),
+  access_log: z.string({ error: "expected a file path" }).min(1, { error: "expected a file path" })
+    .optional().describe("append access lines to this file; stdout when left out"),
+  log_format: z.enum(["text", "json"], { error: "expected text or json" }).optional().describe(
+    "access lines as key=value text or JSON; text on a terminal, json otherwise when left out",
+  ),
   admin: z.strictObject({
     listen: z.preprocess(
       loopbackIfBarePort,
@@ -260,14 +265,43 @@ export type Config = z.output<typeof configSchema>;
 /** One pool of a {@linkcode Config}. */
 export type PoolConfig = Config["pools"][string];
 
+/** One thing wrong in a config: where, and what (without the place). */
+export interface ConfigIssue {
+  readonly path: readonly PropertyKey[];
+  /** What was expected, and what was found. */
+  readonly message: string;
+}
+
 /** A file that cannot be used; `problems` has one line per thing to fix. */
 export class ConfigError extends Error {
   override name = "ConfigError";
   readonly problems: string[];
-  constructor(problems: string[]) {
+  /** The same problems with their place apart, when the schema found them. */
+  readonly issues: readonly ConfigIssue[];
+  constructor(problems: string[], issues: readonly ConfigIssue[] = []) {
     super(problems.join("\n"));
     this.problems = problems;
+    this.issues = issues;
   }
+}
+
+/**
+ * The configuration without a file: the lab's one listener on
+ * 127.0.0.1:5000 and its pool of 127.0.0.1:5001 and 127.0.0.1:5002. Flags
+ * change it as they would change a file.
+ */
+export function labConfig(): Record<string, unknown> {
+  return {
+    listeners: [{ name: "default", listen: "127.0.0.1:5000", pool: "default" }],
+    pools: {
+      default: { backends: [{ address: "127.0.0.1:5001" }, { address: "127.0.0.1:5002" }] },
+    },
+  };
+}
+
+/** The lab's configuration with every default filled in: where `--help` reads its defaults. */
+export function configDefaults(): Config {
+  return validateConfig(labConfig());
 }
 
 /** `listeners[0].pool`, `pools.web.backends[2].address`. */
@@ -311,16 +345,19 @@ export function showValue(value: unknown): string {
   return text.length > 60 ? `${text.slice(0, 57)}...` : text;
 }
 
-function describeIssue(issue: z.core.$ZodIssue, raw: unknown): string {
-  const path = formatPath(issue.path);
+function issueOf(issue: z.core.$ZodIssue, raw: unknown): ConfigIssue {
+  const path = issue.path as PropertyKey[];
   if (issue.code === "unrecognized_keys") {
-    return `${path}: unknown key(s) ${issue.keys.map((key) => JSON.stringify(key)).join(", ")}`;
+    return {
+      path,
+      message: `unknown key(s) ${issue.keys.map((key) => JSON.stringify(key)).join(", ")}`,
+    };
   }
   // Our custom rules already name the value.
-  if (issue.code === "custom") return `${path}: ${issue.message}`;
+  if (issue.code === "custom") return { path, message: issue.message };
   const value = valueAt(raw, issue.path);
-  if (value === undefined) return `${path}: missing; ${issue.message}`;
-  return `${path}: ${issue.message}, got ${showValue(value)}`;
+  if (value === undefined) return { path, message: `missing; ${issue.message}` };
+  return { path, message: `${issue.message}, got ${showValue(value)}` };
 }
 
 /** Validates a parsed file (or one built from flags), filling defaults. @throws {ConfigError} */
@@ -336,7 +373,13 @@ export function validateConfig(raw: unknown): Config {
     ]);
   }
   const result = configSchema.safeParse(raw);
-  if (!result.success) throw new ConfigError(result.error.issues.map((i) => describeIssue(i, raw)));
+  if (!result.success) {
+    const issues = result.error.issues.map((issue) => issueOf(issue, raw));
+    throw new ConfigError(
+      issues.map((issue) => `${formatPath(issue.path)}: ${issue.message}`),
+      issues,
+    );
+  }
   return result.data;
 }
 

@@ -1,92 +1,39 @@
 /**
- * Command-line flags of `load_balancer.ts`, parsed into a typed object.
+ * Command-line flags of `load_balancer.ts`.
  *
- * Pure: takes the argument list, returns options or throws a
- * {@linkcode UsageError} whose message names the flag, the value and what
- * was expected. The caller prints it and exits 2.
+ * Every flag that sets something sets a key of the config file: the table
+ * {@linkcode SETTINGS} says which. Flags are only read here (text into the
+ * raw value for the key); plan.ts puts them into a raw config that goes
+ * through the same schema as a file, so a setting has one default, one range
+ * and one message wherever it comes from. `--help` is generated from the
+ * table, with the defaults read from the schema.
  *
  * @module
  */
 
 import { parseArgs } from "node:util";
-import { type HostPort, parseHostPort } from "./address.ts";
-import { STRATEGY_NAMES, type StrategyName } from "./balancer.ts";
-import type { HealthSettings } from "./health.ts";
-import type { LogFormat } from "./log.ts";
-import { fromHex } from "./health_check.ts";
+import { type Config, configDefaults } from "./config.ts";
 
-/** `--health-check`: a TCP connect, or bytes to send and the reply's expected start. */
-export type HealthCheckSpec = { kind: "tcp" } | {
-  kind: "send-expect";
-  send: Uint8Array;
-  expect: Uint8Array;
-};
+/** Where a flag's key lives: under the (one) listener, its pool, or the file's top. */
+export type Scope = "listener" | "pool" | "root";
 
-/** One `--backend`: where, and its options. */
-export interface BackendSpec {
-  address: HostPort;
-  /** Relative share of connections, 1-256. @default {1} */
-  weight: number;
-  /** Takes traffic only when no other backend is left to try. @default {false} */
-  backup: boolean;
-}
-
-/** Everything the command line can set. */
-export interface LoadBalancerFlags {
-  /** Where clients connect. @default {127.0.0.1:5000} */
-  listen: HostPort;
-  /** The pool, in order. @default {[127.0.0.1:5001, 127.0.0.1:5002]} */
-  backends: BackendSpec[];
-  /** How backends are chosen. @default {"round-robin"} */
-  balance: StrategyName;
-  /** Time allowed for each backend connect attempt. @default {5000} */
-  connectTimeoutMs: number;
-  /** Time connections may take to finish after SIGINT/SIGTERM. @default {30000} */
-  drainTimeoutMs: number;
-  /** Close a connection after this long with no byte either way. @default {3600000} */
-  idleTimeoutMs: number;
-  /** Close a half-closed connection after this long with no byte. @default {60000} */
-  halfClosedTimeoutMs: number;
-  /** Most client connections at once. @default {10000} */
-  maxConnections: number;
-  /** Most connections per backend; 0 is no limit. @default {0} */
-  maxConnectionsPerBackend: number;
-  /** Clients that may wait for a backend with room. @default {1000} */
-  queueMax: number;
-  /** Longest a client waits for a backend with room. @default {5000} */
-  queueTimeoutMs: number;
-  /** Active checks; off when undefined. */
-  healthCheck: HealthCheckSpec | undefined;
-  /** Time between active checks. @default {2000} */
-  healthIntervalMs: number;
-  /** Time allowed for one active check. @default {1000} */
-  healthTimeoutMs: number;
-  /** Rise, fall, backoff and slow start. */
-  health: HealthSettings;
-  /** Processes sharing the listening port (Linux). @default {1} */
-  workers: number;
-  /** Started by a supervisor: listen with `reusePort` (internal). */
-  asWorker: boolean;
-  /** `--config FILE`: settings from a file; the flags given override it. */
-  config: string | undefined;
-  /** `--check`: validate the configuration and exit. */
-  check: boolean;
-  /** `--watch`: reload when the config file changes (as on SIGHUP). */
-  watch: boolean;
-  /** The flags given on the command line (long names, without `--`). */
-  given: Set<string>;
-  /** Access log format; default text on a terminal, json otherwise. */
-  logFormat: LogFormat | undefined;
-  /** Access log file (reopened on SIGUSR2); default stdout. */
-  accessLog: string | undefined;
-  /** `--admin`: where the admin API listens; off when undefined. */
-  admin: HostPort | undefined;
-  /** `--admin-token-file`: the bearer token's file. */
-  adminTokenFile: string | undefined;
-  /** `--help` was given. */
-  help: boolean;
-  /** `--version` was given. */
-  version: boolean;
+/** One flag that sets a config key. */
+export interface FlagSpec {
+  /** The long name, without `--`. */
+  readonly name: string;
+  /** What it takes, as `--help` shows it. */
+  readonly value: string;
+  /** Where its key is, and the key's path there. */
+  readonly scope: Scope;
+  readonly key: readonly string[];
+  /** What it means, for `--help`. */
+  readonly help: string;
+  /** Text to raw value; the schema then validates it. @default {numbers as numbers, else the text} */
+  readonly read?: (text: string) => unknown;
+  /** May be given more than once; the values form a list. */
+  readonly multiple?: boolean;
+  /** What `--help` says when the key has no default. */
+  readonly unset?: string;
 }
 
 /** A bad command line; the message is meant for the user as it is. */
@@ -94,124 +41,282 @@ export class UsageError extends Error {
   override name = "UsageError";
 }
 
-/** The `--help` text. */
-export const USAGE = `Usage: deno run --allow-net load_balancer.ts [flags]
+// A whole number stays a number, so the schema's range check names it;
+// anything else goes as text, and the schema says what was expected.
+const number = (text: string): unknown => /^-?[0-9]+$/.test(text) ? Number(text) : text;
 
-Accepts TCP connections and hands each one, round robin, to a backend,
-copying bytes both ways until both sides are done.
+/** `HOST:PORT[,weight=N][,backup]`: one backend. */
+function backendOf(text: string): unknown {
+  const [address, ...options] = text.split(",");
+  const backend: Record<string, unknown> = { address };
+  for (const option of options) {
+    const [key, value] = option.split("=", 2) as [string, string | undefined];
+    if (key === "backup" && value === undefined) backend.backup = true;
+    else if (key === "weight" && value !== undefined) backend.weight = number(value);
+    else {
+      throw new UsageError(
+        `--backend ${text}: unknown option ${JSON.stringify(option)}; expected weight=N or backup`,
+      );
+    }
+  }
+  return backend;
+}
 
-Flags:
-  --listen HOST:PORT       where clients connect (default 127.0.0.1:5000);
-                           use 0.0.0.0:PORT or [::]:PORT for all interfaces,
-                           port 0 for any free port (printed at start)
-  --backend HOST:PORT[,weight=N][,backup]
-                           a backend; repeat for more. Given once or more, it
-                           replaces the default pool 127.0.0.1:5001, 127.0.0.1:5002.
-                           IPv6 as [::1]:5001; host names are resolved at each connect.
-                           weight=N (1-256, default 1): its share of connections;
-                           backup: used only when no other backend is left to try
-  --balance NAME           round-robin (default; smooth weighted when weights
-                           differ), least-connections, random-two, source-hash
-                           (Maglev on the client's IP), first
-  --connect-timeout MS     time allowed for each backend connect (default 5000)
-  --drain-timeout MS       on SIGINT/SIGTERM, time connections may take to
-                           finish before they are closed (default 30000)
-  --health-check tcp       active checks: healthy when a connect succeeds
-  --health-check send=HEX,expect=HEX
-                           active checks: send these bytes; healthy when the
-                           reply starts with the expected ones (off by default)
-  --health-interval MS     time between checks (default 2000)
-  --health-timeout MS      time allowed for one check (default 1000)
-  --rise N                 good checks in a row that bring a backend up (default 2)
-  --fall N                 failed checks, or failed connects, in a row that
-                           take it down (default 3)
-  --backoff-base MS        first wait before retrying a down backend (default 1000);
-                           doubles while it keeps failing...
-  --backoff-max MS         ...up to this (default 30000). Without active checks,
-                           one client connection is let through to try it
-  --slow-start MS          a backend that comes up ramps from a twentieth of its
-                           weight to all of it over this time (default 0: off)
-  --workers N              N processes share the port (SO_REUSEPORT, Linux only;
-                           default 1). Needs --allow-run and --unstable-net:
-                           deno run --allow-net --allow-run --unstable-net load_balancer.ts
-  --idle-timeout MS        close a connection after this long with no byte
-                           either way (default 3600000: an hour, so quiet
-                           database connections are not cut)
-  --half-closed-timeout MS close a connection one side has finished after this
-                           long with no byte (default 60000)
-  --maxconn N              most client connections at once; at the limit the
-                           balancer stops accepting and the kernel's backlog
-                           holds the rest (default 10000)
-  --maxconn-per-backend N  most connections per backend (default 0: no limit);
-                           when every usable backend is full, clients wait...
-  --queue-max N            ...in a queue of at most N (default 1000; beyond it,
-                           closed at once as queue-full)...
-  --queue-timeout MS       ...for at most this long (default 5000; then closed
-                           as queue-timeout)
-  --config FILE            settings from a YAML or JSON file (see
-                           lb.example.yaml); flags given as well override it,
-                           for a file with one listener. Needs --allow-read
-                           and --allow-env=LOG_TOKENS,LOG_STREAM
-  --check                  validate the configuration (file and flags), print
-                           the result and exit 0 or 1; binds nothing
-  --watch                  reload when the config file changes, as on SIGHUP
-  --log-format text|json   access lines as key=value text or JSON objects
-                           (default text on a terminal, json otherwise)
-  --access-log FILE        append access lines to FILE, reopened on SIGUSR2
-                           (or POST /api/logs/reopen) after log rotation
-                           (default stdout). Needs --allow-write
-  --admin [HOST:]PORT      serve the admin API (metrics, backends) there;
-                           127.0.0.1 unless a host is given (off by default)
-  --admin-token-file FILE  the bearer token that changes through the admin
-                           API need (else LB_ADMIN_TOKEN; with neither,
-                           changes are refused)
-  --version                print the version and exit
-  -h, --help               show this text
+function healthCheckOf(text: string): unknown {
+  if (text === "tcp") return "tcp";
+  const match = /^send=([^,]*),expect=([^,]*)$/.exec(text);
+  if (!match) throw new UsageError(`--health-check ${text}: expected tcp or send=HEX,expect=HEX`);
+  return { send: match[1], expect: match[2] };
+}
 
-Signals: SIGHUP reloads the config file, SIGUSR2 reopens the access log,
-SIGINT/SIGTERM drain and stop. Never send SIGUSR1: Deno opens a debugger on
-it; the balancer ignores it when it may (--allow-ffi, as deno task lb grants).
-`;
+function adminOf(text: string): unknown {
+  // A bare port means loopback, the safe place for an admin API (the schema reads it so).
+  if (/^[0-9]+$/.test(text) || text.includes(":")) return text;
+  throw new UsageError(`--admin ${text}: expected PORT or HOST:PORT (e.g. 9000 or 127.0.0.1:9000)`);
+}
 
-const DEFAULT_BACKENDS = ["127.0.0.1:5001", "127.0.0.1:5002"];
+/** Every flag that sets a config key, in the order `--help` lists them. */
+export const SETTINGS: readonly FlagSpec[] = [
+  {
+    name: "listen",
+    value: "HOST:PORT",
+    scope: "listener",
+    key: ["listen"],
+    read: String,
+    help: "where clients connect; 0.0.0.0:PORT or [::]:PORT for all interfaces, " +
+      "port 0 for any free port (printed at start)",
+  },
+  {
+    name: "backend",
+    value: "HOST:PORT[,weight=N][,backup]",
+    scope: "pool",
+    key: ["backends"],
+    read: backendOf,
+    multiple: true,
+    help: "a backend; repeat for more (replaces the default pool). IPv6 as [::1]:5001; host " +
+      "names are resolved at each connect. weight=N (1-256): its share; backup: used only " +
+      "when no other backend is left to try",
+  },
+  {
+    name: "balance",
+    value: "NAME",
+    scope: "pool",
+    key: ["balance"],
+    read: String,
+    help: "round-robin (smooth weighted when weights differ), least-connections, random-two, " +
+      "source-hash (Maglev on the client's IP), first",
+  },
+  {
+    name: "connect-timeout",
+    value: "MS",
+    scope: "pool",
+    key: ["timeouts", "connect_ms"],
+    help: "time allowed for each backend connect",
+  },
+  {
+    name: "idle-timeout",
+    value: "MS",
+    scope: "pool",
+    key: ["timeouts", "idle_ms"],
+    help: "close a connection after this long with no byte either way",
+  },
+  {
+    name: "half-closed-timeout",
+    value: "MS",
+    scope: "pool",
+    key: ["timeouts", "half_closed_ms"],
+    help: "close a connection one side has finished after this long with no byte",
+  },
+  {
+    name: "maxconn",
+    value: "N",
+    scope: "listener",
+    key: ["maxconn"],
+    help: "most client connections at once; at the limit the balancer stops accepting and " +
+      "the kernel's backlog holds the rest",
+  },
+  {
+    name: "maxconn-per-backend",
+    value: "N",
+    scope: "pool",
+    key: ["maxconn_per_backend"],
+    help: "most connections per backend (0: no limit); when every usable backend is full, " +
+      "clients wait in the queue",
+  },
+  {
+    name: "queue-max",
+    value: "N",
+    scope: "pool",
+    key: ["queue", "max"],
+    help: "most clients waiting in the queue; one more is closed at once (queue-full)",
+  },
+  {
+    name: "queue-timeout",
+    value: "MS",
+    scope: "pool",
+    key: ["queue", "timeout_ms"],
+    help: "longest a client waits in the queue (then closed as queue-timeout)",
+  },
+  {
+    name: "health-check",
+    value: "tcp|send=HEX,expect=HEX",
+    scope: "pool",
+    key: ["health", "check"],
+    read: healthCheckOf,
+    unset: "off",
+    help: "active checks: healthy when a connect succeeds, or when the reply to the sent " +
+      "bytes starts with the expected ones",
+  },
+  {
+    name: "health-interval",
+    value: "MS",
+    scope: "pool",
+    key: ["health", "interval_ms"],
+    help: "time between checks",
+  },
+  {
+    name: "health-timeout",
+    value: "MS",
+    scope: "pool",
+    key: ["health", "timeout_ms"],
+    help: "time allowed for one check",
+  },
+  {
+    name: "rise",
+    value: "N",
+    scope: "pool",
+    key: ["health", "rise"],
+    help: "good checks in a row that bring a backend up",
+  },
+  {
+    name: "fall",
+    value: "N",
+    scope: "pool",
+    key: ["health", "fall"],
+    help: "failed checks, or failed connects, in a row that take it down",
+  },
+  {
+    name: "backoff-base",
+    value: "MS",
+    scope: "pool",
+    key: ["health", "backoff_base_ms"],
+    help: "first wait before retrying a down backend; doubles while it keeps failing",
+  },
+  {
+    name: "backoff-max",
+    value: "MS",
+    scope: "pool",
+    key: ["health", "backoff_max_ms"],
+    help: "longest wait before retrying a down backend",
+  },
+  {
+    name: "slow-start",
+    value: "MS",
+    scope: "pool",
+    key: ["health", "slow_start_ms"],
+    help: "a backend that comes up ramps from a twentieth of its weight to all of it over " +
+      "this time (0: off)",
+  },
+  {
+    name: "drain-timeout",
+    value: "MS",
+    scope: "root",
+    key: ["drain_timeout_ms"],
+    help: "on SIGINT/SIGTERM, time connections may take to finish before they are cut",
+  },
+  {
+    name: "workers",
+    value: "N",
+    scope: "root",
+    key: ["workers"],
+    help: "N processes share the port (SO_REUSEPORT, Linux); needs --allow-run and " +
+      "--unstable-net",
+  },
+  {
+    name: "access-log",
+    value: "FILE",
+    scope: "root",
+    key: ["access_log"],
+    read: String,
+    unset: "stdout",
+    help: "append access lines to FILE, reopened on SIGUSR2 or POST /api/logs/reopen after " +
+      "rotation; needs --allow-write",
+  },
+  {
+    name: "log-format",
+    value: "text|json",
+    scope: "root",
+    key: ["log_format"],
+    read: String,
+    unset: "text on a terminal, json otherwise",
+    help: "access lines as key=value text or JSON objects",
+  },
+  {
+    name: "admin",
+    value: "[HOST:]PORT",
+    scope: "root",
+    key: ["admin", "listen"],
+    read: adminOf,
+    unset: "off",
+    help: "serve the admin API (metrics, backends, changes) there; a bare port means 127.0.0.1",
+  },
+  {
+    name: "admin-token-file",
+    value: "FILE",
+    scope: "root",
+    key: ["admin", "token_file"],
+    read: String,
+    unset: "LB_ADMIN_TOKEN, else changes are refused",
+    help: "the bearer token changes through the admin API need",
+  },
+];
+
+/** One setting given on the command line: its flag and the raw value(s) for its key. */
+export interface GivenSetting {
+  readonly spec: FlagSpec;
+  /** The texts as given, in order (one unless the flag is `multiple`). */
+  readonly texts: readonly string[];
+  /** The raw value for the key (a list for a `multiple` flag). */
+  readonly value: unknown;
+}
+
+/** Everything the command line says. */
+export interface LoadBalancerFlags {
+  /** The settings given, in the table's order. */
+  settings: GivenSetting[];
+  /** `--config FILE`: settings from a file; the settings given override it. */
+  config: string | undefined;
+  /** `--check`: validate the configuration and exit. */
+  check: boolean;
+  /** `--watch`: reload when the config file changes (as on SIGHUP). */
+  watch: boolean;
+  /** Started by a supervisor: listen with `reusePort` (internal). */
+  asWorker: boolean;
+  /** `--help`, `--version`. */
+  help: boolean;
+  version: boolean;
+}
+
+const MODES = {
+  config: { type: "string" },
+  check: { type: "boolean" },
+  watch: { type: "boolean" },
+  "as-worker": { type: "boolean" },
+  help: { type: "boolean", short: "h" },
+  version: { type: "boolean" },
+} as const;
 
 /** Parses the load balancer's command line. @throws {UsageError} */
 export function parseFlags(args: readonly string[]): LoadBalancerFlags {
-  let values;
+  let values: Record<string, string | string[] | boolean | undefined>;
   try {
     ({ values } = parseArgs({
       args: joinNegativeValues(args),
       options: {
-        listen: { type: "string" },
-        backend: { type: "string", multiple: true },
-        balance: { type: "string" },
-        "connect-timeout": { type: "string" },
-        "drain-timeout": { type: "string" },
-        "idle-timeout": { type: "string" },
-        "half-closed-timeout": { type: "string" },
-        maxconn: { type: "string" },
-        "maxconn-per-backend": { type: "string" },
-        "queue-max": { type: "string" },
-        "queue-timeout": { type: "string" },
-        workers: { type: "string" },
-        "health-check": { type: "string" },
-        "health-interval": { type: "string" },
-        "health-timeout": { type: "string" },
-        rise: { type: "string" },
-        fall: { type: "string" },
-        "backoff-base": { type: "string" },
-        "backoff-max": { type: "string" },
-        "slow-start": { type: "string" },
-        "as-worker": { type: "boolean" },
-        config: { type: "string" },
-        check: { type: "boolean" },
-        watch: { type: "boolean" },
-        "log-format": { type: "string" },
-        "access-log": { type: "string" },
-        admin: { type: "string" },
-        "admin-token-file": { type: "string" },
-        help: { type: "boolean", short: "h" },
-        version: { type: "boolean" },
+        ...Object.fromEntries(
+          SETTINGS.map((spec) => [spec.name, { type: "string", multiple: spec.multiple ?? false }]),
+        ),
+        ...MODES,
       },
       strict: true,
       allowPositionals: false,
@@ -219,49 +324,33 @@ export function parseFlags(args: readonly string[]): LoadBalancerFlags {
   } catch (error) {
     throw new UsageError(describeParseArgsError(error));
   }
+  const settings: GivenSetting[] = [];
+  for (const spec of SETTINGS) {
+    const given = values[spec.name];
+    if (given === undefined) continue;
+    const texts = Array.isArray(given) ? given : [String(given)];
+    const read = spec.read ?? number;
+    const raws = texts.map((text) => read(text));
+    settings.push({ spec, texts, value: spec.multiple ? raws : raws[0] });
+  }
   const flags: LoadBalancerFlags = {
-    listen: hostPortFlag("--listen", values.listen ?? "127.0.0.1:5000", true),
-    backends: (values.backend ?? DEFAULT_BACKENDS).map(backendFlag),
-    balance: balanceFlag(values.balance),
-    connectTimeoutMs: millisecondsFlag("--connect-timeout", values["connect-timeout"], 5000),
-    drainTimeoutMs: millisecondsFlag("--drain-timeout", values["drain-timeout"], 30000),
-    idleTimeoutMs: millisecondsFlag("--idle-timeout", values["idle-timeout"], 3_600_000),
-    halfClosedTimeoutMs: millisecondsFlag(
-      "--half-closed-timeout",
-      values["half-closed-timeout"],
-      60_000,
-    ),
-    maxConnections: integerFlag("--maxconn", values.maxconn, 10000, 1, 1_000_000),
-    maxConnectionsPerBackend: integerFlag(
-      "--maxconn-per-backend",
-      values["maxconn-per-backend"],
-      0,
-      0,
-      1_000_000,
-    ),
-    queueMax: integerFlag("--queue-max", values["queue-max"], 1000, 0, 1_000_000),
-    queueTimeoutMs: millisecondsFlag("--queue-timeout", values["queue-timeout"], 5000),
-    healthCheck: healthCheckFlag(values["health-check"]),
-    healthIntervalMs: millisecondsFlag("--health-interval", values["health-interval"], 2000),
-    healthTimeoutMs: millisecondsFlag("--health-timeout", values["health-timeout"], 1000),
-    health: healthSettings(values),
-    workers: integerFlag("--workers", values.workers, 1, 1, 64),
-    asWorker: values["as-worker"] ?? false,
-    config: values.config,
-    check: values.check ?? false,
-    watch: values.watch ?? false,
-    logFormat: logFormatFlag(values["log-format"]),
-    accessLog: values["access-log"],
-    admin: values.admin === undefined ? undefined : adminFlag(values.admin),
-    adminTokenFile: values["admin-token-file"],
-    given: new Set(Object.keys(values)),
-    help: values.help ?? false,
-    version: values.version ?? false,
+    settings,
+    config: values.config as string | undefined,
+    check: values.check === true,
+    watch: values.watch === true,
+    asWorker: values["as-worker"] === true,
+    help: values.help === true,
+    version: values.version === true,
   };
   if (flags.watch && flags.config === undefined) {
     throw new UsageError("--watch: needs --config FILE to watch");
   }
   return flags;
+}
+
+/** The value of setting `name` on the command line, if given. */
+export function givenText(flags: LoadBalancerFlags, name: string): string | undefined {
+  return flags.settings.find((setting) => setting.spec.name === name)?.texts[0];
 }
 
 // `--connect-timeout -5` would read to parseArgs as a flag with no value;
@@ -279,123 +368,6 @@ function joinNegativeValues(args: readonly string[]): string[] {
     }
   }
   return joined;
-}
-
-function adminFlag(text: string): HostPort {
-  // A bare port means loopback, the safe place for an admin API.
-  if (/^[0-9]+$/.test(text)) return hostPortFlag("--admin", `127.0.0.1:${text}`, true);
-  if (!text.includes(":")) {
-    throw new UsageError(
-      `--admin ${text}: expected PORT or HOST:PORT (e.g. 9000 or 127.0.0.1:9000)`,
-    );
-  }
-  return hostPortFlag("--admin", text, true);
-}
-
-function hostPortFlag(flag: string, text: string, isListen: boolean): HostPort {
-  try {
-    return parseHostPort(text, { allowPortZero: isListen });
-  } catch (error) {
-    throw new UsageError(`${flag} ${text}: ${(error as Error).message}`);
-  }
-}
-
-function backendFlag(text: string): BackendSpec {
-  const [where, ...options] = text.split(",");
-  const spec: BackendSpec = {
-    address: hostPortFlag("--backend", where!, false),
-    weight: 1,
-    backup: false,
-  };
-  for (const option of options) {
-    const [key, value] = option.split("=", 2) as [string, string | undefined];
-    if (key === "backup" && value === undefined) {
-      spec.backup = true;
-    } else if (key === "weight" && value !== undefined) {
-      spec.weight = /^[0-9]{1,3}$/.test(value) ? Number(value) : NaN;
-      if (!(spec.weight >= 1 && spec.weight <= 256)) {
-        throw new UsageError(
-          `--backend ${text}: weight must be 1-256, got ${JSON.stringify(value)}`,
-        );
-      }
-    } else {
-      throw new UsageError(
-        `--backend ${text}: unknown option ${JSON.stringify(option)}; expected weight=N or backup`,
-      );
-    }
-  }
-  return spec;
-}
-
-function healthCheckFlag(text: string | undefined): HealthCheckSpec | undefined {
-  if (text === undefined) return undefined;
-  if (text === "tcp") return { kind: "tcp" };
-  const match = /^send=([^,]*),expect=([^,]*)$/.exec(text);
-  if (!match) {
-    throw new UsageError(`--health-check ${text}: expected tcp or send=HEX,expect=HEX`);
-  }
-  try {
-    return { kind: "send-expect", send: fromHex(match[1]!), expect: fromHex(match[2]!) };
-  } catch (error) {
-    throw new UsageError(`--health-check ${text}: ${(error as Error).message}`);
-  }
-}
-
-function healthSettings(values: Record<string, unknown>): HealthSettings {
-  const text = (key: string) => values[key] as string | undefined;
-  const settings: HealthSettings = {
-    rise: integerFlag("--rise", text("rise"), 2, 1, 100),
-    fall: integerFlag("--fall", text("fall"), 3, 1, 100),
-    backoffBaseMs: millisecondsFlag("--backoff-base", text("backoff-base"), 1000),
-    backoffMaxMs: millisecondsFlag("--backoff-max", text("backoff-max"), 30000),
-    slowStartMs: text("slow-start") === "0"
-      ? 0
-      : millisecondsFlag("--slow-start", text("slow-start"), 0),
-  };
-  if (settings.backoffMaxMs < settings.backoffBaseMs) {
-    throw new UsageError(
-      `--backoff-max ${settings.backoffMaxMs}: must be at least --backoff-base ` +
-        `(${settings.backoffBaseMs})`,
-    );
-  }
-  return settings;
-}
-
-function logFormatFlag(text: string | undefined): LogFormat | undefined {
-  if (text === undefined || text === "text" || text === "json") return text;
-  throw new UsageError(`--log-format ${text}: expected text or json`);
-}
-
-function balanceFlag(text: string | undefined): StrategyName {
-  if (text === undefined) return "round-robin";
-  if ((STRATEGY_NAMES as readonly string[]).includes(text)) return text as StrategyName;
-  throw new UsageError(`--balance ${text}: expected one of ${STRATEGY_NAMES.join(", ")}`);
-}
-
-function millisecondsFlag(flag: string, text: string | undefined, fallback: number): number {
-  if (text === undefined) return fallback;
-  const value = /^[0-9]{1,10}$/.test(text) ? Number(text) : NaN;
-  if (!(value >= 1 && value <= 2_147_483_647)) {
-    throw new UsageError(
-      `${flag} ${text}: expected a whole number of milliseconds, 1-2147483647`,
-    );
-  }
-  return value;
-}
-
-function integerFlag(
-  flag: string,
-  text: string | undefined,
-  fallback: number,
-  lowest: number,
-  highest: number,
-): number {
-  if (text === undefined) return fallback;
-  const value = /^[0-9]{1,7}$/.test(text) ? Number(text) : NaN;
-  if (!(value >= lowest && value <= highest)) {
-    throw new UsageError(`${flag} ${text}: expected a whole number, ${lowest}-${highest}`);
-  }
-  return value;
 }
 
 // node:util's messages are long and mention positionals; say it our way.
@@ -417,4 +389,89 @@ function describeParseArgsError(error: unknown): string {
     default:
       return message;
   }
+}
+
+/** The value at a setting's key in a validated config's listener 0, its pool, or the top. */
+export function settingValue(config: Config, spec: FlagSpec): unknown {
+  const listener = config.listeners[0]!;
+  let value: unknown = spec.scope === "listener"
+    ? listener
+    : spec.scope === "pool"
+    ? config.pools[listener.pool]
+    : config;
+  for (const key of spec.key) value = (value as Record<string, unknown> | undefined)?.[key];
+  return value;
+}
+
+/** A default as `--help` and the docs write it. */
+export function formatDefault(value: unknown): string {
+  if (Array.isArray(value)) {
+    return value.map((item) => (item as { address?: string }).address ?? String(item)).join(", ");
+  }
+  return String(value);
+}
+
+/** The `--help` text, generated from {@linkcode SETTINGS} and the schema's defaults. */
+export function usage(): string {
+  const defaults = configDefaults();
+  const rows = SETTINGS.map((spec) => {
+    const value = settingValue(defaults, spec);
+    const shown = value === undefined ? spec.unset : formatDefault(value);
+    return [`--${spec.name} ${spec.value}`, `${spec.help} (default ${shown})`] as const;
+  });
+  const modes: [string, string][] = [
+    [
+      "--config FILE",
+      "settings from a YAML or JSON file (see lb.example.yaml); settings given " +
+      "as flags as well override it, for a file with one listener. Needs --allow-read and " +
+      "--allow-env=LOG_TOKENS,LOG_STREAM",
+    ],
+    [
+      "--check",
+      "validate the configuration (file and flags) as a start would, print the " +
+      "result and exit 0 (valid), 1 (a bad setting) or 2 (a bad flag); binds nothing",
+    ],
+    ["--watch", "with --config: reload when the file changes, as on SIGHUP"],
+    ["--version", "print the version and exit"],
+    ["-h, --help", "show this text"],
+  ];
+  const table = (entries: readonly (readonly [string, string])[]) =>
+    entries.map(([left, right]) => wrap(left, right)).join("\n");
+  return `Usage: deno run --allow-net load_balancer.ts [flags]
+
+Accepts TCP connections and hands each one, round robin, to a backend,
+copying bytes both ways until both sides are done.
+
+Settings (each is also a key of the config file, with the same default):
+${table(rows)}
+
+Modes:
+${table(modes)}
+
+Signals: SIGHUP reloads the config file, SIGUSR2 reopens the access log,
+SIGINT/SIGTERM drain and stop. Never send SIGUSR1: Deno opens a debugger on
+it; the balancer ignores it when it may (--allow-ffi, as deno task lb grants).
+`;
+}
+
+// `  --flag VALUE   text…`, the text wrapped at 100 columns under itself.
+function wrap(left: string, right: string): string {
+  const indent = 34;
+  const width = 100 - indent;
+  const lines: string[] = [];
+  let line = "";
+  for (const word of right.split(" ")) {
+    if (line !== "" && line.length + 1 + word.length > width) {
+      lines.push(line);
+      line = word;
+    } else {
+      line = line === "" ? word : `${line} ${word}`;
+    }
+  }
+  lines.push(line);
+  const head = `  ${left}`;
+  const first = head.length < indent
+    ? head.padEnd(indent) + lines[0]
+    : `${head}\n${" ".repeat(indent)}${lines[0]}`;
+  return [first, ...lines.slice(1).map((text) => " ".repeat(indent) + text)].join("\n");
 }

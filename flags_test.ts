@@ -1,84 +1,80 @@
 import assert from "node:assert/strict";
-import { parseFlags, UsageError } from "./flags.ts";
+import { configDefaults, type ConfigError } from "./config.ts";
+import {
+  formatDefault,
+  type LoadBalancerFlags,
+  parseFlags,
+  SETTINGS,
+  settingValue,
+  usage,
+  UsageError,
+} from "./flags.ts";
+import { resolveConfig } from "./plan.ts";
 
-Deno.test("parseFlags() with no flags is the lab: 5000 → 5001, 5002", () => {
-  assert.deepEqual(parseFlags([]), {
-    listen: { hostname: "127.0.0.1", port: 5000 },
-    backends: [
-      { address: { hostname: "127.0.0.1", port: 5001 }, weight: 1, backup: false },
-      { address: { hostname: "127.0.0.1", port: 5002 }, weight: 1, backup: false },
-    ],
-    balance: "round-robin",
-    connectTimeoutMs: 5000,
-    drainTimeoutMs: 30000,
-    idleTimeoutMs: 3600000,
-    halfClosedTimeoutMs: 60000,
-    maxConnections: 10000,
-    maxConnectionsPerBackend: 0,
-    queueMax: 1000,
-    queueTimeoutMs: 5000,
-    healthCheck: undefined,
-    healthIntervalMs: 2000,
-    healthTimeoutMs: 1000,
-    health: { rise: 2, fall: 3, backoffBaseMs: 1000, backoffMaxMs: 30000, slowStartMs: 0 },
-    workers: 1,
-    asWorker: false,
+/** The config the flags describe (no file), or the error's message. */
+async function configOf(args: string[]) {
+  return await resolveConfig(parseFlags(args));
+}
+
+async function messageOf(args: string[]): Promise<string> {
+  try {
+    const flags: LoadBalancerFlags = parseFlags(args);
+    await resolveConfig(flags);
+  } catch (error) {
+    if (error instanceof UsageError) return error.message;
+    throw error;
+  }
+  throw new Error(`${args.join(" ")} was accepted`);
+}
+
+Deno.test("no flags is the lab: 127.0.0.1:5000 → 127.0.0.1:5001, 127.0.0.1:5002", async () => {
+  const flags = parseFlags([]);
+  assert.deepEqual(flags, {
+    settings: [],
     config: undefined,
     check: false,
-    version: false,
     watch: false,
-    logFormat: undefined,
-    accessLog: undefined,
-    admin: undefined,
-    adminTokenFile: undefined,
-    given: new Set(),
+    asWorker: false,
     help: false,
+    version: false,
   });
+  const config = await resolveConfig(flags);
+  assert.equal(config.listeners[0]!.listen, "127.0.0.1:5000");
+  assert.deepEqual(config.pools.default!.backends.map((b) => b.address), [
+    "127.0.0.1:5001",
+    "127.0.0.1:5002",
+  ]);
 });
 
-Deno.test("parseFlags() replaces the default pool with the --backend flags, in order", () => {
-  const flags = parseFlags([
+Deno.test("--backend replaces the default pool, in order, with its options", async () => {
+  const config = await configOf([
     "--listen",
     "[::]:6000",
     "--backend",
     "10.0.0.2:80",
-    "--backend=[::1]:81",
-    "--connect-timeout",
-    "250",
-    "--drain-timeout=10",
-    "-h",
-  ]);
-  assert.deepEqual(flags.listen, { hostname: "::", port: 6000 });
-  assert.deepEqual(flags.backends, [
-    { address: { hostname: "10.0.0.2", port: 80 }, weight: 1, backup: false },
-    { address: { hostname: "::1", port: 81 }, weight: 1, backup: false },
-  ]);
-  assert.equal(flags.connectTimeoutMs, 250);
-  assert.equal(flags.drainTimeoutMs, 10);
-  assert.equal(flags.help, true);
-});
-
-Deno.test("parseFlags() reads backend options and the strategy", () => {
-  const flags = parseFlags([
-    "--backend",
-    "127.0.0.1:5001,weight=5",
-    "--backend",
-    "[::1]:5002,backup",
+    "--backend=[::1]:81,weight=5",
     "--backend",
     "db.internal:5432,weight=256,backup",
     "--balance",
     "source-hash",
+    "--connect-timeout",
+    "250",
+    "--drain-timeout=10",
   ]);
-  assert.deepEqual(flags.backends, [
-    { address: { hostname: "127.0.0.1", port: 5001 }, weight: 5, backup: false },
-    { address: { hostname: "::1", port: 5002 }, weight: 1, backup: true },
-    { address: { hostname: "db.internal", port: 5432 }, weight: 256, backup: true },
+  assert.equal(config.listeners[0]!.listen, "[::]:6000");
+  const pool = config.pools.default!;
+  assert.deepEqual(pool.backends, [
+    { address: "10.0.0.2:80", weight: 1, backup: false },
+    { address: "[::1]:81", weight: 5, backup: false },
+    { address: "db.internal:5432", weight: 256, backup: true },
   ]);
-  assert.equal(flags.balance, "source-hash");
+  assert.equal(pool.balance, "source-hash");
+  assert.equal(pool.timeouts.connect_ms, 250);
+  assert.equal(config.drain_timeout_ms, 10);
 });
 
-Deno.test("parseFlags() reads the health flags", () => {
-  const flags = parseFlags([
+Deno.test("the health flags set the pool's health keys; the check's bytes stay hex until used", async () => {
+  const pool = (await configOf([
     "--health-check",
     "send=50494e470a,expect=2b504f4e47",
     "--health-interval",
@@ -95,60 +91,73 @@ Deno.test("parseFlags() reads the health flags", () => {
     "800",
     "--slow-start",
     "10000",
-  ]);
-  assert.deepEqual(flags.healthCheck, {
-    kind: "send-expect",
-    send: new TextEncoder().encode("PING\n"),
-    expect: new TextEncoder().encode("+PONG"),
-  });
-  assert.deepEqual(
-    [flags.healthIntervalMs, flags.healthTimeoutMs],
-    [500, 200],
-  );
-  assert.deepEqual(flags.health, {
+  ])).pools.default!;
+  assert.deepEqual(pool.health, {
+    check: { send: "50494e470a", expect: "2b504f4e47" },
+    interval_ms: 500,
+    timeout_ms: 200,
     rise: 1,
     fall: 5,
-    backoffBaseMs: 100,
-    backoffMaxMs: 800,
-    slowStartMs: 10000,
+    backoff_base_ms: 100,
+    backoff_max_ms: 800,
+    slow_start_ms: 10000,
   });
-  assert.deepEqual(parseFlags(["--health-check", "tcp"]).healthCheck, { kind: "tcp" });
+  assert.equal((await configOf(["--health-check", "tcp"])).pools.default!.health.check, "tcp");
 });
 
-Deno.test("parseFlags() errors name the flag and the value", () => {
+Deno.test("a bad flag value is named with the flag and the text given, in the schema's words", async () => {
   const cases: [string[], string][] = [
-    [["--bogus"], "unknown flag --bogus (see --help)"],
     [["--backend", "nonsense"], "--backend nonsense: expected HOST:PORT"],
     [
       ["--backend", "127.0.0.1:70000"],
       '--backend 127.0.0.1:70000: port must be an integer 1-65535: got "70000"',
     ],
-    [["--backend", "127.0.0.1:0"], "--backend 127.0.0.1:0: port must be an integer 1-65535"],
     [["--listen", "127.0.0.1:99999"], "--listen 127.0.0.1:99999: port must be an integer 0-65535"],
-    [["--connect-timeout", "0"], "--connect-timeout 0: expected a whole number of milliseconds"],
-    [["--drain-timeout", "soon"], "--drain-timeout soon: expected a whole number of milliseconds"],
-    [["--listen"], "--listen needs a value"],
-    [["--workers", "0"], "--workers 0: expected a whole number, 1-64"],
-    [["--health-check", "http"], "--health-check http: expected tcp or send=HEX,expect=HEX"],
+    [
+      ["--connect-timeout", "0"],
+      "--connect-timeout 0: expected a whole number 1-2147483647, got 0",
+    ],
+    [
+      ["--drain-timeout", "soon"],
+      '--drain-timeout soon: expected a whole number 1-2147483647, got "soon"',
+    ],
+    [["--workers", "0"], "--workers 0: expected a whole number 1-64, got 0"],
     [
       ["--health-check", "send=0g,expect=00"],
       '--health-check send=0g,expect=00: expected an even number of hex digits, got "0g"',
     ],
-    [["--rise", "0"], "--rise 0: expected a whole number, 1-100"],
-    [["--maxconn", "0"], "--maxconn 0: expected a whole number, 1-1000000"],
-    [["--log-format", "xml"], "--log-format xml: expected text or json"],
+    [["--rise", "0"], "--rise 0: expected a whole number 1-100, got 0"],
+    [["--maxconn", "0"], "--maxconn 0: expected a whole number 1-1000000, got 0"],
+    [["--log-format", "xml"], '--log-format xml: expected text or json, got "xml"'],
     [
       ["--backoff-base", "5000", "--backoff-max", "1000"],
-      "--backoff-max 1000: must be at least --backoff-base (5000)",
+      "--backoff-max 1000: must be at least backoff_base_ms (5000): got 1000",
     ],
     [
       ["--backend", "127.0.0.1:5001,weight=0"],
-      '--backend 127.0.0.1:5001,weight=0: weight must be 1-256, got "0"',
+      "--backend 127.0.0.1:5001,weight=0: expected a whole number 1-256, got 0",
     ],
     [
-      ["--backend", "127.0.0.1:5001,weight=257"],
-      "--backend 127.0.0.1:5001,weight=257: weight must be 1-256",
+      ["--backend", "127.0.0.1:5001", "--backend", "127.0.0.1:5002,weight=257"],
+      "--backend 127.0.0.1:5002,weight=257: expected a whole number 1-256, got 257",
     ],
+    [
+      ["--balance", "fastest"],
+      "--balance fastest: expected one of round-robin, least-connections, random-two, source-hash, first",
+    ],
+  ];
+  for (const [args, start] of cases) {
+    const message = await messageOf(args);
+    assert.ok(message.startsWith(start), `${args.join(" ")}: got "${message}", want "${start}…"`);
+  }
+});
+
+Deno.test("what parseArgs refuses is named too", () => {
+  const cases: [string[], string][] = [
+    [["--bogus"], "unknown flag --bogus (see --help)"],
+    [["--listen"], "--listen needs a value"],
+    [["--check=yes"], "--check takes no value"],
+    [["--health-check", "http"], "--health-check http: expected tcp or send=HEX,expect=HEX"],
     [
       ["--backend", "127.0.0.1:5001,weight"],
       '--backend 127.0.0.1:5001,weight: unknown option "weight"',
@@ -157,11 +166,8 @@ Deno.test("parseFlags() errors name the flag and the value", () => {
       ["--backend", "127.0.0.1:5001,spare"],
       '--backend 127.0.0.1:5001,spare: unknown option "spare"; expected weight=N or backup',
     ],
-    [
-      ["--balance", "fastest"],
-      "--balance fastest: expected one of round-robin, least-connections, random-two, source-hash, first",
-    ],
-    [["--workers", "two"], "--workers two: expected a whole number, 1-64"],
+    [["--admin", "foo"], "--admin foo: expected PORT or HOST:PORT"],
+    [["--watch"], "--watch: needs --config FILE to watch"],
     [["stray"], "unexpected argument stray"],
   ];
   for (const [args, start] of cases) {
@@ -170,5 +176,66 @@ Deno.test("parseFlags() errors name the flag and the value", () => {
       (error: unknown) => error instanceof UsageError && error.message.startsWith(start),
       `${args.join(" ")} should fail with "${start}…"`,
     );
+  }
+});
+
+Deno.test("--help lists every setting with the schema's default, and every flag it lists exists", () => {
+  const text = usage();
+  const defaults = configDefaults();
+  for (const spec of SETTINGS) {
+    const at = text.indexOf(`  --${spec.name} ${spec.value}`);
+    assert.ok(at >= 0, `--help lists --${spec.name}`);
+    const entry = text.slice(at).split(/\n {2}-/)[0]!.replace(/\s+/g, " ");
+    const value = settingValue(defaults, spec);
+    const shown = value === undefined ? spec.unset! : formatDefault(value);
+    assert.ok(entry.includes(`(default ${shown})`), `--${spec.name}: ${entry}`);
+  }
+  const known = new Set([
+    ...SETTINGS.map((s) => s.name),
+    "config",
+    "check",
+    "watch",
+    "version",
+    "help",
+  ]);
+  for (const [, flag] of text.matchAll(/^ {2}(?:-h, )?--([a-z-]+)/gm)) {
+    assert.ok(known.has(flag!), `--${flag} in --help is a flag`);
+  }
+});
+
+Deno.test("the docs' flag table gives each setting the schema's default", async () => {
+  const docs = await Deno.readTextFile(new URL("docs/configuration.md", import.meta.url));
+  const defaults = configDefaults();
+  for (const spec of SETTINGS) {
+    const row = docs.split("\n").find((line) => line.startsWith(`| \`--${spec.name} `));
+    assert.ok(row !== undefined, `docs/configuration.md has a row for --${spec.name}`);
+    const value = settingValue(defaults, spec);
+    const cell = row.split("|")[2]!.trim();
+    if (value !== undefined) {
+      assert.equal(cell.replace(/`/g, ""), formatDefault(value), `--${spec.name}`);
+    }
+  }
+});
+
+Deno.test("flags over a file with two listeners are refused, naming them", async () => {
+  const file = await Deno.makeTempFile({ suffix: ".yaml" });
+  await Deno.writeTextFile(
+    file,
+    `listeners:
+  - { name: a, listen: "127.0.0.1:0", pool: p }
+  - { name: b, listen: "127.0.0.1:0", pool: p }
+pools: { p: { backends: [{ address: "127.0.0.1:5001" }] } }
+`,
+  );
+  try {
+    await assert.rejects(
+      () => resolveConfig(parseFlags(["--config", file, "--connect-timeout", "5"])),
+      (error: ConfigError) =>
+        /--connect-timeout override the file only when it has exactly one listener/.test(
+          error.message,
+        ),
+    );
+  } finally {
+    await Deno.remove(file);
   }
 });

@@ -15,7 +15,7 @@ import { realClock } from "./clock.ts";
 import { ConfigError, watchConfig } from "./config.ts";
 import { DenoEngine } from "./engine_deno.ts";
 import { describe, StartError } from "./errors.ts";
-import { type LoadBalancerFlags, parseFlags, USAGE, UsageError } from "./flags.ts";
+import { type LoadBalancerFlags, parseFlags, usage, UsageError } from "./flags.ts";
 import { canUseLibc, ignoreSigusr1, isSignalIgnored, resetConnection } from "./libc.ts";
 import { logDiagnostic } from "./log.ts";
 import { type Plan, prepare, resolveConfig, summarize, workerPermissions } from "./plan.ts";
@@ -78,7 +78,7 @@ async function run(args: readonly string[], sigusr1Warning: string | undefined):
     throw error;
   }
   if (flags.help) {
-    console.log(USAGE);
+    console.log(usage());
     return 0;
   }
   if (flags.version) {
@@ -96,7 +96,7 @@ async function run(args: readonly string[], sigusr1Warning: string | undefined):
       listen: parseHostPort(plan.config.listeners[0]!.listen, { allowPortZero: true }),
       workers: plan.config.workers,
       args,
-      permissions: workerPermissions(flags),
+      permissions: workerPermissions(flags, plan.config),
     });
   }
   const stopped = Promise.withResolvers<number>();
@@ -144,6 +144,7 @@ async function makePlan(flags: LoadBalancerFlags): Promise<Plan> {
   try {
     return await prepare(flags, await resolveConfig(flags));
   } catch (error) {
+    if (error instanceof UsageError) throw new StartError(error.message);
     if (!(error instanceof ConfigError)) throw error;
     const lines = error.problems.map((problem) => `${sourceOf(flags)}: ${problem}`);
     throw new StartError(lines.join("\n"), flags.check ? 1 : 2);

@@ -279,7 +279,7 @@ Deno.test("load_balancer.ts: bad input is one line naming the flag and value, ex
       [["--backend", "127.0.0.1:65536"], /^load_balancer: --backend 127.0.0.1:65536: port must/],
       [
         ["--backend", "127.0.0.1:5001,weight=0"],
-        /^load_balancer: --backend 127.0.0.1:5001,weight=0: weight must be 1-256, got "0"$/,
+        /^load_balancer: --backend 127.0.0.1:5001,weight=0: expected a whole number 1-256, got 0$/,
       ],
       [["--balance", "fastest"], /^load_balancer: --balance fastest: expected one of round-robin,/],
       [

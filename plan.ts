@@ -15,102 +15,106 @@
 import { formatHostPort, parseHostPort } from "./address.ts";
 import { createStrategy } from "./balancer.ts";
 import type { Clock } from "./clock.ts";
-import { type Config, ConfigError, readConfigFile, validateConfig } from "./config.ts";
+import {
+  type Config,
+  ConfigError,
+  formatPath,
+  labConfig,
+  readConfigFile,
+  validateConfig,
+} from "./config.ts";
 import { describe } from "./errors.ts";
 import type { LoadBalancerEvent } from "./events.ts";
-import type { LoadBalancerFlags } from "./flags.ts";
-import { fromHex, hex, type Probe, sendExpectProbe, tcpProbe } from "./health_check.ts";
+import { type FlagSpec, givenText, type LoadBalancerFlags, UsageError } from "./flags.ts";
+import { fromHex, type Probe, sendExpectProbe, tcpProbe } from "./health_check.ts";
 import { AccessLog } from "./log.ts";
 import { Backend, Pool } from "./pool.ts";
 
 type Raw = Record<string, unknown>;
 
-/** Each flag, and how it sets the raw config of listener 0 and its pool. */
-const FLAG_KEYS: Record<string, (raw: Raw, flags: LoadBalancerFlags) => void> = {
-  "listen": (raw, flags) => listener(raw).listen = formatHostPort(flags.listen),
-  "maxconn": (raw, flags) => listener(raw).maxconn = flags.maxConnections,
-  "backend": (raw, flags) =>
-    pool(raw).backends = flags.backends.map((spec) => ({
-      address: formatHostPort(spec.address),
-      weight: spec.weight,
-      backup: spec.backup,
-    })),
-  "balance": (raw, flags) => pool(raw).balance = flags.balance,
-  "connect-timeout": (raw, flags) =>
-    part(pool(raw), "timeouts").connect_ms = flags.connectTimeoutMs,
-  "idle-timeout": (raw, flags) => part(pool(raw), "timeouts").idle_ms = flags.idleTimeoutMs,
-  "half-closed-timeout": (raw, flags) =>
-    part(pool(raw), "timeouts").half_closed_ms = flags.halfClosedTimeoutMs,
-  "maxconn-per-backend": (raw, flags) =>
-    pool(raw).maxconn_per_backend = flags.maxConnectionsPerBackend,
-  "queue-max": (raw, flags) => part(pool(raw), "queue").max = flags.queueMax,
-  "queue-timeout": (raw, flags) => part(pool(raw), "queue").timeout_ms = flags.queueTimeoutMs,
-  "health-check": (raw, flags) => {
-    const check = flags.healthCheck;
-    if (check === undefined) return;
-    part(pool(raw), "health").check = check.kind === "tcp"
-      ? "tcp"
-      : { send: hex(check.send), expect: hex(check.expect) };
-  },
-  "health-interval": (raw, flags) => part(pool(raw), "health").interval_ms = flags.healthIntervalMs,
-  "health-timeout": (raw, flags) => part(pool(raw), "health").timeout_ms = flags.healthTimeoutMs,
-  "rise": (raw, flags) => part(pool(raw), "health").rise = flags.health.rise,
-  "fall": (raw, flags) => part(pool(raw), "health").fall = flags.health.fall,
-  "backoff-base": (raw, flags) =>
-    part(pool(raw), "health").backoff_base_ms = flags.health.backoffBaseMs,
-  "backoff-max": (raw, flags) =>
-    part(pool(raw), "health").backoff_max_ms = flags.health.backoffMaxMs,
-  "slow-start": (raw, flags) => part(pool(raw), "health").slow_start_ms = flags.health.slowStartMs,
-  "drain-timeout": (raw, flags) => raw.drain_timeout_ms = flags.drainTimeoutMs,
-  "workers": (raw, flags) => raw.workers = flags.workers,
-  "admin": (raw, flags) => {
-    if (flags.admin !== undefined) part(raw, "admin").listen = formatHostPort(flags.admin);
-  },
-  "admin-token-file": (raw, flags) => {
-    if (flags.adminTokenFile !== undefined) part(raw, "admin").token_file = flags.adminTokenFile;
-  },
-};
-
-function listener(raw: Raw): Raw {
-  return (raw.listeners as Raw[])[0]!;
+/** Where a setting's key is in a raw config, for listener 0 and its pool. */
+function pathOf(raw: Raw, spec: FlagSpec): PropertyKey[] {
+  switch (spec.scope) {
+    case "listener":
+      return ["listeners", 0, ...spec.key];
+    case "pool":
+      return ["pools", String((raw.listeners as Raw[])[0]!.pool), ...spec.key];
+    case "root":
+      return [...spec.key];
+  }
 }
 
-function pool(raw: Raw): Raw {
-  const pools = (raw.pools ??= {}) as Record<string, Raw>;
-  const name = String(listener(raw).pool);
-  return (pools[name] ??= {});
-}
-
-function part(parent: Raw, key: string): Raw {
-  const value = parent[key];
+// The object under `key`, made if missing. Always an own property: a name
+// from the file (`__proto__`) must never lead to an object's prototype.
+function child(parent: Raw, key: PropertyKey): Raw {
+  const value = Object.hasOwn(parent, key) ? parent[key as string] : undefined;
   if (value !== null && typeof value === "object") return value as Raw;
-  return (parent[key] = {}) as Raw;
+  const made: Raw = {};
+  Object.defineProperty(parent, key, {
+    value: made,
+    enumerable: true,
+    writable: true,
+    configurable: true,
+  });
+  return made;
 }
 
-/** Where the settings came from, for messages: the file, or the command line. */
-export function sourceOf(flags: LoadBalancerFlags): string {
-  return flags.config ?? "command line";
+function setAt(raw: Raw, path: readonly PropertyKey[], value: unknown): void {
+  let parent = raw;
+  for (const key of path.slice(0, -1)) parent = child(parent, key);
+  Object.defineProperty(parent, path.at(-1)!, {
+    value,
+    enumerable: true,
+    writable: true,
+    configurable: true,
+  });
 }
 
-/** The validated configuration the flags (and `--config`) describe. @throws {ConfigError} */
+const samePath = (a: readonly PropertyKey[], b: readonly PropertyKey[]) =>
+  b.length <= a.length && b.every((key, i) => String(key) === String(a[i]));
+
+/**
+ * The validated configuration the flags (and `--config`) describe.
+ * @throws {ConfigError} for a bad file, {@linkcode UsageError} when a flag's
+ * value is what is wrong (naming the flag and the value as given)
+ */
 export async function resolveConfig(flags: LoadBalancerFlags): Promise<Config> {
   const fromFile = flags.config !== undefined;
-  const raw: Raw = fromFile ? (await readConfigFile(flags.config!)) as Raw : {
-    listeners: [{ name: "default", listen: "127.0.0.1:5000", pool: "default" }],
-    pools: { default: {} },
-  };
-  const overriding = Object.keys(FLAG_KEYS).filter((flag) => !fromFile || flags.given.has(flag));
-  if (fromFile && overriding.length > 0) {
-    const listeners = raw?.listeners;
-    if (!Array.isArray(listeners) || listeners.length !== 1 || typeof listeners[0] !== "object") {
-      throw new ConfigError([
-        `${overriding.map((flag) => `--${flag}`).join(", ")} override the file only when it ` +
-        `has exactly one listener; set these in the file instead`,
-      ]);
-    }
+  const raw = (fromFile ? await readConfigFile(flags.config!) : labConfig()) as Raw;
+  if (flags.settings.length === 0) return validateConfig(raw);
+  if (raw === null || typeof raw !== "object" || Array.isArray(raw)) return validateConfig(raw);
+  // A listener's or a pool's key needs to know which: a file with one listener says.
+  const scoped = flags.settings.filter((setting) => setting.spec.scope !== "root");
+  const listeners = raw.listeners;
+  const single = Array.isArray(listeners) && listeners.length === 1 &&
+    listeners[0] !== null && typeof listeners[0] === "object";
+  if (scoped.length > 0 && !single) {
+    throw new ConfigError([
+      `${scoped.map((s) => `--${s.spec.name}`).join(", ")} override the file only ` +
+      `when it has exactly one listener; set these in the file instead`,
+    ]);
   }
-  for (const flag of overriding) FLAG_KEYS[flag]!(raw, flags);
-  return validateConfig(raw);
+  const paths = flags.settings.map((setting) => pathOf(raw, setting.spec));
+  flags.settings.forEach((setting, i) => setAt(raw, paths[i]!, setting.value));
+  try {
+    return validateConfig(raw);
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    // A problem at a key a flag set is the flag's: say it with the flag and its text.
+    let fromFlags = false;
+    const problems = error.issues.map((issue) => {
+      const index = paths.findIndex((path) => samePath(issue.path, path));
+      if (index < 0) {
+        return `${flags.config ?? "command line"}: ${formatPath(issue.path)}: ${issue.message}`;
+      }
+      fromFlags = true;
+      const setting = flags.settings[index]!;
+      const item = setting.spec.multiple ? Number(issue.path[paths[index]!.length] ?? 0) : 0;
+      return `--${setting.spec.name} ${setting.texts[item] ?? setting.texts[0]}: ${issue.message}`;
+    });
+    if (fromFlags) throw new UsageError(problems.join("\n"));
+    throw error;
+  }
 }
 
 /** A one-line summary of a valid configuration, for `--check`. */
@@ -196,8 +200,9 @@ export function needsRestart(previous: Config, next: Config): string[] {
   const before = previous.admin?.listen ?? "off";
   const after = next.admin?.listen ?? "off";
   if (before !== after) changed.push(`admin.listen (${before} -> ${after})`);
-  if (previous.workers !== next.workers) {
-    changed.push(`workers (${previous.workers} -> ${next.workers})`);
+  for (const key of ["workers", "access_log", "log_format"] as const) {
+    const [was, now] = [previous[key] ?? "unset", next[key] ?? "unset"];
+    if (was !== now) changed.push(`${key} (${was} -> ${now})`);
   }
   return changed;
 }
@@ -232,10 +237,14 @@ export async function prepare(
   let log = runningLog;
   if (log === undefined) {
     try {
-      log = new AccessLog({ path: flags.accessLog, format: flags.logFormat });
+      log = new AccessLog({
+        ...(config.access_log === undefined ? {} : { path: config.access_log }),
+        ...(config.log_format === undefined ? {} : { format: config.log_format }),
+      });
       if (flags.check) log.close();
     } catch (error) {
-      problems.push(`--access-log ${flags.accessLog}: ${describe(error)}`);
+      const given = givenText(flags, "access-log") === undefined ? "access_log" : "--access-log";
+      problems.push(`${given} ${config.access_log}: ${describe(error)}`);
     }
   }
   // Built afresh and thrown away, so a reload that fails later has touched
@@ -286,15 +295,15 @@ async function readToken(file: string | undefined): Promise<string | undefined> 
 }
 
 /** The permissions a worker needs for the features this command line uses. */
-export function workerPermissions(flags: LoadBalancerFlags): string[] {
+export function workerPermissions(flags: LoadBalancerFlags, config: Config): string[] {
   const permissions: string[] = [];
   // Workers read the same file (and re-read it on SIGHUP).
   if (flags.config !== undefined) {
     permissions.push("--allow-read", "--allow-env=LOG_TOKENS,LOG_STREAM");
-  } else if (flags.adminTokenFile !== undefined) {
-    permissions.push(`--allow-read=${flags.adminTokenFile}`);
+  } else if (config.admin?.token_file !== undefined) {
+    permissions.push(`--allow-read=${config.admin.token_file}`);
   }
-  if (flags.accessLog !== undefined) permissions.push(`--allow-write=${flags.accessLog}`);
+  if (config.access_log !== undefined) permissions.push(`--allow-write=${config.access_log}`);
   if (Deno.permissions.querySync({ name: "ffi" }).state === "granted") {
     permissions.push("--allow-ffi");
   }

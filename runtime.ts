@@ -160,7 +160,7 @@ export class Runtime {
   /** Reopens the access log; returns what was reopened. */
   reopenLogs(): string {
     this.#accessLog.reopen();
-    return this.#flags.accessLog ?? "(stdout)";
+    return this.#config.access_log ?? "(stdout)";
   }
 
   /** Queues a reload after any in progress; never rejects. */
