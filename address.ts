@@ -59,7 +59,7 @@ export function parseHostPort(text: string, options: ParseHostPortOptions = {}):
         `an IPv6 address needs brackets and a port, as in ${example}: got ${JSON.stringify(text)}`,
       );
     }
-    if (!HOST_NAME.test(hostname)) {
+    if (!HOST_NAME.test(hostname) || !isHostName(hostname)) {
       throw new RangeError(`${expected}: got ${JSON.stringify(text)}`);
     }
     // All digits and dots reads as an IPv4 address, never as a name to resolve.
@@ -79,6 +79,12 @@ export function parseHostPort(text: string, options: ParseHostPortOptions = {}):
     );
   }
   return { hostname, port };
+}
+
+// DNS's limits: at most 253 characters, labels of 1-63 (no `a..b`).
+function isHostName(host: string): boolean {
+  return host.length <= 253 &&
+    host.split(".").every((label) => label.length >= 1 && label.length <= 63);
 }
 
 /** Whether `text` is a dotted-quad IPv4 address, each part 0-255. */

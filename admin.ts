@@ -261,7 +261,9 @@ function reopen(
     audit(`admin: reopened the access log ${what} (by ${peer})`);
     return json(200, { reopened: what });
   } catch (error) {
-    return json(500, { error: `could not reopen the access log: ${(error as Error).message}` });
+    const why = `could not reopen the access log: ${describe(error)}`;
+    audit(`admin: ${why} (by ${peer})`);
+    return json(500, { error: why });
   }
 }
 
@@ -289,6 +291,9 @@ function mutate(
   const targets = view.pools().filter((p) => p.name === pool).flatMap((p) =>
     p.backends.filter((backend) => backend.name === address)
   );
+  if (!view.pools().some((p) => p.name === pool)) {
+    return json(404, { error: `no pool ${JSON.stringify(truncate(pool))}` });
+  }
   if (targets.length === 0) {
     return json(404, {
       error: `no backend ${JSON.stringify(truncate(address))} in pool ${
@@ -299,27 +304,36 @@ function mutate(
   const done = () => json(200, backendJson(pool, targets[0]!));
   if (action !== "weight") {
     const state = action === "drain" ? "draining" : action === "disable" ? "disabled" : "enabled";
-    const before = targets[0]!.adminState;
+    const before = targets[0]!.state;
     for (const backend of targets) backend.adminState = state;
+    const after = targets[0]!.state;
     audit(
-      `admin: ${action} backend ${address} of pool ${pool}: ${before} -> ${state} (by ${peer})`,
+      `admin: ${action} backend ${address} of pool ${pool}: ${before} -> ${after} (by ${peer})`,
     );
     return done();
   }
   return request.text().then((text) => {
-    let weight: unknown;
+    const expected = `body must be JSON like {"weight": 5}`;
+    let body: unknown;
     try {
-      weight = (JSON.parse(text) as { weight?: unknown })?.weight;
+      body = JSON.parse(text);
     } catch {
+      return json(400, { error: `${expected}, got ${JSON.stringify(truncate(text))}` });
+    }
+    if (body === null || typeof body !== "object" || Array.isArray(body)) {
+      return json(400, { error: `${expected}, got ${truncate(text)}` });
+    }
+    const unknown = Object.keys(body).filter((key) => key !== "weight");
+    if (unknown.length > 0) {
       return json(400, {
-        error: `body must be JSON like {"weight": 5}, got ${JSON.stringify(truncate(text))}`,
+        error: `unknown key(s) ${truncate(JSON.stringify(unknown))}; ${expected}`,
       });
     }
+    const weight = (body as { weight?: unknown }).weight;
     if (!Number.isInteger(weight) || (weight as number) < 1 || (weight as number) > 256) {
+      const shown = typeof weight === "number" ? String(weight) : JSON.stringify(weight);
       return json(400, {
-        error: `weight: expected a whole number 1-256, got ${
-          truncate(JSON.stringify(weight) ?? "nothing")
-        }`,
+        error: `weight: expected a whole number 1-256, got ${truncate(shown ?? "nothing")}`,
       });
     }
     const before = targets[0]!.configuredWeight;

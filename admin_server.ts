@@ -75,6 +75,8 @@ class HttpError extends Error {
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 const END_OF_HEAD = encoder.encode("\r\n\r\n");
+// Some clients end lines with a bare LF; RFC 9112 lets a server accept that.
+const END_OF_HEAD_LF = encoder.encode("\n\n");
 
 /** A running admin server; {@linkcode AdminServer.close} stops it. */
 export class AdminServer {
@@ -194,6 +196,7 @@ export class AdminServer {
     const buffer = new Uint8Array(this.#maxHeaderBytes + 4);
     let filled = 0;
     let end = -1;
+    let endLength = END_OF_HEAD.length;
     while (end < 0) {
       if (filled === buffer.length) {
         throw new HttpError(431, `request headers over ${this.#maxHeaderBytes} bytes`);
@@ -201,11 +204,19 @@ export class AdminServer {
       const read = await conn.read(buffer.subarray(filled));
       if (read === null) throw new Error("closed before the headers ended");
       filled += read;
+      // Not HTTP at all (a TLS hello, …): say so now, not at the deadline.
+      if (buffer[0]! < 0x41 || buffer[0]! > 0x5a) {
+        throw new HttpError(400, "not an HTTP/1.1 request");
+      }
       end = indexOf(buffer.subarray(0, filled), END_OF_HEAD);
+      if (end < 0) {
+        end = indexOf(buffer.subarray(0, filled), END_OF_HEAD_LF);
+        endLength = END_OF_HEAD_LF.length;
+      }
     }
     onHeadersDone();
     const head = decoder.decode(buffer.subarray(0, end));
-    const [requestLine, ...headerLines] = head.split("\r\n");
+    const [requestLine, ...headerLines] = head.split(/\r?\n/);
     const match = /^([A-Z]+) (\/[^ ]*) HTTP\/1\.[01]$/.exec(requestLine!);
     if (!match) throw new HttpError(400, "expected a request line like GET /metrics HTTP/1.1");
     const [, method, target] = match as unknown as [string, string, string];
@@ -226,6 +237,7 @@ export class AdminServer {
       );
     }
     const lengthText = headers.get("content-length") ?? "0";
+    if (lengthText.includes(",")) throw new HttpError(400, "expected one Content-Length header");
     if (!/^[0-9]{1,15}$/.test(lengthText)) {
       throw new HttpError(400, "Content-Length must be a whole number");
     }
@@ -234,12 +246,13 @@ export class AdminServer {
       throw new HttpError(413, `request body over ${this.#maxBodyBytes} bytes`);
     }
     const body = new Uint8Array(length);
-    const already = buffer.subarray(end + END_OF_HEAD.length, filled);
+    const already = buffer.subarray(end + endLength, filled);
     body.set(already.subarray(0, length));
     let got = Math.min(already.length, length);
     while (got < length) {
       const read = await conn.read(body.subarray(got));
-      if (read === null) throw new Error("closed before the body ended");
+      // The client finished sending (half-close) short of its own length.
+      if (read === null) throw new HttpError(400, "the body ended before its Content-Length");
       got += read;
     }
     let url: URL;

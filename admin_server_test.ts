@@ -29,6 +29,8 @@ async function raw(port: number, request: string | Uint8Array): Promise<string> 
   const conn = await connectLoopback(port);
   try {
     await writeAll(conn, typeof request === "string" ? encoder.encode(request) : request);
+    // Sent: what the server reads after this is the end of the request.
+    await conn.closeWrite();
     return decoder.decode(await readAll(conn));
   } finally {
     conn.close();
@@ -193,10 +195,10 @@ Deno.test("admin over the server: 'bearer' in any case, audit lines with the pee
     assert.match(
       audit[0]!,
       new RegExp(
-        `^admin: drain backend ${name} of pool default: enabled -> draining \\(by 127\\.0\\.0\\.1:\\d+\\)$`,
+        `^admin: drain backend ${name} of pool default: up -> draining \\(by 127\\.0\\.0\\.1:\\d+\\)$`,
       ),
     );
-    assert.match(audit[1]!, /enable .*: draining -> enabled \(by 127\.0\.0\.1:\d+\)$/);
+    assert.match(audit[1]!, /enable .*: draining -> up \(by 127\.0\.0\.1:\d+\)$/);
     assert.match(
       audit[2]!,
       /^admin: weight of backend .* in pool default: 1 -> 4 \(by 127\.0\.0\.1:\d+\)$/,
@@ -259,4 +261,77 @@ Deno.test("POST /api/logs/reopen reopens the access log, with the token", async 
   assert.equal(response.status, 200);
   assert.deepEqual(await response.json(), { reopened: "/var/log/lb/access.log" });
   assert.equal(reopened, 1);
+});
+
+Deno.test("admin server: not HTTP at all is 400 at once; bare-LF lines are read; a short body is 400", async () => {
+  const server = startAdmin();
+  try {
+    // A TLS ClientHello starts with 0x16: no need to wait for the header deadline.
+    const tls = await raw(server.addr.port, new Uint8Array([0x16, 0x03, 0x01, 0x00, 0x05]));
+    assert.match(tls, /^HTTP\/1\.1 400 Bad Request\r\n/);
+    assert.match(
+      await raw(server.addr.port, "GET /metrics HTTP/1.1\nHost: x\n\n"),
+      /^HTTP\/1\.1 200 /,
+    );
+    // raw() half-closes after writing: the body ended short of its length.
+    const short = await raw(server.addr.port, "POST /x HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc");
+    assert.match(short, /^HTTP\/1\.1 400 [^]*before its Content-Length/);
+    const twice = await raw(
+      server.addr.port,
+      "POST /x HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+    );
+    assert.match(twice, /^HTTP\/1\.1 400 [^]*expected one Content-Length header/);
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("admin: an unknown pool is named as such; weight bodies are strict; audit lines use the states", async () => {
+  const one = startTaggedServer("1");
+  const lb = startBalancer([one.address]);
+  const audit: string[] = [];
+  const handler = createAdminHandler({
+    view: { listeners: () => [lb.balancer], pools: () => [lb.pool], reloads: 0, reloadFailures: 0 },
+    token: "t",
+    audit: (line) => audit.push(line),
+    reopenLogs: () => {
+      throw new Deno.errors.NotFound("No such file or directory (os error 2)");
+    },
+  });
+  const post = (path: string, body?: string) =>
+    handler(
+      new Request(`http://admin${path}`, {
+        method: "POST",
+        headers: { authorization: "Bearer t" },
+        ...(body === undefined ? {} : { body }),
+      }),
+      "127.0.0.1:4000",
+    );
+  const backend = encodeURIComponent(lb.backends[0]!.name);
+  try {
+    const noPool = await post(`/api/backends/nopool/${backend}/drain`);
+    assert.equal(noPool.status, 404);
+    assert.deepEqual(await noPool.json(), { error: 'no pool "nopool"' });
+    const cases: [string, RegExp][] = [
+      ['{"weight": 2, "wieght": 3}', /^unknown key\(s\) \["wieght"\]/],
+      ['{"weight": 1e400}', /^weight: expected a whole number 1-256, got Infinity$/],
+      ["[]", /^body must be JSON like \{"weight": 5\}, got \[\]$/],
+    ];
+    for (const [body, message] of cases) {
+      const response = await post(`/api/backends/default/${backend}/weight`, body);
+      assert.equal(response.status, 400, body);
+      assert.match((await response.json()).error, message, body);
+    }
+    assert.equal((await post(`/api/backends/default/${backend}/drain`)).status, 200);
+    assert.match(audit.at(-1)!, /: up -> draining \(by 127\.0\.0\.1:4000\)$/);
+    const reopen = await post("/api/logs/reopen");
+    assert.equal(reopen.status, 500);
+    assert.match(
+      audit.at(-1)!,
+      /^admin: could not reopen the access log: NotFound: .* \(by 127\.0\.0\.1:4000\)$/,
+    );
+  } finally {
+    await lb.close();
+    await one.close();
+  }
 });

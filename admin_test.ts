@@ -233,7 +233,7 @@ Deno.test("changes: bad input is 400 with a JSON error naming it; unknown backen
         404,
         /^no backend "127.0.0.1:9" in pool "default"$/,
       ],
-      [post(`/api/backends/other/${first}/drain`, { token: TOKEN }), 404, /in pool "other"/],
+      [post(`/api/backends/other/${first}/drain`, { token: TOKEN }), 404, /^no pool "other"$/],
     ];
     for (const [request, status, error] of cases) {
       const response = await handler(request);

@@ -63,8 +63,27 @@ const hex = z.string({ error: "expected hex digits" }).regex(/^([0-9a-fA-F]{2})+
   error: "expected an even number of hex digits",
 });
 
+/** A backend's address: one to connect to, so not a wildcard or the broadcast address. */
+const backendAddress = address().superRefine((text, context) => {
+  let host: string;
+  try {
+    host = parseHostPort(text).hostname;
+  } catch {
+    return; // reported by address()
+  }
+  if (host === "0.0.0.0" || host === "::" || host === "255.255.255.255") {
+    context.addIssue({
+      code: "custom",
+      message: `${JSON.stringify(text)} is not an address to connect to (a wildcard or ` +
+        `broadcast address); give the backend's own address`,
+    });
+  }
+});
+
 const backendSchema = z.strictObject({
-  address: address().describe("HOST:PORT, or [IPv6]:PORT; host names are resolved at each connect"),
+  address: backendAddress.describe(
+    "HOST:PORT, or [IPv6]:PORT; host names are resolved at each connect",
+  ),
   weight: whole(1, 256, 1).describe("share of new connections"),
   backup: z.boolean({ error: "expected true or false" }).default(false).describe(
     "used only when no other backend is left to try",
@@ -158,7 +177,8 @@ export const configSchema = z.strictObject({
         message: `${JSON.stringify(listener.name)} is already the name of another listener`,
       });
     }
-    if (addresses.has(listener.listen)) {
+    // Port 0 asks the kernel for any free port: two such listeners never clash.
+    if (addresses.has(listener.listen) && !/:0$/.test(listener.listen)) {
       context.addIssue({
         code: "custom",
         path: ["listeners", i, "listen"],
@@ -206,6 +226,22 @@ export const configSchema = z.strictObject({
         `workers support one listener for now`,
     });
   }
+  // A backend that is one of the balancer's own listeners: every connection
+  // would come back in, and take a descriptor each, until none is left.
+  config.listeners.forEach((listener) => {
+    const pool = Object.hasOwn(config.pools, listener.pool)
+      ? config.pools[listener.pool]
+      : undefined;
+    pool?.backends.forEach((backend, i) => {
+      if (!loopsBack(listener.listen, backend.address)) return;
+      context.addIssue({
+        code: "custom",
+        path: ["pools", listener.pool, "backends", i, "address"],
+        message: `${JSON.stringify(backend.address)} is listener ${listener.name}'s own address ` +
+          `(${listener.listen}): every connection would loop back into the balancer`,
+      });
+    });
+  });
   for (const [name, pool] of Object.entries(config.pools)) {
     const seen = new Map<string, number>();
     pool.backends.forEach((backend, i) => {
@@ -248,12 +284,55 @@ export function socketsOverlap(a: string, b: string): boolean {
     return false; // reported on its own
   }
   if (first.port === 0 || first.port !== second.port) return false;
+  return hostsOverlap(canonical(first.hostname), canonical(second.hostname));
+}
+
+function hostsOverlap(a: string, b: string): boolean {
   const covers = (wide: string, other: string) =>
     // `[::]` takes IPv4 too (dual stack); `0.0.0.0` takes every IPv4 address.
     wide === "::" || (wide === "0.0.0.0" && !other.includes(":"));
   const isName = (host: string) => !isIpLiteral(host);
-  return first.hostname === second.hostname || covers(first.hostname, second.hostname) ||
-    covers(second.hostname, first.hostname) || isName(first.hostname) || isName(second.hostname);
+  return a === b || covers(a, b) || covers(b, a) || isName(a) || isName(b);
+}
+
+/**
+ * A host as the kernel sees it: IPv6 in one spelling, and an IPv4-mapped
+ * IPv6 address (`::ffff:127.0.0.1`) as the IPv4 address it is.
+ */
+function canonical(host: string): string {
+  if (!host.includes(":")) return host;
+  let text: string;
+  try {
+    text = new URL(`http://[${host}]/`).hostname.slice(1, -1);
+  } catch {
+    return host;
+  }
+  const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(text);
+  if (!mapped) return text;
+  const [high, low] = [parseInt(mapped[1]!, 16), parseInt(mapped[2]!, 16)];
+  return [high >> 8, high & 255, low >> 8, low & 255].join(".");
+}
+
+/**
+ * Whether connecting to `backend` would reach the listener on `listen`:
+ * the same port, and the same host, or a loopback host under a wildcard
+ * listener. A remote host name on the same port is someone else's.
+ */
+export function loopsBack(listen: string, backend: string): boolean {
+  let from: HostPort, to: HostPort;
+  try {
+    from = parseHostPort(listen, { allowPortZero: true });
+    to = parseHostPort(backend);
+  } catch {
+    return false;
+  }
+  if (from.port !== to.port) return false;
+  const [l, b] = [canonical(from.hostname), canonical(to.hostname)];
+  const local = b === "localhost" || b === "::1" || b.startsWith("127.");
+  if (l === b) return true;
+  if (l === "::") return local;
+  if (l === "0.0.0.0") return local && b !== "::1";
+  return b === "localhost" && (l.startsWith("127.") || l === "::1");
 }
 
 function isIpLiteral(host: string): boolean {
@@ -371,6 +450,19 @@ export function validateConfig(raw: unknown): Config {
     throw new ConfigError([
       `expected a mapping with listeners and pools (see lb.example.yaml), got ${showValue(raw)}`,
     ]);
+  }
+  // Checked before the schema: a key like `__proto__` would not survive
+  // being copied into an object, and so would vanish unreported.
+  const pools = (raw as Record<string, unknown>).pools;
+  if (pools !== null && typeof pools === "object" && !Array.isArray(pools)) {
+    const bad = Object.keys(pools).filter((key) => !NAME.test(key));
+    if (bad.length > 0) {
+      const issues = bad.map((key) => ({
+        path: ["pools", key],
+        message: `${JSON.stringify(key)} is not a pool name: ${NAME_RULE}`,
+      }));
+      throw new ConfigError(issues.map((i) => `${formatPath(i.path)}: ${i.message}`), issues);
+    }
   }
   const result = configSchema.safeParse(raw);
   if (!result.success) {

@@ -51,6 +51,9 @@ function backendOf(text: string): unknown {
   const backend: Record<string, unknown> = { address };
   for (const option of options) {
     const [key, value] = option.split("=", 2) as [string, string | undefined];
+    if (Object.hasOwn(backend, key)) {
+      throw new UsageError(`--backend ${text}: ${key} is given twice`);
+    }
     if (key === "backup" && value === undefined) backend.backup = true;
     else if (key === "weight" && value !== undefined) backend.weight = number(value);
     else {
@@ -229,8 +232,7 @@ export const SETTINGS: readonly FlagSpec[] = [
     value: "N",
     scope: "root",
     key: ["workers"],
-    help: "N processes share the port (SO_REUSEPORT, Linux); needs --allow-run and " +
-      "--unstable-net",
+    help: "N processes share the port (SO_REUSEPORT, Linux); needs --allow-run",
   },
   {
     name: "access-log",
@@ -344,6 +346,14 @@ export function parseFlags(args: readonly string[]): LoadBalancerFlags {
   };
   if (flags.watch && flags.config === undefined) {
     throw new UsageError("--watch: needs --config FILE to watch");
+  }
+  if (
+    values["admin-token-file"] !== undefined && values.admin === undefined &&
+    flags.config === undefined
+  ) {
+    throw new UsageError(
+      "--admin-token-file: needs --admin [HOST:]PORT too (the admin API is off without it)",
+    );
   }
   return flags;
 }

@@ -92,8 +92,12 @@ async function run(args: readonly string[], sigusr1Warning: string | undefined):
   }
   if (plan.config.workers > 1 && !flags.asWorker) {
     plan.accessLog.close(); // the workers write it
+    const listener = plan.config.listeners[0]!;
     return await supervise({
-      listen: parseHostPort(plan.config.listeners[0]!.listen, { allowPortZero: true }),
+      listen: parseHostPort(listener.listen, { allowPortZero: true }),
+      label: flags.config === undefined ? "--listen" : `listener ${listener.name}`,
+      // The supervisor holds --allow-run: it needs the warning most.
+      ...(sigusr1Warning === undefined ? {} : { warning: sigusr1Warning }),
       workers: plan.config.workers,
       args,
       permissions: workerPermissions(flags, plan.config),

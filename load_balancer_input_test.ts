@@ -122,6 +122,17 @@ pools:
   web: { backends: [{ address: "127.0.0.1:5001" }, { address: "127.0.0.1:5001", weight: 3 }] }
 `),
     badYaml: await writeTemp("listeners: [\npools: x\n"),
+    loop: await writeTemp(`listeners:
+  - { name: a, listen: "0.0.0.0:5611", pool: web }
+pools:
+  web: { backends: [{ address: "127.0.0.1:5001" }, { address: "localhost:5611" }] }
+`),
+    protoPool: await writeTemp(
+      '{"listeners":[{"name":"a","listen":"127.0.0.1:0","pool":"web"}],' +
+        '"pools":{"__proto__":{"backends":[{"address":"x"}]},' +
+        '"web":{"backends":[{"address":"127.0.0.1:5001"}]}}}',
+      ".json",
+    ),
   };
   const cases: [string[], RegExp][] = [
     [["--config", files.self], /listeners\[0\]\.maxconn: expected a whole number .*got \{/],
@@ -173,6 +184,23 @@ pools:
       /--admin 5100: "127\.0\.0\.1:5100" overlaps listeners\[0\]\.listen/,
     ],
     [["--admin", "9000"], /needs --allow-env=LB_ADMIN_TOKEN/],
+    [
+      ["--listen", "127.0.0.1:5611", "--backend", "127.0.0.1:5611"],
+      /--backend 127\.0\.0\.1:5611: "127\.0\.0\.1:5611" is listener default's own address/,
+    ],
+    [
+      ["--config", files.loop],
+      /backends\[1\]\.address: "localhost:5611" is listener a's own address/,
+    ],
+    [
+      ["--listen", "[::ffff:127.0.0.1]:5600", "--admin", "5600"],
+      /--admin 5600: "127\.0\.0\.1:5600" overlaps listeners\[0\]\.listen/,
+    ],
+    [["--workers", "2"], /workers 2: starting the worker processes needs --allow-run/],
+    [["--config", files.protoPool], /pools\.__proto__: "__proto__" is not a pool name/],
+    [["--backend", "127.0.0.1:5001,weight=2,weight=3"], /weight is given twice/],
+    [["--backend", "0.0.0.0:5001"], /"0\.0\.0\.0:5001" is not an address to connect to/],
+    [["--admin-token-file", blank], /--admin-token-file: needs --admin/],
   ];
   const permissions = [...CONFIG_PERMISSIONS, "--allow-write=/nonexistent"];
   try {
@@ -241,5 +269,31 @@ admin: { listen: 9000, token_file: ${token} }
   } finally {
     await Deno.remove(file);
     await Deno.remove(token);
+  }
+});
+
+Deno.test("an LB_ADMIN_TOKEN of more than one word is refused, as such a token file is", async () => {
+  const { code, stderr } = await runScript("load_balancer.ts", ["--admin", "9000", "--check"], {
+    permissions: ["--allow-net", "--allow-env=LB_ADMIN_TOKEN"],
+    env: { LB_ADMIN_TOKEN: "a b" },
+  });
+  assert.equal(code, 1);
+  assert.match(stderr, /LB_ADMIN_TOKEN: expected one token \(no spaces\)/);
+});
+
+Deno.test("two listeners on port 0 are two free ports, not a clash", async () => {
+  const file = await writeTemp(`listeners:
+  - { name: a, listen: "127.0.0.1:0", pool: web }
+  - { name: b, listen: "127.0.0.1:0", pool: web }
+pools:
+  web: { backends: [{ address: "127.0.0.1:5001" }] }
+`);
+  try {
+    const { code, stderr } = await runScript("load_balancer.ts", ["--config", file, "--check"], {
+      permissions: CONFIG_PERMISSIONS,
+    });
+    assert.equal(code, 0, stderr);
+  } finally {
+    await Deno.remove(file);
   }
 });

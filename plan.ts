@@ -120,8 +120,9 @@ export async function resolveConfig(flags: LoadBalancerFlags): Promise<Config> {
 /** A one-line summary of a valid configuration, for `--check`. */
 export function summarize(config: Config): string {
   const listeners = config.listeners.map((l) => `${l.name} on ${l.listen} → ${l.pool}`);
+  // Each backend by address, so a reload's line shows what changed.
   const pools = Object.entries(config.pools).map(([name, pool]) =>
-    `${name}: ${pool.backends.length} backend(s), ${pool.balance}`
+    `${name}: ${pool.balance} over ${pool.backends.map((b) => b.address).join(", ")}`
   );
   return `${listeners.join("; ")}; pools ${pools.join("; ")}`;
 }
@@ -247,6 +248,16 @@ export async function prepare(
       problems.push(`${given} ${config.access_log}: ${describe(error)}`);
     }
   }
+  // At start only: a reload never starts workers (a change of `workers` waits for a restart).
+  if (
+    runningLog === undefined && config.workers > 1 && !flags.asWorker &&
+    Deno.permissions.querySync({ name: "run" }).state !== "granted"
+  ) {
+    problems.push(
+      `workers ${config.workers}: starting the worker processes needs --allow-run ` +
+        `(deno task lb grants it)`,
+    );
+  }
   // Built afresh and thrown away, so a reload that fails later has touched
   // no running backend: what a start would build, built once.
   try {
@@ -291,6 +302,9 @@ async function readToken(file: string | undefined): Promise<string | undefined> 
     );
   }
   const token = Deno.env.get("LB_ADMIN_TOKEN")?.trim();
+  if (token !== undefined && /\s/.test(token)) {
+    throw new Error("LB_ADMIN_TOKEN: expected one token (no spaces), got more than one word");
+  }
   return token === "" ? undefined : token;
 }
 

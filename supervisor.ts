@@ -35,6 +35,8 @@ import { logDiagnostic } from "./log.ts";
 export interface SupervisorOptions {
   /** The address the workers share. */
   listen: HostPort;
+  /** How messages name that address: `--listen` or `listener NAME`. @default {"--listen"} */
+  label?: string;
   /** How many workers. */
   workers: number;
   /** The command line the supervisor was given; passed on to each worker. */
@@ -45,6 +47,8 @@ export interface SupervisorOptions {
   permissions?: string[];
   /** The clock restarts are timed on. @default {realClock} */
   clock?: Clock;
+  /** Said once the address is bound (the SIGUSR1 warning). */
+  warning?: string;
 }
 
 // A worker that dies sooner than this after its start counts as dying young.
@@ -79,13 +83,21 @@ export async function supervise(options: SupervisorOptions): Promise<number> {
     port = probe.addr.port;
     probe.close();
   } catch (error) {
-    console.error(`load_balancer: --listen ${formatHostPort(options.listen)}: ${describe(error)}`);
+    console.error(
+      `load_balancer: ${options.label ?? "--listen"} ${formatHostPort(options.listen)}: ` +
+        describe(error),
+    );
     return EXIT_USAGE;
   }
   const listen = formatHostPort({ hostname: options.listen.hostname, port });
+  if (options.warning !== undefined) logDiagnostic(options.warning);
   const mainModule = options.mainModule ?? Deno.mainModule;
   const clock = options.clock ?? realClock;
-  const workerArgs = [...options.args, "--listen", listen, "--as-worker"];
+  // Workers listen where the configuration says; only a port the kernel
+  // chose (port 0) must be handed down, as the one they share.
+  const workerArgs = options.listen.port === 0
+    ? [...options.args, "--listen", listen, "--as-worker"]
+    : [...options.args, "--as-worker"];
 
   const slots: Slot[] = Array.from({ length: options.workers }, (_, i) => ({
     id: i + 1,

@@ -221,3 +221,57 @@ Deno.test("--workers 2 --access-log FILE: workers get the write permission, and 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("the --workers supervisor itself warns about SIGUSR1 when it may not ignore it", async () => {
+  const echo = startEchoServer();
+  const lb = await startBalancerProcess(["--backend", `127.0.0.1:${echo.port}`, "--workers", "2"]);
+  try {
+    // Not a worker's line ("[worker N] …"): the supervisor's own.
+    await lb.waitForLine("stderr", /^\S+ load_balancer: warning: SIGUSR1 would open a debugger/);
+  } finally {
+    await lb.close();
+    await echo.close();
+  }
+});
+
+Deno.test("workers of a file reload it as the supervisor would check it: a second listener is refused by name", async () => {
+  const echo = startEchoServer();
+  const dir = await Deno.makeTempDir();
+  const file = `${dir}/lb.yaml`;
+  const port = (() => {
+    const probe = listenLoopback();
+    const free = probe.addr.port;
+    probe.close();
+    return free;
+  })();
+  const config = (extra: string) =>
+    `workers: 2
+listeners:
+  - { name: a, listen: "127.0.0.1:${port}", pool: web }
+${extra}pools:
+  web: { backends: [{ address: "127.0.0.1:${echo.port}" }] }
+`;
+  await Deno.writeTextFile(file, config(""));
+  const lb = await startBalancerProcess(["--config", file], {
+    permissions: [
+      "--allow-net",
+      "--allow-run",
+      "--unstable-net",
+      "--allow-read",
+      "--allow-env=LOG_TOKENS,LOG_STREAM",
+    ],
+    listen: false,
+  });
+  try {
+    await Deno.writeTextFile(file, config(`  - { name: b, listen: "127.0.0.1:0", pool: web }\n`));
+    lb.kill("SIGHUP");
+    const failed = await lb.waitForLine("stderr", /reload \(SIGHUP\) failed/);
+    assert.match(failed, /workers: workers 2 with 2 listeners: workers support one listener/);
+    assert.doesNotMatch(failed, /--listen/);
+    assert.equal(await exchange(port, "still"), "still");
+  } finally {
+    await lb.close();
+    await echo.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -373,7 +373,7 @@ export function seededBytes(count: number, seed: number): Uint8Array {
 export async function runScript(
   script: string,
   args: string[],
-  options: { stdin?: string; permissions?: string[] } = {},
+  options: { stdin?: string; permissions?: string[]; env?: Record<string, string> } = {},
 ): Promise<{ code: number; stdout: string; stderr: string }> {
   const command = new Deno.Command(Deno.execPath(), {
     args: ["run", ...(options.permissions ?? ["--allow-net"]), script, ...args],
@@ -381,7 +381,7 @@ export async function runScript(
     stdin: options.stdin === undefined ? "null" : "piped",
     stdout: "piped",
     stderr: "piped",
-    env: { NO_COLOR: "1" },
+    env: { NO_COLOR: "1", ...options.env },
   });
   const child = command.spawn();
   if (options.stdin !== undefined) {
