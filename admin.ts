@@ -32,6 +32,28 @@ export interface AdminView {
 
 const STATES = ["up", "down", "draining", "disabled"] as const;
 
+/** The counters every backend keeps: name, help, and how to read it. */
+const BACKEND_COUNTERS: [string, string, (backend: Backend) => number][] = [
+  [
+    "lb_connections_total",
+    "Client connections bridged to the backend that have ended.",
+    (b) => b.connections,
+  ],
+  ["lb_bytes_received_total", "Bytes from clients, passed to the backend (ended connections).", (
+    b,
+  ) => b.bytesIn],
+  [
+    "lb_bytes_sent_total",
+    "Bytes from the backend, passed to clients (ended connections).",
+    (b) => b.bytesOut,
+  ],
+  [
+    "lb_connect_failures_total",
+    "Failed attempts to connect to the backend.",
+    (b) => b.connectFailures,
+  ],
+];
+
 /** Every metric, rendered in the Prometheus text format. */
 export function metricsText(view: AdminView): string {
   const balancers = view.listeners();
@@ -44,6 +66,13 @@ export function metricsText(view: AdminView): string {
       backend,
     }))
   );
+  // A counter per backend, one series each.
+  const backendFamily = (name: string, help: string, count: (b: Backend) => number): Family => ({
+    name,
+    help,
+    type: "counter",
+    samples: perBackend.map(({ labels, backend }) => [labels, count(backend)]),
+  });
   const families: Family[] = [
     {
       name: "lb_build_info",
@@ -57,30 +86,7 @@ export function metricsText(view: AdminView): string {
       type: "gauge",
       samples: balancers.map((b, i) => [perListener[i]!, b.activeConnections]),
     },
-    {
-      name: "lb_connections_total",
-      help: "Client connections bridged to the backend that have ended.",
-      type: "counter",
-      samples: perBackend.map(({ labels, backend }) => [labels, backend.connections]),
-    },
-    {
-      name: "lb_bytes_received_total",
-      help: "Bytes received from clients and passed to the backend, over ended connections.",
-      type: "counter",
-      samples: perBackend.map(({ labels, backend }) => [labels, backend.bytesIn]),
-    },
-    {
-      name: "lb_bytes_sent_total",
-      help: "Bytes received from the backend and sent to clients, over ended connections.",
-      type: "counter",
-      samples: perBackend.map(({ labels, backend }) => [labels, backend.bytesOut]),
-    },
-    {
-      name: "lb_connect_failures_total",
-      help: "Failed attempts to connect to the backend.",
-      type: "counter",
-      samples: perBackend.map(({ labels, backend }) => [labels, backend.connectFailures]),
-    },
+    ...BACKEND_COUNTERS.map(([name, help, count]) => backendFamily(name, help, count)),
     {
       name: "lb_backend_up",
       help: "1 when the backend is healthy, 0 when it is down.",

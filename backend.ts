@@ -11,6 +11,7 @@
  */
 
 import { formatHostPort, type HostPort, parseHostPort } from "./address.ts";
+import { READY } from "./events.ts";
 import { serveBackend } from "./lab.ts";
 
 const USAGE = `Usage: deno run --allow-net backend.ts PORT ID
@@ -50,6 +51,6 @@ if (import.meta.main) {
     );
     Deno.exit(2);
   }
-  console.error(`backend: server ${options.id} listening on ${formatHostPort(listener.addr)}`);
+  console.error(`backend: server ${options.id} ${READY}${formatHostPort(listener.addr)}`);
   await serveBackend(listener, options.id);
 }

@@ -10,6 +10,7 @@
  */
 
 import { type HostPort, parseHostPort } from "./address.ts";
+import { eachChunk } from "./io.ts";
 
 /** Copies `input` to the server and the server's answers to `output`.
  * Resolves once the server has ended its stream. */
@@ -30,13 +31,8 @@ export async function talk(
     }
   })();
   const writer = output.getWriter();
-  const buffer = new Uint8Array(16384);
   try {
-    while (true) {
-      const read = await conn.read(buffer);
-      if (read === null) break;
-      await writer.write(buffer.slice(0, read));
-    }
+    await eachChunk(conn, new Uint8Array(16384), (chunk) => writer.write(chunk.slice()));
   } finally {
     writer.releaseLock();
     conn.close();

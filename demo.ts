@@ -12,6 +12,7 @@
  * @module
  */
 
+import { readyAddress } from "./events.ts";
 import { styleText } from "node:util";
 
 const CLIENTS = 6;
@@ -50,7 +51,8 @@ async function start(name: string, script: string, args: string[]): Promise<Star
     if (done) break;
     buffered += value;
     stderr.push(value);
-    ready = buffered.includes("listening on");
+    // The backend and the balancer both say `… listening on HOST:PORT …` once ready.
+    ready = buffered.split("\n").some((line) => readyAddress(line) !== undefined);
   }
   clearTimeout(deadline);
   // Keep reading, so a chatty process never blocks on a full pipe.

@@ -120,35 +120,32 @@ function whileUp(
   return { health: { ...health, streak } };
 }
 
-/** An active check's result. `reason` says what failed, for the log. */
-export function recordCheck(
+/** How one observation of a backend (a check, a connect) moves its health. */
+export type Record = (
   health: Health,
   ok: boolean,
   now: number,
   settings: HealthSettings,
-  reason = "check failed",
-): Outcome {
+  reason?: string,
+) => Outcome;
+
+/** An active check's result. `reason` says what failed, for the log. */
+export const recordCheck: Record = (health, ok, now, settings, reason = "check failed") => {
   if (health.state === "up") return whileUp(health, ok, now, settings, "check", reason);
   if (!ok) return { health: backOff(health, now, settings) };
   const streak = health.streak + 1;
   if (streak >= settings.rise) return comeUp(now, `${streak} good check(s) in a row`);
   // Good so far: check again at the normal interval, not after the backoff.
   return { health: { ...health, streak } };
-}
+};
 
 /** A client connection's attempt to connect. */
-export function recordConnect(
-  health: Health,
-  ok: boolean,
-  now: number,
-  settings: HealthSettings,
-  reason = "connect failed",
-): Outcome {
+export const recordConnect: Record = (health, ok, now, settings, reason = "connect failed") => {
   if (health.state === "up") return whileUp(health, ok, now, settings, "connect", reason);
   // Down: this was the half-open trial (or a retry the active check allowed).
   if (ok) return comeUp(now, "a client connected");
   return { health: backOff(health, now, settings) };
-}
+};
 
 /** Marks that a client connection is now trying a down backend (half-open). */
 export function startTrial(health: Health): Health {

@@ -14,6 +14,20 @@ export async function writeAll(
   while (written < bytes.length) written += await writer.write(bytes.subarray(written));
 }
 
+/**
+ * Reads `conn` into `buffer` until its peer ends the stream, handing each
+ * chunk (a view of `buffer`, valid until `onChunk` settles) to `onChunk`.
+ */
+export async function eachChunk(
+  conn: { read(buffer: Uint8Array): Promise<number | null> },
+  buffer: Uint8Array,
+  onChunk: (chunk: Uint8Array) => unknown,
+): Promise<void> {
+  for (let read; (read = await conn.read(buffer)) !== null;) {
+    await onChunk(buffer.subarray(0, read));
+  }
+}
+
 /** Turns text arriving in pieces into whole lines (without their `\n`). */
 export class LineSplitter {
   #partial = "";

@@ -11,6 +11,7 @@ import {
   accessRecords,
   connectLoopback,
   exchange,
+  FakeClock,
   readAll,
   roundTrip,
   startBalancer,
@@ -18,6 +19,7 @@ import {
   startEchoServer,
   startServer,
   type TestServer,
+  until,
   writeAll,
 } from "./test_util.ts";
 import { resetConnection } from "./libc.ts";
@@ -413,21 +415,24 @@ Deno.test("thousands of short connections leave no descriptor behind", async () 
 });
 
 Deno.test("a connection with no byte either way for the idle timeout is closed as idle-timeout", async () => {
+  const clock = new FakeClock();
   const echo = startEchoServer();
-  const lb = startBalancer([echo.address], { idleTimeoutMs: 100 });
+  const lb = startBalancer([echo.address], { idleTimeoutMs: 100, clock });
   try {
     const busy = await connectLoopback(lb.port);
     const quiet = await connectLoopback(lb.port);
+    await roundTrip(quiet, "hello"); // joined; quiet from now on
     // The busy one talks every 30 ms for 300 ms: three idle timeouts' worth, never idle.
     for (let i = 0; i < 10; i++) {
       await roundTrip(busy, `tick ${i}`);
-      await new Promise((resolve) => setTimeout(resolve, 30));
+      await clock.tick(30);
     }
     // By now the quiet one has been closed by the balancer.
     assert.equal(await quiet.read(new Uint8Array(8)), null);
     quiet.close();
     await roundTrip(busy, "still here");
     busy.close();
+    await until(() => accessRecords(lb.events).length === 2, "both connections reported");
   } finally {
     await lb.close();
     await echo.close();
@@ -438,20 +443,32 @@ Deno.test("a connection with no byte either way for the idle timeout is closed a
 });
 
 Deno.test("a half-closed connection with no byte for the half-closed timeout is closed", async () => {
-  // A backend that reads the request to its end and then never answers nor closes.
+  const clock = new FakeClock();
+  // A backend that reads the request to its end, then neither answers nor closes.
+  const requestRead = Promise.withResolvers<void>();
+  const released = Promise.withResolvers<void>();
   const mute = startServer(async (conn) => {
     await readAll(conn);
-    // Long enough for the timeout to fire first (100 ms, swept every 25 ms).
-    await new Promise((resolve) => setTimeout(resolve, 400));
+    requestRead.resolve();
+    await released.promise; // silent, and open, until the test is over
   });
-  const lb = startBalancer([mute.address], { halfClosedTimeoutMs: 100, idleTimeoutMs: 60_000 });
+  const lb = startBalancer([mute.address], {
+    halfClosedTimeoutMs: 100,
+    idleTimeoutMs: 60_000,
+    clock,
+  });
   try {
     const conn = await connectLoopback(lb.port);
     await writeAll(conn, new TextEncoder().encode("request"));
     await conn.closeWrite();
+    await requestRead.promise; // the client's end has reached the backend: half-closed
+    await clock.tick(99);
+    assert.equal(accessRecords(lb.events).length, 0, "still open before the timeout");
+    await clock.tick(50);
     assert.equal(await conn.read(new Uint8Array(8)), null);
     conn.close();
   } finally {
+    released.resolve();
     await lb.close();
     await mute.close();
   }
@@ -465,11 +482,11 @@ Deno.test("--maxconn: at the limit the balancer stops accepting until a connecti
     const [a, b] = [await connectLoopback(lb.port), await connectLoopback(lb.port)];
     await roundTrip(a, "a");
     await roundTrip(b, "b");
-    // The third one is accepted by the kernel, not by the balancer: no answer yet.
+    // Two joined: the accept loop is parked, so the third stays in the kernel's backlog.
+    assert.equal(lb.balancer.paused, true);
     const c = await connectLoopback(lb.port);
     await writeAll(c, new TextEncoder().encode("c"));
     const early = c.read(new Uint8Array(8));
-    await new Promise((resolve) => setTimeout(resolve, 150));
     assert.equal(lb.balancer.activeConnections, 2);
     a.close();
     assert.equal(await early, 1); // answered once a slot came free
@@ -496,12 +513,13 @@ Deno.test("--maxconn-per-backend: clients wait in the queue for room, then are s
       answered = true;
       return read;
     });
-    await new Promise((resolve) => setTimeout(resolve, 150));
+    await until(() => lb.pool.queue.length === 1, "the second client queued");
     assert.equal(answered, false, "served while the backend was full");
     first.close(); // room on the backend: the waiting client goes through
     assert.equal(await reading, 6);
     assert.equal(new TextDecoder().decode(answer), "second");
     second.close();
+    await until(() => accessRecords(lb.events).length === 2, "both reported");
   } finally {
     await lb.close();
     await echo.close();
@@ -510,16 +528,21 @@ Deno.test("--maxconn-per-backend: clients wait in the queue for room, then are s
 });
 
 Deno.test("the queue times out as queue-timeout, and turns clients away as queue-full", async () => {
+  const clock = new FakeClock();
   const echo = startEchoServer();
-  const lb = startBalancer([echo.address], { queue: { max: 1, timeoutMs: 100 } });
+  const lb = startBalancer([echo.address], { queue: { max: 1, timeoutMs: 100 }, clock });
   lb.backends[0]!.maxConnections = 1;
   try {
     const held = await connectLoopback(lb.port);
     await roundTrip(held, "held");
     const waiting = await connectLoopback(lb.port);
+    await until(() => lb.pool.queue.length === 1, "the second client queued");
+    // The third finds the queue full: closed at once.
     const turnedAway = await connectLoopback(lb.port);
-    // The third is closed at once; the second after the queue timeout.
     assert.equal(await turnedAway.read(new Uint8Array(8)), null);
+    await clock.tick(99);
+    assert.equal(lb.pool.queue.length, 1, "still waiting before the queue timeout");
+    await clock.tick(1);
     assert.equal(await waiting.read(new Uint8Array(8)), null);
     turnedAway.close();
     waiting.close();
@@ -550,4 +573,39 @@ Deno.test("a full backend that is drained does not hold new clients in the queue
     await echo.close();
   }
   assert.equal(accessRecords(lb.events)[0]?.end, "no-backend");
+});
+
+Deno.test("drain: open connections may finish until the drain timeout, then are cut as drain-timeout", async () => {
+  const clock = new FakeClock();
+  const echo = startEchoServer();
+  const lb = startBalancer([echo.address], { clock });
+  try {
+    const finishing = await connectLoopback(lb.port);
+    const lingering = await connectLoopback(lb.port);
+    await roundTrip(finishing, "one");
+    await roundTrip(lingering, "two");
+    let cut: number | undefined;
+    const shutdown = lb.balancer.shutdown(1000).then((result) => cut = result.cut);
+    // Refused from now on; the open ones carry on.
+    await until(
+      () => lb.balancer.paused || lb.balancer.activeConnections === 2,
+      "accepting stopped",
+    );
+    await roundTrip(finishing, "still served while draining");
+    await finishing.closeWrite();
+    assert.equal((await readAll(finishing)).length, 0);
+    finishing.close();
+    await until(() => lb.balancer.activeConnections === 1, "the finished one gone");
+    await clock.tick(999);
+    assert.equal(cut, undefined, "not cut before the drain timeout");
+    await clock.tick(1);
+    await shutdown;
+    assert.equal(cut, 1);
+    assert.equal(await lingering.read(new Uint8Array(8)).catch(() => null), null);
+    lingering.close();
+  } finally {
+    await lb.close();
+    await echo.close();
+  }
+  assert.deepEqual(accessRecords(lb.events).map((r) => r.end), ["client-fin", "drain-timeout"]);
 });

@@ -1,34 +1,61 @@
-/** Health end to end on loopback: a backend killed mid-run, then restarted. */
+/**
+ * Health end to end on loopback: a backend killed mid-run, then restarted.
+ * Real sockets and real probes; the checks' schedule, backoff and slow start
+ * run on a fake clock, moved by the test.
+ */
 
 import assert from "node:assert/strict";
 import { serveBackend } from "./lab.ts";
 import { tcpProbe } from "./health_check.ts";
 import type { LoadBalancerEvent } from "./events.ts";
-import { exchange, serverOf, startBalancer, startTaggedServer } from "./test_util.ts";
+import {
+  exchange,
+  FakeClock,
+  serverOf,
+  startBalancer,
+  startTaggedServer,
+  until,
+} from "./test_util.ts";
 
-/** Resolves when the balancer reports `backend` going to `to`. */
-function stateChange(events: LoadBalancerEvent[], backend: string, to: "up" | "down") {
-  return new Promise<Extract<LoadBalancerEvent, { type: "backend-state" }>>((resolve, reject) => {
-    const started = Date.now();
-    const look = () => {
-      const found = events.find((e) =>
-        e.type === "backend-state" && e.backend === backend && e.to === to
-      );
-      if (found?.type === "backend-state") return resolve(found);
-      if (Date.now() - started > 5000) return reject(new Error(`${backend} never went ${to}`));
-      setTimeout(look, 5);
-    };
-    look();
-  });
+type StateChange = Extract<LoadBalancerEvent, { type: "backend-state" }>;
+
+/**
+ * Moves the clock on an interval at a time, letting each round of probes
+ * finish, until `backend` goes `to`; returns the change and the clock's time.
+ */
+async function advanceUntil(
+  clock: FakeClock,
+  events: LoadBalancerEvent[],
+  backend: string,
+  to: "up" | "down",
+  stepMs: number,
+): Promise<{ change: StateChange; at: number }> {
+  const find = () =>
+    events.find((e): e is StateChange =>
+      e.type === "backend-state" && e.backend === backend && e.to === to
+    );
+  for (let round = 0; round < 100 && find() === undefined; round++) {
+    const checked = events.length;
+    await clock.tick(stepMs);
+    // A probe is real I/O: give it the turns it needs (a refused connect, a handshake).
+    await until(() => find() !== undefined || events.length > checked, "a probe", 50).catch(
+      () => {},
+    );
+  }
+  const change = find();
+  assert.ok(change, `${backend} never went ${to}`);
+  return { change, at: clock.now() };
 }
 
 Deno.test("health: a killed backend is down within fall × interval, gets no clients, and ramps back up", async () => {
+  const clock = new FakeClock();
   const one = startTaggedServer("1");
-  let two = startTaggedServer("2");
+  const two = startTaggedServer("2");
   const intervalMs = 100;
   const lb = startBalancer([one.address, two.address], {
-    healthCheck: { probe: tcpProbe(100), intervalMs },
+    healthCheck: { probe: tcpProbe(1000), intervalMs },
     health: { rise: 2, fall: 2, backoffBaseMs: 50, backoffMaxMs: 100, slowStartMs: 1500 },
+    clock,
   });
   const twoName = lb.backends[1]!.name;
   let restarted: Deno.TcpListener | undefined;
@@ -39,13 +66,12 @@ Deno.test("health: a killed backend is down within fall × interval, gets no cli
       ["1", "2"],
     );
 
-    // Kill it: the checks start failing.
-    const killedAt = performance.now();
+    // Kill it: the checks start failing, and `fall` of them take it down.
+    const killedAt = clock.now();
     await two.close();
-    const down = await stateChange(lb.events, twoName, "down");
-    const tookMs = performance.now() - killedAt;
-    assert.ok(tookMs < 2 * intervalMs + 400, `down after ${tookMs.toFixed(0)} ms`);
-    assert.match(down.why, /^2 failed check\(s\) in a row, last: /);
+    const down = await advanceUntil(clock, lb.events, twoName, "down", intervalMs);
+    assert.ok(down.at - killedAt <= 3 * intervalMs, `down after ${down.at - killedAt} ms`);
+    assert.match(down.change.why, /^2 failed check\(s\) in a row, last: /);
 
     // While down, every client goes to the other one, without trying it first.
     const errorsBefore = lb.events.filter((e) => e.type === "connect-error").length;
@@ -55,16 +81,17 @@ Deno.test("health: a killed backend is down within fall × interval, gets no cli
     // Restart it on the same port: up after `rise` good checks…
     restarted = Deno.listen({ hostname: "127.0.0.1", port: two.port });
     serving = serveBackend(restarted, "2");
-    const up = await stateChange(lb.events, twoName, "up");
-    assert.equal(up.why, "2 good check(s) in a row");
+    const up = await advanceUntil(clock, lb.events, twoName, "up", intervalMs / 2);
+    assert.equal(up.change.why, "2 good check(s) in a row");
 
     // …and at first it gets only a small share, while slow start ramps its weight.
     const early: string[] = [];
     for (let i = 0; i < 20; i++) early.push(serverOf(await exchange(lb.port, "x\n")));
     const earlyShare = early.filter((s) => s === "2").length;
-    assert.ok(earlyShare <= 6, `right after coming up it got ${earlyShare} of 20`);
+    assert.ok(earlyShare <= 2, `right after coming up it got ${earlyShare} of 20`);
 
-    await new Promise((resolve) => setTimeout(resolve, 1600));
+    // Past the slow start, its full weight: half of the clients.
+    await clock.tick(1500);
     const later: string[] = [];
     for (let i = 0; i < 20; i++) later.push(serverOf(await exchange(lb.port, "x\n")));
     assert.equal(later.filter((s) => s === "2").length, 10, `at full weight: ${later}`);
@@ -73,6 +100,5 @@ Deno.test("health: a killed backend is down within fall × interval, gets no cli
     restarted?.close();
     await serving;
     await one.close();
-    two = undefined!;
   }
 });

@@ -129,6 +129,11 @@ export class LoadBalancer {
     return this.#connections.size;
   }
 
+  /** Whether accepting is paused at the connection limit (the kernel's backlog holds the rest). */
+  get paused(): boolean {
+    return this.#roomFreed !== undefined;
+  }
+
   /** Accepts clients until {@linkcode shutdown}; resolves when accepting stops. */
   serve(): Promise<void> {
     if (this.#serving === undefined) this.#startSweeper();

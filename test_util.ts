@@ -95,6 +95,18 @@ async function settle(): Promise<void> {
   for (let i = 0; i < 5; i++) await new Promise((resolve) => setTimeout(resolve, 0));
 }
 
+/**
+ * Waits, one turn of the event loop at a time, until `check()` holds: a wait
+ * on a state, bounded by a count of turns, not by a time. @throws naming `what`
+ */
+export async function until(check: () => boolean, what: string, turns = 10_000): Promise<void> {
+  for (let i = 0; i < turns; i++) {
+    if (check()) return;
+    await new Promise((resolve) => setTimeout(resolve, 0));
+  }
+  throw new Error(`never happened: ${what}`);
+}
+
 /** The `N` of a lab backend's answer `[Server N] …`, or the answer itself. */
 export function serverOf(answer: string): string {
   return /^\[Server ([^\]]+)\]/.exec(answer)?.[1] ?? answer;

@@ -18,6 +18,7 @@
  */
 
 import { bridge } from "../bridge.ts";
+import { eachChunk, writeAll } from "../io.ts";
 import { cpuSeconds } from "./proc.ts";
 import { median } from "./stats.ts";
 
@@ -90,13 +91,8 @@ function startEcho(): Deno.TcpListener {
     for await (const conn of listener) {
       conn.setNoDelay(true);
       (async () => {
-        const buffer = new Uint8Array(65536);
         try {
-          while (true) {
-            const read = await conn.read(buffer);
-            if (read === null) break;
-            await conn.write(buffer.subarray(0, read));
-          }
+          await eachChunk(conn, new Uint8Array(65536), (chunk) => writeAll(conn, chunk));
         } catch { /* reset */ }
         conn.close();
       })();
