@@ -303,3 +303,51 @@ Deno.test("--admin with --workers 2 is refused with a clear error, exit 2", asyn
   assert.equal(code, 2);
   assert.match(stderr, /--workers 2: the admin API with workers 2 is not supported yet/);
 });
+
+Deno.test("two listeners on one pool share its backends: one series, one state, one change for both", async () => {
+  const one = startTaggedServer("1");
+  const dir = await Deno.makeTempDir();
+  await Deno.writeTextFile(`${dir}/token`, `${TOKEN}\n`);
+  await Deno.writeTextFile(
+    `${dir}/lb.yaml`,
+    `listeners:
+  - { name: a, listen: "127.0.0.1:0", pool: web }
+  - { name: b, listen: "127.0.0.1:0", pool: web }
+pools:
+  web: { backends: [{ address: "127.0.0.1:${one.port}" }] }
+admin: { listen: "127.0.0.1:0", token_file: ${dir}/token }
+`,
+  );
+  const lb = await startBalancerProcess(["--config", `${dir}/lb.yaml`], {
+    permissions: ["--allow-net", "--allow-read", "--allow-env=LOG_TOKENS,LOG_STREAM"],
+    listen: false,
+  });
+  try {
+    const base = /(http:\/\/\S+) /.exec(await lb.waitForLine("stderr", /admin API on /))![1]!;
+    const ports = lb.stderr.filter((line) => /listening on /.test(line)).map((line) =>
+      Number(/:(\d+);/.exec(line)![1])
+    );
+    assert.equal(ports.length, 2);
+    for (const port of ports) assert.match(await exchange(port, "hi\n"), /^\[Server 1\] hi/);
+    const backends = await (await fetch(`${base}/api/backends`)).json();
+    assert.equal(backends.length, 1, "one backend, listed once");
+    assert.equal(backends[0].total, 2, "both listeners' connections on the one backend");
+    const metrics = await (await fetch(`${base}/metrics`)).text();
+    const series = metrics.split("\n").filter((line) => line.startsWith("lb_connections_total{"));
+    assert.deepEqual(series, [
+      `lb_connections_total{pool="web",backend="127.0.0.1:${one.port}"} 2`,
+    ]);
+    // One drain, seen by both listeners: neither has a backend left to send to.
+    const drained = await fetch(
+      `${base}/api/backends/web/${encodeURIComponent(`127.0.0.1:${one.port}`)}/drain`,
+      { method: "POST", headers: { authorization: `Bearer ${TOKEN}` } },
+    );
+    assert.equal(drained.status, 200);
+    await drained.body?.cancel();
+    for (const port of ports) assert.equal(await exchange(port, "hi\n"), "");
+  } finally {
+    await lb.close();
+    await one.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -17,6 +17,8 @@
  * @module
  */
 
+import { nextBackoff } from "./clock.ts";
+
 /** The rules' settings. */
 export interface HealthSettings {
   /** Good checks in a row that bring a down backend up. @default {2} */
@@ -99,7 +101,7 @@ function comeUp(now: number, why: string): Outcome {
 }
 
 function backOff(health: Health, now: number, settings: HealthSettings): Health {
-  const backoffMs = Math.min(health.backoffMs * 2, settings.backoffMaxMs);
+  const backoffMs = nextBackoff(health.backoffMs, settings.backoffBaseMs, settings.backoffMaxMs);
   return { ...health, streak: 0, backoffMs, retryAt: now + backoffMs, trial: false };
 }
 
