@@ -143,6 +143,12 @@ export const configSchema = z.strictObject({
     .transform((pools) => Object.assign(Object.create(null), pools) as typeof pools),
   drain_timeout_ms: milliseconds(30000),
   workers: whole(1, 64, 1),
+  engine: z.enum(["auto", "epoll", "deno"], { error: "expected auto, epoll or deno" }).default(
+    "auto",
+  ).describe(
+    "what moves the bytes: epoll (Linux system calls through FFI) or deno (Deno.listen); " +
+      "auto is epoll on Linux x86_64/aarch64 with --allow-ffi, deno otherwise",
+  ),
   access_log: z.string({ error: "expected a file path" }).min(1, { error: "expected a file path" })
     .optional().describe("append access lines to this file; stdout when left out"),
   log_format: z.enum(["text", "json"], { error: "expected text or json" }).optional().describe(

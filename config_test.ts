@@ -55,6 +55,7 @@ pools:
       },
     },
     drain_timeout_ms: 30000,
+    engine: "auto",
     workers: 1,
   });
 });

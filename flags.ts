@@ -235,6 +235,15 @@ export const SETTINGS: readonly FlagSpec[] = [
     help: "N processes share the port (SO_REUSEPORT, Linux); needs --allow-run",
   },
   {
+    name: "engine",
+    value: "auto|epoll|deno",
+    scope: "root",
+    key: ["engine"],
+    read: String,
+    help: "what moves the bytes: epoll (Linux system calls through FFI; needs --allow-ffi) or " +
+      "deno (Deno.listen/Deno.connect, anywhere); auto picks epoll where it can",
+  },
+  {
     name: "access-log",
     value: "FILE",
     scope: "root",

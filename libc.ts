@@ -19,6 +19,13 @@
  * with `connect(fd, AF_UNSPEC)`, which makes Linux send a reset (RST) and
  * leaves the descriptor for Deno to close as usual.
  *
+ * **The epoll engine's system calls** (engine_epoll.ts): sockets, epoll,
+ * eventfd, `errno`, and the struct layouts they take. Conventions, for
+ * speed and safety: every result is an `i32` (a 64-bit result would come
+ * back as a BigInt, an allocation); a failed call returns `-errno`; every
+ * pointer handed to libc comes from a buffer allocated once and kept
+ * referenced by its owner; lengths are passed as `u32` (see `read`).
+ *
  * Needs `--allow-ffi` (Linux only); without it the callers warn, or close
  * cleanly, instead.
  *
@@ -42,9 +49,133 @@ export const F_GETFD = 1;
 export const SOCKADDR_IN_BYTES = 16;
 export const SOCKADDR_IN6_BYTES = 28;
 
+// Socket and epoll constants (Linux, x86_64 and aarch64 alike).
+export const SOCK_STREAM = 1;
+export const SOCK_NONBLOCK = 0o4000;
+export const SOCK_CLOEXEC = 0o2000000;
+export const SOL_SOCKET = 1;
+export const SO_REUSEADDR = 2;
+export const SO_ERROR = 4;
+export const SO_LINGER = 13;
+export const SO_REUSEPORT = 15;
+export const IPPROTO_TCP = 6;
+export const TCP_NODELAY = 1;
+export const SHUT_WR = 1;
+export const EPOLLIN = 0x001;
+export const EPOLLOUT = 0x004;
+export const EPOLLERR = 0x008;
+export const EPOLLHUP = 0x010;
+export const EPOLLRDHUP = 0x2000;
+export const EPOLL_CTL_ADD = 1;
+export const EPOLL_CTL_DEL = 2;
+export const EPOLL_CTL_MOD = 3;
+export const EFD_NONBLOCK = 0o4000;
+export const EFD_CLOEXEC = 0o2000000;
+// errno values.
+export const EINTR = 4;
+export const EBADF = 9;
+export const EAGAIN = 11;
+export const ENFILE = 23;
+export const EMFILE = 24;
+export const EPIPE = 32;
+export const EADDRINUSE = 98;
+export const ECONNABORTED = 103;
+export const ECONNRESET = 104;
+export const ETIMEDOUT = 110;
+export const ECONNREFUSED = 111;
+export const EINPROGRESS = 115;
+
+/** Names of the errno values a message may need. */
+export const ERRNO_NAMES: Record<number, string> = {
+  [EINTR]: "EINTR",
+  [EBADF]: "EBADF",
+  [EAGAIN]: "EAGAIN",
+  [ENFILE]: "ENFILE",
+  [EMFILE]: "EMFILE",
+  [EPIPE]: "EPIPE",
+  [EADDRINUSE]: "EADDRINUSE",
+  [ECONNABORTED]: "ECONNABORTED",
+  [ECONNRESET]: "ECONNRESET",
+  [ETIMEDOUT]: "ETIMEDOUT",
+  [ECONNREFUSED]: "ECONNREFUSED",
+  [EINPROGRESS]: "EINPROGRESS",
+  99: "EADDRNOTAVAIL",
+  101: "ENETUNREACH",
+  113: "EHOSTUNREACH",
+};
+
+/**
+ * `struct epoll_event`: `u32 events`, then `u64 data`. On x86_64 the kernel
+ * packs it (12 bytes, data at offset 4); on aarch64 it is naturally aligned
+ * (16 bytes, data at offset 8).
+ */
+export const EPOLL_EVENT_BYTES = Deno.build.arch === "x86_64" ? 12 : 16;
+const EPOLL_DATA_OFFSET = Deno.build.arch === "x86_64" ? 4 : 8;
+
+/** Writes one `epoll_event` at `index` of `view`: the events, and `data` as two u32s. */
+export function encodeEpollEvent(
+  view: DataView,
+  index: number,
+  events: number,
+  fd: number,
+  generation: number,
+): void {
+  const at = index * EPOLL_EVENT_BYTES;
+  view.setUint32(at, events, true);
+  view.setUint32(at + EPOLL_DATA_OFFSET, fd, true);
+  view.setUint32(at + EPOLL_DATA_OFFSET + 4, generation, true);
+}
+
+/** The events of the `epoll_event` at `index`. */
+export function epollEvents(view: DataView, index: number): number {
+  return view.getUint32(index * EPOLL_EVENT_BYTES, true);
+}
+
+/** The descriptor in the `data` of the `epoll_event` at `index` (its low 32 bits). */
+export function epollFd(view: DataView, index: number): number {
+  return view.getUint32(index * EPOLL_EVENT_BYTES + EPOLL_DATA_OFFSET, true);
+}
+
+/** The generation in the `data` of the `epoll_event` at `index` (its high 32 bits). */
+export function epollGeneration(view: DataView, index: number): number {
+  return view.getUint32(index * EPOLL_EVENT_BYTES + EPOLL_DATA_OFFSET + 4, true);
+}
+
+/** `struct linger { int l_onoff; int l_linger; }`: 8 bytes. */
+export function encodeLinger(into: Uint8Array, on: boolean, seconds: number): void {
+  const view = new DataView(into.buffer, into.byteOffset, 8);
+  view.setInt32(0, on ? 1 : 0, true);
+  view.setInt32(4, seconds, true);
+}
+
 const SYMBOLS = {
   // sighandler_t signal(int signum, sighandler_t handler): returns the previous handler.
   signal: { parameters: ["i32", "pointer"], result: "pointer" },
+  socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  setsockopt: { parameters: ["i32", "i32", "i32", "pointer", "u32"], result: "i32" },
+  getsockopt: { parameters: ["i32", "i32", "i32", "pointer", "pointer"], result: "i32" },
+  bind: { parameters: ["i32", "pointer", "u32"], result: "i32" },
+  listen: { parameters: ["i32", "i32"], result: "i32" },
+  accept4: { parameters: ["i32", "pointer", "pointer", "i32"], result: "i32" },
+  // size_t taken as u32: a 32-bit write zero-extends the register on x86_64 and
+  // aarch64 alike, and a usize argument would cost a BigInt per call.
+  read: { parameters: ["i32", "pointer", "u32"], result: "i32" },
+  write: { parameters: ["i32", "pointer", "u32"], result: "i32" },
+  shutdown: { parameters: ["i32", "i32"], result: "i32" },
+  close: { parameters: ["i32"], result: "i32" },
+  epoll_create1: { parameters: ["i32"], result: "i32" },
+  epoll_ctl: { parameters: ["i32", "i32", "i32", "pointer"], result: "i32" },
+  epoll_wait: { parameters: ["i32", "pointer", "i32", "i32"], result: "i32" },
+  // The same call on a thread of Deno's own, as a promise: for a loop that
+  // must not block its thread (in-process). Never per connection.
+  epoll_wait_async: {
+    name: "epoll_wait",
+    parameters: ["i32", "pointer", "i32", "i32"],
+    result: "i32",
+    nonblocking: true,
+  },
+  eventfd: { parameters: ["u32", "i32"], result: "i32" },
+  __errno_location: { parameters: [], result: "pointer" },
   // int getpeername(int fd, struct sockaddr *addr, socklen_t *len), and getsockname alike.
   getpeername: { parameters: ["i32", "pointer", "pointer"], result: "i32" },
   getsockname: { parameters: ["i32", "pointer", "pointer"], result: "i32" },
@@ -267,4 +398,163 @@ export function resetConnection(conn: Deno.Conn): boolean {
   if (fd < 0) return false;
   byAddresses.delete(keyOf(local, remote));
   return libc().symbols.connect(fd, pointersOf().unspecified, SOCKADDR_IN_BYTES) === 0;
+}
+
+/**
+ * The socket and epoll calls, each returning its result or `-errno`. One
+ * per thread (errno is per thread): a Worker makes its own.
+ */
+export class Sys {
+  readonly #c = libc().symbols;
+  readonly #errno = new Deno.UnsafePointerView(libc().symbols.__errno_location()!);
+  // Small buffers handed to libc by pointer, kept for the life of this object.
+  readonly #int = new Int32Array(1);
+  readonly #intPointer = Deno.UnsafePointer.of(this.#int);
+  readonly #length = new Uint32Array(1);
+  readonly #lengthPointer = Deno.UnsafePointer.of(this.#length);
+  readonly #address = new Uint8Array(128);
+  readonly #addressPointer = Deno.UnsafePointer.of(this.#address);
+  readonly #linger = new Uint8Array(8);
+  readonly #lingerPointer = Deno.UnsafePointer.of(this.#linger);
+  readonly #counter = new BigUint64Array(1);
+  readonly #counterPointer = Deno.UnsafePointer.of(this.#counter);
+
+  #result(value: number): number {
+    return value < 0 ? -this.#errno.getInt32() : value;
+  }
+
+  /** A nonblocking TCP socket for `family` (AF_INET or AF_INET6). */
+  socket(family: number): number {
+    return this.#result(this.#c.socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  }
+
+  /** Sets an int option (SO_REUSEADDR, TCP_NODELAY, …). */
+  setInt(fd: number, level: number, option: number, value: number): number {
+    this.#int[0] = value;
+    return this.#result(this.#c.setsockopt(fd, level, option, this.#intPointer, 4));
+  }
+
+  /** Sets SO_LINGER to {on, 0}: the next close sends a reset. */
+  lingerZero(fd: number): number {
+    encodeLinger(this.#linger, true, 0);
+    return this.#result(this.#c.setsockopt(fd, SOL_SOCKET, SO_LINGER, this.#lingerPointer, 8));
+  }
+
+  /** The pending error of a socket (SO_ERROR): 0, or an errno. */
+  socketError(fd: number): number {
+    this.#length[0] = 4;
+    const result = this.#c.getsockopt(
+      fd,
+      SOL_SOCKET,
+      SO_ERROR,
+      this.#intPointer,
+      this.#lengthPointer,
+    );
+    return result < 0 ? this.#errno.getInt32() : this.#int[0]!;
+  }
+
+  bind(fd: number, address: { hostname: string; port: number }): number {
+    const length = encodeSockaddr(address, this.#address);
+    return this.#result(this.#c.bind(fd, this.#addressPointer, length));
+  }
+
+  listen(fd: number, backlog: number): number {
+    return this.#result(this.#c.listen(fd, backlog));
+  }
+
+  /** Accepts one connection, nonblocking; its peer's address is then {@linkcode Sys.lastAddress}. */
+  accept(fd: number): number {
+    this.#length[0] = this.#address.length;
+    return this.#result(
+      this.#c.accept4(fd, this.#addressPointer, this.#lengthPointer, SOCK_NONBLOCK | SOCK_CLOEXEC),
+    );
+  }
+
+  /** Starts a connect; `-EINPROGRESS` means it goes on (wait for EPOLLOUT). */
+  connect(fd: number, address: { hostname: string; port: number }): number {
+    const length = encodeSockaddr(address, this.#address);
+    return this.#result(this.#c.connect(fd, this.#addressPointer, length));
+  }
+
+  /** The address the last accept, getsockname or getpeername filled in. */
+  lastAddress(): SocketAddress | undefined {
+    return decodeSockaddr(this.#address);
+  }
+
+  /** The local address of `fd`. */
+  localAddress(fd: number): SocketAddress | undefined {
+    this.#length[0] = this.#address.length;
+    if (this.#c.getsockname(fd, this.#addressPointer, this.#lengthPointer) < 0) return undefined;
+    return decodeSockaddr(this.#address);
+  }
+
+  read(fd: number, into: Deno.PointerValue, length: number): number {
+    return this.#result(this.#c.read(fd, into, length));
+  }
+
+  write(fd: number, from: Deno.PointerValue, length: number): number {
+    return this.#result(this.#c.write(fd, from, length));
+  }
+
+  shutdownWrite(fd: number): number {
+    return this.#result(this.#c.shutdown(fd, SHUT_WR));
+  }
+
+  close(fd: number): number {
+    return this.#result(this.#c.close(fd));
+  }
+
+  epollCreate(): number {
+    return this.#result(this.#c.epoll_create1(EFD_CLOEXEC));
+  }
+
+  /** `epoll_ctl` with one event, written into `event` (a buffer of EPOLL_EVENT_BYTES). */
+  epollCtl(
+    epfd: number,
+    op: number,
+    fd: number,
+    events: number,
+    generation: number,
+    event: { view: DataView; pointer: Deno.PointerValue },
+  ): number {
+    encodeEpollEvent(event.view, 0, events, fd, generation);
+    return this.#result(this.#c.epoll_ctl(epfd, op, fd, event.pointer));
+  }
+
+  epollWait(epfd: number, events: Deno.PointerValue, max: number, timeoutMs: number): number {
+    return this.#result(this.#c.epoll_wait(epfd, events, max, timeoutMs));
+  }
+
+  /** The same wait on a thread of Deno's, so this thread's event loop runs on meanwhile. */
+  async epollWaitAsync(
+    epfd: number,
+    events: Deno.PointerValue,
+    max: number,
+    timeoutMs: number,
+  ): Promise<number> {
+    const result = await this.#c.epoll_wait_async(epfd, events, max, timeoutMs);
+    // errno belongs to the thread that made the call: report a bare failure.
+    return result < 0 ? -EINTR : result;
+  }
+
+  eventfd(): number {
+    return this.#result(this.#c.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  }
+
+  /** Adds 1 to an eventfd's counter: wakes an epoll_wait that watches it. */
+  wake(fd: number): number {
+    this.#counter[0] = 1n;
+    return this.#result(this.#c.write(fd, this.#counterPointer, 8));
+  }
+
+  /** Empties an eventfd's counter. */
+  drain(fd: number): number {
+    return this.#result(this.#c.read(fd, this.#counterPointer, 8));
+  }
+}
+
+/** `-errno` as an Error whose `code` is the errno's name (`EMFILE`, …). */
+export function errnoError(negative: number, what: string): Error {
+  const code = ERRNO_NAMES[-negative] ?? `errno ${-negative}`;
+  return Object.assign(new Error(`${what}: ${code}`), { code });
 }

@@ -14,11 +14,19 @@ import { parseHostPort } from "./address.ts";
 import { realClock } from "./clock.ts";
 import { ConfigError, watchConfig } from "./config.ts";
 import { DenoEngine } from "./engine_deno.ts";
+import { EpollEngine } from "./engine_epoll.ts";
 import { describe, StartError } from "./errors.ts";
 import { type LoadBalancerFlags, parseFlags, usage, UsageError } from "./flags.ts";
 import { canUseLibc, ignoreSigusr1, isSignalIgnored, resetConnection } from "./libc.ts";
 import { logDiagnostic } from "./log.ts";
-import { type Plan, prepare, resolveConfig, summarize, workerPermissions } from "./plan.ts";
+import {
+  epollPossible,
+  type Plan,
+  prepare,
+  resolveConfig,
+  summarize,
+  workerPermissions,
+} from "./plan.ts";
 import { Runtime } from "./runtime.ts";
 import { supervise } from "./supervisor.ts";
 import { VERSION } from "./version.ts";
@@ -105,12 +113,21 @@ async function run(args: readonly string[], sigusr1Warning: string | undefined):
   }
   const stopped = Promise.withResolvers<number>();
   const signals = listenForSignals(stopped.resolve);
-  const runtime = new Runtime({
-    flags,
-    plan,
-    engine: new DenoEngine(canUseLibc() ? { reset: resetConnection } : {}),
-  });
+  const engine = plan.config.engine === "deno" ||
+      (plan.config.engine === "auto" && !epollPossible())
+    ? new DenoEngine(canUseLibc() ? { reset: resetConnection } : {})
+    : new EpollEngine();
+  const runtime = new Runtime({ flags, plan, engine });
   runtime.start();
+  if (plan.config.engine === "auto") {
+    logDiagnostic(
+      engine.name === "epoll"
+        ? "engine epoll (auto: Linux, --allow-ffi granted)"
+        : `engine deno (auto: ${
+          Deno.build.os !== "linux" ? `${Deno.build.os}, not Linux` : "no --allow-ffi"
+        })`,
+    );
+  }
   if (sigusr1Warning !== undefined) logDiagnostic(sigusr1Warning);
   signals.serving(runtime);
   if (flags.watch && flags.config !== undefined) {

@@ -81,7 +81,12 @@ Deno.test({
   ignore: Deno.build.os !== "linux",
   fn: async () => {
     const echo = startEchoServer();
-    const lb = await startBalancerProcess(["--backend", `127.0.0.1:${echo.port}`]);
+    const lb = await startBalancerProcess([
+      "--engine",
+      "deno",
+      "--backend",
+      `127.0.0.1:${echo.port}`,
+    ]);
     try {
       await lb.waitForLine("stderr", /warning: SIGUSR1 would open a debugger .*--allow-ffi/);
     } finally {

@@ -201,7 +201,7 @@ export function needsRestart(previous: Config, next: Config): string[] {
   const before = previous.admin?.listen ?? "off";
   const after = next.admin?.listen ?? "off";
   if (before !== after) changed.push(`admin.listen (${before} -> ${after})`);
-  for (const key of ["workers", "access_log", "log_format"] as const) {
+  for (const key of ["workers", "engine", "access_log", "log_format"] as const) {
     const [was, now] = [previous[key] ?? "unset", next[key] ?? "unset"];
     if (was !== now) changed.push(`${key} (${was} -> ${now})`);
   }
@@ -247,6 +247,11 @@ export async function prepare(
       const given = givenText(flags, "access-log") === undefined ? "access_log" : "--access-log";
       problems.push(`${given} ${config.access_log}: ${describe(error)}`);
     }
+  }
+  if (config.engine === "epoll" && !epollPossible()) {
+    problems.push(
+      "engine epoll: needs Linux on x86_64 or aarch64 and --allow-ffi (deno task lb grants it)",
+    );
   }
   // At start only: a reload never starts workers (a change of `workers` waits for a restart).
   if (
@@ -306,6 +311,13 @@ async function readToken(file: string | undefined): Promise<string | undefined> 
     throw new Error("LB_ADMIN_TOKEN: expected one token (no spaces), got more than one word");
   }
   return token === "" ? undefined : token;
+}
+
+/** Whether the epoll engine can run here: Linux on x86_64 or aarch64, and --allow-ffi. */
+export function epollPossible(): boolean {
+  return Deno.build.os === "linux" &&
+    (Deno.build.arch === "x86_64" || Deno.build.arch === "aarch64") &&
+    Deno.permissions.querySync({ name: "ffi" }).state === "granted";
 }
 
 /** The permissions a worker needs for the features this command line uses. */

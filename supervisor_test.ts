@@ -224,7 +224,14 @@ Deno.test("--workers 2 --access-log FILE: workers get the write permission, and 
 
 Deno.test("the --workers supervisor itself warns about SIGUSR1 when it may not ignore it", async () => {
   const echo = startEchoServer();
-  const lb = await startBalancerProcess(["--backend", `127.0.0.1:${echo.port}`, "--workers", "2"]);
+  const lb = await startBalancerProcess([
+    "--engine",
+    "deno",
+    "--backend",
+    `127.0.0.1:${echo.port}`,
+    "--workers",
+    "2",
+  ]);
   try {
     // Not a worker's line ("[worker N] …"): the supervisor's own.
     await lb.waitForLine("stderr", /^\S+ load_balancer: warning: SIGUSR1 would open a debugger/);

@@ -14,6 +14,7 @@ import type { Strategy } from "./balancer.ts";
 import type { BufferPool } from "./buffers.ts";
 import type { Clock } from "./clock.ts";
 import { DenoEngine, type Dialer, listenerOf } from "./engine_deno.ts";
+import { EpollEngine } from "./engine_epoll.ts";
 import { closeQuietly } from "./errors.ts";
 import { type LoadBalancerEvent, readyPort } from "./events.ts";
 import type { HealthSettings } from "./health.ts";
@@ -23,6 +24,21 @@ import { Backend, Pool } from "./pool.ts";
 import { LoadBalancer } from "./proxy.ts";
 
 export { closeQuietly, writeAll };
+
+/**
+ * The engine the in-process tests run on: `LB_TEST_ENGINE=epoll` (Linux,
+ * `--allow-ffi`) or `deno` (the default). CI runs the suite once with each.
+ */
+export const TEST_ENGINE: "deno" | "epoll" = testEngine();
+
+function testEngine(): "deno" | "epoll" {
+  if (Deno.env.get("LB_TEST_ENGINE") !== "epoll") return "deno";
+  if (Deno.build.os === "linux") return "epoll";
+  console.log(
+    `LB_TEST_ENGINE=epoll needs Linux (this is ${Deno.build.os}): testing the deno engine`,
+  );
+  return "deno";
+}
 
 /**
  * A clock that moves only when told: timers fire in deadline order as
@@ -253,14 +269,23 @@ export function startBalancer(
     ...(clock ? { clock } : {}),
     onEvent,
   });
-  const engine = new DenoEngine({
+  // A test that hands in Deno's own sockets (a dialer, a listener, buffer
+  // pools) is about the deno engine; the rest run on the engine under test.
+  const denoOnly = options.dial !== undefined || options.listener !== undefined ||
+    options.pools !== undefined;
+  const epoll = TEST_ENGINE === "epoll" && !denoOnly
+    ? new EpollEngine(clock ? { clock } : {})
+    : undefined;
+  const engine = epoll ?? new DenoEngine({
     ...(options.dial ? { dial: options.dial } : {}),
     ...(options.reset ? { reset: options.reset } : {}),
     ...(options.pools ? { pools: options.pools } : {}),
     ...(clock ? { clock } : {}),
   });
   const balancer = new LoadBalancer({
-    listener: listenerOf(options.listener ?? listenLoopback()),
+    listener: epoll
+      ? epoll.listen({ hostname: "127.0.0.1", port: 0 })
+      : listenerOf(options.listener ?? listenLoopback()),
     engine,
     pool,
     ...(options.maxConnections ? { maxConnections: options.maxConnections } : {}),
@@ -282,6 +307,7 @@ export function startBalancer(
       await shutdown;
       await serving;
       await pool.stop();
+      await epoll?.idle();
     },
   };
 }
@@ -430,13 +456,18 @@ export async function startBalancerProcess(
   options: { maxOpenFiles?: number; permissions?: string[]; listen?: boolean } = {},
 ): Promise<BalancerProcess> {
   const supervised = args.includes("--workers");
-  const permissions = options.permissions ??
-    (supervised ? ["--allow-net", "--allow-run", "--unstable-net"] : ["--allow-net"]);
+  // The engine under test, unless the test names one.
+  const engine = args.includes("--engine") || TEST_ENGINE === "deno" ? [] : ["--engine", "epoll"];
+  const permissions = [
+    ...(options.permissions ??
+      (supervised ? ["--allow-net", "--allow-run", "--unstable-net"] : ["--allow-net"])),
+    ...(engine.length > 0 ? ["--allow-ffi"] : []),
+  ];
   const deno = [Deno.execPath(), "run", ...permissions, "load_balancer.ts"];
   const listen = options.listen === false ? [] : ["--listen", "127.0.0.1:0"];
   // The tests read access lines as text; piped, the default would be JSON.
   const format = args.includes("--log-format") ? [] : ["--log-format", "text"];
-  const command = [...deno, ...listen, ...format, ...args];
+  const command = [...deno, ...listen, ...format, ...engine, ...args];
   // `exec` keeps the pid: the process we signal and measure is the balancer itself.
   const [program, ...programArgs] = options.maxOpenFiles === undefined
     ? command

@@ -1,0 +1,598 @@
+/**
+ * The `epoll` engine: the seam (engine.ts) on Linux system calls made from
+ * TypeScript through libc.ts — nonblocking sockets, one level-triggered
+ * epoll set, no promise per read or write.
+ *
+ * What moves bytes is one state machine per joined pair, run synchronously
+ * from the loop: read from a side that is readable into one shared scratch
+ * buffer and write it straight to the other side (speculative I/O: EPOLLOUT
+ * is armed only when a write comes up short). The invariants:
+ * - bytes waiting for a side live in that side's `pending`, and only then is
+ *   EPOLLOUT armed on it, and EPOLLIN dropped on its peer (backpressure: at
+ *   most one pending chunk per direction, never a queue);
+ * - a side's end of stream is passed on (`shutdown(SHUT_WR)`) once what it
+ *   sent before has been written;
+ * - a generation number guards every descriptor: an event carries the
+ *   generation it was registered with, and one for a descriptor closed (and
+ *   its number reused) earlier in the same batch is dropped.
+ *
+ * This first form runs in the caller's thread ("attached"): `epoll_wait`
+ * runs on a thread of Deno's (a nonblocking FFI call, once per batch of
+ * events, never per connection) so the thread's own event loop, timers and
+ * promises run on. A data-plane Worker that blocks in `epoll_wait` itself is
+ * the next step (see docs/architecture.md).
+ *
+ * @module
+ */
+
+import { lookup } from "node:dns/promises";
+import type { HostPort } from "./address.ts";
+import { type Clock, realClock } from "./clock.ts";
+import type { Engine, EngineConn, EngineListener, Joined, JoinResult } from "./engine.ts";
+import type { JoinEnd } from "./events.ts";
+import {
+  AF_INET,
+  AF_INET6,
+  EAGAIN,
+  ECONNABORTED,
+  EINPROGRESS,
+  EINTR,
+  EPOLL_CTL_ADD,
+  EPOLL_CTL_DEL,
+  EPOLL_CTL_MOD,
+  EPOLL_EVENT_BYTES,
+  EPOLLERR,
+  epollEvents,
+  epollFd,
+  epollGeneration,
+  EPOLLHUP,
+  EPOLLIN,
+  EPOLLOUT,
+  errnoError,
+  IPPROTO_TCP,
+  SO_REUSEADDR,
+  SO_REUSEPORT,
+  SOL_SOCKET,
+  Sys,
+  TCP_NODELAY,
+} from "./libc.ts";
+
+/** Bytes one read takes at most: the scratch buffer every connection shares. */
+const SCRATCH_BYTES = 65536;
+/** What a watched client may send before its backend is connected. */
+const EARLY_LIMIT = 65536;
+/** Events taken from one `epoll_wait`. */
+const BATCH = 256;
+
+/** Something the loop calls when its descriptor has events. */
+interface Handler {
+  onEvents(events: number): void;
+}
+
+/** The epoll set, and the handler of each registered descriptor. */
+class Loop {
+  readonly sys = new Sys();
+  readonly epfd: number;
+  readonly #wakeFd: number;
+  readonly #handlers: (Handler | undefined)[] = [];
+  readonly #interest: number[] = [];
+  readonly #generations: number[] = [];
+  readonly #events = new Uint8Array(BATCH * EPOLL_EVENT_BYTES);
+  readonly #eventsView = new DataView(this.#events.buffer);
+  readonly #eventsPointer = Deno.UnsafePointer.of(this.#events);
+  readonly #ctl = new Uint8Array(EPOLL_EVENT_BYTES);
+  readonly #ctlEvent = {
+    view: new DataView(this.#ctl.buffer),
+    pointer: Deno.UnsafePointer.of(this.#ctl),
+  };
+  /** The shared read buffer, and the pointer libc reads into. */
+  readonly scratch = new Uint8Array(SCRATCH_BYTES);
+  readonly scratchPointer = Deno.UnsafePointer.of(this.scratch);
+  #running: Promise<void> | undefined;
+  #registered = 0;
+
+  constructor() {
+    this.epfd = this.#check(this.sys.epollCreate(), "epoll_create1");
+    this.#wakeFd = this.#check(this.sys.eventfd(), "eventfd");
+    this.#check(
+      this.sys.epollCtl(this.epfd, EPOLL_CTL_ADD, this.#wakeFd, EPOLLIN, 0, this.#ctlEvent),
+      "epoll_ctl",
+    );
+  }
+
+  #check(result: number, what: string): number {
+    if (result < 0) throw errnoError(result, what);
+    return result;
+  }
+
+  /** Watches `fd` for `events`, calling `handler`; starts the loop if it is idle. */
+  add(fd: number, events: number, handler: Handler): void {
+    this.#handlers[fd] = handler;
+    this.#interest[fd] = events;
+    this.#generations[fd] = ((this.#generations[fd] ?? 0) + 1) >>> 0;
+    this.sys.epollCtl(this.epfd, EPOLL_CTL_ADD, fd, events, this.#generations[fd]!, this.#ctlEvent);
+    this.#registered++;
+    this.#running ??= this.#run();
+  }
+
+  /** Changes what `fd` is watched for (a no-op when it is already that). */
+  modify(fd: number, events: number): void {
+    if (this.#interest[fd] === events) return;
+    this.#interest[fd] = events;
+    this.sys.epollCtl(this.epfd, EPOLL_CTL_MOD, fd, events, this.#generations[fd]!, this.#ctlEvent);
+  }
+
+  /** Hands `fd`'s events to another handler, keeping its registration. */
+  replace(fd: number, handler: Handler): void {
+    this.#handlers[fd] = handler;
+  }
+
+  /** Stops watching `fd` and closes it; a later event for its number is dropped. */
+  close(fd: number): void {
+    if (this.#handlers[fd] !== undefined) {
+      this.sys.epollCtl(this.epfd, EPOLL_CTL_DEL, fd, 0, 0, this.#ctlEvent);
+      this.#handlers[fd] = undefined;
+      this.#generations[fd] = ((this.#generations[fd] ?? 0) + 1) >>> 0;
+      // Nothing left to watch: let a wait in progress return, so the loop ends.
+      if (--this.#registered === 0) this.nudge();
+    }
+    this.sys.close(fd);
+  }
+
+  /** Resolves once the loop has ended (nothing registered). */
+  idle(): Promise<void> {
+    return this.#running ?? Promise.resolve();
+  }
+
+  async #run(): Promise<void> {
+    while (this.#registered > 0) {
+      const count = await this.sys.epollWaitAsync(this.epfd, this.#eventsPointer, BATCH, -1);
+      if (count < 0) {
+        if (count === -EINTR) continue;
+        throw errnoError(count, "epoll_wait");
+      }
+      for (let i = 0; i < count; i++) {
+        const fd = epollFd(this.#eventsView, i);
+        if (fd === this.#wakeFd) {
+          this.sys.drain(this.#wakeFd);
+          continue;
+        }
+        // Closed, or closed and reused, earlier in this batch: not for its new owner.
+        if (epollGeneration(this.#eventsView, i) !== this.#generations[fd]) continue;
+        this.#handlers[fd]?.onEvents(epollEvents(this.#eventsView, i));
+      }
+    }
+    this.#running = undefined;
+  }
+
+  /** Wakes a loop waiting with nothing to do, so it notices new registrations or the end. */
+  nudge(): void {
+    this.sys.wake(this.#wakeFd);
+  }
+}
+
+/** A connection the epoll engine holds. */
+class EpollConn implements EngineConn, Handler {
+  /** Read ahead while watched: chunks, whether it ended, whether it failed. */
+  early: { chunks: Uint8Array[]; bytes: number; ended: boolean; onGone: () => void } | undefined;
+  /** Set once joined: the join takes the events. */
+  owner: Handler | undefined;
+  closed = false;
+
+  constructor(
+    readonly loop: Loop,
+    readonly fd: number,
+    readonly peer: string,
+    readonly peerHost: string,
+  ) {}
+
+  onEvents(events: number): void {
+    if (this.owner !== undefined) return this.owner.onEvents(events);
+    const early = this.early;
+    if (early === undefined) return;
+    // Watched: take what the client sends, up to the limit; see it go.
+    const { sys, scratch, scratchPointer } = this.loop;
+    const read = sys.read(this.fd, scratchPointer, scratch.length);
+    if (read > 0) {
+      early.chunks.push(scratch.slice(0, read));
+      early.bytes += read;
+      if (early.bytes >= EARLY_LIMIT) this.loop.modify(this.fd, 0);
+    } else if (read === 0) {
+      early.ended = true;
+      this.loop.modify(this.fd, 0);
+    } else if (read !== -EAGAIN || (events & (EPOLLERR | EPOLLHUP)) !== 0) {
+      this.early = undefined;
+      this.loop.modify(this.fd, 0);
+      early.onGone();
+    }
+  }
+}
+
+/** One direction of a join: what waits to be written to `to`, and how the source ended. */
+interface Direction {
+  readonly from: EpollConn;
+  readonly to: EpollConn;
+  readonly fromSide: "client" | "server";
+  readonly toSide: "client" | "server";
+  /** Bytes read from `from`, not yet written to `to`. */
+  pending: Uint8Array | undefined;
+  /** `from` has ended its stream. */
+  ended: boolean;
+  /** The end has been passed on to `to`. */
+  shut: boolean;
+  bytes: number;
+}
+
+/** Two connections joined by the epoll engine. */
+class EpollJoin implements Joined {
+  readonly result: Promise<JoinResult>;
+  activity = 0;
+  halfClosedAt: number | undefined;
+  readonly #resolve: (result: JoinResult) => void;
+  readonly #loop: Loop;
+  readonly #clock: Clock;
+  readonly #up: Direction;
+  readonly #down: Direction;
+  #firstFin: JoinEnd | undefined;
+  #done = false;
+
+  constructor(loop: Loop, clock: Clock, client: EpollConn, server: EpollConn) {
+    this.#loop = loop;
+    this.#clock = clock;
+    const { promise, resolve } = Promise.withResolvers<JoinResult>();
+    this.result = promise;
+    this.#resolve = resolve;
+    this.#up = direction(client, server, "client", "server");
+    this.#down = direction(server, client, "server", "client");
+    const early = client.early;
+    client.early = undefined;
+    client.owner = { onEvents: (events) => this.#onEvents(this.#up, this.#down, events) };
+    server.owner = { onEvents: (events) => this.#onEvents(this.#down, this.#up, events) };
+    // What the client sent while we dialled goes first.
+    if (early !== undefined) {
+      for (const chunk of early.chunks) {
+        if (!this.#forward(this.#up, chunk, chunk.length)) return;
+      }
+      if (early.ended) this.#end(this.#up);
+    }
+    this.#update();
+  }
+
+  cut(why: "aborted" | "idle-timeout" | "half-closed-timeout"): void {
+    this.#fail(why);
+  }
+
+  // Events on `out.from` (readable) and on `into.to === out.from` (writable).
+  #onEvents(out: Direction, into: Direction, events: number): void {
+    if (this.#done) return;
+    if ((events & EPOLLOUT) !== 0 && into.pending !== undefined) {
+      if (!this.#flush(into)) return;
+    }
+    if (
+      (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) !== 0 && !out.ended && out.pending === undefined
+    ) {
+      this.#read(out);
+    }
+    if (!this.#done) this.#update();
+  }
+
+  // One read from `d.from`, written straight on to `d.to`.
+  #read(d: Direction): void {
+    const { sys, scratch, scratchPointer } = this.#loop;
+    const read = sys.read(d.from.fd, scratchPointer, scratch.length);
+    if (read > 0) {
+      this.activity++;
+      this.#forward(d, scratch, read);
+    } else if (read === 0) {
+      this.#end(d);
+    } else if (read !== -EAGAIN) {
+      this.#fail(`${d.fromSide}-reset`);
+    }
+  }
+
+  // Writes `length` bytes of `bytes` to `d.to`; keeps what does not fit. False once failed.
+  #forward(d: Direction, bytes: Uint8Array, length: number): boolean {
+    const { sys } = this.#loop;
+    const pointer = bytes === this.#loop.scratch
+      ? this.#loop.scratchPointer
+      : Deno.UnsafePointer.of(bytes);
+    const written = sys.write(d.to.fd, pointer, length);
+    if (written === length) {
+      d.bytes += length;
+      return true;
+    }
+    if (written < 0 && written !== -EAGAIN) {
+      this.#fail(`${d.toSide}-reset`);
+      return false;
+    }
+    const sent = Math.max(0, written);
+    d.bytes += sent;
+    d.pending = bytes.slice(sent, length);
+    return true;
+  }
+
+  // Writes what waits for `d.to`; passes on the end once it is all out. False once failed.
+  #flush(d: Direction): boolean {
+    const pending = d.pending!;
+    const written = this.#loop.sys.write(d.to.fd, Deno.UnsafePointer.of(pending), pending.length);
+    if (written < 0) {
+      if (written === -EAGAIN) return true;
+      this.#fail(`${d.toSide}-reset`);
+      return false;
+    }
+    d.bytes += written;
+    d.pending = written === pending.length ? undefined : pending.subarray(written);
+    if (d.pending === undefined && d.ended) return this.#passEnd(d);
+    return true;
+  }
+
+  // `d.from` has ended its stream.
+  #end(d: Direction): void {
+    d.ended = true;
+    this.#firstFin ??= `${d.fromSide}-fin`;
+    this.halfClosedAt ??= this.#clock.now();
+    if (d.pending === undefined) this.#passEnd(d);
+  }
+
+  #passEnd(d: Direction): boolean {
+    const other = d === this.#up ? this.#down : this.#up;
+    if (other.ended && other.pending === undefined) {
+      this.#finish();
+      return false;
+    }
+    if (!d.shut) {
+      d.shut = true;
+      if (this.#loop.sys.shutdownWrite(d.to.fd) < 0) {
+        this.#fail(`${d.toSide}-reset`);
+        return false;
+      }
+    }
+    return true;
+  }
+
+  // Interest follows the invariants: EPOLLOUT only with bytes pending for a
+  // side; EPOLLIN only while that side has not ended and its peer has room.
+  #update(): void {
+    for (const [out, into] of [[this.#up, this.#down], [this.#down, this.#up]] as const) {
+      let events = 0;
+      if (!out.ended && out.pending === undefined) events |= EPOLLIN;
+      if (into.pending !== undefined) events |= EPOLLOUT;
+      this.#loop.modify(out.from.fd, events);
+    }
+  }
+
+  #finish(): void {
+    this.#close(false, false);
+    this.#settle(this.#firstFin ?? "client-fin");
+  }
+
+  #fail(end: JoinEnd): void {
+    if (this.#done) return;
+    // A transparent proxy passes a reset on; a cut at the drain timeout
+    // resets both. Timeouts for quiet connections close cleanly.
+    const resetClient = end === "server-reset" || end === "aborted";
+    const resetServer = end === "client-reset" || end === "aborted";
+    this.#close(resetClient, resetServer);
+    this.#settle(end);
+  }
+
+  #close(resetClient: boolean, resetServer: boolean): void {
+    this.#done = true;
+    for (
+      const [conn, reset] of [[this.#up.from, resetClient], [this.#down.from, resetServer]] as const
+    ) {
+      if (conn.closed) continue;
+      conn.closed = true;
+      if (reset) this.#loop.sys.lingerZero(conn.fd);
+      this.#loop.close(conn.fd);
+    }
+  }
+
+  #settle(end: JoinEnd): void {
+    this.#resolve({ bytesFromClient: this.#up.bytes, bytesFromServer: this.#down.bytes, end });
+  }
+}
+
+function direction(
+  from: EpollConn,
+  to: EpollConn,
+  fromSide: "client" | "server",
+  toSide: "client" | "server",
+): Direction {
+  return { from, to, fromSide, toSide, pending: undefined, ended: false, shut: false, bytes: 0 };
+}
+
+/** A listening socket of the epoll engine. */
+class EpollListener implements EngineListener, Handler {
+  readonly address: HostPort;
+  readonly #loop: Loop;
+  readonly #fd: number;
+  #waiting: PromiseWithResolvers<EngineConn> | undefined;
+  #closed = false;
+
+  constructor(loop: Loop, fd: number, address: HostPort) {
+    this.#loop = loop;
+    this.#fd = fd;
+    this.address = address;
+    loop.add(fd, 0, this);
+  }
+
+  accept(): Promise<EngineConn> {
+    if (this.#closed) return Promise.reject(new Deno.errors.BadResource("listener closed"));
+    // Speculative: a connection already waiting is taken without a round trip through epoll.
+    const conn = this.#take();
+    if (conn instanceof Error) {
+      if ((conn as { code?: string }).code !== "EAGAIN") return Promise.reject(conn);
+    } else {
+      return Promise.resolve(conn);
+    }
+    this.#waiting = Promise.withResolvers<EngineConn>();
+    this.#loop.modify(this.#fd, EPOLLIN);
+    return this.#waiting.promise;
+  }
+
+  onEvents(): void {
+    const waiting = this.#waiting;
+    if (waiting === undefined) return this.#loop.modify(this.#fd, 0);
+    const conn = this.#take();
+    if (conn instanceof Error && (conn as { code?: string }).code === "EAGAIN") return;
+    this.#waiting = undefined;
+    // Nobody asks for the next one yet: stop watching until they do.
+    this.#loop.modify(this.#fd, 0);
+    if (conn instanceof Error) waiting.reject(conn);
+    else waiting.resolve(conn);
+  }
+
+  #take(): EpollConn | Error {
+    const { sys } = this.#loop;
+    const fd = sys.accept(this.#fd);
+    if (fd < 0) {
+      // A client that reset before we took it: as Deno says it.
+      if (fd === -ECONNABORTED) return new Deno.errors.ConnectionAborted("accept: ECONNABORTED");
+      return errnoError(fd, "accept");
+    }
+    const peer = sys.lastAddress();
+    sys.setInt(fd, IPPROTO_TCP, TCP_NODELAY, 1);
+    const host = peer?.hostname ?? "-";
+    const name = peer === undefined
+      ? "-"
+      : host.includes(":")
+      ? `[${host}]:${peer.port}`
+      : `${host}:${peer.port}`;
+    return new EpollConn(this.#loop, fd, name, host);
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#loop.close(this.#fd);
+    this.#waiting?.reject(new Deno.errors.BadResource("listener closed"));
+    this.#waiting = undefined;
+  }
+}
+
+/** Options for {@linkcode EpollEngine}. */
+export interface EpollEngineOptions {
+  /** The clock joins read `halfClosedAt` from. @default {realClock} */
+  clock?: Clock;
+}
+
+/** The seam on Linux system calls (see the module doc). Linux and `--allow-ffi` only. */
+export class EpollEngine implements Engine {
+  readonly name = "epoll";
+  readonly #loop = new Loop();
+  readonly #clock: Clock;
+
+  constructor(options: EpollEngineOptions = {}) {
+    this.#clock = options.clock ?? realClock;
+  }
+
+  listen(address: HostPort, options: { reusePort?: boolean } = {}): EngineListener {
+    const { sys } = this.#loop;
+    const family = address.hostname.includes(":") ? AF_INET6 : AF_INET;
+    const fd = sys.socket(family);
+    if (fd < 0) throw errnoError(fd, "socket");
+    sys.setInt(fd, SOL_SOCKET, SO_REUSEADDR, 1);
+    if (options.reusePort) sys.setInt(fd, SOL_SOCKET, SO_REUSEPORT, 1);
+    for (
+      const [result, what] of [[sys.bind(fd, address), "bind"], [
+        sys.listen(fd, 4096),
+        "listen",
+      ]] as const
+    ) {
+      if (result < 0) {
+        sys.close(fd);
+        const error = errnoError(result, what);
+        throw result === -98
+          ? Object.assign(new Deno.errors.AddrInUse(error.message), { code: "EADDRINUSE" })
+          : error;
+      }
+    }
+    const bound = sys.localAddress(fd);
+    return new EpollListener(this.#loop, fd, {
+      hostname: address.hostname,
+      port: bound?.port ?? address.port,
+    });
+  }
+
+  watch(client: EngineConn, onGone: () => void): void {
+    const conn = client as EpollConn;
+    conn.early = { chunks: [], bytes: 0, ended: false, onGone };
+    this.#loop.add(conn.fd, EPOLLIN, conn);
+  }
+
+  async dial(address: HostPort, signal: AbortSignal): Promise<EngineConn> {
+    const host = isIpLiteral(address.hostname)
+      ? address.hostname
+      : (await lookup(address.hostname)).address;
+    signal.throwIfAborted();
+    const { sys } = this.#loop;
+    const fd = sys.socket(host.includes(":") ? AF_INET6 : AF_INET);
+    if (fd < 0) throw errnoError(fd, "socket");
+    sys.setInt(fd, IPPROTO_TCP, TCP_NODELAY, 1);
+    const started = sys.connect(fd, { hostname: host, port: address.port });
+    const name = host.includes(":") ? `[${host}]:${address.port}` : `${host}:${address.port}`;
+    const conn = new EpollConn(this.#loop, fd, name, host);
+    if (started < 0 && started !== -EINPROGRESS) {
+      sys.close(fd);
+      throw errnoError(started, `connect ${name}`);
+    }
+    // Connected at once (loopback can be) or in progress: either way, wait
+    // for writability, which also reports a failure.
+    const { promise, resolve, reject } = Promise.withResolvers<EngineConn>();
+    const onAbort = () => {
+      conn.closed = true;
+      this.#loop.close(fd);
+      reject(signal.reason);
+    };
+    signal.addEventListener("abort", onAbort, { once: true });
+    this.#loop.add(fd, EPOLLOUT, {
+      onEvents: () => {
+        signal.removeEventListener("abort", onAbort);
+        const error = sys.socketError(fd);
+        if (error === 0) {
+          this.#loop.modify(fd, 0);
+          conn.owner = undefined;
+          // From now on the connection's own handler (the join) takes its events.
+          this.#loop.replace(fd, conn);
+          return resolve(conn);
+        }
+        conn.closed = true;
+        this.#loop.close(fd);
+        reject(errnoError(-error, `connect ${name}`));
+      },
+    });
+    return await promise;
+  }
+
+  join(client: EngineConn, server: EngineConn): Joined {
+    return new EpollJoin(this.#loop, this.#clock, client as EpollConn, server as EpollConn);
+  }
+
+  close(conn: EngineConn, options: { reset?: boolean } = {}): Promise<void> {
+    const epoll = conn as EpollConn;
+    epoll.early = undefined;
+    if (!epoll.closed) {
+      epoll.closed = true;
+      const { sys, scratch, scratchPointer } = this.#loop;
+      if (options.reset) {
+        sys.lingerZero(epoll.fd);
+      } else {
+        // Linux answers a close with bytes still unread by a reset: take what
+        // the client sent, so it sees the clean close it is owed.
+        for (let i = 0; i < 16 && sys.read(epoll.fd, scratchPointer, scratch.length) > 0; i++);
+      }
+      this.#loop.close(epoll.fd);
+    }
+    return Promise.resolve();
+  }
+
+  /** Resolves once nothing is registered and the loop has ended (every socket closed). */
+  idle(): Promise<void> {
+    return this.#loop.idle();
+  }
+}
+
+function isIpLiteral(hostname: string): boolean {
+  return hostname.includes(":") || /^\d{1,3}(\.\d{1,3}){3}$/.test(hostname);
+}
