@@ -70,7 +70,7 @@ interface Handler {
 }
 
 /** The epoll set, and the handler of each registered descriptor. */
-class Loop {
+export class EpollLoop {
   readonly sys = new Sys();
   readonly epfd: number;
   readonly #wakeFd: number;
@@ -144,6 +144,13 @@ class Loop {
     return this.#running ?? Promise.resolve();
   }
 
+  /** Waits for the loop to end, then closes the epoll set itself. */
+  async dispose(): Promise<void> {
+    await this.idle();
+    this.sys.close(this.#wakeFd);
+    this.sys.close(this.epfd);
+  }
+
   async #run(): Promise<void> {
     while (this.#registered > 0) {
       const count = await this.sys.epollWaitAsync(this.epfd, this.#eventsPointer, BATCH, -1);
@@ -151,18 +158,28 @@ class Loop {
         if (count === -EINTR) continue;
         throw errnoError(count, "epoll_wait");
       }
-      for (let i = 0; i < count; i++) {
-        const fd = epollFd(this.#eventsView, i);
-        if (fd === this.#wakeFd) {
-          this.sys.drain(this.#wakeFd);
-          continue;
-        }
-        // Closed, or closed and reused, earlier in this batch: not for its new owner.
-        if (epollGeneration(this.#eventsView, i) !== this.#generations[fd]) continue;
-        this.#handlers[fd]?.onEvents(epollEvents(this.#eventsView, i));
-      }
+      this.dispatch(this.#eventsView, count);
     }
     this.#running = undefined;
+  }
+
+  /** Hands each of `count` events in `view` to its descriptor's handler. @internal (tests) */
+  dispatch(view: DataView, count: number): void {
+    for (let i = 0; i < count; i++) {
+      const fd = epollFd(view, i);
+      if (fd === this.#wakeFd) {
+        this.sys.drain(this.#wakeFd);
+        continue;
+      }
+      // Closed, or closed and reused, earlier in this batch: not for its new owner.
+      if (epollGeneration(view, i) !== this.#generations[fd]) continue;
+      this.#handlers[fd]?.onEvents(epollEvents(view, i));
+    }
+  }
+
+  /** The generation `fd` is registered with now. @internal (tests) */
+  generation(fd: number): number | undefined {
+    return this.#generations[fd];
   }
 
   /** Wakes a loop waiting with nothing to do, so it notices new registrations or the end. */
@@ -180,7 +197,7 @@ class EpollConn implements EngineConn, Handler {
   closed = false;
 
   constructor(
-    readonly loop: Loop,
+    readonly loop: EpollLoop,
     readonly fd: number,
     readonly peer: string,
     readonly peerHost: string,
@@ -229,14 +246,14 @@ class EpollJoin implements Joined {
   activity = 0;
   halfClosedAt: number | undefined;
   readonly #resolve: (result: JoinResult) => void;
-  readonly #loop: Loop;
+  readonly #loop: EpollLoop;
   readonly #clock: Clock;
   readonly #up: Direction;
   readonly #down: Direction;
   #firstFin: JoinEnd | undefined;
   #done = false;
 
-  constructor(loop: Loop, clock: Clock, client: EpollConn, server: EpollConn) {
+  constructor(loop: EpollLoop, clock: Clock, client: EpollConn, server: EpollConn) {
     this.#loop = loop;
     this.#clock = clock;
     const { promise, resolve } = Promise.withResolvers<JoinResult>();
@@ -405,12 +422,12 @@ function direction(
 /** A listening socket of the epoll engine. */
 class EpollListener implements EngineListener, Handler {
   readonly address: HostPort;
-  readonly #loop: Loop;
+  readonly #loop: EpollLoop;
   readonly #fd: number;
   #waiting: PromiseWithResolvers<EngineConn> | undefined;
   #closed = false;
 
-  constructor(loop: Loop, fd: number, address: HostPort) {
+  constructor(loop: EpollLoop, fd: number, address: HostPort) {
     this.#loop = loop;
     this.#fd = fd;
     this.address = address;
@@ -480,7 +497,7 @@ export interface EpollEngineOptions {
 /** The seam on Linux system calls (see the module doc). Linux and `--allow-ffi` only. */
 export class EpollEngine implements Engine {
   readonly name = "epoll";
-  readonly #loop = new Loop();
+  readonly #loop = new EpollLoop();
   readonly #clock: Clock;
 
   constructor(options: EpollEngineOptions = {}) {
@@ -590,6 +607,11 @@ export class EpollEngine implements Engine {
   /** Resolves once nothing is registered and the loop has ended (every socket closed). */
   idle(): Promise<void> {
     return this.#loop.idle();
+  }
+
+  /** Once every socket is closed: ends the loop and releases the epoll set. */
+  dispose(): Promise<void> {
+    return this.#loop.dispose();
   }
 }
 

@@ -6,10 +6,22 @@ import {
   AF_INET6,
   decodeSockaddr,
   descriptorOf,
+  EAGAIN,
+  EBADF,
+  encodeEpollEvent,
+  encodeLinger,
   encodeSockaddr,
+  EPOLL_CTL_ADD,
+  EPOLL_EVENT_BYTES,
+  epollEvents,
+  epollFd,
+  epollGeneration,
+  EPOLLIN,
+  EPOLLOUT,
   resetConnection,
   SOCKADDR_IN6_BYTES,
   SOCKADDR_IN_BYTES,
+  Sys,
 } from "./libc.ts";
 import { listenLoopback } from "./test_util.ts";
 
@@ -92,6 +104,59 @@ Deno.test({
         client.close();
         listener.close();
       }
+    }
+  },
+});
+
+Deno.test("struct epoll_event: u32 events, then u64 data (fd low, generation high); packed on x86_64", () => {
+  const bytes = new Uint8Array(EPOLL_EVENT_BYTES * 2);
+  const view = new DataView(bytes.buffer);
+  encodeEpollEvent(view, 1, EPOLLIN | EPOLLOUT, 7, 0xdeadbeef);
+  const at = EPOLL_EVENT_BYTES;
+  assert.deepEqual([...bytes.subarray(at, at + 4)], [0x05, 0, 0, 0]);
+  const dataAt = at + (Deno.build.arch === "x86_64" ? 4 : 8);
+  assert.equal(EPOLL_EVENT_BYTES, Deno.build.arch === "x86_64" ? 12 : 16);
+  assert.deepEqual([...bytes.subarray(dataAt, dataAt + 8)], [7, 0, 0, 0, 0xef, 0xbe, 0xad, 0xde]);
+  assert.equal(epollEvents(view, 1), EPOLLIN | EPOLLOUT);
+  assert.equal(epollFd(view, 1), 7);
+  assert.equal(epollGeneration(view, 1), 0xdeadbeef);
+  assert.deepEqual([...bytes.subarray(0, EPOLL_EVENT_BYTES)], Array(EPOLL_EVENT_BYTES).fill(0));
+});
+
+Deno.test("struct linger: int l_onoff, int l_linger", () => {
+  const bytes = new Uint8Array(8);
+  encodeLinger(bytes, true, 0);
+  assert.deepEqual([...bytes], [1, 0, 0, 0, 0, 0, 0, 0]);
+  encodeLinger(bytes, false, 5);
+  assert.deepEqual([...bytes], [0, 0, 0, 0, 5, 0, 0, 0]);
+});
+
+Deno.test({
+  name:
+    "Sys: an eventfd wakes epoll_wait with its descriptor and generation; errno comes back negative",
+  ignore: !linux,
+  fn: () => {
+    const sys = new Sys();
+    const epfd = sys.epollCreate();
+    const efd = sys.eventfd();
+    const event = new Uint8Array(EPOLL_EVENT_BYTES);
+    const ctl = { view: new DataView(event.buffer), pointer: Deno.UnsafePointer.of(event) };
+    const events = new Uint8Array(EPOLL_EVENT_BYTES * 4);
+    const pointer = Deno.UnsafePointer.of(events);
+    try {
+      assert.equal(sys.epollCtl(epfd, EPOLL_CTL_ADD, efd, EPOLLIN, 41, ctl), 0);
+      assert.equal(sys.epollWait(epfd, pointer, 4, 0), 0, "nothing yet");
+      assert.equal(sys.wake(efd), 8);
+      assert.equal(sys.epollWait(epfd, pointer, 4, 0), 1);
+      const view = new DataView(events.buffer);
+      assert.deepEqual([epollFd(view, 0), epollGeneration(view, 0)], [efd, 41]);
+      assert.equal(epollEvents(view, 0) & EPOLLIN, EPOLLIN);
+      assert.equal(sys.drain(efd), 8);
+      assert.equal(sys.drain(efd), -EAGAIN, "empty: EAGAIN, as -errno");
+      assert.equal(sys.close(1_000_000), -EBADF);
+    } finally {
+      sys.close(efd);
+      sys.close(epfd);
     }
   },
 });

@@ -307,7 +307,7 @@ export function startBalancer(
       await shutdown;
       await serving;
       await pool.stop();
-      await epoll?.idle();
+      await epoll?.dispose();
     },
   };
 }
