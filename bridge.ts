@@ -71,7 +71,7 @@ export interface BridgeOptions {
  * backend never sends a byte twice.
  *
  * The first read goes into `buffer`, a small pooled one that the bridge then
- * uses (and gives back); later ones, rare, into buffers of their own.
+ * uses (and gives back); each chunk read is copied out, so later reads reuse it.
  */
 export class EarlyReader {
   /** Bytes read and not yet forwarded, in order. */
@@ -107,9 +107,11 @@ export class EarlyReader {
         this.ended = true;
         return;
       }
-      this.chunks.push(buffer.subarray(0, count));
+      // Copied out, so the next read reuses the one small buffer: an idle
+      // client holds 1 KiB while its read waits, never more.
+      this.chunks.push(buffer.slice(0, count));
       this.#bytes += count;
-      if (this.#bytes < this.#limit) this.#read(new Uint8Array(16384));
+      if (this.#bytes < this.#limit) this.#read(this.buffer);
     }, () => {
       if (this.#stopped) return;
       this.pending = undefined;

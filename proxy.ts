@@ -298,9 +298,10 @@ export class LoadBalancer {
 
     // A client that resets while we dial is noticed at once, and its dial
     // abandoned: it never costs the backend a connection.
-    const clientGone = new AbortController();
+    // A flag and a cut, not an AbortController: this runs for every connection.
+    const watched = { gone: false };
     this.#engine.watch(client, () => {
-      clientGone.abort();
+      watched.gone = true;
       connection.cut();
     });
     const tried = new Set<Backend>();
@@ -308,7 +309,7 @@ export class LoadBalancer {
     let server: EngineConn | undefined;
     let queueEnd: "queue-timeout" | "queue-full" | undefined;
     let shortageWaitMs = 0;
-    while (server === undefined && !this.#cutting && !clientGone.signal.aborted) {
+    while (server === undefined && !this.#cutting && !watched.gone) {
       const pool = this.#pool;
       backend = pool.strategy.pick(pool.backends, { tried, clientAddress: client.peerHost });
       if (backend === undefined) {
@@ -317,7 +318,8 @@ export class LoadBalancer {
         if (!pool.hasRoomLater(tried)) break;
         const waiting = new AbortController();
         connection.cut = () => waiting.abort();
-        const outcome = await pool.queue.wait(AbortSignal.any([waiting.signal, clientGone.signal]));
+        // A client gone meanwhile cuts the wait too (through connection.cut).
+        const outcome = await pool.queue.wait(waiting.signal);
         if (outcome === "slot") continue;
         if (outcome !== "cut") queueEnd = outcome === "full" ? "queue-full" : "queue-timeout";
         break;
@@ -333,7 +335,7 @@ export class LoadBalancer {
       } catch (error) {
         backend.active--;
         pool.queue.wake();
-        if (this.#cutting || clientGone.signal.aborted) break;
+        if (this.#cutting || watched.gone) break;
         const reason = describe(error);
         if (isOutOfDescriptors(error)) {
           // Our shortage, not the backend's: leave its health and counters
@@ -365,7 +367,7 @@ export class LoadBalancer {
       }
     }
     if (server === undefined) {
-      const end = clientGone.signal.aborted ? "client-reset" : queueEnd ??
+      const end = watched.gone ? "client-reset" : queueEnd ??
         (this.#cutting ? "drain-timeout" : tried.size === 0 ? "no-backend" : "connect-failed");
       await this.#engine.close(client, { reset: end === "drain-timeout" });
       finish(end);

@@ -168,15 +168,19 @@ async function startProxy(
   const port = freePort();
   const setup = { listenPort: port, backendPorts };
   let process: Started;
-  if (target === "lb" || target === "lbWorkers") {
+  if (target === "lb" || target === "lbDeno" || target === "lbWorkers") {
     const workers = target === "lbWorkers" ? ["--workers", "2"] : [];
+    // As `deno task lb` runs it (FFI granted: auto picks epoll), or on the deno engine.
+    const engine = target === "lbDeno" ? ["--engine", "deno"] : [];
     process = start(`${target}-${tag}`, PROXY_CORE, [
       Deno.execPath(),
       "run",
       "--allow-net",
       "--allow-run",
       "--unstable-net",
+      "--allow-ffi",
       `${root}load_balancer.ts`,
+      ...engine,
       "--listen",
       `127.0.0.1:${port}`,
       ...backendPorts.flatMap((p) => ["--backend", `127.0.0.1:${p}`]),

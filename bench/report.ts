@@ -11,7 +11,8 @@ import { ratio, summarize } from "./stats.ts";
 /** Everything measured, per target. */
 export const TARGETS = {
   direct: "direct",
-  lb: "this LB",
+  lb: "this LB, epoll engine",
+  lbDeno: "this LB, deno engine",
   lbWorkers: "this LB, --workers 2",
   haproxy: "HAProxy",
   nginx: "NGINX stream",

@@ -56,7 +56,7 @@ Deno.test("renderTable() has a row per measured figure and the ratio to HAProxy"
   assert.equal(
     table,
     [
-      "| figure | direct | this LB | HAProxy | this LB ÷ HAProxy |",
+      "| figure | direct | this LB, epoll engine | HAProxy | this LB ÷ HAProxy |",
       "| --- | --- | --- | --- | --- |",
       "| proxy CPU per kept-alive request, µs | – | 12.0 (11.0–13.0) | 8.0 (8.0–8.0) | 1.50× (lower is better) |",
       "| one-stream throughput, Gbit/s | 41.00 (40.00–42.00) | 23.00 (22.00–24.00) | 20.00 (20.00–20.00) | 1.15× (higher is better) |",
