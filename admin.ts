@@ -14,15 +14,23 @@ import { createHash, timingSafeEqual } from "node:crypto";
 import { formatHostPort, parseHostPort } from "./address.ts";
 import { AdminServer } from "./admin_server.ts";
 import { describe, StartError } from "./errors.ts";
-import { type Family, type Labels, renderMetrics } from "./metrics.ts";
+import { type Family, type Histogram, type Labels, renderMetrics } from "./metrics.ts";
 import type { Backend, Pool } from "./pool.ts";
-import type { LoadBalancer } from "./proxy.ts";
 import { VERSION } from "./version.ts";
+
+/** What the admin API and the metrics see of a listener, wherever it runs. */
+export interface ListenerStats {
+  readonly name: string;
+  readonly pool: { readonly name: string };
+  readonly activeConnections: number;
+  /** How long its connections lasted, in seconds. */
+  readonly durations: Histogram;
+}
 
 /** What the admin API can see of a running balancer. */
 export interface AdminView {
   /** The listeners running now. */
-  listeners(): readonly LoadBalancer[];
+  listeners(): readonly ListenerStats[];
   /** The pools of the configuration running now, each backend once. */
   pools(): readonly Pool[];
   /** Reloads done, and reloads that failed and changed nothing. */
@@ -188,6 +196,8 @@ export interface AdminOptions {
   audit?: (message: string) => void;
   /** `POST /api/logs/reopen`: reopens the access log; returns what was reopened. */
   reopenLogs?: () => string;
+  /** Told after a change to a backend of pool `pool` (so threads running it hear of it). */
+  changed?: (pool: string) => void;
 }
 
 const ACTIONS = ["drain", "enable", "disable", "weight"] as const;
@@ -232,7 +242,7 @@ export function createAdminHandler(
       const refused = authorize(request, token());
       if (refused !== undefined) return refused;
       if (isReopen) return reopen(options.reopenLogs, audit, peer);
-      return mutate(request, parts, view, audit, peer);
+      return mutate(request, parts, view, audit, peer, options.changed ?? (() => {}));
     }
     return json(404, { error: `no route ${request.method} ${truncate(url.pathname)}` });
   };
@@ -284,6 +294,7 @@ function mutate(
   view: AdminView,
   audit: (message: string) => void,
   peer: string,
+  changed: (pool: string) => void,
 ): Response | Promise<Response> {
   let pool: string, address: string;
   try {
@@ -307,7 +318,10 @@ function mutate(
       }`,
     });
   }
-  const done = () => json(200, backendJson(pool, targets[0]!));
+  const done = () => {
+    changed(pool);
+    return json(200, backendJson(pool, targets[0]!));
+  };
   if (action !== "weight") {
     const state = action === "drain" ? "draining" : action === "disable" ? "disabled" : "enabled";
     const before = targets[0]!.state;

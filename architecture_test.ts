@@ -7,9 +7,22 @@
 import assert from "node:assert/strict";
 
 /** The modules a user runs; nothing may import them. */
-const ENTRY_POINTS = ["load_balancer.ts", "backend.ts", "client.ts", "demo.ts", "schema.ts"];
+const ENTRY_POINTS = [
+  "load_balancer.ts",
+  "backend.ts",
+  "client.ts",
+  "demo.ts",
+  "schema.ts",
+  "dataplane.ts",
+];
 /** Implementations of the seam (engine.ts) and what only they may use. */
-const ENGINE_ONLY = ["engine_deno.ts", "engine_epoll.ts", "bridge.ts", "libc.ts"];
+const ENGINE_ONLY = [
+  "engine_deno.ts",
+  "engine_epoll.ts",
+  "bridge.ts",
+  "libc.ts",
+  "threads.ts",
+];
 /** Policy: strategies, health, queue, limits, logs, metrics, admin. */
 const POLICY = [
   "balancer.ts",

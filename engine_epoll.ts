@@ -69,8 +69,23 @@ interface Handler {
   onEvents(events: number): void;
 }
 
-/** The epoll set, and the handler of each registered descriptor. */
-export class EpollLoop {
+/** A timer of an owned loop. */
+interface LoopTimer {
+  id: number;
+  at: number;
+  callback: () => void;
+}
+
+/**
+ * The epoll set, and the handler of each registered descriptor.
+ *
+ * Two ways to run it. Attached (the default): it starts itself when a
+ * descriptor is added and waits on a thread of Deno's, so the caller's event
+ * loop runs on. Owned ({@linkcode EpollLoop.runOwned}, in a data-plane
+ * Worker): the thread blocks in `epoll_wait` itself, with the timeout set by
+ * the loop's own timers — the loop is then the thread's {@linkcode Clock}.
+ */
+export class EpollLoop implements Clock {
   readonly sys = new Sys();
   readonly epfd: number;
   readonly #wakeFd: number;
@@ -90,8 +105,13 @@ export class EpollLoop {
   readonly scratchPointer = Deno.UnsafePointer.of(this.scratch);
   #running: Promise<void> | undefined;
   #registered = 0;
+  readonly #owned: boolean;
+  // An owned loop's timers, in deadline order.
+  #timers: LoopTimer[] = [];
+  #nextTimer = 1;
 
-  constructor() {
+  constructor(options: { owned?: boolean } = {}) {
+    this.#owned = options.owned ?? false;
     this.epfd = this.#check(this.sys.epollCreate(), "epoll_create1");
     this.#wakeFd = this.#check(this.sys.eventfd(), "eventfd");
     this.#check(
@@ -112,7 +132,82 @@ export class EpollLoop {
     this.#generations[fd] = ((this.#generations[fd] ?? 0) + 1) >>> 0;
     this.sys.epollCtl(this.epfd, EPOLL_CTL_ADD, fd, events, this.#generations[fd]!, this.#ctlEvent);
     this.#registered++;
-    this.#running ??= this.#run();
+    if (!this.#owned) this.#running ??= this.#run();
+  }
+
+  now(): number {
+    return performance.now();
+  }
+
+  setTimer(callback: () => void, ms: number, options?: { unref?: boolean }): number {
+    if (!this.#owned) return realClock.setTimer(callback, ms, options);
+    const timer = { id: this.#nextTimer++, at: this.now() + Math.max(0, ms), callback };
+    let at = this.#timers.length;
+    while (at > 0 && this.#timers[at - 1]!.at > timer.at) at--;
+    this.#timers.splice(at, 0, timer);
+    return timer.id;
+  }
+
+  clearTimer(id: number | undefined): void {
+    if (!this.#owned) return realClock.clearTimer(id);
+    const at = this.#timers.findIndex((timer) => timer.id === id);
+    if (at >= 0) this.#timers.splice(at, 1);
+  }
+
+  /**
+   * Runs an owned loop until `stop()` says so: waits in `epoll_wait` (this
+   * thread blocks; the timeout is the next timer's), hands events to their
+   * handlers, fires due timers, lets promise callbacks run. Before it blocks
+   * it yields once to the thread's event loop, so every callback queued so
+   * far has run; `onWake` is called after an {@linkcode EpollLoop.nudge}
+   * (a message may be waiting), after such a yield.
+   */
+  async runOwned(stop: () => boolean, onWake: () => boolean): Promise<void> {
+    let woken = false;
+    let idle = false;
+    while (!stop()) {
+      // Busy: poll. About to block: first let the event loop run (messages,
+      // promise callbacks that queue more callbacks).
+      if (idle || woken) {
+        await new Promise((resolve) => setTimeout(resolve, 0));
+        // The message may come a turn after its wake-up: keep looking until it has.
+        if (woken) woken = !onWake();
+        if (stop()) break;
+      }
+      const next = this.#timers[0];
+      const timeout = idle && !woken
+        ? (next === undefined ? -1 : Math.max(0, Math.ceil(next.at - this.now())))
+        : 0;
+      const count = this.sys.epollWait(this.epfd, this.#eventsPointer, BATCH, timeout);
+      if (count < 0 && count !== -EINTR) throw errnoError(count, "epoll_wait");
+      if (count > 0 && this.#dispatchOwned(this.#eventsView, count)) woken = true;
+      this.#fireTimers();
+      idle = count <= 0;
+      // Promise callbacks queued by the handlers run here.
+      await null;
+    }
+  }
+
+  /** The eventfd that {@linkcode EpollLoop.nudge} writes; another thread may write it too. */
+  get wakeFd(): number {
+    return this.#wakeFd;
+  }
+
+  // Like dispatch(), saying whether the wake-up descriptor was among the events.
+  #dispatchOwned(view: DataView, count: number): boolean {
+    let woken = false;
+    for (let i = 0; i < count; i++) {
+      if (epollFd(view, i) === this.#wakeFd) woken = true;
+    }
+    this.dispatch(view, count);
+    return woken;
+  }
+
+  #fireTimers(): void {
+    const now = this.now();
+    while (this.#timers.length > 0 && this.#timers[0]!.at <= now) {
+      this.#timers.shift()!.callback();
+    }
   }
 
   /** Changes what `fd` is watched for (a no-op when it is already that). */
@@ -494,18 +589,21 @@ class EpollListener implements EngineListener, Handler {
 
 /** Options for {@linkcode EpollEngine}. */
 export interface EpollEngineOptions {
-  /** The clock joins read `halfClosedAt` from. @default {realClock} */
+  /** The clock joins read `halfClosedAt` from. @default {the loop} */
   clock?: Clock;
+  /** The loop to run on (an owned one, in a data-plane Worker). @default {an attached loop} */
+  loop?: EpollLoop;
 }
 
 /** The seam on Linux system calls (see the module doc). Linux and `--allow-ffi` only. */
 export class EpollEngine implements Engine {
   readonly name = "epoll";
-  readonly #loop = new EpollLoop();
+  readonly #loop: EpollLoop;
   readonly #clock: Clock;
 
   constructor(options: EpollEngineOptions = {}) {
-    this.#clock = options.clock ?? realClock;
+    this.#loop = options.loop ?? new EpollLoop();
+    this.#clock = options.clock ?? this.#loop;
   }
 
   listen(address: HostPort, options: { reusePort?: boolean } = {}): EngineListener {

@@ -186,3 +186,11 @@ export function nextCheckIn(health: Health, now: number, intervalMs: number): nu
   if (health.state === "down" && health.streak === 0) return Math.max(0, health.retryAt - now);
   return intervalMs;
 }
+
+/**
+ * `health` with its times moved by `deltaMs`: how a health state crosses to
+ * a thread whose clock counts from another origin (`performance.timeOrigin`).
+ */
+export function shiftHealth(health: Health, deltaMs: number): Health {
+  return { ...health, retryAt: health.retryAt + deltaMs, upSince: health.upSince + deltaMs };
+}

@@ -27,7 +27,7 @@ import {
   summarize,
   workerPermissions,
 } from "./plan.ts";
-import { Runtime } from "./runtime.ts";
+import { LocalListeners, Runtime } from "./runtime.ts";
 import { supervise } from "./supervisor.ts";
 import { VERSION } from "./version.ts";
 
@@ -117,8 +117,12 @@ async function run(args: readonly string[], sigusr1Warning: string | undefined):
       (plan.config.engine === "auto" && !epollPossible())
     ? new DenoEngine(canUseLibc() ? { reset: resetConnection } : {})
     : new EpollEngine();
-  const runtime = new Runtime({ flags, plan, engine });
-  runtime.start();
+  const runtime = new Runtime({
+    flags,
+    plan,
+    host: (onEvent) => new LocalListeners({ engine, onEvent, reusePort: flags.asWorker }),
+  });
+  await runtime.start();
   if (plan.config.engine === "auto") {
     logDiagnostic(
       engine.name === "epoll"

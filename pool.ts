@@ -193,6 +193,11 @@ export interface PoolOptions {
   health?: HealthSettings;
   /** Active checks, off by default: how to probe and how often. */
   healthCheck?: { probe: Probe; intervalMs: number };
+  /**
+   * Whether active checks bring down backends back, when they run elsewhere
+   * (a data-plane thread's replica of a pool). @default {healthCheck given}
+   */
+  activeChecks?: boolean;
   /** The clock health and the queue run on. @default {realClock} */
   clock?: Clock;
   /** Receives the pool's events (backends going up or down). */
@@ -224,7 +229,7 @@ export class Pool {
     this.queue = new WaitQueue({ ...options.queue, clock });
     const policy: HealthPolicy = {
       settings: options.health ?? DEFAULT_HEALTH,
-      activeChecks: options.healthCheck !== undefined,
+      activeChecks: options.activeChecks ?? options.healthCheck !== undefined,
       now: () => clock.now(),
       onChange: (backend, change) => {
         try {

@@ -2,50 +2,90 @@
  * The running balancer: its listeners, the pools they share, the admin API,
  * and what a reload, a log reopen and a shutdown do to them.
  *
- * `load_balancer.ts` plans (plan.ts), then hands the plan and an engine to a
- * {@linkcode Runtime}, and routes signals to it. Everything here reports on
- * stderr through log.ts and throws {@linkcode StartError} when a start
- * cannot go on.
+ * `load_balancer.ts` plans (plan.ts), then hands the plan and a
+ * {@linkcode ListenerHost} — where the listeners run — to a
+ * {@linkcode Runtime}, and routes signals to it. The pools, health checks,
+ * admin API and logs always live here, on the main thread; the listeners run
+ * here too ({@linkcode LocalListeners}, on an engine), or in data-plane
+ * threads (threads.ts). Everything reports on stderr through log.ts and
+ * throws {@linkcode StartError} when a start cannot go on.
  *
  * @module
  */
 
 import { formatHostPort, parseHostPort } from "./address.ts";
-import { adminUrl, startAdmin } from "./admin.ts";
+import { adminUrl, type ListenerStats, startAdmin } from "./admin.ts";
 import type { AdminServer } from "./admin_server.ts";
 import { type Clock, realClock } from "./clock.ts";
 import { type Config, ConfigError, socketsOverlap } from "./config.ts";
 import type { Engine, EngineListener } from "./engine.ts";
 import { closeQuietly, describe, StartError } from "./errors.ts";
-import { READY } from "./events.ts";
+import { type LoadBalancerEvent, READY } from "./events.ts";
 import type { LoadBalancerFlags } from "./flags.ts";
 import { type AccessLog, eventLogger, logDiagnostic } from "./log.ts";
 import { buildPools, needsRestart, type Plan, prepare, resolveConfig, summarize } from "./plan.ts";
 import type { Pool } from "./pool.ts";
 import { LoadBalancer } from "./proxy.ts";
 
-type ListenerConfig = Config["listeners"][number];
+/** One listener's configuration. */
+export type ListenerConfig = Config["listeners"][number];
+
+/** Says how a message names a listener: `--listen` or `listener NAME`. */
+export type Where = (listener: ListenerConfig) => string;
+
+/** Where a runtime's listeners run. */
+export interface ListenerHost {
+  /**
+   * Binds every listener of `config` (throwing a {@linkcode StartError} that
+   * names one that cannot be bound), then serves them on `pools`. Resolves
+   * with the address of each, in order.
+   */
+  start(config: Config, pools: ReadonlyMap<string, Pool>, where: Where): Promise<string[]>;
+  /**
+   * A reload: binds the listeners `config` adds (throwing an Error whose
+   * message is the reload's problem, and changing nothing), then switches
+   * every listener to `config` and `pools`; listeners dropped drain for up
+   * to `drainMs`. Resolves with the address of each listener it added.
+   */
+  reload(
+    config: Config,
+    pools: ReadonlyMap<string, Pool>,
+    drainMs: number,
+    where: Where,
+  ): Promise<Map<string, string>>;
+  /** The main thread changed `pool`'s backends (health, admin): tell whoever runs them. */
+  changed(pool: Pool): void;
+  /** Stops accepting everywhere. */
+  stopAccepting(): Promise<void>;
+  /** Drains for up to `drainMs`, then cuts what is left; resolves with how many were cut. */
+  drain(drainMs: number): Promise<number>;
+  /** Client connections in progress. */
+  readonly activeConnections: number;
+  /** Each listener, for the admin API. */
+  listeners(): readonly ListenerStats[];
+  /** The listen addresses running now, as the config writes them. */
+  running(): readonly string[];
+}
 
 /** Options for {@linkcode Runtime}. */
 export interface RuntimeOptions {
   flags: LoadBalancerFlags;
   plan: Plan;
-  engine: Engine;
+  /** Where the listeners run; made from the access log's event sink. */
+  host: (onEvent: (event: LoadBalancerEvent) => void) => ListenerHost;
   clock?: Clock;
 }
 
 /** A balancer process's listeners, pools and admin API. */
 export class Runtime {
   readonly #flags: LoadBalancerFlags;
-  readonly #engine: Engine;
+  readonly #host: ListenerHost;
   readonly #clock: Clock;
   readonly #accessLog: AccessLog;
-  readonly #onEvent: ReturnType<typeof eventLogger>;
+  readonly #onEvent: (event: LoadBalancerEvent) => void;
   #config: Config;
   #token: string | undefined;
   #pools = new Map<string, Pool>();
-  /** The listeners, by the address they listen on: a reload keeps every address it still lists. */
-  readonly #running = new Map<string, LoadBalancer>();
   #admin: AdminServer | undefined;
   #reloading: Promise<void> = Promise.resolve();
   #stopping = false;
@@ -55,22 +95,26 @@ export class Runtime {
 
   constructor(options: RuntimeOptions) {
     this.#flags = options.flags;
-    this.#engine = options.engine;
     this.#clock = options.clock ?? realClock;
     this.#config = options.plan.config;
     this.#token = options.plan.token;
     this.#accessLog = options.plan.accessLog;
-    this.#onEvent = eventLogger(this.#accessLog);
+    const log = eventLogger(this.#accessLog);
+    this.#onEvent = (event) => {
+      log(event);
+      // Health decided here: whoever runs the listeners hears of it.
+      if (event.type === "backend-state") {
+        for (const pool of this.#pools.values()) {
+          if (pool.backends.some((b) => b.name === event.backend)) this.#host.changed(pool);
+        }
+      }
+    };
+    this.#host = options.host(this.#onEvent);
   }
 
   /** Client connections in progress, over every listener. */
   get activeConnections(): number {
-    return [...this.#running.values()].reduce((sum, b) => sum + b.activeConnections, 0);
-  }
-
-  /** Where each listener listens, in the config's order. */
-  get addresses(): string[] {
-    return [...this.#running.values()].map((b) => formatHostPort(b.address));
+    return this.#host.activeConnections;
   }
 
   /** The admin API's URL, when it is on. */
@@ -82,34 +126,38 @@ export class Runtime {
    * Binds every listener and the admin API, then starts serving. Nothing says
    * it is listening until everything is bound. @throws {StartError}
    */
-  start(): void {
-    const sockets: EngineListener[] = [];
-    try {
-      for (const listenerConfig of this.#config.listeners) sockets.push(this.#bind(listenerConfig));
-      if (this.#config.admin !== undefined) {
-        const counts = () => ({ reloads: this.reloads, failures: this.reloadFailures });
-        this.#admin = startAdmin(this.#config.admin.listen, {
-          view: {
-            listeners: () => [...this.#running.values()],
-            pools: () => [...this.#pools.values()],
-            get reloads() {
-              return counts().reloads;
-            },
-            get reloadFailures() {
-              return counts().failures;
-            },
+  async start(): Promise<void> {
+    this.#pools = buildPools(this.#config, { clock: this.#clock, onEvent: this.#onEvent });
+    if (this.#config.admin !== undefined) {
+      const counts = () => ({ reloads: this.reloads, failures: this.reloadFailures });
+      this.#admin = startAdmin(this.#config.admin.listen, {
+        view: {
+          listeners: () => this.#host.listeners(),
+          pools: () => [...this.#pools.values()],
+          get reloads() {
+            return counts().reloads;
           },
-          token: () => this.#token,
-          audit: logDiagnostic,
-          reopenLogs: () => this.reopenLogs(),
-        });
-      }
+          get reloadFailures() {
+            return counts().failures;
+          },
+        },
+        token: () => this.#token,
+        audit: logDiagnostic,
+        reopenLogs: () => this.reopenLogs(),
+        changed: (name) => {
+          const pool = this.#pools.get(name);
+          if (pool !== undefined) this.#host.changed(pool);
+        },
+      });
+    }
+    let addresses: string[];
+    try {
+      addresses = await this.#host.start(this.#config, this.#pools, (l) => this.#where(l));
     } catch (error) {
-      for (const socket of sockets) closeQuietly(socket);
+      await this.#admin?.close();
       throw error;
     }
-    this.#pools = buildPools(this.#config, { clock: this.#clock, onEvent: this.#onEvent });
-    sockets.forEach((socket, index) => this.#serve(socket, this.#config.listeners[index]!));
+    this.#config.listeners.forEach((listener, i) => this.#ready(listener, addresses[i]!));
     for (const pool of this.#pools.values()) pool.start();
     if (this.#admin !== undefined) {
       logDiagnostic(
@@ -119,42 +167,15 @@ export class Runtime {
     }
   }
 
-  #bind(listenerConfig: ListenerConfig): EngineListener {
-    try {
-      return this.#engine.listen(parseHostPort(listenerConfig.listen, { allowPortZero: true }), {
-        // A worker shares the port with its siblings; the supervisor has
-        // already checked that no other program holds it.
-        reusePort: this.#flags.asWorker,
-      });
-    } catch (error) {
-      throw new StartError(
-        `${this.#where(listenerConfig)} ${listenerConfig.listen}: ${describe(error)}`,
-      );
-    }
+  #ready(listener: ListenerConfig, address: string): void {
+    const pool = this.#pools.get(listener.pool)!;
+    logDiagnostic(
+      `${READY}${address}; backends ${pool.backends.map((b) => b.describe()).join(", ")}`,
+    );
   }
 
   #where(listenerConfig: ListenerConfig): string {
     return this.#flags.config === undefined ? "--listen" : `listener ${listenerConfig.name}`;
-  }
-
-  #serve(socket: EngineListener, listenerConfig: ListenerConfig): void {
-    const pool = this.#pools.get(listenerConfig.pool)!;
-    const balancer = new LoadBalancer({
-      name: listenerConfig.name,
-      listener: socket,
-      engine: this.#engine,
-      pool,
-      maxConnections: listenerConfig.maxconn,
-      clock: this.#clock,
-      onEvent: this.#onEvent,
-    });
-    this.#running.set(listenerConfig.listen, balancer);
-    logDiagnostic(
-      `${READY}${formatHostPort(balancer.address)}; backends ${
-        pool.backends.map((b) => b.describe()).join(", ")
-      }`,
-    );
-    balancer.serve();
   }
 
   /** Reopens the access log; returns what was reopened. */
@@ -194,9 +215,10 @@ export class Runtime {
     const next = plan.config;
     // A new address that overlaps one still bound (127.0.0.1:5901 widened to
     // 0.0.0.0:5901) cannot be bound until the old socket closes.
+    const running = this.#host.running();
     for (const listenerConfig of next.listeners) {
-      if (this.#running.has(listenerConfig.listen)) continue;
-      const clash = [...this.#running.keys()].find((address) =>
+      if (running.includes(listenerConfig.listen)) continue;
+      const clash = running.find((address) =>
         !next.listeners.some((l) => l.listen === address) &&
         socketsOverlap(address, listenerConfig.listen)
       );
@@ -208,48 +230,34 @@ export class Runtime {
         );
       }
     }
-    const fresh = new Map<string, EngineListener>();
-    for (const listenerConfig of next.listeners) {
-      if (this.#running.has(listenerConfig.listen)) continue;
-      try {
-        fresh.set(listenerConfig.listen, this.#bind(listenerConfig));
-      } catch (error) {
-        for (const socket of fresh.values()) closeQuietly(socket);
-        return failed((error as Error).message);
-      }
-    }
-    // Switch: new pools (backends that stay keep their object), then listeners.
+    // New pools: backends that stay keep their object, health and counts.
+    const pools = buildPools(next, {
+      clock: this.#clock,
+      onEvent: this.#onEvent,
+      previous: this.#pools,
+    });
     const previous = this.#config;
+    let added: Map<string, string>;
+    try {
+      added = await this.#host.reload(
+        next,
+        pools,
+        previous.drain_timeout_ms,
+        (l) => this.#where(l),
+      );
+    } catch (error) {
+      return failed((error as Error).message);
+    }
     const oldPools = this.#pools;
     this.#config = next;
     this.#token = plan.token;
-    this.#pools = buildPools(next, {
-      clock: this.#clock,
-      onEvent: this.#onEvent,
-      previous: oldPools,
-    });
-    for (const listenerConfig of next.listeners) {
-      const balancer = this.#running.get(listenerConfig.listen);
-      if (balancer === undefined) {
-        this.#serve(fresh.get(listenerConfig.listen)!, listenerConfig);
-      } else {
-        balancer.reconfigure({
-          pool: this.#pools.get(listenerConfig.pool)!,
-          maxConnections: listenerConfig.maxconn,
-        });
-      }
-    }
+    this.#pools = pools;
     // Old pools stop checking; their waiting clients try again under the new ones.
     await Promise.all([...oldPools.values()].map((pool) => pool.stop()));
     for (const pool of this.#pools.values()) pool.start();
-    for (const [address, balancer] of this.#running) {
-      if (next.listeners.some((l) => l.listen === address)) continue;
-      this.#running.delete(address);
-      balancer.shutdown(previous.drain_timeout_ms).then(({ cut }) =>
-        logDiagnostic(
-          `stopped listening on ${address}; ${cut} connection(s) cut at the drain timeout`,
-        )
-      );
+    for (const listener of next.listeners) {
+      const address = added.get(listener.listen);
+      if (address !== undefined) this.#ready(listener, address);
     }
     this.reloads++;
     const restart = needsRestart(previous, next);
@@ -266,18 +274,16 @@ export class Runtime {
   async shutdown(signal: string): Promise<number> {
     this.#stopping = true;
     await this.#reloading;
-    const balancers = [...this.#running.values()];
-    await Promise.all(balancers.map((b) => b.stopAccepting()));
+    await this.#host.stopAccepting();
     const drainMs = this.#config.drain_timeout_ms;
     logDiagnostic(
       `${signal}: no longer accepting; draining ${this.activeConnections} connection(s), ` +
         `up to ${drainMs} ms`,
     );
-    const results = await Promise.all(balancers.map((b) => b.shutdown(drainMs)));
+    const cut = await this.#host.drain(drainMs);
     await Promise.all([...this.#pools.values()].map((pool) => pool.stop()));
     await this.#admin?.close();
     this.#accessLog.flush();
-    const cut = results.reduce((sum, r) => sum + r.cut, 0);
     logDiagnostic(`stopped; ${cut} connection(s) cut at the drain timeout`);
     return cut;
   }
@@ -285,5 +291,128 @@ export class Runtime {
   /** Writes what the access log holds, now (before an abrupt exit). */
   flush(): void {
     this.#accessLog.flush();
+  }
+}
+
+/** Listeners run in this thread, on an engine. */
+export class LocalListeners implements ListenerHost {
+  readonly #engine: Engine;
+  readonly #clock: Clock;
+  readonly #onEvent: (event: LoadBalancerEvent) => void;
+  /** Bind with SO_REUSEPORT (a `--workers` worker shares its port with its siblings). */
+  readonly #reusePort: boolean;
+  /** The listeners, by the address they listen on: a reload keeps every address it still lists. */
+  readonly #running = new Map<string, LoadBalancer>();
+
+  constructor(options: {
+    engine: Engine;
+    onEvent: (event: LoadBalancerEvent) => void;
+    reusePort?: boolean;
+    clock?: Clock;
+  }) {
+    this.#engine = options.engine;
+    this.#onEvent = options.onEvent;
+    this.#reusePort = options.reusePort ?? false;
+    this.#clock = options.clock ?? realClock;
+  }
+
+  get activeConnections(): number {
+    return [...this.#running.values()].reduce((sum, b) => sum + b.activeConnections, 0);
+  }
+
+  listeners(): readonly ListenerStats[] {
+    return [...this.#running.values()];
+  }
+
+  running(): readonly string[] {
+    return [...this.#running.keys()];
+  }
+
+  changed(): void {
+    // The pools are shared objects here: the listeners see every change at once.
+  }
+
+  start(config: Config, pools: ReadonlyMap<string, Pool>, where: Where): Promise<string[]> {
+    const sockets: EngineListener[] = [];
+    try {
+      for (const listener of config.listeners) sockets.push(this.#bind(listener, where));
+    } catch (error) {
+      for (const socket of sockets) closeQuietly(socket);
+      return Promise.reject(error);
+    }
+    return Promise.resolve(
+      sockets.map((socket, i) => this.#serve(socket, config.listeners[i]!, pools)),
+    );
+  }
+
+  reload(
+    config: Config,
+    pools: ReadonlyMap<string, Pool>,
+    drainMs: number,
+    where: Where,
+  ): Promise<Map<string, string>> {
+    const fresh = new Map<string, EngineListener>();
+    for (const listener of config.listeners) {
+      if (this.#running.has(listener.listen)) continue;
+      try {
+        fresh.set(listener.listen, this.#bind(listener, where));
+      } catch (error) {
+        for (const socket of fresh.values()) closeQuietly(socket);
+        return Promise.reject(error);
+      }
+    }
+    const added = new Map<string, string>();
+    for (const listener of config.listeners) {
+      const balancer = this.#running.get(listener.listen);
+      if (balancer === undefined) {
+        added.set(listener.listen, this.#serve(fresh.get(listener.listen)!, listener, pools));
+      } else {
+        balancer.reconfigure({ pool: pools.get(listener.pool)!, maxConnections: listener.maxconn });
+      }
+    }
+    for (const [address, balancer] of this.#running) {
+      if (config.listeners.some((l) => l.listen === address)) continue;
+      this.#running.delete(address);
+      balancer.shutdown(drainMs).then(({ cut }) =>
+        logDiagnostic(
+          `stopped listening on ${address}; ${cut} connection(s) cut at the drain timeout`,
+        )
+      );
+    }
+    return Promise.resolve(added);
+  }
+
+  async stopAccepting(): Promise<void> {
+    await Promise.all([...this.#running.values()].map((b) => b.stopAccepting()));
+  }
+
+  async drain(drainMs: number): Promise<number> {
+    const results = await Promise.all([...this.#running.values()].map((b) => b.shutdown(drainMs)));
+    return results.reduce((sum, r) => sum + r.cut, 0);
+  }
+
+  #bind(listener: ListenerConfig, where: Where): EngineListener {
+    try {
+      return this.#engine.listen(parseHostPort(listener.listen, { allowPortZero: true }), {
+        reusePort: this.#reusePort,
+      });
+    } catch (error) {
+      throw new StartError(`${where(listener)} ${listener.listen}: ${describe(error)}`);
+    }
+  }
+
+  #serve(socket: EngineListener, listener: ListenerConfig, pools: ReadonlyMap<string, Pool>) {
+    const balancer = new LoadBalancer({
+      name: listener.name,
+      listener: socket,
+      engine: this.#engine,
+      pool: pools.get(listener.pool)!,
+      maxConnections: listener.maxconn,
+      clock: this.#clock,
+      onEvent: this.#onEvent,
+    });
+    this.#running.set(listener.listen, balancer);
+    balancer.serve();
+    return formatHostPort(balancer.address);
   }
 }

@@ -1,0 +1,229 @@
+/**
+ * A data-plane thread: a Worker that owns an epoll loop and runs the
+ * listeners on it. Started by threads.ts, never imported.
+ *
+ * It blocks in `epoll_wait` itself (engine_epoll.ts, owned loop), so no
+ * wake-up costs a thread hop. Policy runs here, per connection: proxy.ts's
+ * listeners over replicas of the pools the main thread sends (protocol.ts).
+ * Health checks, admin changes and reloads happen on the main thread and
+ * arrive as messages, each followed by a write to this loop's eventfd; what
+ * happens here goes back in batches, at most every 100 ms.
+ *
+ * @module
+ */
+
+import { formatHostPort, parseHostPort } from "./address.ts";
+import { createStrategy } from "./balancer.ts";
+import { EpollEngine, EpollLoop } from "./engine_epoll.ts";
+import { describe } from "./errors.ts";
+import type { LoadBalancerEvent } from "./events.ts";
+import { shiftHealth } from "./health.ts";
+import { Backend, Pool } from "./pool.ts";
+import type {
+  BackendCounts,
+  BackendSnapshot,
+  FromThread,
+  PoolSnapshot,
+  ToThread,
+} from "./protocol.ts";
+import { LoadBalancer } from "./proxy.ts";
+
+/** Reports flush at least this often while there is something to say. */
+const FLUSH_EVERY_MS = 100;
+/** ...and at once past this many events. */
+const FLUSH_AT_EVENTS = 512;
+
+/** A backend replica that keeps what it must report: connect outcomes and counts. */
+class ReplicaBackend extends Backend {
+  connects: (true | string)[] = [];
+  reported = { connections: 0, bytesIn: 0, bytesOut: 0, connectFailures: 0 };
+
+  override recordConnect(ok: boolean, reason?: string): void {
+    this.connects.push(ok ? true : reason ?? "connect failed");
+    super.recordConnect(ok, reason);
+  }
+}
+
+/** This Worker's side of the channel (the global scope of a Worker). */
+const scope = self as unknown as {
+  postMessage(message: FromThread): void;
+  onmessage: ((event: MessageEvent<ToThread>) => void) | null;
+  close(): void;
+};
+const post = (message: FromThread) => scope.postMessage(message);
+const loop = new EpollLoop({ owned: true });
+const engine = new EpollEngine({ loop });
+const inbox: ToThread[] = [];
+const events: LoadBalancerEvent[] = [];
+let pools = new Map<string, Pool>();
+let listeners = new Map<string, LoadBalancer>();
+let finished = false;
+let flushTimer: number | undefined;
+
+scope.onmessage = (event) => inbox.push(event.data);
+
+function onEvent(event: LoadBalancerEvent): void {
+  // The main thread decides backends' health, and says so itself.
+  if (event.type === "backend-state") return;
+  events.push(event);
+  if (events.length >= FLUSH_AT_EVENTS) flush();
+  else flushTimer ??= loop.setTimer(flush, FLUSH_EVERY_MS);
+}
+
+function apply(backend: Backend, snapshot: BackendSnapshot): void {
+  backend.configure({
+    weight: snapshot.weight,
+    backup: snapshot.backup,
+    maxConnections: snapshot.maxConnections ?? Infinity,
+  });
+  backend.adminState = snapshot.adminState;
+  backend.health = shiftHealth(snapshot.health, -performance.timeOrigin);
+}
+
+function poolOf(snapshot: PoolSnapshot, previous: Pool | undefined): Pool {
+  const kept = new Map((previous?.backends ?? []).map((b) => [b.name, b]));
+  const backends = snapshot.backends.map((spec) => {
+    const backend = kept.get(spec.address) ?? new ReplicaBackend(parseHostPort(spec.address));
+    apply(backend, spec);
+    return backend;
+  });
+  return new Pool({
+    name: snapshot.name,
+    backends,
+    strategy: createStrategy(snapshot.balance),
+    settings: snapshot.settings,
+    queue: snapshot.queue,
+    health: snapshot.health,
+    activeChecks: snapshot.activeChecks,
+    clock: loop,
+    onEvent,
+  });
+}
+
+async function handle(message: ToThread): Promise<void> {
+  switch (message.type) {
+    case "configure": {
+      const next = new Map(message.pools.map((p) => [p.name, poolOf(p, pools.get(p.name))]));
+      const bound = new Map<string, LoadBalancer>();
+      try {
+        for (const spec of message.listeners) {
+          const running = listeners.get(spec.listen);
+          const pool = next.get(spec.pool)!;
+          if (running !== undefined) {
+            running.reconfigure({ pool, maxConnections: spec.maxconn });
+            bound.set(spec.listen, running);
+            continue;
+          }
+          const socket = engine.listen(parseHostPort(spec.listen, { allowPortZero: true }), {
+            reusePort: true,
+          });
+          const balancer = new LoadBalancer({
+            name: spec.name,
+            listener: socket,
+            engine,
+            pool,
+            maxConnections: spec.maxconn,
+            clock: loop,
+            onEvent,
+          });
+          bound.set(spec.listen, balancer);
+          balancer.serve();
+        }
+      } catch (error) {
+        for (const [listen, balancer] of bound) {
+          if (!listeners.has(listen)) await balancer.stopAccepting();
+        }
+        return post({ type: "failed", message: describe(error) });
+      }
+      for (const [listen, balancer] of listeners) {
+        if (!bound.has(listen)) balancer.shutdown(message.drainTimeoutMs);
+      }
+      for (const pool of pools.values()) await pool.stop();
+      pools = next;
+      listeners = bound;
+      post({
+        type: "listening",
+        addresses: message.listeners.map((spec) => formatHostPort(bound.get(spec.listen)!.address)),
+      });
+      return;
+    }
+    case "backends": {
+      const pool = pools.get(message.pool);
+      if (pool === undefined) return;
+      const byName = new Map(pool.backends.map((b) => [b.name, b]));
+      for (const spec of message.backends) {
+        const backend = byName.get(spec.address);
+        if (backend !== undefined) apply(backend, spec);
+      }
+      // A backend with room again: a waiting client may go now.
+      pool.queue.wake();
+      return;
+    }
+    case "drain": {
+      const balancers = [...listeners.values()];
+      await Promise.all(balancers.map((b) => b.stopAccepting()));
+      const results = await Promise.all(balancers.map((b) => b.shutdown(message.timeoutMs)));
+      for (const pool of pools.values()) await pool.stop();
+      flush();
+      post({ type: "drained", cut: results.reduce((sum, r) => sum + r.cut, 0) });
+      finished = true;
+      return;
+    }
+  }
+}
+
+/** Sends what happened since the last batch. */
+function flush(): void {
+  loop.clearTimer(flushTimer);
+  flushTimer = undefined;
+  const backends: BackendCounts[] = [];
+  for (const pool of pools.values()) {
+    for (const backend of pool.backends as ReplicaBackend[]) {
+      const { reported } = backend;
+      backends.push({
+        pool: pool.name,
+        address: backend.name,
+        connections: backend.connections - reported.connections,
+        bytesIn: backend.bytesIn - reported.bytesIn,
+        bytesOut: backend.bytesOut - reported.bytesOut,
+        connectFailures: backend.connectFailures - reported.connectFailures,
+        active: backend.active,
+        connects: backend.connects,
+      });
+      backend.connects = [];
+      backend.reported = {
+        connections: backend.connections,
+        bytesIn: backend.bytesIn,
+        bytesOut: backend.bytesOut,
+        connectFailures: backend.connectFailures,
+      };
+    }
+  }
+  const active: Record<string, number> = {};
+  for (const balancer of listeners.values()) active[balancer.name] = balancer.activeConnections;
+  post({ type: "batch", events: events.splice(0), backends, active });
+}
+
+// Counters that change without an event (a connection opening) are
+// reported too, while anything is open.
+function tick(): void {
+  if (!finished && [...listeners.values()].some((b) => b.activeConnections > 0)) {
+    flushTimer ??= loop.setTimer(flush, FLUSH_EVERY_MS);
+  }
+  if (!finished) loop.setTimer(tick, FLUSH_EVERY_MS);
+}
+
+post({ type: "ready", wakeFd: loop.wakeFd });
+tick();
+await loop.runOwned(() => finished, () => {
+  // The main thread wrote our eventfd after a message: take what came, in order.
+  if (inbox.length === 0) return false;
+  for (const message of inbox.splice(0)) {
+    handle(message).catch((error) =>
+      post({ type: "failed", message: `internal error: ${describe(error)}` })
+    );
+  }
+  return true;
+});
+await loop.dispose().catch(() => {});
+scope.close();

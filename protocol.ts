@@ -1,0 +1,102 @@
+/**
+ * What the main thread and the data-plane threads (dataplane.ts) say to each
+ * other, as types. Types only: a leaf.
+ *
+ * The main thread keeps the configuration, health checks, the admin API and
+ * the logs; each data-plane thread owns its sockets and runs the listeners'
+ * policy (strategy, limits, queue) on a replica of each pool. State flows
+ * main → threads as messages (each followed by an `eventfd` wake-up); what
+ * the threads count and report flows back in batches, never a message per
+ * connection.
+ *
+ * @module
+ */
+
+import type { StrategyName } from "./balancer.ts";
+import type { LoadBalancerEvent } from "./events.ts";
+import type { Health, HealthSettings } from "./health.ts";
+import type { PoolSettings } from "./pool.ts";
+
+/** A backend as the threads are told of it. */
+export interface BackendSnapshot {
+  readonly address: string;
+  readonly weight: number;
+  readonly backup: boolean;
+  /** Most connections at once, per thread; null is no limit. */
+  readonly maxConnections: number | null;
+  readonly adminState: "enabled" | "draining" | "disabled";
+  /** Its health, times counted from the Unix epoch (threads' clocks start apart). */
+  readonly health: Health;
+}
+
+/** A pool as the threads are told of it. */
+export interface PoolSnapshot {
+  readonly name: string;
+  readonly balance: StrategyName;
+  readonly settings: PoolSettings;
+  readonly queue: { readonly max: number; readonly timeoutMs: number };
+  readonly health: HealthSettings;
+  /** Whether active checks (on the main thread) bring down backends back. */
+  readonly activeChecks: boolean;
+  readonly backends: readonly BackendSnapshot[];
+}
+
+/** A listener as the threads are told of it. */
+export interface ListenerSnapshot {
+  readonly name: string;
+  readonly listen: string;
+  readonly pool: string;
+  readonly maxconn: number;
+}
+
+/** Main → thread. */
+export type ToThread =
+  /** Start, or reload: the listeners and pools to run now. */
+  | {
+    readonly type: "configure";
+    readonly listeners: readonly ListenerSnapshot[];
+    readonly pools: readonly PoolSnapshot[];
+    /** How long a listener that is dropped may drain. */
+    readonly drainTimeoutMs: number;
+  }
+  /** A pool's backends changed on the main thread (health, admin, weight). */
+  | {
+    readonly type: "backends";
+    readonly pool: string;
+    readonly backends: readonly BackendSnapshot[];
+  }
+  /** Stop accepting, drain for up to `timeoutMs`, then cut what is left. */
+  | { readonly type: "drain"; readonly timeoutMs: number };
+
+/** What a thread counted for one backend since its last report. */
+export interface BackendCounts {
+  readonly pool: string;
+  readonly address: string;
+  readonly connections: number;
+  readonly bytesIn: number;
+  readonly bytesOut: number;
+  readonly connectFailures: number;
+  /** Connections in progress now (a gauge, not a delta). */
+  readonly active: number;
+  /** Connect outcomes, in order, for the main thread's passive health: true ok, or why not. */
+  readonly connects: readonly (true | string)[];
+}
+
+/** Thread → main. */
+export type FromThread =
+  /** Started: the eventfd the main thread writes after each message, to wake the thread. */
+  | { readonly type: "ready"; readonly wakeFd: number }
+  /** Listening on every listener it was given (an address per listener, in order). */
+  | { readonly type: "listening"; readonly addresses: readonly string[] }
+  /** A listener could not be bound, or the configuration not applied. */
+  | { readonly type: "failed"; readonly message: string }
+  /** What happened since the last batch. */
+  | {
+    readonly type: "batch";
+    readonly events: readonly LoadBalancerEvent[];
+    readonly backends: readonly BackendCounts[];
+    /** Client connections in progress, per listener name. */
+    readonly active: Readonly<Record<string, number>>;
+  }
+  /** Drained: every listener closed; `cut` connections were cut at the timeout. */
+  | { readonly type: "drained"; readonly cut: number };
