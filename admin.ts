@@ -196,8 +196,11 @@ export interface AdminOptions {
   audit?: (message: string) => void;
   /** `POST /api/logs/reopen`: reopens the access log; returns what was reopened. */
   reopenLogs?: () => string;
-  /** Told after a change to a backend of pool `pool` (so threads running it hear of it). */
-  changed?: (pool: string) => void;
+  /**
+   * Told after a change to a backend of pool `pool`; the answer waits for
+   * it, so a 200 means every thread running the pool has it.
+   */
+  changed?: (pool: string) => void | Promise<void>;
 }
 
 const ACTIONS = ["drain", "enable", "disable", "weight"] as const;
@@ -294,7 +297,7 @@ function mutate(
   view: AdminView,
   audit: (message: string) => void,
   peer: string,
-  changed: (pool: string) => void,
+  changed: (pool: string) => void | Promise<void>,
 ): Response | Promise<Response> {
   let pool: string, address: string;
   try {
@@ -318,8 +321,8 @@ function mutate(
       }`,
     });
   }
-  const done = () => {
-    changed(pool);
+  const done = async () => {
+    await changed(pool);
     return json(200, backendJson(pool, targets[0]!));
   };
   if (action !== "weight") {

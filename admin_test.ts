@@ -329,7 +329,12 @@ admin: { listen: "127.0.0.1:0", token_file: ${dir}/token }
     );
     assert.equal(ports.length, 2);
     for (const port of ports) assert.match(await exchange(port, "hi\n"), /^\[Server 1\] hi/);
-    const backends = await (await fetch(`${base}/api/backends`)).json();
+    // Data-plane threads (the epoll engine) report in batches: wait for the count.
+    let backends = await (await fetch(`${base}/api/backends`)).json();
+    for (let i = 0; i < 100 && backends[0]?.total !== 2; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      backends = await (await fetch(`${base}/api/backends`)).json();
+    }
     assert.equal(backends.length, 1, "one backend, listed once");
     assert.equal(backends[0].total, 2, "both listeners' connections on the one backend");
     const metrics = await (await fetch(`${base}/metrics`)).text();

@@ -143,6 +143,9 @@ export const configSchema = z.strictObject({
     .transform((pools) => Object.assign(Object.create(null), pools) as typeof pools),
   drain_timeout_ms: milliseconds(30000),
   workers: whole(1, 64, 1),
+  threads: whole(1, 64, 1).describe(
+    "data-plane threads in this process, each with its own listening socket (epoll engine)",
+  ),
   engine: z.enum(["auto", "epoll", "deno"], { error: "expected auto, epoll or deno" }).default(
     "auto",
   ).describe(
@@ -222,6 +225,14 @@ export const configSchema = z.strictObject({
       path: ["workers"],
       message: `the admin API with workers ${config.workers} is not supported yet (each worker ` +
         `would need its own port); use one worker, or leave the admin API out`,
+    });
+  }
+  if (config.threads > 1 && config.engine === "deno") {
+    context.addIssue({
+      code: "custom",
+      path: ["threads"],
+      message: `threads ${config.threads} needs the epoll engine (engine auto or epoll), ` +
+        `not deno: the deno engine runs in one thread`,
     });
   }
   if (config.workers > 1 && config.listeners.length !== 1) {

@@ -56,6 +56,7 @@ pools:
     },
     drain_timeout_ms: 30000,
     engine: "auto",
+    threads: 1,
     workers: 1,
   });
 });

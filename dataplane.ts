@@ -149,6 +149,7 @@ async function handle(message: ToThread): Promise<void> {
     }
     case "backends": {
       const pool = pools.get(message.pool);
+      post({ type: "applied" }); // what follows is synchronous: in place before any event
       if (pool === undefined) return;
       const byName = new Map(pool.backends.map((b) => [b.name, b]));
       for (const spec of message.backends) {
@@ -157,6 +158,12 @@ async function handle(message: ToThread): Promise<void> {
       }
       // A backend with room again: a waiting client may go now.
       pool.queue.wake();
+      return;
+    }
+    case "stop-accepting": {
+      await Promise.all([...listeners.values()].map((b) => b.stopAccepting()));
+      flush();
+      post({ type: "stopped" });
       return;
     }
     case "drain": {

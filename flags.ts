@@ -235,6 +235,14 @@ export const SETTINGS: readonly FlagSpec[] = [
     help: "N processes share the port (SO_REUSEPORT, Linux); needs --allow-run",
   },
   {
+    name: "threads",
+    value: "N",
+    scope: "root",
+    key: ["threads"],
+    help: "data-plane threads in this process, each blocking in its own epoll_wait on its " +
+      "own SO_REUSEPORT socket (epoll engine)",
+  },
+  {
     name: "engine",
     value: "auto|epoll|deno",
     scope: "root",

@@ -14,13 +14,13 @@ import { parseHostPort } from "./address.ts";
 import { realClock } from "./clock.ts";
 import { ConfigError, watchConfig } from "./config.ts";
 import { DenoEngine } from "./engine_deno.ts";
-import { EpollEngine } from "./engine_epoll.ts";
 import { describe, StartError } from "./errors.ts";
 import { type LoadBalancerFlags, parseFlags, usage, UsageError } from "./flags.ts";
 import { canUseLibc, ignoreSigusr1, isSignalIgnored, resetConnection } from "./libc.ts";
 import { logDiagnostic } from "./log.ts";
 import {
   epollPossible,
+  epollUnavailable,
   type Plan,
   prepare,
   resolveConfig,
@@ -28,6 +28,7 @@ import {
   workerPermissions,
 } from "./plan.ts";
 import { LocalListeners, Runtime } from "./runtime.ts";
+import { ThreadedListeners } from "./threads.ts";
 import { supervise } from "./supervisor.ts";
 import { VERSION } from "./version.ts";
 
@@ -113,23 +114,28 @@ async function run(args: readonly string[], sigusr1Warning: string | undefined):
   }
   const stopped = Promise.withResolvers<number>();
   const signals = listenForSignals(stopped.resolve);
-  const engine = plan.config.engine === "deno" ||
-      (plan.config.engine === "auto" && !epollPossible())
-    ? new DenoEngine(canUseLibc() ? { reset: resetConnection } : {})
-    : new EpollEngine();
+  // The epoll engine runs in data-plane threads; the deno engine in this one.
+  const epoll = plan.config.engine === "epoll" ||
+    (plan.config.engine === "auto" && epollPossible());
+  const { threads } = plan.config;
   const runtime = new Runtime({
     flags,
     plan,
-    host: (onEvent) => new LocalListeners({ engine, onEvent, reusePort: flags.asWorker }),
+    host: (onEvent) =>
+      epoll
+        ? new ThreadedListeners({ threads, onEvent, probe: !flags.asWorker })
+        : new LocalListeners({
+          engine: new DenoEngine(canUseLibc() ? { reset: resetConnection } : {}),
+          onEvent,
+          reusePort: flags.asWorker,
+        }),
   });
   await runtime.start();
   if (plan.config.engine === "auto") {
     logDiagnostic(
-      engine.name === "epoll"
-        ? "engine epoll (auto: Linux, --allow-ffi granted)"
-        : `engine deno (auto: ${
-          Deno.build.os !== "linux" ? `${Deno.build.os}, not Linux` : "no --allow-ffi"
-        })`,
+      epoll
+        ? `engine epoll, ${threads} thread(s) (auto: Linux, --allow-ffi granted)`
+        : `engine deno (auto: ${epollUnavailable()})`,
     );
   }
   if (sigusr1Warning !== undefined) logDiagnostic(sigusr1Warning);

@@ -201,7 +201,7 @@ export function needsRestart(previous: Config, next: Config): string[] {
   const before = previous.admin?.listen ?? "off";
   const after = next.admin?.listen ?? "off";
   if (before !== after) changed.push(`admin.listen (${before} -> ${after})`);
-  for (const key of ["workers", "engine", "access_log", "log_format"] as const) {
+  for (const key of ["workers", "threads", "engine", "access_log", "log_format"] as const) {
     const [was, now] = [previous[key] ?? "unset", next[key] ?? "unset"];
     if (was !== now) changed.push(`${key} (${was} -> ${now})`);
   }
@@ -248,9 +248,17 @@ export async function prepare(
       problems.push(`${given} ${config.access_log}: ${describe(error)}`);
     }
   }
-  if (config.engine === "epoll" && !epollPossible()) {
+  const unavailable = epollUnavailable();
+  if (config.threads > 1 && config.engine === "auto" && unavailable !== undefined) {
     problems.push(
-      "engine epoll: needs Linux on x86_64 or aarch64 and --allow-ffi (deno task lb grants it)",
+      `threads ${config.threads}: needs the epoll engine, which cannot run here: ${unavailable} ` +
+        `(deno task lb grants what it needs)`,
+    );
+  }
+  if (config.engine === "epoll" && unavailable !== undefined) {
+    problems.push(
+      `engine epoll: needs Linux on x86_64 or aarch64, --allow-ffi and --allow-read of ` +
+        `${projectDir()}; here: ${unavailable} (deno task lb grants what it needs)`,
     );
   }
   // At start only: a reload never starts workers (a change of `workers` waits for a restart).
@@ -315,9 +323,31 @@ async function readToken(file: string | undefined): Promise<string | undefined> 
 
 /** Whether the epoll engine can run here: Linux on x86_64 or aarch64, and --allow-ffi. */
 export function epollPossible(): boolean {
-  return Deno.build.os === "linux" &&
-    (Deno.build.arch === "x86_64" || Deno.build.arch === "aarch64") &&
-    Deno.permissions.querySync({ name: "ffi" }).state === "granted";
+  return epollUnavailable() === undefined;
+}
+
+/** The module each data-plane thread runs (a Worker must be allowed to read it). */
+const DATAPLANE = new URL("./dataplane.ts", import.meta.url);
+
+/** Why the epoll engine cannot run here, or undefined when it can. */
+export function epollUnavailable(): string | undefined {
+  if (Deno.build.os !== "linux") return `${Deno.build.os}, not Linux`;
+  if (Deno.build.arch !== "x86_64" && Deno.build.arch !== "aarch64") {
+    return `${Deno.build.arch}, not x86_64 or aarch64`;
+  }
+  if (Deno.permissions.querySync({ name: "ffi" }).state !== "granted") return "no --allow-ffi";
+  if (
+    DATAPLANE.protocol === "file:" &&
+    Deno.permissions.querySync({ name: "read", path: DATAPLANE }).state !== "granted"
+  ) {
+    return `no --allow-read for the data-plane threads' code (${projectDir()})`;
+  }
+  return undefined;
+}
+
+/** The folder the balancer's modules are in (a data-plane thread reads them). */
+export function projectDir(): string {
+  return new URL(".", import.meta.url).pathname;
 }
 
 /** The permissions a worker needs for the features this command line uses. */
@@ -332,6 +362,10 @@ export function workerPermissions(flags: LoadBalancerFlags, config: Config): str
   if (config.access_log !== undefined) permissions.push(`--allow-write=${config.access_log}`);
   if (Deno.permissions.querySync({ name: "ffi" }).state === "granted") {
     permissions.push("--allow-ffi");
+  }
+  // The epoll engine's threads load their code from here.
+  if (epollPossible() && flags.config === undefined) {
+    permissions.push(`--allow-read=${projectDir()}`);
   }
   return permissions;
 }

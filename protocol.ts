@@ -65,7 +65,9 @@ export type ToThread =
     readonly pool: string;
     readonly backends: readonly BackendSnapshot[];
   }
-  /** Stop accepting, drain for up to `timeoutMs`, then cut what is left. */
+  /** Stop accepting now; reply `stopped`, after a batch with what is still open. */
+  | { readonly type: "stop-accepting" }
+  /** Drain for up to `timeoutMs`, then cut what is left. */
   | { readonly type: "drain"; readonly timeoutMs: number };
 
 /** What a thread counted for one backend since its last report. */
@@ -98,5 +100,9 @@ export type FromThread =
     /** Client connections in progress, per listener name. */
     readonly active: Readonly<Record<string, number>>;
   }
+  /** The backends of the last `backends` message are in place. */
+  | { readonly type: "applied" }
+  /** No longer accepting (a batch with the connections still open came first). */
+  | { readonly type: "stopped" }
   /** Drained: every listener closed; `cut` connections were cut at the timeout. */
   | { readonly type: "drained"; readonly cut: number };

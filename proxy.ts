@@ -54,6 +54,8 @@ interface Connection {
 // Accepting again at once after EMFILE would spin; wait, doubling, up to a second.
 const BACKOFF_FIRST_MS = 10;
 const BACKOFF_MAX_MS = 1000;
+// The most often a failing accept is reported.
+const WARN_EVERY_MS = 1000;
 
 /** A running listener. Call {@linkcode LoadBalancer.serve} to start it. */
 export class LoadBalancer {
@@ -223,6 +225,10 @@ export class LoadBalancer {
   async #acceptLoop(): Promise<void> {
     let failures = 0;
     let backoffMs = 0;
+    // At the edge of a shortage accepting can work and fail by turns: one
+    // warning a second at most, and a recovery line only after a warning.
+    let warnedAt = -Infinity;
+    let warned = false;
     while (!this.#stopAccepting.signal.aborted) {
       if (this.#connections.size >= this.#maxConnections) {
         // At the limit: stop accepting; the kernel's backlog holds the rest.
@@ -242,14 +248,17 @@ export class LoadBalancer {
           // Said once per episode, so a long shortage does not flood the log.
           failures++;
           backoffMs = nextBackoff(backoffMs, BACKOFF_FIRST_MS, BACKOFF_MAX_MS);
-          if (failures === 1) {
+          if (failures === 1 && this.#clock.now() - warnedAt >= WARN_EVERY_MS) {
             this.#emit({ type: "accept-error", reason: describe(error), backoffMs });
+            warnedAt = this.#clock.now();
+            warned = true;
           }
           await sleep(this.#clock, backoffMs, this.#stopAccepting.signal);
           continue;
         }
       }
-      if (failures > 0) this.#emit({ type: "accept-recovered", failures });
+      if (failures > 0 && warned) this.#emit({ type: "accept-recovered", failures });
+      if (failures > 0) warned = false;
       failures = 0;
       backoffMs = 0;
       if (client === undefined) continue;

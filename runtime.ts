@@ -53,8 +53,11 @@ export interface ListenerHost {
     drainMs: number,
     where: Where,
   ): Promise<Map<string, string>>;
-  /** The main thread changed `pool`'s backends (health, admin): tell whoever runs them. */
-  changed(pool: Pool): void;
+  /**
+   * The main thread changed `pool`'s backends (health, admin): tell whoever
+   * runs them; resolves once they all have it.
+   */
+  changed(pool: Pool): Promise<void>;
   /** Stops accepting everywhere. */
   stopAccepting(): Promise<void>;
   /** Drains for up to `drainMs`, then cuts what is left; resolves with how many were cut. */
@@ -105,7 +108,7 @@ export class Runtime {
       // Health decided here: whoever runs the listeners hears of it.
       if (event.type === "backend-state") {
         for (const pool of this.#pools.values()) {
-          if (pool.backends.some((b) => b.name === event.backend)) this.#host.changed(pool);
+          if (pool.backends.some((b) => b.name === event.backend)) void this.#host.changed(pool);
         }
       }
     };
@@ -144,9 +147,9 @@ export class Runtime {
         token: () => this.#token,
         audit: logDiagnostic,
         reopenLogs: () => this.reopenLogs(),
-        changed: (name) => {
+        changed: async (name) => {
           const pool = this.#pools.get(name);
-          if (pool !== undefined) this.#host.changed(pool);
+          if (pool !== undefined) await this.#host.changed(pool);
         },
       });
     }
@@ -328,8 +331,9 @@ export class LocalListeners implements ListenerHost {
     return [...this.#running.keys()];
   }
 
-  changed(): void {
+  changed(): Promise<void> {
     // The pools are shared objects here: the listeners see every change at once.
+    return Promise.resolve();
   }
 
   start(config: Config, pools: ReadonlyMap<string, Pool>, where: Where): Promise<string[]> {

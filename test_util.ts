@@ -461,7 +461,12 @@ export async function startBalancerProcess(
   const permissions = [
     ...(options.permissions ??
       (supervised ? ["--allow-net", "--allow-run", "--unstable-net"] : ["--allow-net"])),
+    // The data-plane threads load their code from this folder (a bare
+    // --allow-read covers it; a scoped one would narrow it).
     ...(engine.length > 0 ? ["--allow-ffi"] : []),
+    ...(engine.length > 0 && !(options.permissions ?? []).includes("--allow-read")
+      ? [`--allow-read=${new URL(".", import.meta.url).pathname}`]
+      : []),
   ];
   const deno = [Deno.execPath(), "run", ...permissions, "load_balancer.ts"];
   const listen = options.listen === false ? [] : ["--listen", "127.0.0.1:0"];

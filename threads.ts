@@ -1,0 +1,314 @@
+/**
+ * `--threads N` on the epoll engine: the listeners run in N data-plane
+ * threads (dataplane.ts), each blocking in its own `epoll_wait` on its own
+ * SO_REUSEPORT socket per listener; the kernel spreads new connections across
+ * them. Seen from the main thread they are one {@linkcode ListenerHost}: the
+ * pools, health checks, admin API, metrics and access log stay here.
+ *
+ * Main → threads: the configuration, and every change to a pool's backends
+ * (health, admin), each message followed by a write to the thread's eventfd.
+ * Threads → main: batches of events (access records, diagnostics), counts
+ * per backend and connect outcomes, which feed the one set of backends here
+ * (passive health is decided here, for every thread at once).
+ *
+ * A backend's `maxconn_per_backend` is shared out among the threads (each
+ * allows its share, rounded up).
+ *
+ * @module
+ */
+
+import { formatHostPort, parseHostPort } from "./address.ts";
+import type { ListenerStats } from "./admin.ts";
+import type { Config } from "./config.ts";
+import { describe, StartError } from "./errors.ts";
+import type { LoadBalancerEvent } from "./events.ts";
+import { shiftHealth } from "./health.ts";
+import { Sys } from "./libc.ts";
+import { DURATION_BUCKETS, Histogram } from "./metrics.ts";
+import type { Pool } from "./pool.ts";
+import type { FromThread, PoolSnapshot, ToThread } from "./protocol.ts";
+import type { ListenerConfig, ListenerHost, Where } from "./runtime.ts";
+
+/** One data-plane thread, as the main thread keeps it. */
+interface Thread {
+  readonly worker: Worker;
+  wakeFd: number;
+  /** Waiting for a reply: the first waiter whose test accepts a message takes it. */
+  readonly waiters: { test: (message: FromThread) => boolean; done: (m: FromThread) => void }[];
+  /** Connections in progress here, per listener and per backend (`pool address`). */
+  active: Readonly<Record<string, number>>;
+  readonly backendActive: Map<string, number>;
+}
+
+/** A listener's figures, summed over the threads. */
+class ThreadedListener implements ListenerStats {
+  readonly durations = new Histogram(DURATION_BUCKETS);
+  pool: { name: string };
+  constructor(readonly name: string, pool: string, readonly threads: readonly Thread[]) {
+    this.pool = { name: pool };
+  }
+  get activeConnections(): number {
+    return this.threads.reduce((sum, thread) => sum + (thread.active[this.name] ?? 0), 0);
+  }
+}
+
+/** Options for {@linkcode ThreadedListeners}. */
+export interface ThreadedListenersOptions {
+  /** How many data-plane threads. */
+  threads: number;
+  /** Where the threads' events go (the access log, diagnostics). */
+  onEvent: (event: LoadBalancerEvent) => void;
+  /**
+   * Bind each new address once first, without SO_REUSEPORT, to find a port
+   * another program holds (and make port 0 concrete). Off in a `--workers`
+   * worker, whose siblings hold the port. @default {true}
+   */
+  probe?: boolean;
+}
+
+/** The listeners, run by data-plane threads. */
+export class ThreadedListeners implements ListenerHost {
+  readonly #sys = new Sys();
+  readonly #count: number;
+  readonly #onEvent: (event: LoadBalancerEvent) => void;
+  readonly #probeFirst: boolean;
+  #threads: Thread[] = [];
+  #config: Config | undefined;
+  #pools: ReadonlyMap<string, Pool> = new Map();
+  /** Listen address as configured → as bound (port 0 made concrete). */
+  #bound = new Map<string, string>();
+  #stats = new Map<string, ThreadedListener>();
+
+  constructor(options: ThreadedListenersOptions) {
+    this.#count = options.threads;
+    this.#onEvent = options.onEvent;
+    this.#probeFirst = options.probe ?? true;
+  }
+
+  get activeConnections(): number {
+    return [...this.#stats.values()].reduce((sum, s) => sum + s.activeConnections, 0);
+  }
+
+  listeners(): readonly ListenerStats[] {
+    return [...this.#stats.values()];
+  }
+
+  running(): readonly string[] {
+    return [...this.#bound.keys()];
+  }
+
+  async start(config: Config, pools: ReadonlyMap<string, Pool>, where: Where): Promise<string[]> {
+    const bound = this.#probe(config.listeners, where, (message) => new StartError(message));
+    this.#threads = await Promise.all(Array.from({ length: this.#count }, () => this.#spawn()));
+    try {
+      await this.#configure(config, pools, bound, config.drain_timeout_ms);
+    } catch (error) {
+      for (const thread of this.#threads) thread.worker.terminate();
+      this.#threads = [];
+      throw new StartError((error as Error).message);
+    }
+    return config.listeners.map((listener) => bound.get(listener.listen)!);
+  }
+
+  async reload(
+    config: Config,
+    pools: ReadonlyMap<string, Pool>,
+    drainMs: number,
+    where: Where,
+  ): Promise<Map<string, string>> {
+    const fresh = config.listeners.filter((listener) => !this.#bound.has(listener.listen));
+    const bound = new Map(
+      [...this.#bound].filter(([listen]) => config.listeners.some((l) => l.listen === listen)),
+    );
+    for (const [listen, address] of this.#probe(fresh, where, (m) => new Error(m))) {
+      bound.set(listen, address);
+    }
+    await this.#configure(config, pools, bound, drainMs);
+    return new Map(fresh.map((listener) => [listener.listen, bound.get(listener.listen)!]));
+  }
+
+  async changed(pool: Pool): Promise<void> {
+    const config = this.#config;
+    if (config === undefined || this.#pools.get(pool.name) !== pool) return;
+    const snapshot = this.#snapshot(pool, config);
+    await Promise.all(this.#threads.map((thread) => {
+      const reply = this.#reply(thread, (m) => m.type === "applied");
+      this.#post(thread, { type: "backends", pool: pool.name, backends: snapshot.backends });
+      return reply;
+    }));
+  }
+
+  async stopAccepting(): Promise<void> {
+    await Promise.all(this.#threads.map((thread) => {
+      const reply = this.#reply(thread, (m) => m.type === "stopped");
+      this.#post(thread, { type: "stop-accepting" });
+      return reply;
+    }));
+  }
+
+  async drain(drainMs: number): Promise<number> {
+    const drained = await Promise.all(this.#threads.map((thread) => {
+      const reply = this.#reply(thread, (m) => m.type === "drained");
+      this.#post(thread, { type: "drain", timeoutMs: drainMs });
+      return reply;
+    }));
+    for (const thread of this.#threads) thread.worker.terminate();
+    this.#threads = [];
+    return drained.reduce((sum, m) => sum + (m.type === "drained" ? m.cut : 0), 0);
+  }
+
+  // Binds each new address once without SO_REUSEPORT: a port another program
+  // holds is reported as in use, and port 0 becomes the port every thread shares.
+  #probe(
+    listeners: readonly ListenerConfig[],
+    where: Where,
+    fail: (message: string) => Error,
+  ): Map<string, string> {
+    const bound = new Map<string, string>();
+    for (const listener of listeners) {
+      const address = parseHostPort(listener.listen, { allowPortZero: true });
+      if (!this.#probeFirst) {
+        bound.set(listener.listen, formatHostPort(address));
+        continue;
+      }
+      try {
+        const probe = Deno.listen({ hostname: address.hostname, port: address.port });
+        bound.set(listener.listen, formatHostPort({ ...address, port: probe.addr.port }));
+        probe.close();
+      } catch (error) {
+        throw fail(`${where(listener)} ${listener.listen}: ${describe(error)}`);
+      }
+    }
+    return bound;
+  }
+
+  async #spawn(): Promise<Thread> {
+    const worker = new Worker(new URL("./dataplane.ts", import.meta.url).href, { type: "module" });
+    const thread: Thread = {
+      worker,
+      wakeFd: -1,
+      waiters: [],
+      active: {},
+      backendActive: new Map(),
+    };
+    worker.onmessage = (event: MessageEvent<FromThread>) => this.#receive(thread, event.data);
+    worker.onerror = (event) => {
+      event.preventDefault();
+      this.#receive(thread, { type: "failed", message: `data-plane thread: ${event.message}` });
+    };
+    const ready = await this.#reply(thread, (m) => m.type === "ready" || m.type === "failed");
+    if (ready.type !== "ready") throw new StartError(ready.type === "failed" ? ready.message : "");
+    thread.wakeFd = ready.wakeFd;
+    return thread;
+  }
+
+  async #configure(
+    config: Config,
+    pools: ReadonlyMap<string, Pool>,
+    bound: ReadonlyMap<string, string>,
+    drainMs: number,
+  ): Promise<void> {
+    this.#config = config;
+    this.#pools = pools;
+    const listeners = config.listeners.map((listener) => ({
+      name: listener.name,
+      listen: bound.get(listener.listen)!,
+      pool: listener.pool,
+      maxconn: Math.max(1, Math.ceil(listener.maxconn / this.#count)),
+    }));
+    const snapshots = [...pools.values()].map((pool) => this.#snapshot(pool, config));
+    const replies = await Promise.all(this.#threads.map((thread) => {
+      const reply = this.#reply(thread, (m) => m.type === "listening" || m.type === "failed");
+      this.#post(thread, {
+        type: "configure",
+        listeners,
+        pools: snapshots,
+        drainTimeoutMs: drainMs,
+      });
+      return reply;
+    }));
+    const failure = replies.find((m) => m.type === "failed");
+    if (failure?.type === "failed") throw new Error(failure.message);
+    this.#bound = new Map(bound);
+    const stats = new Map<string, ThreadedListener>();
+    for (const listener of config.listeners) {
+      const kept = this.#stats.get(listener.name);
+      const stat = kept ?? new ThreadedListener(listener.name, listener.pool, this.#threads);
+      stat.pool = { name: listener.pool };
+      stats.set(listener.name, stat);
+    }
+    this.#stats = stats;
+  }
+
+  #snapshot(pool: Pool, config: Config): PoolSnapshot {
+    const spec = config.pools[pool.name]!;
+    const share = (limit: number) => limit === Infinity ? null : Math.ceil(limit / this.#count);
+    return {
+      name: pool.name,
+      balance: spec.balance,
+      settings: pool.settings,
+      queue: { max: spec.queue.max, timeoutMs: spec.queue.timeout_ms },
+      health: pool.backends[0]?.policy.settings ?? {
+        rise: spec.health.rise,
+        fall: spec.health.fall,
+        backoffBaseMs: spec.health.backoff_base_ms,
+        backoffMaxMs: spec.health.backoff_max_ms,
+        slowStartMs: spec.health.slow_start_ms,
+      },
+      activeChecks: spec.health.check !== undefined,
+      backends: pool.backends.map((backend) => ({
+        address: backend.name,
+        weight: backend.configuredWeight,
+        backup: backend.backup,
+        maxConnections: share(backend.maxConnections),
+        adminState: backend.adminState,
+        // Times from the Unix epoch: each thread's clock has its own origin.
+        health: shiftHealth(backend.health, performance.timeOrigin),
+      })),
+    };
+  }
+
+  #post(thread: Thread, message: ToThread): void {
+    thread.worker.postMessage(message);
+    this.#sys.wake(thread.wakeFd);
+  }
+
+  #reply(thread: Thread, test: (message: FromThread) => boolean): Promise<FromThread> {
+    return new Promise((done) => thread.waiters.push({ test, done }));
+  }
+
+  #receive(thread: Thread, message: FromThread): void {
+    if (message.type === "batch") return this.#batch(thread, message);
+    const at = thread.waiters.findIndex((waiter) => waiter.test(message));
+    if (at >= 0) return thread.waiters.splice(at, 1)[0]!.done(message);
+    if (message.type === "failed") {
+      this.#onEvent({ type: "internal-error", client: "-", reason: message.message });
+    }
+  }
+
+  #batch(thread: Thread, batch: Extract<FromThread, { type: "batch" }>): void {
+    thread.active = batch.active;
+    for (const counts of batch.backends) {
+      const backend = this.#pools.get(counts.pool)?.backends.find((b) => b.name === counts.address);
+      if (backend === undefined) continue;
+      backend.connections += counts.connections;
+      backend.bytesIn += counts.bytesIn;
+      backend.bytesOut += counts.bytesOut;
+      backend.connectFailures += counts.connectFailures;
+      const key = `${counts.pool} ${counts.address}`;
+      thread.backendActive.set(key, counts.active);
+      backend.active = this.#threads.reduce((sum, t) => sum + (t.backendActive.get(key) ?? 0), 0);
+      // Passive health is decided here, once for every thread.
+      for (const outcome of counts.connects) {
+        if (outcome === true) backend.recordConnect(true);
+        else backend.recordConnect(false, outcome);
+      }
+    }
+    for (const event of batch.events) {
+      if (event.type === "connection") {
+        this.#stats.get(event.record.listener)?.durations.observe(event.record.durationMs / 1000);
+      }
+      this.#onEvent(event);
+    }
+  }
+}
