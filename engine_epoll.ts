@@ -35,10 +35,10 @@ import {
   AF_INET6,
   EAGAIN,
   ECONNABORTED,
+  ECONNREFUSED,
   EINPROGRESS,
   EINTR,
   EPOLL_CTL_ADD,
-  EPOLL_CTL_DEL,
   EPOLL_CTL_MOD,
   EPOLL_EVENT_BYTES,
   EPOLLERR,
@@ -169,7 +169,7 @@ export class EpollLoop implements Clock {
       // Busy: poll. About to block: first let the event loop run (messages,
       // promise callbacks that queue more callbacks).
       if (idle || woken) {
-        await new Promise((resolve) => setTimeout(resolve, 0));
+        await this.#yieldTurn();
         // The message may come a turn after its wake-up: keep looking until it has.
         if (woken) woken = !onWake();
         if (stop()) break;
@@ -186,6 +186,28 @@ export class EpollLoop implements Clock {
       // Promise callbacks queued by the handlers run here.
       await null;
     }
+  }
+
+  // One turn of the thread's event loop, through a message to ourselves: a
+  // task, so every promise callback queued before runs first, without the
+  // delay a timer would add.
+  #turn: { port: MessagePort; resolve: (() => void) | undefined } | undefined;
+
+  #yieldTurn(): Promise<void> {
+    if (this.#turn === undefined) {
+      const channel = new MessageChannel();
+      const turn: { port: MessagePort; resolve: (() => void) | undefined } = {
+        port: channel.port1,
+        resolve: undefined,
+      };
+      channel.port2.onmessage = () => turn.resolve?.();
+      this.#turn = turn;
+    }
+    const turn = this.#turn;
+    return new Promise((resolve) => {
+      turn.resolve = resolve;
+      turn.port.postMessage(null);
+    });
   }
 
   /** The eventfd that {@linkcode EpollLoop.nudge} writes; another thread may write it too. */
@@ -225,8 +247,10 @@ export class EpollLoop implements Clock {
   /** Stops watching `fd` and closes it; a later event for its number is dropped. */
   close(fd: number): void {
     if (this.#handlers[fd] !== undefined) {
-      this.sys.epollCtl(this.epfd, EPOLL_CTL_DEL, fd, 0, 0, this.#ctlEvent);
+      // No EPOLL_CTL_DEL: closing the one descriptor of a socket (we never
+      // duplicate one) takes it out of the epoll set, one system call fewer.
       this.#handlers[fd] = undefined;
+      this.#interest[fd] = 0;
       this.#generations[fd] = ((this.#generations[fd] ?? 0) + 1) >>> 0;
       // Nothing left to watch: let a wait in progress return, so the loop ends.
       if (--this.#registered === 0) this.nudge();
@@ -553,8 +577,8 @@ class EpollListener implements EngineListener, Handler {
     const conn = this.#take();
     if (conn instanceof Error && (conn as { code?: string }).code === "EAGAIN") return;
     this.#waiting = undefined;
-    // Nobody asks for the next one yet: stop watching until they do.
-    this.#loop.modify(this.#fd, 0);
+    // Interest stays on: the accept loop asks again at once, as a rule. An
+    // event that finds nobody asking (at maxconn) turns it off, above.
     if (conn instanceof Error) waiting.reject(conn);
     else waiting.resolve(conn);
   }
@@ -666,11 +690,17 @@ export class EpollEngine implements Engine {
     };
     signal.addEventListener("abort", onAbort, { once: true });
     this.#loop.add(fd, EPOLLOUT, {
-      onEvents: () => {
+      onEvents: (events) => {
         signal.removeEventListener("abort", onAbort);
-        const error = sys.socketError(fd);
+        // Writable without an error or hang-up: connected. Only a failure
+        // costs the getsockopt(SO_ERROR) that says why.
+        const error = (events & (EPOLLERR | EPOLLHUP)) === 0
+          ? 0
+          : sys.socketError(fd) || ECONNREFUSED;
         if (error === 0) {
-          this.#loop.modify(fd, 0);
+          // Readable is what the join will want; until then an event finds
+          // no owner and is dropped (the bytes wait in the socket).
+          this.#loop.modify(fd, EPOLLIN);
           conn.owner = undefined;
           // From now on the connection's own handler (the join) takes its events.
           this.#loop.replace(fd, conn);

@@ -168,8 +168,12 @@ async function startProxy(
   const port = freePort();
   const setup = { listenPort: port, backendPorts };
   let process: Started;
-  if (target === "lb" || target === "lbDeno" || target === "lbWorkers") {
-    const workers = target === "lbWorkers" ? ["--workers", "2"] : [];
+  if (target === "lb" || target === "lbDeno" || target === "lbThreads" || target === "lbWorkers") {
+    const workers = target === "lbWorkers"
+      ? ["--workers", "2"]
+      : target === "lbThreads"
+      ? ["--threads", "2"]
+      : [];
     // As `deno task lb` runs it (FFI granted: auto picks epoll), or on the deno engine.
     const engine = target === "lbDeno" ? ["--engine", "deno"] : [];
     process = start(`${target}-${tag}`, PROXY_CORE, [
@@ -179,6 +183,7 @@ async function startProxy(
       "--allow-run",
       "--unstable-net",
       "--allow-ffi",
+      "--allow-read",
       `${root}load_balancer.ts`,
       ...engine,
       "--listen",
