@@ -54,13 +54,21 @@ const post = (message: FromThread) => scope.postMessage(message);
 const loop = new EpollLoop({ owned: true });
 const engine = new EpollEngine({ loop });
 const inbox: ToThread[] = [];
+/** Messages that have arrived, against the main thread's count of those it sent. */
+let received = 0;
+let sent: Int32Array | undefined;
+/** Messages are handled one after another, in order, each to its end. */
+let handling: Promise<void> = Promise.resolve();
 const events: LoadBalancerEvent[] = [];
 let pools = new Map<string, Pool>();
 let listeners = new Map<string, LoadBalancer>();
 let finished = false;
 let flushTimer: number | undefined;
 
-scope.onmessage = (event) => inbox.push(event.data);
+scope.onmessage = (event) => {
+  received++;
+  inbox.push(event.data);
+};
 
 function onEvent(event: LoadBalancerEvent): void {
   // The main thread decides backends' health, and says so itself.
@@ -101,7 +109,12 @@ function poolOf(snapshot: PoolSnapshot, previous: Pool | undefined): Pool {
 }
 
 async function handle(message: ToThread): Promise<void> {
+  const { id } = message;
   switch (message.type) {
+    case "hello":
+      sent = new Int32Array(message.sent);
+      post({ id, type: "applied" });
+      return;
     case "configure": {
       const next = new Map(message.pools.map((p) => [p.name, poolOf(p, pools.get(p.name))]));
       const bound = new Map<string, LoadBalancer>();
@@ -133,15 +146,19 @@ async function handle(message: ToThread): Promise<void> {
         for (const [listen, balancer] of bound) {
           if (!listeners.has(listen)) await balancer.stopAccepting();
         }
-        return post({ type: "failed", message: describe(error) });
+        return post({ id, type: "failed", message: describe(error) });
       }
-      for (const [listen, balancer] of listeners) {
-        if (!bound.has(listen)) balancer.shutdown(message.drainTimeoutMs);
-      }
-      for (const pool of pools.values()) await pool.stop();
+      // Switch before anything awaits, so a message handled next sees the new state.
+      const [oldPools, oldListeners] = [pools, listeners];
+      flush(); // what the old pools counted so far
       pools = next;
       listeners = bound;
+      for (const [listen, balancer] of oldListeners) {
+        if (!bound.has(listen)) balancer.shutdown(message.drainTimeoutMs);
+      }
+      for (const pool of oldPools.values()) await pool.stop();
       post({
+        id,
         type: "listening",
         addresses: message.listeners.map((spec) => formatHostPort(bound.get(spec.listen)!.address)),
       });
@@ -149,7 +166,7 @@ async function handle(message: ToThread): Promise<void> {
     }
     case "backends": {
       const pool = pools.get(message.pool);
-      post({ type: "applied" }); // what follows is synchronous: in place before any event
+      post({ id, type: "applied" }); // what follows is synchronous: in place before any event
       if (pool === undefined) return;
       const byName = new Map(pool.backends.map((b) => [b.name, b]));
       for (const spec of message.backends) {
@@ -163,7 +180,7 @@ async function handle(message: ToThread): Promise<void> {
     case "stop-accepting": {
       await Promise.all([...listeners.values()].map((b) => b.stopAccepting()));
       flush();
-      post({ type: "stopped" });
+      post({ id, type: "stopped" });
       return;
     }
     case "drain": {
@@ -172,7 +189,7 @@ async function handle(message: ToThread): Promise<void> {
       const results = await Promise.all(balancers.map((b) => b.shutdown(message.timeoutMs)));
       for (const pool of pools.values()) await pool.stop();
       flush();
-      post({ type: "drained", cut: results.reduce((sum, r) => sum + r.cut, 0) });
+      post({ id, type: "drained", cut: results.reduce((sum, r) => sum + r.cut, 0) });
       finished = true;
       return;
     }
@@ -208,7 +225,7 @@ function flush(): void {
   }
   const active: Record<string, number> = {};
   for (const balancer of listeners.values()) active[balancer.name] = balancer.activeConnections;
-  post({ type: "batch", events: events.splice(0), backends, active });
+  post({ id: 0, type: "batch", events: events.splice(0), backends, active });
 }
 
 // Counters that change without an event (a connection opening) are
@@ -220,17 +237,17 @@ function tick(): void {
   if (!finished) loop.setTimer(tick, FLUSH_EVERY_MS);
 }
 
-post({ type: "ready", wakeFd: loop.wakeFd });
+post({ id: 0, type: "ready", wakeFd: loop.wakeFd });
 tick();
 await loop.runOwned(() => finished, () => {
-  // The main thread wrote our eventfd after a message: take what came, in order.
-  if (inbox.length === 0) return false;
+  // Woken: take what has come, in order; say whether every message sent
+  // has arrived (two wake-ups can merge into one, a message lag its wake-up).
   for (const message of inbox.splice(0)) {
-    handle(message).catch((error) =>
-      post({ type: "failed", message: `internal error: ${describe(error)}` })
+    handling = handling.then(() => handle(message)).catch((error) =>
+      post({ id: message.id, type: "failed", message: `internal error: ${describe(error)}` })
     );
   }
-  return true;
+  return sent !== undefined && received >= Atomics.load(sent, 0);
 });
 await loop.dispose().catch(() => {});
 scope.close();

@@ -6,8 +6,9 @@
  * up, what to report. An engine does: listen and accept, dial, watch a client
  * while its backend is dialled, join two connections (copy both ways, pass on
  * half-close, count bytes), close. Policy modules never import an engine;
- * only the entry point picks one and hands it down. Today's engine is
- * `engine_deno.ts`, on `Deno.listen` and `Deno.connect`.
+ * only the entry point picks one and hands it down: `engine_deno.ts`, on
+ * `Deno.listen` and `Deno.connect`, or `engine_epoll.ts`, on Linux system
+ * calls through FFI.
  *
  * Timeouts stay on the policy side: a dial is abandoned through its
  * `AbortSignal`, and idle or half-closed joins are cut through

@@ -16,11 +16,11 @@
  *   generation it was registered with, and one for a descriptor closed (and
  *   its number reused) earlier in the same batch is dropped.
  *
- * This first form runs in the caller's thread ("attached"): `epoll_wait`
- * runs on a thread of Deno's (a nonblocking FFI call, once per batch of
- * events, never per connection) so the thread's own event loop, timers and
- * promises run on. A data-plane Worker that blocks in `epoll_wait` itself is
- * the next step (see docs/architecture.md).
+ * The loop runs owned, in a data-plane Worker that blocks in `epoll_wait`
+ * itself (dataplane.ts, threads.ts), or attached, in the caller's thread,
+ * for in-process tests: `epoll_wait` then runs on a thread of Deno's (a
+ * nonblocking FFI call, once per batch of events, never per connection) so
+ * the caller's event loop runs on (see docs/architecture.md).
  *
  * @module
  */
@@ -33,6 +33,7 @@ import type { JoinEnd } from "./events.ts";
 import {
   AF_INET,
   AF_INET6,
+  EADDRINUSE,
   EAGAIN,
   ECONNABORTED,
   ECONNREFUSED,
@@ -127,10 +128,19 @@ export class EpollLoop implements Clock {
 
   /** Watches `fd` for `events`, calling `handler`; starts the loop if it is idle. */
   add(fd: number, events: number, handler: Handler): void {
+    const generation = ((this.#generations[fd] ?? 0) + 1) >>> 0;
+    const added = this.sys.epollCtl(
+      this.epfd,
+      EPOLL_CTL_ADD,
+      fd,
+      events,
+      generation,
+      this.#ctlEvent,
+    );
+    if (added < 0) throw errnoError(added, "epoll_ctl");
     this.#handlers[fd] = handler;
     this.#interest[fd] = events;
-    this.#generations[fd] = ((this.#generations[fd] ?? 0) + 1) >>> 0;
-    this.sys.epollCtl(this.epfd, EPOLL_CTL_ADD, fd, events, this.#generations[fd]!, this.#ctlEvent);
+    this.#generations[fd] = generation;
     this.#registered++;
     if (!this.#owned) this.#running ??= this.#run();
   }
@@ -384,14 +394,17 @@ class EpollJoin implements Joined {
     client.early = undefined;
     client.owner = { onEvents: (events) => this.#onEvents(this.#up, this.#down, events) };
     server.owner = { onEvents: (events) => this.#onEvents(this.#down, this.#up, events) };
-    // What the client sent while we dialled goes first.
+    // What the client sent while we dialled goes first, in order: once a
+    // write comes up short, the rest joins what waits.
     if (early !== undefined) {
       for (const chunk of early.chunks) {
-        if (!this.#forward(this.#up, chunk, chunk.length)) return;
+        const waiting = this.#up.pending;
+        if (waiting !== undefined) this.#up.pending = concat(waiting, chunk);
+        else if (!this.#forward(this.#up, chunk, chunk.length)) return;
       }
       if (early.ended) this.#end(this.#up);
     }
-    this.#update();
+    if (!this.#done) this.#update();
   }
 
   cut(why: "aborted" | "idle-timeout" | "half-closed-timeout"): void {
@@ -404,13 +417,22 @@ class EpollJoin implements Joined {
     if ((events & EPOLLOUT) !== 0 && into.pending !== undefined) {
       if (!this.#flush(into)) return;
     }
-    if ((events & (EPOLLIN | EPOLLHUP | EPOLLERR)) !== 0) {
+    const reading = !out.ended && out.pending === undefined;
+    if ((events & (EPOLLIN | EPOLLHUP | EPOLLERR)) !== 0 && reading) {
       // A bulk flow fills the scratch buffer read after read: keep going (up
       // to 1 MiB) while the other side takes it all, rather than wait for the
       // next wake-up.
       for (let i = 0; i < 16 && !this.#done && !out.ended && out.pending === undefined; i++) {
         if (this.#read(out) < SCRATCH_BYTES) break;
       }
+    } else if ((events & (EPOLLHUP | EPOLLERR)) !== 0) {
+      // The kernel reports these whatever we asked for, and again at every
+      // wait: settle it now, or the loop spins. With nothing to read here,
+      // an error is a reset; a hang-up with bytes still to deliver here is
+      // one too; a clean hang-up otherwise ends the connection.
+      const error = this.#loop.sys.socketError(out.from.fd);
+      if (error !== 0 || into.pending !== undefined) this.#fail(`${out.fromSide}-reset`);
+      else if ((events & EPOLLHUP) !== 0) this.#finish();
     }
     if (!this.#done) this.#update();
   }
@@ -461,6 +483,8 @@ class EpollJoin implements Joined {
       return false;
     }
     d.bytes += written;
+    // Bytes leaving count as activity too: a slow reader is not idle.
+    if (written > 0) this.activity++;
     d.pending = written === pending.length ? undefined : pending.subarray(written);
     if (d.pending === undefined && d.ended) return this.#passEnd(d);
     return true;
@@ -531,6 +555,13 @@ class EpollJoin implements Joined {
   #settle(end: JoinEnd): void {
     this.#resolve({ bytesFromClient: this.#up.bytes, bytesFromServer: this.#down.bytes, end });
   }
+}
+
+function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
+  const joined = new Uint8Array(a.length + b.length);
+  joined.set(a);
+  joined.set(b, a.length);
+  return joined;
 }
 
 function direction(
@@ -637,20 +668,23 @@ export class EpollEngine implements Engine {
     if (fd < 0) throw errnoError(fd, "socket");
     sys.setInt(fd, SOL_SOCKET, SO_REUSEADDR, 1);
     if (options.reusePort) sys.setInt(fd, SOL_SOCKET, SO_REUSEPORT, 1);
-    for (
-      const [result, what] of [[sys.bind(fd, address), "bind"], [
-        sys.listen(fd, 4096),
-        "listen",
-      ]] as const
-    ) {
-      if (result < 0) {
-        sys.close(fd);
-        const error = errnoError(result, what);
-        throw result === -98
-          ? Object.assign(new Deno.errors.AddrInUse(error.message), { code: "EADDRINUSE" })
-          : error;
-      }
+    const fail = (result: number, what: string) => {
+      sys.close(fd);
+      const error = errnoError(result, what);
+      return result === -EADDRINUSE
+        ? Object.assign(new Deno.errors.AddrInUse(error.message), { code: "EADDRINUSE" })
+        : error;
+    };
+    let encoded: number;
+    try {
+      encoded = sys.bind(fd, address);
+    } catch (error) {
+      sys.close(fd);
+      throw error; // not an IP address
     }
+    if (encoded < 0) throw fail(encoded, "bind");
+    const listening = sys.listen(fd, 4096);
+    if (listening < 0) throw fail(listening, "listen");
     const bound = sys.localAddress(fd);
     return new EpollListener(this.#loop, fd, {
       hostname: address.hostname,

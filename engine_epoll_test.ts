@@ -4,8 +4,19 @@
  */
 
 import assert from "node:assert/strict";
-import { EpollLoop } from "./engine_epoll.ts";
-import { encodeEpollEvent, EPOLL_EVENT_BYTES, EPOLLIN, Sys } from "./libc.ts";
+import { EpollEngine, EpollLoop } from "./engine_epoll.ts";
+import { AF_INET, encodeEpollEvent, EPOLL_EVENT_BYTES, EPOLLIN, SOL_SOCKET, Sys } from "./libc.ts";
+import {
+  connectLoopback,
+  seededBytes,
+  startBalancerProcess,
+  startServer,
+  until,
+  writeAll,
+} from "./test_util.ts";
+
+const SO_SNDBUF = 7;
+const SO_RCVBUF = 8;
 
 const linux = Deno.build.os === "linux";
 
@@ -35,5 +46,149 @@ Deno.test({
     assert.deepEqual(seen, ["second owner"]);
     loop.close(second);
     await loop.dispose();
+  },
+});
+
+Deno.test({
+  name: "epoll engine as a process: 50 MB through a client that stalls, exact, with RSS bounded",
+  ignore: !linux,
+  fn: async () => {
+    const size = 50 * 1024 * 1024;
+    const data = seededBytes(size, 7);
+    let stalled = Promise.withResolvers<void>();
+    // A backend that writes 50 MB as fast as the balancer takes it, then ends.
+    const flood = startServer(async (conn) => {
+      for (let at = 0; at < size;) {
+        const end = Math.min(size, at + 65536);
+        const timer = setTimeout(() => stalled.resolve(), 300);
+        const written = await conn.write(data.subarray(at, end));
+        clearTimeout(timer);
+        at += written;
+      }
+      await conn.closeWrite();
+    });
+    const root = new URL(".", import.meta.url).pathname;
+    const lb = await startBalancerProcess(
+      ["--engine", "epoll", "--backend", `127.0.0.1:${flood.port}`],
+      { permissions: ["--allow-net", "--allow-ffi", `--allow-read=${root}`] },
+    );
+    const rssKiB = async () => {
+      const { stdout } = await new Deno.Command("ps", {
+        args: ["-o", "rss=", "-p", String(lb.pid)],
+      })
+        .output();
+      return Number(new TextDecoder().decode(stdout).trim());
+    };
+    try {
+      const client = await connectLoopback(lb.port);
+      const received = new Uint8Array(size);
+      let got = 0;
+      // Take the first megabyte, then stop reading until the backend is held back.
+      while (got < 1024 * 1024) got += (await client.read(received.subarray(got)))!;
+      const before = await rssKiB();
+      await stalled.promise;
+      const during = await rssKiB();
+      // Short writes and EAGAIN on the client side have held the backend back:
+      // the balancer keeps one chunk, never the stream.
+      assert.ok(during - before < 32 * 1024, `RSS grew ${during - before} KiB while stalled`);
+      stalled = Promise.withResolvers<void>();
+      while (got < size) {
+        const read = await client.read(received.subarray(got));
+        if (read === null) break;
+        got += read;
+      }
+      assert.equal(await client.read(new Uint8Array(1)), null, "then the end");
+      client.close();
+      assert.equal(got, size);
+      assert.ok(received.every((byte, i) => byte === data[i]), "every byte, in order");
+    } finally {
+      await lb.close();
+      await flood.close();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "what a client sent while its backend was dialled arrives whole and in order, past a short write",
+  ignore: !linux,
+  fn: async () => {
+    const sys = new Sys();
+    // A backend with a small receive buffer, accepted only once everything is sent.
+    const backend = sys.socket(AF_INET);
+    sys.setInt(backend, SOL_SOCKET, SO_RCVBUF, 4096);
+    sys.bind(backend, { hostname: "127.0.0.1", port: 0 });
+    sys.listen(backend, 16);
+    const port = sys.localAddress(backend)!.port;
+    const engine = new EpollEngine();
+    const listener = engine.listen({ hostname: "127.0.0.1", port: 0 });
+    const client = await Deno.connect({ hostname: "127.0.0.1", port: listener.address.port });
+    const accepted = await listener.accept();
+    engine.watch(accepted, () => {});
+    // Two chunks while "dialling": the first will not fit in one write.
+    await writeAll(client, new Uint8Array(30000).fill(65));
+    await until(
+      () => (accepted as unknown as { early: { bytes: number } }).early.bytes >= 30000,
+      "A read",
+    );
+    await writeAll(client, new Uint8Array(30000).fill(66));
+    await until(
+      () => (accepted as unknown as { early: { bytes: number } }).early.bytes >= 60000,
+      "B read",
+    );
+    const server = await engine.dial({ hostname: "127.0.0.1", port }, new AbortController().signal);
+    sys.setInt((server as unknown as { fd: number }).fd, SOL_SOCKET, SO_SNDBUF, 4096);
+    const joined = engine.join(accepted, server);
+    await client.closeWrite();
+    let fd = -1;
+    await until(() => (fd = sys.accept(backend)) >= 0, "the backend's accept");
+    const got: number[] = [];
+    const buffer = new Uint8Array(65536);
+    const pointer = Deno.UnsafePointer.of(buffer);
+    await until(() => {
+      const read = sys.read(fd, pointer, buffer.length);
+      if (read > 0) got.push(...buffer.subarray(0, read));
+      return read === 0;
+    }, "the backend's end of stream");
+    sys.close(fd);
+    sys.close(backend);
+    assert.equal(got.length, 60000);
+    assert.equal(got.indexOf(66), 30000, "every A before the first B");
+    joined.cut("aborted");
+    await joined.result;
+    client.close();
+    listener.close();
+    await engine.dispose();
+  },
+});
+
+Deno.test({
+  name: "a reset on a side that has ended is passed on at once, not spun on",
+  ignore: !linux,
+  fn: async () => {
+    const engine = new EpollEngine();
+    const backendListener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const listener = engine.listen({ hostname: "127.0.0.1", port: 0 });
+    const client = await Deno.connect({ hostname: "127.0.0.1", port: listener.address.port });
+    const accepted = await listener.accept();
+    engine.watch(accepted, () => {});
+    const server = await engine.dial(
+      { hostname: "127.0.0.1", port: backendListener.addr.port },
+      new AbortController().signal,
+    );
+    const backend = await backendListener.accept();
+    const joined = engine.join(accepted, server);
+    await backend.closeWrite(); // the server's end, passed to the client
+    assert.equal(await client.read(new Uint8Array(8)), null);
+    await writeAll(client, new Uint8Array([120])); // reaches the backend, which never reads it
+    await until(() => false, "a moment", 20).catch(() => {});
+    backend.close(); // unread bytes: the backend's kernel answers with a reset
+    // The join settles as a reset (it used to spin on the error event, unsettled).
+    const result = await joined.result;
+    assert.equal(result.end, "server-reset");
+    client.close();
+    listener.close();
+    backendListener.close();
+    await engine.dispose();
   },
 });

@@ -3,7 +3,7 @@
  * binding, constant and struct layout the balancer uses lives here, so the
  * sharp edges of FFI are in one place.
  *
- * It holds two things today.
+ * It holds three things.
  *
  * **Switching off `SIGUSR1`.** Deno (since 2.9.2), like
  * Node, starts V8's inspector on 127.0.0.1:9229 when the process gets
@@ -84,6 +84,9 @@ export const ECONNRESET = 104;
 export const ETIMEDOUT = 110;
 export const ECONNREFUSED = 111;
 export const EINPROGRESS = 115;
+export const EADDRNOTAVAIL = 99;
+export const ENETUNREACH = 101;
+export const EHOSTUNREACH = 113;
 
 /** Names of the errno values a message may need. */
 export const ERRNO_NAMES: Record<number, string> = {
@@ -99,9 +102,9 @@ export const ERRNO_NAMES: Record<number, string> = {
   [ETIMEDOUT]: "ETIMEDOUT",
   [ECONNREFUSED]: "ECONNREFUSED",
   [EINPROGRESS]: "EINPROGRESS",
-  99: "EADDRNOTAVAIL",
-  101: "ENETUNREACH",
-  113: "EHOSTUNREACH",
+  [EADDRNOTAVAIL]: "EADDRNOTAVAIL",
+  [ENETUNREACH]: "ENETUNREACH",
+  [EHOSTUNREACH]: "EHOSTUNREACH",
 };
 
 /**
@@ -271,6 +274,10 @@ export function encodeSockaddr(address: { hostname: string; port: number }, into
   const view = new DataView(into.buffer, into.byteOffset, into.byteLength);
   view.setUint16(2, address.port, false);
   if (!address.hostname.includes(":")) {
+    // A host name here would become 0.0.0.0, every interface: never guess.
+    if (!/^\d{1,3}(\.\d{1,3}){3}$/.test(address.hostname)) {
+      throw new RangeError(`expected an IP address, got ${JSON.stringify(address.hostname)}`);
+    }
     view.setUint16(0, AF_INET, true);
     address.hostname.split(".").forEach((part, i) => into[4 + i] = Number(part));
     return SOCKADDR_IN_BYTES;

@@ -49,8 +49,16 @@ export interface ListenerSnapshot {
   readonly maxconn: number;
 }
 
-/** Main → thread. */
-export type ToThread =
+/** Main → thread. Each carries an `id` that its reply echoes. */
+export type ToThread = { readonly id: number } & ToThreadBody;
+
+/** What a message to a thread says. */
+export type ToThreadBody =
+  /**
+   * First: a counter the main thread raises before each message it posts,
+   * so the thread knows when every message it was woken for has arrived.
+   */
+  | { readonly type: "hello"; readonly sent: SharedArrayBuffer }
   /** Start, or reload: the listeners and pools to run now. */
   | {
     readonly type: "configure";
@@ -84,8 +92,11 @@ export interface BackendCounts {
   readonly connects: readonly (true | string)[];
 }
 
-/** Thread → main. */
-export type FromThread =
+/** Thread → main. A reply echoes its request's `id`; 0 is a thread's own report. */
+export type FromThread = { readonly id: number } & FromThreadBody;
+
+/** What a thread's message says. */
+export type FromThreadBody =
   /** Started: the eventfd the main thread writes after each message, to wake the thread. */
   | { readonly type: "ready"; readonly wakeFd: number }
   /** Listening on every listener it was given (an address per listener, in order). */

@@ -26,15 +26,17 @@ import { shiftHealth } from "./health.ts";
 import { Sys } from "./libc.ts";
 import { DURATION_BUCKETS, Histogram } from "./metrics.ts";
 import type { Pool } from "./pool.ts";
-import type { FromThread, PoolSnapshot, ToThread } from "./protocol.ts";
+import type { FromThread, PoolSnapshot, ToThreadBody } from "./protocol.ts";
 import type { ListenerConfig, ListenerHost, Where } from "./runtime.ts";
 
 /** One data-plane thread, as the main thread keeps it. */
 interface Thread {
   readonly worker: Worker;
   wakeFd: number;
-  /** Waiting for a reply: the first waiter whose test accepts a message takes it. */
-  readonly waiters: { test: (message: FromThread) => boolean; done: (m: FromThread) => void }[];
+  /** Raised before each message posted: the thread compares it with what it has received. */
+  readonly sent: Int32Array;
+  /** Replies awaited, by the id of their request. */
+  readonly waiters: Map<number, (message: FromThread) => void>;
   /** Connections in progress here, per listener and per backend (`pool address`). */
   active: Readonly<Record<string, number>>;
   readonly backendActive: Map<string, number>;
@@ -78,6 +80,7 @@ export class ThreadedListeners implements ListenerHost {
   /** Listen address as configured → as bound (port 0 made concrete). */
   #bound = new Map<string, string>();
   #stats = new Map<string, ThreadedListener>();
+  #nextId = 1;
 
   constructor(options: ThreadedListenersOptions) {
     this.#count = options.threads;
@@ -131,29 +134,28 @@ export class ThreadedListeners implements ListenerHost {
     const config = this.#config;
     if (config === undefined || this.#pools.get(pool.name) !== pool) return;
     const snapshot = this.#snapshot(pool, config);
-    await Promise.all(this.#threads.map((thread) => {
-      const reply = this.#reply(thread, (m) => m.type === "applied");
-      this.#post(thread, { type: "backends", pool: pool.name, backends: snapshot.backends });
-      return reply;
-    }));
+    await Promise.all(
+      this.#threads.map((thread) =>
+        this.#request(thread, { type: "backends", pool: pool.name, backends: snapshot.backends })
+      ),
+    );
   }
 
   async stopAccepting(): Promise<void> {
-    await Promise.all(this.#threads.map((thread) => {
-      const reply = this.#reply(thread, (m) => m.type === "stopped");
-      this.#post(thread, { type: "stop-accepting" });
-      return reply;
-    }));
+    await Promise.all(
+      this.#threads.map((thread) => this.#request(thread, { type: "stop-accepting" })),
+    );
   }
 
   async drain(drainMs: number): Promise<number> {
-    const drained = await Promise.all(this.#threads.map((thread) => {
-      const reply = this.#reply(thread, (m) => m.type === "drained");
-      this.#post(thread, { type: "drain", timeoutMs: drainMs });
-      return reply;
-    }));
-    for (const thread of this.#threads) thread.worker.terminate();
+    // Out of the list first: a thread closes its eventfd once drained, and
+    // nothing may write that number after.
+    const threads = this.#threads;
     this.#threads = [];
+    const drained = await Promise.all(
+      threads.map((thread) => this.#request(thread, { type: "drain", timeoutMs: drainMs })),
+    );
+    for (const thread of threads) thread.worker.terminate();
     return drained.reduce((sum, m) => sum + (m.type === "drained" ? m.cut : 0), 0);
   }
 
@@ -173,7 +175,8 @@ export class ThreadedListeners implements ListenerHost {
       }
       try {
         const probe = Deno.listen({ hostname: address.hostname, port: address.port });
-        bound.set(listener.listen, formatHostPort({ ...address, port: probe.addr.port }));
+        // The address as bound: a host name resolved, port 0 made concrete.
+        bound.set(listener.listen, formatHostPort(probe.addr));
         probe.close();
       } catch (error) {
         throw fail(`${where(listener)} ${listener.listen}: ${describe(error)}`);
@@ -187,18 +190,24 @@ export class ThreadedListeners implements ListenerHost {
     const thread: Thread = {
       worker,
       wakeFd: -1,
-      waiters: [],
+      sent: new Int32Array(new SharedArrayBuffer(4)),
+      waiters: new Map(),
       active: {},
       backendActive: new Map(),
     };
     worker.onmessage = (event: MessageEvent<FromThread>) => this.#receive(thread, event.data);
     worker.onerror = (event) => {
+      // A thread that dies answers nothing more: nobody may wait on it.
       event.preventDefault();
-      this.#receive(thread, { type: "failed", message: `data-plane thread: ${event.message}` });
+      const message = `data-plane thread died: ${event.message}`;
+      for (const done of thread.waiters.values()) done({ id: 0, type: "failed", message });
+      thread.waiters.clear();
+      this.#onEvent({ type: "internal-error", client: "-", reason: message });
     };
-    const ready = await this.#reply(thread, (m) => m.type === "ready" || m.type === "failed");
+    const ready = await this.#reply(thread, 0);
     if (ready.type !== "ready") throw new StartError(ready.type === "failed" ? ready.message : "");
     thread.wakeFd = ready.wakeFd;
+    await this.#request(thread, { type: "hello", sent: thread.sent.buffer as SharedArrayBuffer });
     return thread;
   }
 
@@ -217,16 +226,14 @@ export class ThreadedListeners implements ListenerHost {
       maxconn: Math.max(1, Math.ceil(listener.maxconn / this.#count)),
     }));
     const snapshots = [...pools.values()].map((pool) => this.#snapshot(pool, config));
-    const replies = await Promise.all(this.#threads.map((thread) => {
-      const reply = this.#reply(thread, (m) => m.type === "listening" || m.type === "failed");
-      this.#post(thread, {
+    const replies = await Promise.all(this.#threads.map((thread) =>
+      this.#request(thread, {
         type: "configure",
         listeners,
         pools: snapshots,
         drainTimeoutMs: drainMs,
-      });
-      return reply;
-    }));
+      })
+    ));
     const failure = replies.find((m) => m.type === "failed");
     if (failure?.type === "failed") throw new Error(failure.message);
     this.#bound = new Map(bound);
@@ -268,19 +275,28 @@ export class ThreadedListeners implements ListenerHost {
     };
   }
 
-  #post(thread: Thread, message: ToThread): void {
-    thread.worker.postMessage(message);
+  /** Posts `body` to `thread` and resolves with its reply (the message with its id). */
+  #request(thread: Thread, body: ToThreadBody): Promise<FromThread> {
+    const id = this.#nextId++;
+    const reply = this.#reply(thread, id);
+    // Counted before it is posted: the thread waits until it has them all.
+    Atomics.add(thread.sent, 0, 1);
+    thread.worker.postMessage({ ...body, id });
     this.#sys.wake(thread.wakeFd);
+    return reply;
   }
 
-  #reply(thread: Thread, test: (message: FromThread) => boolean): Promise<FromThread> {
-    return new Promise((done) => thread.waiters.push({ test, done }));
+  #reply(thread: Thread, id: number): Promise<FromThread> {
+    return new Promise((done) => thread.waiters.set(id, done));
   }
 
   #receive(thread: Thread, message: FromThread): void {
     if (message.type === "batch") return this.#batch(thread, message);
-    const at = thread.waiters.findIndex((waiter) => waiter.test(message));
-    if (at >= 0) return thread.waiters.splice(at, 1)[0]!.done(message);
+    const done = thread.waiters.get(message.id);
+    if (done !== undefined) {
+      thread.waiters.delete(message.id);
+      return done(message);
+    }
     if (message.type === "failed") {
       this.#onEvent({ type: "internal-error", client: "-", reason: message.message });
     }
