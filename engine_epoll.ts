@@ -427,12 +427,10 @@ class EpollJoin implements Joined {
       }
     } else if ((events & (EPOLLHUP | EPOLLERR)) !== 0) {
       // The kernel reports these whatever we asked for, and again at every
-      // wait: settle it now, or the loop spins. With nothing to read here,
-      // an error is a reset; a hang-up with bytes still to deliver here is
-      // one too; a clean hang-up otherwise ends the connection.
-      const error = this.#loop.sys.socketError(out.from.fd);
-      if (error !== 0 || into.pending !== undefined) this.#fail(`${out.fromSide}-reset`);
-      else if ((events & EPOLLHUP) !== 0) this.#finish();
+      // wait. An error on a side we are not reading (ended, or held back) is
+      // a reset: settle it now, or the loop spins on it. A clean hang-up is
+      // not: bytes may still wait in the socket behind a slow peer.
+      if (this.#loop.sys.socketError(out.from.fd) !== 0) this.#fail(`${out.fromSide}-reset`);
     }
     if (!this.#done) this.#update();
   }
