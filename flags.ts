@@ -311,6 +311,8 @@ export interface LoadBalancerFlags {
   watch: boolean;
   /** Started by a supervisor: listen with `reusePort` (internal). */
   asWorker: boolean;
+  /** `--as-worker=PID`: the supervisor's pid, watched so a worker outlives it by a second at most. */
+  supervisorPid: number | undefined;
   /** `--help`, `--version`. */
   help: boolean;
   version: boolean;
@@ -320,10 +322,21 @@ const MODES = {
   config: { type: "string" },
   check: { type: "boolean" },
   watch: { type: "boolean" },
-  "as-worker": { type: "boolean" },
+  "as-worker": { type: "string" },
   help: { type: "boolean", short: "h" },
   version: { type: "boolean" },
 } as const;
+
+function supervisorPid(text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  const pid = Number(text);
+  if (!/^[1-9][0-9]*$/.test(text) || !Number.isSafeInteger(pid)) {
+    throw new UsageError(
+      `--as-worker: ${JSON.stringify(text)} is not a process id (internal flag)`,
+    );
+  }
+  return pid;
+}
 
 /** Parses the load balancer's command line. @throws {UsageError} */
 export function parseFlags(args: readonly string[]): LoadBalancerFlags {
@@ -357,7 +370,8 @@ export function parseFlags(args: readonly string[]): LoadBalancerFlags {
     config: values.config as string | undefined,
     check: values.check === true,
     watch: values.watch === true,
-    asWorker: values["as-worker"] === true,
+    asWorker: values["as-worker"] !== undefined,
+    supervisorPid: supervisorPid(values["as-worker"] as string | undefined),
     help: values.help === true,
     version: values.version === true,
   };

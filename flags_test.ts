@@ -35,6 +35,7 @@ Deno.test("no flags is the lab: 127.0.0.1:5000 → 127.0.0.1:5001, 127.0.0.1:500
     check: false,
     watch: false,
     asWorker: false,
+    supervisorPid: undefined,
     help: false,
     version: false,
   });
@@ -169,6 +170,7 @@ Deno.test("what parseArgs refuses is named too", () => {
     [["--admin", "foo"], "--admin foo: expected PORT or HOST:PORT"],
     [["--watch"], "--watch: needs --config FILE to watch"],
     [["stray"], "unexpected argument stray"],
+    [["--as-worker=abc"], '--as-worker: "abc" is not a process id'],
   ];
   for (const [args, start] of cases) {
     assert.throws(
@@ -177,6 +179,12 @@ Deno.test("what parseArgs refuses is named too", () => {
       `${args.join(" ")} should fail with "${start}…"`,
     );
   }
+});
+
+Deno.test("--as-worker=PID: a worker knows its supervisor by pid, not by its parent at start-up", () => {
+  const flags = parseFlags(["--as-worker=4321"]);
+  assert.equal(flags.asWorker, true);
+  assert.equal(flags.supervisorPid, 4321);
 });
 
 Deno.test("--help lists every setting with the schema's default, and every flag it lists exists", () => {

@@ -152,7 +152,9 @@ async function run(args: readonly string[], sigusr1Warning: string | undefined):
     event.preventDefault();
     logDiagnostic(`unexpected error, still serving: ${describe(event.reason)}`);
   });
-  if (flags.asWorker) watchSupervisor(() => signals.stop("supervisor gone"));
+  if (flags.supervisorPid !== undefined) {
+    watchSupervisor(flags.supervisorPid, () => signals.stop("supervisor gone"));
+  }
   if (canUseLibc()) {
     // In case a future Deno installs its SIGUSR1 handler anew after start-up.
     realClock.setTimer(
@@ -229,14 +231,15 @@ function listenForSignals(exit: (code: number) => void) {
 }
 
 // A supervisor killed outright cannot pass on a signal: a worker notices it
-// was handed to another parent, and drains as if told to stop.
-function watchSupervisor(onGone: () => void): void {
-  const supervisor = Deno.ppid;
+// was handed to another parent, and drains as if told to stop. The pid comes
+// on the command line: a supervisor killed while this worker was starting is
+// then seen at the first look, not taken for the parent.
+function watchSupervisor(supervisor: number, onGone: () => void): void {
   const look = () => {
     if (Deno.ppid !== supervisor) return onGone();
     realClock.setTimer(look, 1000, { unref: true });
   };
-  realClock.setTimer(look, 1000, { unref: true });
+  look();
 }
 
 if (import.meta.main) await main(Deno.args);

@@ -96,8 +96,8 @@ export async function supervise(options: SupervisorOptions): Promise<number> {
   // Workers listen where the configuration says; only a port the kernel
   // chose (port 0) must be handed down, as the one they share.
   const workerArgs = options.listen.port === 0
-    ? [...options.args, "--listen", listen, "--as-worker"]
-    : [...options.args, "--as-worker"];
+    ? [...options.args, "--listen", listen, `--as-worker=${Deno.pid}`]
+    : [...options.args, `--as-worker=${Deno.pid}`];
 
   const slots: Slot[] = Array.from({ length: options.workers }, (_, i) => ({
     id: i + 1,
