@@ -533,8 +533,9 @@ export async function startBalancerProcess(
   };
   const close = async () => {
     // A supervisor's workers share its stdout: they go first, or the output
-    // would stay open behind them.
-    if (supervised && !exited) {
+    // would stay open behind them. (`workers:` may come from a config file,
+    // so this looks whatever the flags say.)
+    if (!exited) {
       const { stdout } = await new Deno.Command("pgrep", { args: ["-P", String(child.pid)] })
         .output();
       for (const pid of new TextDecoder().decode(stdout).split("\n").filter(Boolean)) {
