@@ -309,3 +309,43 @@ Deno.test("load_balancer.ts --help prints the flags and exits 0", async () => {
     assert.ok(stdout.includes(flag), flag);
   }
 });
+
+Deno.test("load balancer: an IPv6 listener in front of IPv6 and IPv4 backends, bytes exact both ways", async () => {
+  const v6 = Deno.listen({ hostname: "::1", port: 0 });
+  const v4 = startEchoServer();
+  // An echo on ::1 that tags its answers, so both backends are seen.
+  const serving = (async () => {
+    for await (const conn of v6) {
+      const data = await readAll(conn);
+      await writeAll(conn, new Uint8Array([...new TextEncoder().encode("v6:"), ...data]));
+      conn.close();
+    }
+  })();
+  const lb = await startBalancerProcess(
+    [
+      "--listen",
+      "[::1]:0",
+      "--backend",
+      `[::1]:${v6.addr.port}`,
+      "--backend",
+      `127.0.0.1:${v4.port}`,
+    ],
+    { listen: false },
+  );
+  try {
+    const answers: string[] = [];
+    for (const text of ["one", "two"]) {
+      const conn = await Deno.connect({ hostname: "::1", port: lb.port });
+      await writeAll(conn, new TextEncoder().encode(text));
+      await conn.closeWrite();
+      answers.push(new TextDecoder().decode(await readAll(conn)));
+      conn.close();
+    }
+    assert.deepEqual(answers.sort(), ["two", "v6:one"].sort());
+  } finally {
+    await lb.close();
+    v6.close();
+    await serving.catch(() => {});
+    await v4.close();
+  }
+});
