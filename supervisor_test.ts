@@ -6,6 +6,7 @@ import {
   exchange,
   listenLoopback,
   readAll,
+  refusingAddress,
   runScript,
   startBalancerProcess,
   startEchoServer,
@@ -245,12 +246,7 @@ Deno.test("workers of a file reload it as the supervisor would check it: a secon
   const echo = startEchoServer();
   const dir = await Deno.makeTempDir();
   const file = `${dir}/lb.yaml`;
-  const port = (() => {
-    const probe = listenLoopback();
-    const free = probe.addr.port;
-    probe.close();
-    return free;
-  })();
+  const port = refusingAddress().port; // free now; the balancer takes it
   const config = (extra: string) =>
     `workers: 2
 listeners:
