@@ -39,6 +39,7 @@ import {
   ECONNREFUSED,
   EINPROGRESS,
   EINTR,
+  encodeSockaddr,
   EPOLL_CTL_ADD,
   EPOLL_CTL_MOD,
   EPOLL_EVENT_BYTES,
@@ -53,6 +54,7 @@ import {
   IPPROTO_TCP,
   SO_REUSEADDR,
   SO_REUSEPORT,
+  SOCKADDR_IN6_BYTES,
   SOL_SOCKET,
   Sys,
   TCP_NODELAY,
@@ -653,6 +655,8 @@ export class EpollEngine implements Engine {
   readonly name = "epoll";
   readonly #loop: EpollLoop;
   readonly #clock: Clock;
+  /** Backends given as addresses, encoded for `connect` on their first dial. */
+  readonly #targets = new WeakMap<HostPort, Target>();
 
   constructor(options: EpollEngineOptions = {}) {
     this.#loop = options.loop ?? new EpollLoop();
@@ -696,21 +700,34 @@ export class EpollEngine implements Engine {
     this.#loop.add(conn.fd, EPOLLIN, conn);
   }
 
-  async dial(address: HostPort, signal: AbortSignal): Promise<EngineConn> {
-    const host = isIpLiteral(address.hostname)
-      ? address.hostname
-      : (await lookup(address.hostname)).address;
-    signal.throwIfAborted();
+  dial(address: HostPort, signal: AbortSignal): Promise<EngineConn> {
+    // A backend given as an address is encoded once, on its first dial; a
+    // name is looked up every time (what it resolves to may change).
+    let target = this.#targets.get(address);
+    if (target === undefined) {
+      if (!isIpLiteral(address.hostname)) {
+        return lookup(address.hostname).then(({ address: host }) =>
+          this.#connect(targetOf(host, address.port), signal)
+        );
+      }
+      target = targetOf(address.hostname, address.port);
+      this.#targets.set(address, target);
+    }
+    return this.#connect(target, signal);
+  }
+
+  #connect(target: Target, signal: AbortSignal): Promise<EngineConn> {
+    if (signal.aborted) return Promise.reject(signal.reason);
     const { sys } = this.#loop;
-    const fd = sys.socket(host.includes(":") ? AF_INET6 : AF_INET);
-    if (fd < 0) throw errnoError(fd, "socket");
+    const fd = sys.socket(target.family);
+    if (fd < 0) return Promise.reject(errnoError(fd, "socket"));
     sys.setInt(fd, IPPROTO_TCP, TCP_NODELAY, 1);
-    const started = sys.connect(fd, { hostname: host, port: address.port });
-    const name = host.includes(":") ? `[${host}]:${address.port}` : `${host}:${address.port}`;
-    const conn = new EpollConn(this.#loop, fd, name, host);
+    const started = sys.connectEncoded(fd, target.pointer, target.length);
+    const name = target.name;
+    const conn = new EpollConn(this.#loop, fd, name, target.host);
     if (started < 0 && started !== -EINPROGRESS) {
       sys.close(fd);
-      throw errnoError(started, `connect ${name}`);
+      return Promise.reject(errnoError(started, `connect ${name}`));
     }
     // Connected at once (loopback can be) or in progress: either way, wait
     // for writability, which also reports a failure.
@@ -743,7 +760,7 @@ export class EpollEngine implements Engine {
         reject(errnoError(-error, `connect ${name}`));
       },
     });
-    return await promise;
+    return promise;
   }
 
   join(client: EngineConn, server: EngineConn): Joined {
@@ -777,6 +794,30 @@ export class EpollEngine implements Engine {
   dispose(): Promise<void> {
     return this.#loop.dispose();
   }
+}
+
+/** A backend address as `connect` takes it, encoded once; the buffer stays referenced here. */
+interface Target {
+  readonly host: string;
+  readonly name: string;
+  readonly family: number;
+  readonly sockaddr: Uint8Array;
+  readonly pointer: Deno.PointerValue;
+  readonly length: number;
+}
+
+function targetOf(host: string, port: number): Target {
+  const sockaddr = new Uint8Array(SOCKADDR_IN6_BYTES);
+  const length = encodeSockaddr({ hostname: host, port }, sockaddr);
+  const v6 = host.includes(":");
+  return {
+    host,
+    name: v6 ? `[${host}]:${port}` : `${host}:${port}`,
+    family: v6 ? AF_INET6 : AF_INET,
+    sockaddr,
+    pointer: Deno.UnsafePointer.of(sockaddr),
+    length,
+  };
 }
 
 function isIpLiteral(hostname: string): boolean {

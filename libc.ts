@@ -254,15 +254,15 @@ export interface SocketAddress {
  * IPv6's 16 at 8 (after 4 bytes of flow info). Undefined for other families.
  */
 export function decodeSockaddr(bytes: Uint8Array): SocketAddress | undefined {
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const family = view.getUint16(0, true);
-  const port = view.getUint16(2, false);
+  // Read byte by byte: this runs for every accepted connection.
+  const family = bytes[0]! | (bytes[1]! << 8);
+  const port = (bytes[2]! << 8) | bytes[3]!;
   if (family === AF_INET) {
-    return { family, hostname: Array.from(bytes.subarray(4, 8)).join("."), port };
+    return { family, hostname: `${bytes[4]}.${bytes[5]}.${bytes[6]}.${bytes[7]}`, port };
   }
   if (family === AF_INET6) {
     const groups: string[] = [];
-    for (let i = 0; i < 8; i++) groups.push(view.getUint16(8 + 2 * i, false).toString(16));
+    for (let i = 8; i < 24; i += 2) groups.push(((bytes[i]! << 8) | bytes[i + 1]!).toString(16));
     return { family, hostname: canonicalHost(groups.join(":")), port };
   }
   return undefined;
@@ -481,6 +481,14 @@ export class Sys {
   connect(fd: number, address: { hostname: string; port: number }): number {
     const length = encodeSockaddr(address, this.#address);
     return this.#result(this.#c.connect(fd, this.#addressPointer, length));
+  }
+
+  /**
+   * Starts a connect to an address encoded beforehand ({@linkcode encodeSockaddr})
+   * into a buffer the caller keeps referenced; `-EINPROGRESS` as above.
+   */
+  connectEncoded(fd: number, sockaddr: Deno.PointerValue, length: number): number {
+    return this.#result(this.#c.connect(fd, sockaddr, length));
   }
 
   /** The address the last accept, getsockname or getpeername filled in. */
