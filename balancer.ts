@@ -90,6 +90,23 @@ export function eligible<B extends Candidate>(
 }
 
 /**
+ * Which tier {@linkcode eligible} would draw from, without building it:
+ * `false` for the primaries, `true` for the backups, undefined for none.
+ */
+function tierOf<B extends Candidate>(
+  backends: readonly B[],
+  tried: ReadonlySet<B>,
+): boolean | undefined {
+  let backups = false;
+  for (const b of backends) {
+    if (tried.has(b) || !b.usable) continue;
+    if (!b.backup) return false;
+    backups = true;
+  }
+  return backups ? true : undefined;
+}
+
+/**
  * Round robin: s1, s2, s3, s1, … in the order given, when weights are equal.
  *
  * The cursor moves once per connection attempt, to just past the backend it
@@ -107,10 +124,21 @@ export class RoundRobin<B extends Candidate> implements Strategy<B> {
   readonly #score = new Map<B, number>();
 
   pick(backends: readonly B[], context: PickContext<B>): B | undefined {
-    const pool = eligible(backends, context.tried);
-    if (pool.length === 0) return undefined;
-    const weight = pool[0]!.weight;
-    if (pool.every((b) => b.weight === weight)) return this.#cursor.next(backends, new Set(pool));
+    // Equal weights, the common case, without building a list: this runs
+    // for every connection.
+    const { tried } = context;
+    const backup = tierOf(backends, tried);
+    if (backup === undefined) return undefined;
+    const fits = (b: B) => b.backup === backup && !tried.has(b) && b.usable;
+    let weight: number | undefined;
+    let equal = true;
+    for (const backend of backends) {
+      if (!fits(backend)) continue;
+      weight ??= backend.weight;
+      if (backend.weight !== weight) equal = false;
+    }
+    if (equal) return this.#cursor.nextWhere(backends, fits);
+    const pool = eligible(backends, tried);
     let total = 0;
     let best: B | undefined;
     let bestScore = -Infinity;
@@ -136,11 +164,16 @@ class Cursor {
   #position = 0;
 
   next<B>(backends: readonly B[], candidates: ReadonlySet<B>): B | undefined {
+    return this.nextWhere(backends, (backend) => candidates.has(backend));
+  }
+
+  /** The same, for the next backend that `fits`. */
+  nextWhere<B>(backends: readonly B[], fits: (backend: B) => boolean): B | undefined {
     const count = backends.length;
     for (let step = 0; step < count; step++) {
       const index = (this.#position + step) % count;
       const backend = backends[index]!;
-      if (!candidates.has(backend)) continue;
+      if (!fits(backend)) continue;
       this.#position = (index + 1) % count;
       return backend;
     }
