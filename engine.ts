@@ -11,7 +11,7 @@
  * calls through FFI.
  *
  * Timeouts stay on the policy side: a dial is abandoned through its
- * `AbortSignal`, and idle or half-closed joins are cut through
+ * {@linkcode Attempt}, and idle or half-closed joins are cut through
  * {@linkcode Joined.cut}, both driven by the listener's clock.
  *
  * @module
@@ -72,10 +72,46 @@ export interface Engine {
    * and forwarded by {@linkcode Engine.join}; nothing is sent anywhere before.
    */
   watch(client: EngineConn, onGone: () => void): void;
-  /** Connects to a backend; rejects when `signal` aborts (connect timeout, drain, client gone). */
-  dial(address: HostPort, signal: AbortSignal): Promise<EngineConn>;
+  /** Connects to a backend; rejects when `attempt` is abandoned (connect timeout, drain, client gone). */
+  dial(address: HostPort, attempt: Attempt): Promise<EngineConn>;
   /** Joins a client and the backend connection dialled for it. */
   join(client: EngineConn, server: EngineConn): Joined;
   /** Closes a client that was never joined; `reset` sends a reset where the engine can. */
   close(conn: EngineConn, options?: { reset?: boolean }): Promise<void>;
+}
+
+/**
+ * One connect attempt, which the listener may abandon: its timeout ran out,
+ * the balancer is draining, the client went away. What an `AbortSignal`
+ * does, without an event target: one is made for every connection.
+ */
+export class Attempt {
+  #aborted = false;
+  #reason: unknown;
+  #onAbort: ((reason: unknown) => void) | undefined;
+
+  /** Whether it has been abandoned. */
+  get aborted(): boolean {
+    return this.#aborted;
+  }
+
+  /** Why, once abandoned. */
+  get reason(): unknown {
+    return this.#reason;
+  }
+
+  /** The engine's: called once if the attempt is abandoned (undefined: no longer). */
+  onAbort(callback: ((reason: unknown) => void) | undefined): void {
+    this.#onAbort = callback;
+  }
+
+  /** Abandons it (the first reason stays). */
+  abort(reason: unknown): void {
+    if (this.#aborted) return;
+    this.#aborted = true;
+    this.#reason = reason;
+    const callback = this.#onAbort;
+    this.#onAbort = undefined;
+    callback?.(reason);
+  }
 }

@@ -14,7 +14,7 @@ import { formatHostPort, type HostPort } from "./address.ts";
 import { Bridge, EarlyReader } from "./bridge.ts";
 import { type BufferPool, defaultPools } from "./buffers.ts";
 import { type Clock, realClock } from "./clock.ts";
-import type { Engine, EngineConn, EngineListener, Joined } from "./engine.ts";
+import type { Attempt, Engine, EngineConn, EngineListener, Joined } from "./engine.ts";
 import { closeQuietly } from "./errors.ts";
 
 /** Opens a connection to a backend; must give up when `signal` aborts. */
@@ -89,8 +89,15 @@ export class DenoEngine implements Engine {
     conn.early = new EarlyReader(conn.socket, this.#pools.small.take(), onGone);
   }
 
-  async dial(address: HostPort, signal: AbortSignal): Promise<EngineConn> {
-    return new DenoConn(await this.#dial(address, signal));
+  async dial(address: HostPort, attempt: Attempt): Promise<EngineConn> {
+    if (attempt.aborted) throw attempt.reason;
+    const controller = new AbortController();
+    attempt.onAbort((reason) => controller.abort(reason));
+    try {
+      return new DenoConn(await this.#dial(address, controller.signal));
+    } finally {
+      attempt.onAbort(undefined);
+    }
   }
 
   join(client: EngineConn, server: EngineConn): Joined {

@@ -28,7 +28,7 @@
 import { lookup } from "node:dns/promises";
 import type { HostPort } from "./address.ts";
 import { type Clock, realClock } from "./clock.ts";
-import type { Engine, EngineConn, EngineListener, Joined, JoinResult } from "./engine.ts";
+import type { Attempt, Engine, EngineConn, EngineListener, Joined, JoinResult } from "./engine.ts";
 import type { JoinEnd } from "./events.ts";
 import {
   AF_INET,
@@ -147,9 +147,15 @@ export class EpollLoop implements Clock {
     if (!this.#owned) this.#running ??= this.#run();
   }
 
+  /**
+   * An owned loop reads the time once per wake-up, as HAProxy and NGINX do:
+   * every connection in a batch sees the same instant.
+   */
   now(): number {
-    return performance.now();
+    return this.#owned ? this.#now : performance.now();
   }
+
+  #now = performance.now();
 
   setTimer(callback: () => void, ms: number, options?: { unref?: boolean }): number {
     if (!this.#owned) return realClock.setTimer(callback, ms, options);
@@ -182,6 +188,7 @@ export class EpollLoop implements Clock {
       // promise callbacks that queue more callbacks).
       if (idle || woken) {
         await this.#yieldTurn();
+        this.#now = performance.now();
         // The message may come a turn after its wake-up: keep looking until it has.
         if (woken) woken = !onWake();
         if (stop()) break;
@@ -191,6 +198,7 @@ export class EpollLoop implements Clock {
         ? (next === undefined ? -1 : Math.max(0, Math.ceil(next.at - this.now())))
         : 0;
       const count = this.sys.epollWait(this.epfd, this.#eventsPointer, BATCH, timeout);
+      this.#now = performance.now();
       if (count < 0 && count !== -EINTR) throw errnoError(count, "epoll_wait");
       if (count > 0 && this.#dispatchOwned(this.#eventsView, count)) woken = true;
       this.#fireTimers();
@@ -517,12 +525,15 @@ class EpollJoin implements Joined {
   // Interest follows the invariants: EPOLLOUT only with bytes pending for a
   // side; EPOLLIN only while that side has not ended and its peer has room.
   #update(): void {
-    for (const [out, into] of [[this.#up, this.#down], [this.#down, this.#up]] as const) {
-      let events = 0;
-      if (!out.ended && out.pending === undefined) events |= EPOLLIN;
-      if (into.pending !== undefined) events |= EPOLLOUT;
-      this.#loop.modify(out.from.fd, events);
-    }
+    this.#watch(this.#up, this.#down);
+    this.#watch(this.#down, this.#up);
+  }
+
+  #watch(out: Direction, into: Direction): void {
+    let events = 0;
+    if (!out.ended && out.pending === undefined) events |= EPOLLIN;
+    if (into.pending !== undefined) events |= EPOLLOUT;
+    this.#loop.modify(out.from.fd, events);
   }
 
   #finish(): void {
@@ -542,14 +553,15 @@ class EpollJoin implements Joined {
 
   #close(resetClient: boolean, resetServer: boolean): void {
     this.#done = true;
-    for (
-      const [conn, reset] of [[this.#up.from, resetClient], [this.#down.from, resetServer]] as const
-    ) {
-      if (conn.closed) continue;
-      conn.closed = true;
-      if (reset) this.#loop.sys.lingerZero(conn.fd);
-      this.#loop.close(conn.fd);
-    }
+    this.#closeOne(this.#up.from, resetClient);
+    this.#closeOne(this.#down.from, resetServer);
+  }
+
+  #closeOne(conn: EpollConn, reset: boolean): void {
+    if (conn.closed) return;
+    conn.closed = true;
+    if (reset) this.#loop.sys.lingerZero(conn.fd);
+    this.#loop.close(conn.fd);
   }
 
   #settle(end: JoinEnd): void {
@@ -700,24 +712,24 @@ export class EpollEngine implements Engine {
     this.#loop.add(conn.fd, EPOLLIN, conn);
   }
 
-  dial(address: HostPort, signal: AbortSignal): Promise<EngineConn> {
+  dial(address: HostPort, attempt: Attempt): Promise<EngineConn> {
     // A backend given as an address is encoded once, on its first dial; a
     // name is looked up every time (what it resolves to may change).
     let target = this.#targets.get(address);
     if (target === undefined) {
       if (!isIpLiteral(address.hostname)) {
         return lookup(address.hostname).then(({ address: host }) =>
-          this.#connect(targetOf(host, address.port), signal)
+          this.#connect(targetOf(host, address.port), attempt)
         );
       }
       target = targetOf(address.hostname, address.port);
       this.#targets.set(address, target);
     }
-    return this.#connect(target, signal);
+    return this.#connect(target, attempt);
   }
 
-  #connect(target: Target, signal: AbortSignal): Promise<EngineConn> {
-    if (signal.aborted) return Promise.reject(signal.reason);
+  #connect(target: Target, attempt: Attempt): Promise<EngineConn> {
+    if (attempt.aborted) return Promise.reject(attempt.reason);
     const { sys } = this.#loop;
     const fd = sys.socket(target.family);
     if (fd < 0) return Promise.reject(errnoError(fd, "socket"));
@@ -732,15 +744,14 @@ export class EpollEngine implements Engine {
     // Connected at once (loopback can be) or in progress: either way, wait
     // for writability, which also reports a failure.
     const { promise, resolve, reject } = Promise.withResolvers<EngineConn>();
-    const onAbort = () => {
+    attempt.onAbort((reason) => {
       conn.closed = true;
       this.#loop.close(fd);
-      reject(signal.reason);
-    };
-    signal.addEventListener("abort", onAbort, { once: true });
+      reject(reason);
+    });
     this.#loop.add(fd, EPOLLOUT, {
       onEvents: (events) => {
-        signal.removeEventListener("abort", onAbort);
+        attempt.onAbort(undefined);
         // Writable without an error or hang-up: connected. Only a failure
         // costs the getsockopt(SO_ERROR) that says why.
         const error = (events & (EPOLLERR | EPOLLHUP)) === 0

@@ -4,6 +4,7 @@
  */
 
 import assert from "node:assert/strict";
+import { Attempt } from "./engine.ts";
 import { EpollEngine, EpollLoop } from "./engine_epoll.ts";
 import { AF_INET, encodeEpollEvent, EPOLL_EVENT_BYTES, EPOLLIN, SOL_SOCKET, Sys } from "./libc.ts";
 import {
@@ -136,7 +137,7 @@ Deno.test({
       () => (accepted as unknown as { early: { bytes: number } }).early.bytes >= 60000,
       "B read",
     );
-    const server = await engine.dial({ hostname: "127.0.0.1", port }, new AbortController().signal);
+    const server = await engine.dial({ hostname: "127.0.0.1", port }, new Attempt());
     sys.setInt((server as unknown as { fd: number }).fd, SOL_SOCKET, SO_SNDBUF, 4096);
     const joined = engine.join(accepted, server);
     await client.closeWrite();
@@ -174,7 +175,7 @@ Deno.test({
     engine.watch(accepted, () => {});
     const server = await engine.dial(
       { hostname: "127.0.0.1", port: backendListener.addr.port },
-      new AbortController().signal,
+      new Attempt(),
     );
     const backend = await backendListener.accept();
     const joined = engine.join(accepted, server);

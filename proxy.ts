@@ -14,7 +14,13 @@
  */
 
 import { type Clock, nextBackoff, realClock, sleep } from "./clock.ts";
-import type { Engine, EngineConn, EngineListener, Joined } from "./engine.ts";
+import {
+  Attempt,
+  type Engine,
+  type EngineConn,
+  type EngineListener,
+  type Joined,
+} from "./engine.ts";
 import { describe, isClientGone, isOutOfDescriptors } from "./errors.ts";
 import type { ConnectionEnd, LoadBalancerEvent } from "./events.ts";
 import { DURATION_BUCKETS, Histogram } from "./metrics.ts";
@@ -400,7 +406,7 @@ export class LoadBalancer {
 
   // One attempt, bounded by the connect timeout and by a drain cut-off.
   async #connect(backend: Backend, connection: Connection): Promise<EngineConn> {
-    const attempt = new AbortController();
+    const attempt = new Attempt();
     const timeoutMs = this.#pool.settings.connectTimeoutMs;
     const timeout = this.#connectTimeouts.add(
       timeoutMs,
@@ -408,10 +414,10 @@ export class LoadBalancer {
     );
     connection.cut = () => attempt.abort(new Deno.errors.Interrupted("draining"));
     try {
-      return await this.#engine.dial(backend.address, attempt.signal);
+      return await this.#engine.dial(backend.address, attempt);
     } catch (error) {
       // Deno reports an aborted connect as a generic AbortError; say why.
-      throw attempt.signal.aborted ? attempt.signal.reason : error;
+      throw attempt.aborted ? attempt.reason : error;
     } finally {
       timeout.cancel();
     }
