@@ -413,7 +413,11 @@ export function resetConnection(conn: Deno.Conn): boolean {
  */
 export class Sys {
   readonly #c = libc().symbols;
-  readonly #errno = new Deno.UnsafePointerView(libc().symbols.__errno_location()!);
+  // This thread's errno, read through a view onto its own memory: a plain
+  // load, where UnsafePointerView.getInt32 costs a call per failed read (EAGAIN).
+  readonly #errno = new Int32Array(
+    Deno.UnsafePointerView.getArrayBuffer(libc().symbols.__errno_location()!, 4),
+  );
   // Small buffers handed to libc by pointer, kept for the life of this object.
   readonly #int = new Int32Array(1);
   readonly #intPointer = Deno.UnsafePointer.of(this.#int);
@@ -427,7 +431,7 @@ export class Sys {
   readonly #counterPointer = Deno.UnsafePointer.of(this.#counter);
 
   #result(value: number): number {
-    return value < 0 ? -this.#errno.getInt32() : value;
+    return value < 0 ? -this.#errno[0]! : value;
   }
 
   /** A nonblocking TCP socket for `family` (AF_INET or AF_INET6). */
@@ -457,7 +461,7 @@ export class Sys {
       this.#intPointer,
       this.#lengthPointer,
     );
-    return result < 0 ? this.#errno.getInt32() : this.#int[0]!;
+    return result < 0 ? this.#errno[0]! : this.#int[0]!;
   }
 
   bind(fd: number, address: { hostname: string; port: number }): number {
