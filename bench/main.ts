@@ -44,6 +44,8 @@ interface Settings {
   loads: string[];
   runs: number;
   seconds: number;
+  /** Seconds of the same wrk load, unmeasured, before each measured one. */
+  warmUpSeconds: number;
   idleConnections: number;
   wrkConnections: number;
   targets: Target[];
@@ -278,16 +280,20 @@ async function throughTarget(
 function wrkLoad(settings: Settings, close: boolean): Measure {
   return async (target, backends, tag) => {
     return await throughTarget(target, backends.httpPorts, tag, async (port, proxy) => {
-      const before = proxy === undefined ? 0 : await proxy.cpuSeconds();
-      const output = await run([
+      const wrk = (seconds: number) => [
         "wrk",
         "-t1",
         `-c${settings.wrkConnections}`,
-        `-d${settings.seconds}s`,
+        `-d${seconds}s`,
         "--latency",
         ...(close ? ["-H", "Connection: close"] : []),
         `http://127.0.0.1:${port}/`,
-      ]);
+      ];
+      // The same load, unmeasured, first: a JIT compiles the hot paths in
+      // its first seconds, and a balancer runs for days. Every target gets it.
+      await run(wrk(settings.warmUpSeconds));
+      const before = proxy === undefined ? 0 : await proxy.cpuSeconds();
+      const output = await run(wrk(settings.seconds));
       const result = parseWrk(output);
       if (result.requests === 0) throw new Error(`wrk completed no request:\n${output}`);
       const cpuUs = proxy === undefined ? undefined : (await proxy.cpuSeconds() - before) * 1e6;
@@ -476,6 +482,7 @@ function parseSettings(args: string[]): Settings {
     loads,
     runs: integer("runs", values.runs, quick ? 1 : 3),
     seconds: integer("seconds", values.seconds, quick ? 2 : 5),
+    warmUpSeconds: quick ? 1 : 2,
     idleConnections: quick ? 500 : 2000,
     wrkConnections: 50,
     targets,
