@@ -113,7 +113,14 @@ async function handle(message: ToThread): Promise<void> {
   switch (message.type) {
     case "hello":
       sent = new Int32Array(message.sent);
+      loop.track(new Uint8Array(message.held));
       post({ id, type: "applied" });
+      return;
+    case "die":
+      // From the loop itself, where nothing catches it.
+      loop.setTimer(() => {
+        throw new Error("told to die (a test)");
+      }, 0);
       return;
     case "configure": {
       const next = new Map(message.pools.map((p) => [p.name, poolOf(p, pools.get(p.name))]));

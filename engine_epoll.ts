@@ -108,6 +108,8 @@ export class EpollLoop implements Clock {
   readonly scratchPointer = Deno.UnsafePointer.of(this.scratch);
   #running: Promise<void> | undefined;
   #registered = 0;
+  /** Marks, by descriptor number, of what this loop holds open (see {@linkcode EpollLoop.track}). */
+  #held: Uint8Array | undefined;
   readonly #owned: boolean;
   // An owned loop's timers, in deadline order.
   #timers: LoopTimer[] = [];
@@ -128,6 +130,22 @@ export class EpollLoop implements Clock {
     return result;
   }
 
+  /**
+   * Marks in `held` (shared with the main thread) every descriptor this loop
+   * holds open, from now on: if this thread dies, the main thread closes
+   * them, so its listening sockets stop taking connections nobody serves.
+   */
+  track(held: Uint8Array): void {
+    this.#held = held;
+    this.hold(this.epfd);
+    this.hold(this.#wakeFd);
+  }
+
+  /** Marks `fd` as held open here (a socket just made or accepted). */
+  hold(fd: number): void {
+    if (this.#held !== undefined && fd >= 0 && fd < this.#held.length) this.#held[fd] = 1;
+  }
+
   /** Watches `fd` for `events`, calling `handler`; starts the loop if it is idle. */
   add(fd: number, events: number, handler: Handler): void {
     const generation = ((this.#generations[fd] ?? 0) + 1) >>> 0;
@@ -144,6 +162,7 @@ export class EpollLoop implements Clock {
     this.#interest[fd] = events;
     this.#generations[fd] = generation;
     this.#registered++;
+    this.hold(fd);
     if (!this.#owned) this.#running ??= this.#run();
   }
 
@@ -275,6 +294,7 @@ export class EpollLoop implements Clock {
       // Nothing left to watch: let a wait in progress return, so the loop ends.
       if (--this.#registered === 0) this.nudge();
     }
+    if (this.#held !== undefined && fd < this.#held.length) this.#held[fd] = 0;
     this.sys.close(fd);
   }
 
@@ -286,8 +306,8 @@ export class EpollLoop implements Clock {
   /** Waits for the loop to end, then closes the epoll set itself. */
   async dispose(): Promise<void> {
     await this.idle();
-    this.sys.close(this.#wakeFd);
-    this.sys.close(this.epfd);
+    this.close(this.#wakeFd);
+    this.close(this.epfd);
   }
 
   async #run(): Promise<void> {
@@ -629,6 +649,7 @@ class EpollListener implements EngineListener, Handler {
   #take(): EpollConn | Error {
     const { sys } = this.#loop;
     const fd = sys.accept(this.#fd);
+    this.#loop.hold(fd);
     if (fd < 0) {
       // A client that reset before we took it: as Deno says it.
       if (fd === -ECONNABORTED) return new Deno.errors.ConnectionAborted("accept: ECONNABORTED");
@@ -733,12 +754,13 @@ export class EpollEngine implements Engine {
     const { sys } = this.#loop;
     const fd = sys.socket(target.family);
     if (fd < 0) return Promise.reject(errnoError(fd, "socket"));
+    this.#loop.hold(fd);
     sys.setInt(fd, IPPROTO_TCP, TCP_NODELAY, 1);
     const started = sys.connectEncoded(fd, target.pointer, target.length);
     const name = target.name;
     const conn = new EpollConn(this.#loop, fd, name, target.host);
     if (started < 0 && started !== -EINPROGRESS) {
-      sys.close(fd);
+      this.#loop.close(fd);
       return Promise.reject(errnoError(started, `connect ${name}`));
     }
     // Connected at once (loopback can be) or in progress: either way, wait

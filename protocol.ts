@@ -58,7 +58,12 @@ export type ToThreadBody =
    * First: a counter the main thread raises before each message it posts,
    * so the thread knows when every message it was woken for has arrived.
    */
-  | { readonly type: "hello"; readonly sent: SharedArrayBuffer }
+  | {
+    readonly type: "hello";
+    readonly sent: SharedArrayBuffer;
+    /** One byte per descriptor number, set while the thread holds it open (see threads.ts). */
+    readonly held: SharedArrayBuffer;
+  }
   /** Start, or reload: the listeners and pools to run now. */
   | {
     readonly type: "configure";
@@ -76,7 +81,12 @@ export type ToThreadBody =
   /** Stop accepting now; reply `stopped`, after a batch with what is still open. */
   | { readonly type: "stop-accepting" }
   /** Drain for up to `timeoutMs`, then cut what is left. */
-  | { readonly type: "drain"; readonly timeoutMs: number };
+  | { readonly type: "drain"; readonly timeoutMs: number }
+  /**
+   * Tests only: throw from the loop, as a bug would, so that what follows a
+   * thread's death (its descriptors closed, a new thread) can be tested.
+   */
+  | { readonly type: "die" };
 
 /** What a thread counted for one backend since its last report. */
 export interface BackendCounts {

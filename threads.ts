@@ -29,9 +29,17 @@ import type { Pool } from "./pool.ts";
 import type { FromThread, PoolSnapshot, ToThreadBody } from "./protocol.ts";
 import type { ListenerConfig, ListenerHost, Where } from "./runtime.ts";
 
+/**
+ * Descriptor numbers a thread's holdings are tracked for (one shared byte
+ * each; untouched pages cost no memory). Numbers past it are not tracked.
+ */
+const HELD_SLOTS = 1 << 20;
+
 /** One data-plane thread, as the main thread keeps it. */
 interface Thread {
   readonly worker: Worker;
+  /** Set by the thread while it holds a descriptor open: what to close if it dies. */
+  readonly held: Uint8Array;
   wakeFd: number;
   /** Raised before each message posted: the thread compares it with what it has received. */
   readonly sent: Int32Array;
@@ -189,6 +197,7 @@ export class ThreadedListeners implements ListenerHost {
     const worker = new Worker(new URL("./dataplane.ts", import.meta.url).href, { type: "module" });
     const thread: Thread = {
       worker,
+      held: new Uint8Array(new SharedArrayBuffer(HELD_SLOTS)),
       wakeFd: -1,
       sent: new Int32Array(new SharedArrayBuffer(4)),
       waiters: new Map(),
@@ -197,18 +206,80 @@ export class ThreadedListeners implements ListenerHost {
     };
     worker.onmessage = (event: MessageEvent<FromThread>) => this.#receive(thread, event.data);
     worker.onerror = (event) => {
-      // A thread that dies answers nothing more: nobody may wait on it.
       event.preventDefault();
-      const message = `data-plane thread died: ${event.message}`;
-      for (const done of thread.waiters.values()) done({ id: 0, type: "failed", message });
-      thread.waiters.clear();
-      this.#onEvent({ type: "internal-error", client: "-", reason: message });
+      this.#died(thread, event.message).catch(() => {});
     };
     const ready = await this.#reply(thread, 0);
     if (ready.type !== "ready") throw new StartError(ready.type === "failed" ? ready.message : "");
     thread.wakeFd = ready.wakeFd;
-    await this.#request(thread, { type: "hello", sent: thread.sent.buffer as SharedArrayBuffer });
+    await this.#request(thread, {
+      type: "hello",
+      sent: thread.sent.buffer as SharedArrayBuffer,
+      held: thread.held.buffer as SharedArrayBuffer,
+    });
     return thread;
+  }
+
+  /**
+   * A thread died (a bug: nothing it runs should throw this far). What it
+   * held is closed — its clients see their connections end, and its
+   * listening sockets stop taking connections nobody would serve — and,
+   * unless the balancer is stopping, another thread takes its place.
+   */
+  async #died(thread: Thread, why: string): Promise<void> {
+    // It answers nothing more: nobody may wait on it.
+    const message = `data-plane thread died: ${why}`;
+    for (const done of thread.waiters.values()) done({ id: 0, type: "failed", message });
+    thread.waiters.clear();
+    thread.worker.terminate();
+    let closed = 0;
+    for (let fd = 0; fd < thread.held.length; fd++) {
+      if (thread.held[fd] === 0) continue;
+      thread.held[fd] = 0;
+      this.#sys.close(fd);
+      closed++;
+    }
+    const index = this.#threads.indexOf(thread);
+    const config = this.#config;
+    const restart = index >= 0 && config !== undefined;
+    this.#onEvent({
+      type: "internal-error",
+      client: "-",
+      reason: `${message}; closed the ${closed} descriptors it held` +
+        (restart ? "; starting another" : ""),
+    });
+    if (!restart) return;
+    try {
+      const fresh = await this.#spawn();
+      // Stopped meanwhile, or replaced by a reload's threads: not wanted.
+      if (this.#threads[index] !== thread) {
+        fresh.worker.terminate();
+        return;
+      }
+      this.#threads[index] = fresh;
+      const reply = await this.#request(
+        fresh,
+        this.#configureMessage(config, this.#pools, this.#bound, config.drain_timeout_ms),
+      );
+      if (reply.type === "failed") throw new Error(reply.message);
+      this.#onEvent({
+        type: "internal-error",
+        client: "-",
+        reason: "a new data-plane thread took the dead one's place",
+      });
+    } catch (error) {
+      this.#onEvent({
+        type: "internal-error",
+        client: "-",
+        reason: `could not start a data-plane thread in place of the dead one: ${describe(error)}`,
+      });
+    }
+  }
+
+  /** Tests only: makes thread `index` throw from its loop, as a bug would. @internal */
+  killThreadForTest(index: number): void {
+    const thread = this.#threads[index];
+    if (thread !== undefined) this.#request(thread, { type: "die" });
   }
 
   async #configure(
@@ -219,21 +290,10 @@ export class ThreadedListeners implements ListenerHost {
   ): Promise<void> {
     this.#config = config;
     this.#pools = pools;
-    const listeners = config.listeners.map((listener) => ({
-      name: listener.name,
-      listen: bound.get(listener.listen)!,
-      pool: listener.pool,
-      maxconn: Math.max(1, Math.ceil(listener.maxconn / this.#count)),
-    }));
-    const snapshots = [...pools.values()].map((pool) => this.#snapshot(pool, config));
-    const replies = await Promise.all(this.#threads.map((thread) =>
-      this.#request(thread, {
-        type: "configure",
-        listeners,
-        pools: snapshots,
-        drainTimeoutMs: drainMs,
-      })
-    ));
+    const message = this.#configureMessage(config, pools, bound, drainMs);
+    const replies = await Promise.all(
+      this.#threads.map((thread) => this.#request(thread, message)),
+    );
     const failure = replies.find((m) => m.type === "failed");
     if (failure?.type === "failed") throw new Error(failure.message);
     this.#bound = new Map(bound);
@@ -245,6 +305,25 @@ export class ThreadedListeners implements ListenerHost {
       stats.set(listener.name, stat);
     }
     this.#stats = stats;
+  }
+
+  #configureMessage(
+    config: Config,
+    pools: ReadonlyMap<string, Pool>,
+    bound: ReadonlyMap<string, string>,
+    drainMs: number,
+  ): ToThreadBody {
+    return {
+      type: "configure",
+      listeners: config.listeners.map((listener) => ({
+        name: listener.name,
+        listen: bound.get(listener.listen)!,
+        pool: listener.pool,
+        maxconn: Math.max(1, Math.ceil(listener.maxconn / this.#count)),
+      })),
+      pools: [...pools.values()].map((pool) => this.#snapshot(pool, config)),
+      drainTimeoutMs: drainMs,
+    };
   }
 
   #snapshot(pool: Pool, config: Config): PoolSnapshot {
