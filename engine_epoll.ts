@@ -41,6 +41,7 @@ import {
   EINTR,
   encodeSockaddr,
   EPOLL_CTL_ADD,
+  EPOLL_CTL_DEL,
   EPOLL_CTL_MOD,
   EPOLL_EVENT_BYTES,
   EPOLLERR,
@@ -66,6 +67,8 @@ const SCRATCH_BYTES = 65536;
 const EARLY_LIMIT = 65536;
 /** Events taken from one `epoll_wait`. */
 const BATCH = 256;
+/** The interest of a descriptor taken out of the epoll set for now ({@linkcode EpollLoop.park}). */
+const PARKED = -1;
 
 /** Something the loop calls when its descriptor has events. */
 interface Handler {
@@ -108,6 +111,8 @@ export class EpollLoop implements Clock {
   readonly scratchPointer = Deno.UnsafePointer.of(this.scratch);
   #running: Promise<void> | undefined;
   #registered = 0;
+  /** Waits that returned events: a spinning loop shows here. @internal (tests) */
+  wakeUps = 0;
   /** Marks, by descriptor number, of what this loop holds open (see {@linkcode EpollLoop.track}). */
   #held: Uint8Array | undefined;
   readonly #owned: boolean;
@@ -218,6 +223,7 @@ export class EpollLoop implements Clock {
         : 0;
       const count = this.sys.epollWait(this.epfd, this.#eventsPointer, BATCH, timeout);
       this.#now = performance.now();
+      if (count > 0) this.wakeUps++;
       if (count < 0 && count !== -EINTR) throw errnoError(count, "epoll_wait");
       if (count > 0 && this.#dispatchOwned(this.#eventsView, count)) woken = true;
       this.#fireTimers();
@@ -273,9 +279,29 @@ export class EpollLoop implements Clock {
 
   /** Changes what `fd` is watched for (a no-op when it is already that). */
   modify(fd: number, events: number): void {
-    if (this.#interest[fd] === events) return;
+    const interest = this.#interest[fd];
+    if (interest === events) return;
+    if (interest === PARKED) {
+      // Out of the set until there is something to watch for again.
+      if (events === 0) return;
+      this.#interest[fd] = events;
+      const op = EPOLL_CTL_ADD;
+      this.sys.epollCtl(this.epfd, op, fd, events, this.#generations[fd]!, this.#ctlEvent);
+      return;
+    }
     this.#interest[fd] = events;
     this.sys.epollCtl(this.epfd, EPOLL_CTL_MOD, fd, events, this.#generations[fd]!, this.#ctlEvent);
+  }
+
+  /**
+   * Takes `fd` out of the epoll set until {@linkcode EpollLoop.modify} asks
+   * for events again: the kernel reports a hang-up at every wait whatever
+   * we ask for, so a hung-up socket we are not reading would spin the loop.
+   */
+  park(fd: number): void {
+    if (this.#interest[fd] === PARKED || this.#handlers[fd] === undefined) return;
+    this.#interest[fd] = PARKED;
+    this.sys.epollCtl(this.epfd, EPOLL_CTL_DEL, fd, 0, 0, this.#ctlEvent);
   }
 
   /** Hands `fd`'s events to another handler, keeping its registration. */
@@ -313,6 +339,7 @@ export class EpollLoop implements Clock {
   async #run(): Promise<void> {
     while (this.#registered > 0) {
       const count = await this.sys.epollWaitAsync(this.epfd, this.#eventsPointer, BATCH, -1);
+      this.wakeUps++;
       if (count < 0) {
         if (count === -EINTR) continue;
         throw errnoError(count, "epoll_wait");
@@ -459,8 +486,10 @@ class EpollJoin implements Joined {
       // The kernel reports these whatever we asked for, and again at every
       // wait. An error on a side we are not reading (ended, or held back) is
       // a reset: settle it now, or the loop spins on it. A clean hang-up is
-      // not: bytes may still wait in the socket behind a slow peer.
+      // not: bytes may still wait in the socket behind a slow peer. Stop
+      // watching it until we read from it again.
       if (this.#loop.sys.socketError(out.from.fd) !== 0) this.#fail(`${out.fromSide}-reset`);
+      else if (into.pending === undefined) this.#loop.park(out.from.fd);
     }
     if (!this.#done) this.#update();
   }

@@ -193,3 +193,57 @@ Deno.test({
     await engine.dispose();
   },
 });
+
+Deno.test({
+  name: "a backend that hung up behind a client that stalls: no spinning, every byte delivered",
+  ignore: !linux,
+  fn: async () => {
+    const loop = new EpollLoop();
+    const engine = new EpollEngine({ loop });
+    const sys = new Sys();
+    // More than the client's small buffers take, less than the balancer's
+    // receive buffer holds: the backend's end of stream arrives while the
+    // balancer still holds bytes back for the client.
+    const size = 96 * 1024;
+    const data = seededBytes(size, 11);
+    const backendListener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const listener = engine.listen({ hostname: "127.0.0.1", port: 0 });
+    const client = sys.socket(AF_INET);
+    sys.setInt(client, SOL_SOCKET, SO_RCVBUF, 4096);
+    sys.connect(client, { hostname: "127.0.0.1", port: listener.address.port });
+    const accepted = await listener.accept();
+    sys.setInt((accepted as unknown as { fd: number }).fd, SOL_SOCKET, SO_SNDBUF, 4096);
+    engine.watch(accepted, () => {});
+    const server = await engine.dial(
+      { hostname: "127.0.0.1", port: backendListener.addr.port },
+      new Attempt(),
+    );
+    const backend = await backendListener.accept();
+    const joined = engine.join(accepted, server);
+    // The client is done sending; the backend answers and closes, so its
+    // socket is hung up (both ways shut) behind the stalled client.
+    sys.shutdownWrite(client);
+    assert.equal(await backend.read(new Uint8Array(8)), null);
+    await writeAll(backend, data);
+    backend.close();
+    // A while of the client not reading: the loop must not wake for nothing.
+    const before = loop.wakeUps;
+    await until(() => false, "a while", 200).catch(() => {});
+    assert.ok(loop.wakeUps - before < 50, `${loop.wakeUps - before} wake-ups while stalled`);
+    const got: number[] = [];
+    const buffer = new Uint8Array(65536);
+    const pointer = Deno.UnsafePointer.of(buffer);
+    await until(() => {
+      const read = sys.read(client, pointer, buffer.length);
+      if (read > 0) got.push(...buffer.subarray(0, read));
+      return read === 0;
+    }, "the client's end of stream");
+    sys.close(client);
+    assert.deepEqual(new Uint8Array(got), data);
+    const result = await joined.result;
+    assert.equal(result.bytesFromServer, size);
+    listener.close();
+    backendListener.close();
+    await engine.dispose();
+  },
+});
