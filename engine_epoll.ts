@@ -61,8 +61,15 @@ import {
   TCP_NODELAY,
 } from "./libc.ts";
 
-/** Bytes one read takes at most: the scratch buffer every connection shares. */
-const SCRATCH_BYTES = 65536;
+/**
+ * Bytes one read takes at most: the scratch buffer every connection shares
+ * (one per thread, so its size costs nothing per connection). Measured on one
+ * stream through a copying loop: 256 KiB moved 16 Gbit/s at 360 ms of CPU per
+ * GB; 64 KiB 11-12 Gbit/s at 530-620; 1 MiB 12-14 Gbit/s (past the cache).
+ */
+const SCRATCH_BYTES = 256 * 1024;
+/** Reads one bulk flow may make per wake-up: 1 MiB. */
+const BULK_READS = 4;
 /** What a watched client may send before its backend is connected. */
 const EARLY_LIMIT = 65536;
 /** Events taken from one `epoll_wait`. */
@@ -395,7 +402,7 @@ class EpollConn implements EngineConn, Handler {
     if (early === undefined) return;
     // Watched: take what the client sends, up to the limit; see it go.
     const { sys, scratch, scratchPointer } = this.loop;
-    const read = sys.read(this.fd, scratchPointer, scratch.length);
+    const read = sys.read(this.fd, scratchPointer, EARLY_LIMIT - early.bytes);
     if (read > 0) {
       early.chunks.push(scratch.slice(0, read));
       early.bytes += read;
@@ -479,7 +486,11 @@ class EpollJoin implements Joined {
       // A bulk flow fills the scratch buffer read after read: keep going (up
       // to 1 MiB) while the other side takes it all, rather than wait for the
       // next wake-up.
-      for (let i = 0; i < 16 && !this.#done && !out.ended && out.pending === undefined; i++) {
+      for (
+        let i = 0;
+        i < BULK_READS && !this.#done && !out.ended && out.pending === undefined;
+        i++
+      ) {
         if (this.#read(out) < SCRATCH_BYTES) break;
       }
     } else if ((events & (EPOLLHUP | EPOLLERR)) !== 0) {
