@@ -689,14 +689,14 @@ class EpollListener implements EngineListener, Handler {
   #take(): EpollConn | Error {
     const { sys } = this.#loop;
     const fd = sys.accept(this.#fd);
-    this.#loop.hold(fd);
     if (fd < 0) {
       // A client that reset before we took it: as Deno says it.
       if (fd === -ECONNABORTED) return new Deno.errors.ConnectionAborted("accept: ECONNABORTED");
       return errnoError(fd, "accept");
     }
+    this.#loop.hold(fd);
+    // Nagle is off already: an accepted socket inherits TCP_NODELAY from the listener.
     const peer = sys.lastAddress();
-    sys.setInt(fd, IPPROTO_TCP, TCP_NODELAY, 1);
     const host = peer?.hostname ?? "-";
     const name = peer === undefined
       ? "-"
@@ -742,6 +742,8 @@ export class EpollEngine implements Engine {
     const fd = sys.socket(family);
     if (fd < 0) throw errnoError(fd, "socket");
     sys.setInt(fd, SOL_SOCKET, SO_REUSEADDR, 1);
+    // Inherited by every socket it accepts: one system call per listener, not per client.
+    sys.setInt(fd, IPPROTO_TCP, TCP_NODELAY, 1);
     if (options.reusePort) sys.setInt(fd, SOL_SOCKET, SO_REUSEPORT, 1);
     const fail = (result: number, what: string) => {
       sys.close(fd);

@@ -6,7 +6,16 @@
 import assert from "node:assert/strict";
 import { Attempt } from "./engine.ts";
 import { EpollEngine, EpollLoop } from "./engine_epoll.ts";
-import { AF_INET, encodeEpollEvent, EPOLL_EVENT_BYTES, EPOLLIN, SOL_SOCKET, Sys } from "./libc.ts";
+import {
+  AF_INET,
+  encodeEpollEvent,
+  EPOLL_EVENT_BYTES,
+  EPOLLIN,
+  IPPROTO_TCP,
+  SOL_SOCKET,
+  Sys,
+  TCP_NODELAY,
+} from "./libc.ts";
 import {
   connectLoopback,
   seededBytes,
@@ -242,6 +251,35 @@ Deno.test({
     assert.deepEqual(new Uint8Array(got), data);
     const result = await joined.result;
     assert.equal(result.bytesFromServer, size);
+    listener.close();
+    backendListener.close();
+    await engine.dispose();
+  },
+});
+
+Deno.test({
+  name: "Nagle is off on both sides: the accepted socket (from its listener) and the dialled one",
+  ignore: !linux,
+  fn: async () => {
+    const engine = new EpollEngine();
+    const sys = new Sys();
+    const backendListener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const listener = engine.listen({ hostname: "127.0.0.1", port: 0 });
+    const client = await Deno.connect({ hostname: "127.0.0.1", port: listener.address.port });
+    const accepted = await listener.accept();
+    const server = await engine.dial(
+      { hostname: "127.0.0.1", port: backendListener.addr.port },
+      new Attempt(),
+    );
+    const backend = await backendListener.accept();
+    for (const conn of [accepted, server]) {
+      const fd = (conn as unknown as { fd: number }).fd;
+      assert.equal(sys.getInt(fd, IPPROTO_TCP, TCP_NODELAY), 1);
+    }
+    await engine.close(accepted);
+    await engine.close(server);
+    backend.close();
+    client.close();
     listener.close();
     backendListener.close();
     await engine.dispose();

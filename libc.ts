@@ -445,6 +445,13 @@ export class Sys {
     return this.#result(this.#c.setsockopt(fd, level, option, this.#intPointer, 4));
   }
 
+  /** Reads an int option; `-errno` on failure. */
+  getInt(fd: number, level: number, option: number): number {
+    this.#length[0] = 4;
+    const result = this.#c.getsockopt(fd, level, option, this.#intPointer, this.#lengthPointer);
+    return result < 0 ? -this.#errno[0]! : this.#int[0]!;
+  }
+
   /** Sets SO_LINGER to {on, 0}: the next close sends a reset. */
   lingerZero(fd: number): number {
     encodeLinger(this.#linger, true, 0);

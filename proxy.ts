@@ -80,6 +80,7 @@ export class LoadBalancer {
   #cutting = false;
   // Aborted when we stop accepting: ends an accept backoff early.
   readonly #stopAccepting = new AbortController();
+  #stoppedAccepting = false;
   readonly #connections = new Set<Connection>();
   #sweeper: number | undefined;
   /** Every connect attempt's timeout, on one timer. */
@@ -151,6 +152,7 @@ export class LoadBalancer {
 
   /** Closes the listening socket; resolves once its accept loop has ended. */
   async stopAccepting(): Promise<void> {
+    this.#stoppedAccepting = true;
     this.#stopAccepting.abort();
     this.#roomFreed?.resolve();
     try {
@@ -235,7 +237,8 @@ export class LoadBalancer {
     // warning a second at most, and a recovery line only after a warning.
     let warnedAt = -Infinity;
     let warned = false;
-    while (!this.#stopAccepting.signal.aborted) {
+    // A field, not the signal's getter, read for every connection.
+    while (!this.#stoppedAccepting) {
       if (this.#connections.size >= this.#maxConnections) {
         // At the limit: stop accepting; the kernel's backlog holds the rest.
         this.#roomFreed ??= Promise.withResolvers<void>();
@@ -246,7 +249,7 @@ export class LoadBalancer {
       try {
         client = await this.#listener.accept();
       } catch (error) {
-        if (this.#stopAccepting.signal.aborted) break;
+        if (this.#stoppedAccepting) break;
         // A client that reset before we accepted it: accepting itself works.
         if (!isClientGone(error)) {
           // Out of descriptors (EMFILE/ENFILE) or the like: the pending client
