@@ -51,6 +51,7 @@ import {
   EPOLLHUP,
   EPOLLIN,
   EPOLLOUT,
+  EPOLLRDHUP,
   errnoError,
   IPPROTO_TCP,
   SO_REUSEADDR,
@@ -74,6 +75,11 @@ const BULK_READS = 4;
 const EARLY_LIMIT = 65536;
 /** Events taken from one `epoll_wait`. */
 const BATCH = 256;
+/**
+ * What a side we read from is watched for: data, and the peer's end of
+ * stream on its own (EPOLLRDHUP), which spares the read that returns 0.
+ */
+const READABLE = EPOLLIN | EPOLLRDHUP;
 /** The interest of a descriptor taken out of the epoll set for now ({@linkcode EpollLoop.park}). */
 const PARKED = -1;
 
@@ -482,7 +488,7 @@ class EpollJoin implements Joined {
       if (!this.#flush(into)) return;
     }
     const reading = !out.ended && out.pending === undefined;
-    if ((events & (EPOLLIN | EPOLLHUP | EPOLLERR)) !== 0 && reading) {
+    if ((events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) !== 0 && reading) {
       // A bulk flow fills the scratch buffer read after read: keep going (up
       // to 1 MiB) while the other side takes it all, rather than wait for the
       // next wake-up.
@@ -491,7 +497,15 @@ class EpollJoin implements Joined {
         i < BULK_READS && !this.#done && !out.ended && out.pending === undefined;
         i++
       ) {
-        if (this.#read(out) < SCRATCH_BYTES) break;
+        const read = this.#read(out);
+        if (read === SCRATCH_BYTES) continue;
+        // The peer had finished when epoll looked (EPOLLRDHUP, no error) and
+        // this read emptied the socket: what follows is the end, so take it
+        // without the read that would return 0 to say so.
+        if (read > 0 && (events & (EPOLLRDHUP | EPOLLERR)) === EPOLLRDHUP && !this.#done) {
+          this.#end(out);
+        }
+        break;
       }
     } else if ((events & (EPOLLHUP | EPOLLERR)) !== 0) {
       // The kernel reports these whatever we asked for, and again at every
@@ -591,7 +605,7 @@ class EpollJoin implements Joined {
 
   #watch(out: Direction, into: Direction): void {
     let events = 0;
-    if (!out.ended && out.pending === undefined) events |= EPOLLIN;
+    if (!out.ended && out.pending === undefined) events |= READABLE;
     if (into.pending !== undefined) events |= EPOLLOUT;
     this.#loop.modify(out.from.fd, events);
   }
@@ -772,7 +786,7 @@ export class EpollEngine implements Engine {
   watch(client: EngineConn, onGone: () => void): void {
     const conn = client as EpollConn;
     conn.early = { chunks: [], bytes: 0, ended: false, onGone };
-    this.#loop.add(conn.fd, EPOLLIN, conn);
+    this.#loop.add(conn.fd, READABLE, conn);
   }
 
   dial(address: HostPort, attempt: Attempt): Promise<EngineConn> {
@@ -824,7 +838,7 @@ export class EpollEngine implements Engine {
         if (error === 0) {
           // Readable is what the join will want; until then an event finds
           // no owner and is dropped (the bytes wait in the socket).
-          this.#loop.modify(fd, EPOLLIN);
+          this.#loop.modify(fd, READABLE);
           conn.owner = undefined;
           // From now on the connection's own handler (the join) takes its events.
           this.#loop.replace(fd, conn);
