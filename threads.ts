@@ -40,6 +40,8 @@ interface Thread {
   readonly worker: Worker;
   /** Set by the thread while it holds a descriptor open: what to close if it dies. */
   readonly held: Uint8Array;
+  /** It died (or was not wanted): nothing more may be posted to it. */
+  dead: boolean;
   wakeFd: number;
   /** Raised before each message posted: the thread compares it with what it has received. */
   readonly sent: Int32Array;
@@ -89,6 +91,8 @@ export class ThreadedListeners implements ListenerHost {
   #bound = new Map<string, string>();
   #stats = new Map<string, ThreadedListener>();
   #nextId = 1;
+  /** Stopping (accepting ended, or draining): a thread that dies now is not replaced. */
+  #stopped = false;
 
   constructor(options: ThreadedListenersOptions) {
     this.#count = options.threads;
@@ -150,6 +154,7 @@ export class ThreadedListeners implements ListenerHost {
   }
 
   async stopAccepting(): Promise<void> {
+    this.#stopped = true;
     await Promise.all(
       this.#threads.map((thread) => this.#request(thread, { type: "stop-accepting" })),
     );
@@ -158,6 +163,7 @@ export class ThreadedListeners implements ListenerHost {
   async drain(drainMs: number): Promise<number> {
     // Out of the list first: a thread closes its eventfd once drained, and
     // nothing may write that number after.
+    this.#stopped = true;
     const threads = this.#threads;
     this.#threads = [];
     const drained = await Promise.all(
@@ -198,6 +204,7 @@ export class ThreadedListeners implements ListenerHost {
     const thread: Thread = {
       worker,
       held: new Uint8Array(new SharedArrayBuffer(HELD_SLOTS)),
+      dead: false,
       wakeFd: -1,
       sent: new Int32Array(new SharedArrayBuffer(4)),
       waiters: new Map(),
@@ -227,21 +234,18 @@ export class ThreadedListeners implements ListenerHost {
    * unless the balancer is stopping, another thread takes its place.
    */
   async #died(thread: Thread, why: string): Promise<void> {
-    // It answers nothing more: nobody may wait on it.
+    if (thread.dead) return;
+    // Out of the list at once, and answering nothing more: nobody may wait
+    // on it, and nothing may write its eventfd's number once it is closed.
+    thread.dead = true;
     const message = `data-plane thread died: ${why}`;
+    const index = this.#threads.indexOf(thread);
+    if (index >= 0) this.#threads.splice(index, 1);
     for (const done of thread.waiters.values()) done({ id: 0, type: "failed", message });
     thread.waiters.clear();
     thread.worker.terminate();
-    let closed = 0;
-    for (let fd = 0; fd < thread.held.length; fd++) {
-      if (thread.held[fd] === 0) continue;
-      thread.held[fd] = 0;
-      this.#sys.close(fd);
-      closed++;
-    }
-    const index = this.#threads.indexOf(thread);
-    const config = this.#config;
-    const restart = index >= 0 && config !== undefined;
+    const closed = this.#closeHeld(thread);
+    const restart = index >= 0 && !this.#stopped;
     this.#onEvent({
       type: "internal-error",
       client: "-",
@@ -251,12 +255,15 @@ export class ThreadedListeners implements ListenerHost {
     if (!restart) return;
     try {
       const fresh = await this.#spawn();
-      // Stopped meanwhile, or replaced by a reload's threads: not wanted.
-      if (this.#threads[index] !== thread) {
+      // What runs now (a reload may have come meanwhile), unless stopping.
+      const config = this.#config;
+      if (this.#stopped || config === undefined) {
+        fresh.dead = true;
         fresh.worker.terminate();
+        this.#closeHeld(fresh);
         return;
       }
-      this.#threads[index] = fresh;
+      this.#threads.push(fresh);
       const reply = await this.#request(
         fresh,
         this.#configureMessage(config, this.#pools, this.#bound, config.drain_timeout_ms),
@@ -274,6 +281,18 @@ export class ThreadedListeners implements ListenerHost {
         reason: `could not start a data-plane thread in place of the dead one: ${describe(error)}`,
       });
     }
+  }
+
+  /** Closes every descriptor `thread` marked as held; returns how many. */
+  #closeHeld(thread: Thread): number {
+    let closed = 0;
+    for (let fd = 0; fd < thread.held.length; fd++) {
+      if (thread.held[fd] === 0) continue;
+      thread.held[fd] = 0;
+      this.#sys.close(fd);
+      closed++;
+    }
+    return closed;
   }
 
   /** Tests only: makes thread `index` throw from its loop, as a bug would. @internal */
@@ -356,6 +375,9 @@ export class ThreadedListeners implements ListenerHost {
 
   /** Posts `body` to `thread` and resolves with its reply (the message with its id). */
   #request(thread: Thread, body: ToThreadBody): Promise<FromThread> {
+    if (thread.dead) {
+      return Promise.resolve({ id: 0, type: "failed", message: "the data-plane thread died" });
+    }
     const id = this.#nextId++;
     const reply = this.#reply(thread, id);
     // Counted before it is posted: the thread waits until it has them all.

@@ -70,3 +70,32 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "asking the threads anything just after one died does not wait on the dead one",
+  ignore: !linux,
+  async fn() {
+    const echo = startEchoServer();
+    const died = Promise.withResolvers<void>();
+    const onEvent = (event: LoadBalancerEvent) => {
+      if (event.type === "internal-error" && event.reason.includes("thread died")) died.resolve();
+    };
+    const config = validateConfig({
+      listeners: [{ name: "default", listen: "127.0.0.1:0", pool: "default" }],
+      pools: { default: { backends: [{ address: `127.0.0.1:${echo.port}` }] } },
+    });
+    const pools = buildPools(config, { onEvent });
+    const host = new ThreadedListeners({ threads: 2, onEvent });
+    await host.start(config, pools, (listener) => `listener ${listener.name}`);
+    try {
+      host.killThreadForTest(0);
+      await died.promise;
+      // Before its replacement is in place: a change, then a drain, both answered.
+      await host.changed(pools.get("default")!);
+    } finally {
+      assert.equal(await host.drain(0), 0);
+      for (const pool of pools.values()) await pool.stop();
+      await echo.close();
+    }
+  },
+});
