@@ -64,11 +64,18 @@ import {
 
 /**
  * Bytes one read takes at most: the scratch buffer every connection shares
- * (one per thread, so its size costs nothing per connection). Measured on one
- * stream through a copying loop: 256 KiB moved 16 Gbit/s at 360 ms of CPU per
- * GB; 64 KiB 11-12 Gbit/s at 530-620; 1 MiB 12-14 Gbit/s (past the cache).
+ * (one per thread). Measured on one stream through a copying loop: 256 KiB
+ * moved 16 Gbit/s at 360 ms of CPU per GB; 64 KiB 11-12 Gbit/s at 530-620;
+ * 1 MiB 12-14 Gbit/s (past the cache).
  */
 const SCRATCH_BYTES = 256 * 1024;
+/**
+ * What one read takes for a direction whose last write came up short: the
+ * unsent rest is copied and kept per connection, so a slow reader holds at
+ * most this much. A direction whose writes keep up doubles back to
+ * {@linkcode SCRATCH_BYTES}: small while a flow is held back, large while busy.
+ */
+const SMALL_READ = 64 * 1024;
 /** Reads one bulk flow may make per wake-up: 1 MiB. */
 const BULK_READS = 4;
 /** What a watched client may send before its backend is connected. */
@@ -408,7 +415,17 @@ class EpollConn implements EngineConn, Handler {
     if (early === undefined) return;
     // Watched: take what the client sends, up to the limit; see it go.
     const { sys, scratch, scratchPointer } = this.loop;
-    const read = sys.read(this.fd, scratchPointer, EARLY_LIMIT - early.bytes);
+    const room = EARLY_LIMIT - early.bytes;
+    if (room === 0) {
+      // Full, so not reading (a read of 0 bytes would say "end of stream"
+      // whatever happened): only a hang-up or an error wakes us, at every
+      // wait. An error means the client is gone; a hang-up waits unwatched.
+      this.loop.park(this.fd);
+      if (sys.socketError(this.fd) === 0) return;
+      this.early = undefined;
+      return early.onGone();
+    }
+    const read = sys.read(this.fd, scratchPointer, room);
     if (read > 0) {
       early.chunks.push(scratch.slice(0, read));
       early.bytes += read;
@@ -417,8 +434,9 @@ class EpollConn implements EngineConn, Handler {
       early.ended = true;
       this.loop.modify(this.fd, 0);
     } else if (read !== -EAGAIN || (events & (EPOLLERR | EPOLLHUP)) !== 0) {
+      // Gone: out of the set, or its error would wake every wait until closed.
       this.early = undefined;
-      this.loop.modify(this.fd, 0);
+      this.loop.park(this.fd);
       early.onGone();
     }
   }
@@ -437,6 +455,8 @@ interface Direction {
   /** The end has been passed on to `to`. */
   shut: boolean;
   bytes: number;
+  /** What the next read takes (see {@linkcode SMALL_READ}). */
+  readSize: number;
 }
 
 /** Two connections joined by the epoll engine. */
@@ -497,8 +517,9 @@ class EpollJoin implements Joined {
         i < BULK_READS && !this.#done && !out.ended && out.pending === undefined;
         i++
       ) {
+        const asked = out.readSize;
         const read = this.#read(out);
-        if (read === SCRATCH_BYTES) continue;
+        if (read === asked) continue;
         // The peer had finished when epoll looked (EPOLLRDHUP, no error) and
         // this read emptied the socket: what follows is the end, so take it
         // without the read that would return 0 to say so.
@@ -522,7 +543,7 @@ class EpollJoin implements Joined {
   // One read from `d.from`, written straight on to `d.to`; returns what was read.
   #read(d: Direction): number {
     const { sys, scratch, scratchPointer } = this.#loop;
-    const read = sys.read(d.from.fd, scratchPointer, scratch.length);
+    const read = sys.read(d.from.fd, scratchPointer, d.readSize);
     if (read > 0) {
       this.activity++;
       this.#forward(d, scratch, read);
@@ -543,8 +564,11 @@ class EpollJoin implements Joined {
     const written = sys.write(d.to.fd, pointer, length);
     if (written === length) {
       d.bytes += length;
+      // A full read, all taken: the reader keeps up.
+      if (length === d.readSize && length < SCRATCH_BYTES) d.readSize = length * 2;
       return true;
     }
+    d.readSize = SMALL_READ;
     if (written < 0 && written !== -EAGAIN) {
       this.#fail(`${d.toSide}-reset`);
       return false;
@@ -656,7 +680,17 @@ function direction(
   fromSide: "client" | "server",
   toSide: "client" | "server",
 ): Direction {
-  return { from, to, fromSide, toSide, pending: undefined, ended: false, shut: false, bytes: 0 };
+  return {
+    from,
+    to,
+    fromSide,
+    toSide,
+    pending: undefined,
+    ended: false,
+    shut: false,
+    bytes: 0,
+    readSize: SCRATCH_BYTES,
+  };
 }
 
 /** A listening socket of the epoll engine. */
@@ -861,13 +895,13 @@ export class EpollEngine implements Engine {
     epoll.early = undefined;
     if (!epoll.closed) {
       epoll.closed = true;
-      const { sys, scratch, scratchPointer } = this.#loop;
+      const { sys, scratchPointer } = this.#loop;
       if (options.reset) {
         sys.lingerZero(epoll.fd);
       } else {
         // Linux answers a close with bytes still unread by a reset: take what
         // the client sent, so it sees the clean close it is owed.
-        for (let i = 0; i < 16 && sys.read(epoll.fd, scratchPointer, scratch.length) > 0; i++);
+        for (let i = 0; i < 16 && sys.read(epoll.fd, scratchPointer, SMALL_READ) > 0; i++);
       }
       this.#loop.close(epoll.fd);
     }

@@ -285,3 +285,37 @@ Deno.test({
     await engine.dispose();
   },
 });
+
+Deno.test({
+  name: "a client that fills what may wait before its backend answers, then resets: seen at once",
+  ignore: !linux,
+  fn: async () => {
+    const loop = new EpollLoop();
+    const engine = new EpollEngine({ loop });
+    const sys = new Sys();
+    const listener = engine.listen({ hostname: "127.0.0.1", port: 0 });
+    const client = sys.socket(AF_INET);
+    sys.connect(client, { hostname: "127.0.0.1", port: listener.address.port });
+    const accepted = await listener.accept();
+    let gone = false;
+    engine.watch(accepted, () => gone = true);
+    // More than the balancer keeps for a client whose backend is not there yet.
+    const chunk = new Uint8Array(96 * 1024).fill(7);
+    const pointer = Deno.UnsafePointer.of(chunk);
+    let sent = 0;
+    await until(() => {
+      const written = sys.write(client, pointer, chunk.length - sent);
+      if (written > 0) sent += written;
+      return (accepted as unknown as { early: { bytes: number } }).early.bytes >= 64 * 1024;
+    }, "the balancer has taken all it keeps");
+    const before = loop.wakeUps;
+    sys.lingerZero(client);
+    sys.close(client); // a reset
+    await until(() => gone, "the reset seen");
+    await until(() => false, "a while", 50).catch(() => {});
+    assert.ok(loop.wakeUps - before < 20, `${loop.wakeUps - before} wake-ups`);
+    await engine.close(accepted);
+    listener.close();
+    await engine.dispose();
+  },
+});
