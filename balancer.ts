@@ -90,20 +90,20 @@ export function eligible<B extends Candidate>(
 }
 
 /**
- * Which tier {@linkcode eligible} would draw from, without building it:
- * `false` for the primaries, `true` for the backups, undefined for none.
+ * Which tier {@linkcode eligible} would draw from, without building it;
+ * undefined when neither has a backend to offer.
  */
 function tierOf<B extends Candidate>(
   backends: readonly B[],
   tried: ReadonlySet<B>,
-): boolean | undefined {
+): "primary" | "backup" | undefined {
   let backups = false;
   for (const b of backends) {
     if (tried.has(b) || !b.usable) continue;
-    if (!b.backup) return false;
+    if (!b.backup) return "primary";
     backups = true;
   }
-  return backups ? true : undefined;
+  return backups ? "backup" : undefined;
 }
 
 /**
@@ -127,8 +127,9 @@ export class RoundRobin<B extends Candidate> implements Strategy<B> {
     // Equal weights, the common case, without building a list: this runs
     // for every connection.
     const { tried } = context;
-    const backup = tierOf(backends, tried);
-    if (backup === undefined) return undefined;
+    const tier = tierOf(backends, tried);
+    if (tier === undefined) return undefined;
+    const backup = tier === "backup";
     const fits = (b: B) => b.backup === backup && !tried.has(b) && b.usable;
     let weight: number | undefined;
     let equal = true;

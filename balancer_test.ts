@@ -121,6 +121,41 @@ Deno.test("property: smooth weighted round robin is exactly proportional over ev
   ));
 });
 
+Deno.test("property: round robin over equal weights picks as a cursor over eligible() would", () => {
+  // The reference: the rule as first written, a list and a set per pick.
+  class Reference {
+    #position = 0;
+    pick(backends: Fake[], tried: ReadonlySet<Fake>): Fake | undefined {
+      const pool = new Set(eligible(backends, tried));
+      for (let step = 0; step < backends.length; step++) {
+        const index = (this.#position + step) % backends.length;
+        if (!pool.has(backends[index]!)) continue;
+        this.#position = (index + 1) % backends.length;
+        return backends[index];
+      }
+      return undefined;
+    }
+  }
+  const state = fc.record({ usable: fc.boolean(), tried: fc.boolean() });
+  fc.assert(fc.property(
+    fc.array(fc.boolean(), { minLength: 1, maxLength: 6 }),
+    fc.array(fc.array(state, { minLength: 6, maxLength: 6 }), { minLength: 1, maxLength: 30 }),
+    (backups, steps) => {
+      const pool = backups.map((backup, i) => backend(`b${i}`, { backup }));
+      const strategy = new RoundRobin<Fake>();
+      const reference = new Reference();
+      for (const step of steps) {
+        const tried = new Set<Fake>();
+        pool.forEach((b, i) => {
+          b.usable = step[i]!.usable;
+          if (step[i]!.tried) tried.add(b);
+        });
+        assert.equal(strategy.pick(pool, { tried })?.name, reference.pick(pool, tried)?.name);
+      }
+    },
+  ));
+});
+
 // ------------------------------------------------ least connections
 
 Deno.test("least-connections avoids a backend holding a connection, and rotates ties", () => {

@@ -100,8 +100,12 @@ export class Attempt {
     return this.#reason;
   }
 
-  /** The engine's: called once if the attempt is abandoned (undefined: no longer). */
-  onAbort(callback: ((reason: unknown) => void) | undefined): void {
+  /**
+   * The engine's: what to call, once, if the attempt is abandoned; undefined
+   * once there is nothing left to abandon. One at a time (a later one
+   * replaces it); it must not throw.
+   */
+  setOnAbort(callback: ((reason: unknown) => void) | undefined): void {
     this.#onAbort = callback;
   }
 

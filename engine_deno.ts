@@ -92,11 +92,11 @@ export class DenoEngine implements Engine {
   async dial(address: HostPort, attempt: Attempt): Promise<EngineConn> {
     if (attempt.aborted) throw attempt.reason;
     const controller = new AbortController();
-    attempt.onAbort((reason) => controller.abort(reason));
+    attempt.setOnAbort((reason) => controller.abort(reason));
     try {
       return new DenoConn(await this.#dial(address, controller.signal));
     } finally {
-      attempt.onAbort(undefined);
+      attempt.setOnAbort(undefined);
     }
   }
 

@@ -116,6 +116,7 @@ export class EpollLoop implements Clock {
   readonly epfd: number;
   readonly #wakeFd: number;
   readonly #handlers: (Handler | undefined)[] = [];
+  /** What each descriptor is watched for; {@linkcode PARKED} while out of the set. */
   readonly #interest: number[] = [];
   readonly #generations: number[] = [];
   readonly #events = new Uint8Array(BATCH * EPOLL_EVENT_BYTES);
@@ -139,6 +140,8 @@ export class EpollLoop implements Clock {
   // An owned loop's timers, in deadline order.
   #timers: LoopTimer[] = [];
   #nextTimer = 1;
+  /** An owned loop's time, read once per wake-up (see {@linkcode EpollLoop.now}). */
+  #now = performance.now();
 
   constructor(options: { owned?: boolean } = {}) {
     this.#owned = options.owned ?? false;
@@ -198,8 +201,6 @@ export class EpollLoop implements Clock {
   now(): number {
     return this.#owned ? this.#now : performance.now();
   }
-
-  #now = performance.now();
 
   setTimer(callback: () => void, ms: number, options?: { unref?: boolean }): number {
     if (!this.#owned) return realClock.setTimer(callback, ms, options);
@@ -292,7 +293,11 @@ export class EpollLoop implements Clock {
 
   #fireTimers(): void {
     const now = this.now();
+    // Only timers set before this pass: one that keeps setting itself again
+    // at 0 ms must not keep the loop from epoll_wait.
+    const setBefore = this.#nextTimer;
     while (this.#timers.length > 0 && this.#timers[0]!.at <= now) {
+      if (this.#timers[0]!.id >= setBefore) break;
       this.#timers.shift()!.callback();
     }
   }
@@ -305,8 +310,8 @@ export class EpollLoop implements Clock {
       // Out of the set until there is something to watch for again.
       if (events === 0) return;
       this.#interest[fd] = events;
-      const op = EPOLL_CTL_ADD;
-      this.sys.epollCtl(this.epfd, op, fd, events, this.#generations[fd]!, this.#ctlEvent);
+      const generation = this.#generations[fd]!;
+      this.sys.epollCtl(this.epfd, EPOLL_CTL_ADD, fd, events, generation, this.#ctlEvent);
       return;
     }
     this.#interest[fd] = events;
@@ -359,11 +364,11 @@ export class EpollLoop implements Clock {
   async #run(): Promise<void> {
     while (this.#registered > 0) {
       const count = await this.sys.epollWaitAsync(this.epfd, this.#eventsPointer, BATCH, -1);
-      this.wakeUps++;
       if (count < 0) {
         if (count === -EINTR) continue;
         throw errnoError(count, "epoll_wait");
       }
+      if (count > 0) this.wakeUps++;
       this.dispatch(this.#eventsView, count);
     }
     this.#running = undefined;
@@ -522,7 +527,8 @@ class EpollJoin implements Joined {
         if (read === asked) continue;
         // The peer had finished when epoll looked (EPOLLRDHUP, no error) and
         // this read emptied the socket: what follows is the end, so take it
-        // without the read that would return 0 to say so.
+        // without the read that would return 0 to say so. (TCP urgent data
+        // would stop a read early; like HAProxy, we do not carry it.)
         if (read > 0 && (events & (EPOLLRDHUP | EPOLLERR)) === EPOLLRDHUP && !this.#done) {
           this.#end(out);
         }
@@ -833,7 +839,11 @@ export class EpollEngine implements Engine {
           this.#connect(targetOf(host, address.port), attempt)
         );
       }
-      target = targetOf(address.hostname, address.port);
+      try {
+        target = targetOf(address.hostname, address.port);
+      } catch (error) {
+        return Promise.reject(error); // not an address after all
+      }
       this.#targets.set(address, target);
     }
     return this.#connect(target, attempt);
@@ -856,14 +866,9 @@ export class EpollEngine implements Engine {
     // Connected at once (loopback can be) or in progress: either way, wait
     // for writability, which also reports a failure.
     const { promise, resolve, reject } = Promise.withResolvers<EngineConn>();
-    attempt.onAbort((reason) => {
-      conn.closed = true;
-      this.#loop.close(fd);
-      reject(reason);
-    });
-    this.#loop.add(fd, EPOLLOUT, {
-      onEvents: (events) => {
-        attempt.onAbort(undefined);
+    const handler = {
+      onEvents: (events: number) => {
+        attempt.setOnAbort(undefined);
         // Writable without an error or hang-up: connected. Only a failure
         // costs the getsockopt(SO_ERROR) that says why.
         const error = (events & (EPOLLERR | EPOLLHUP)) === 0
@@ -882,6 +887,17 @@ export class EpollEngine implements Engine {
         this.#loop.close(fd);
         reject(errnoError(-error, `connect ${name}`));
       },
+    };
+    try {
+      this.#loop.add(fd, EPOLLOUT, handler);
+    } catch (error) {
+      this.#loop.close(fd);
+      return Promise.reject(error);
+    }
+    attempt.setOnAbort((reason) => {
+      conn.closed = true;
+      this.#loop.close(fd);
+      reject(reason);
     });
     return promise;
   }

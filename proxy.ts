@@ -79,7 +79,7 @@ export class LoadBalancer {
   // none still connecting may start another attempt.
   #cutting = false;
   // Aborted when we stop accepting: ends an accept backoff early.
-  readonly #stopAccepting = new AbortController();
+  readonly #acceptBackoff = new AbortController();
   #stoppedAccepting = false;
   readonly #connections = new Set<Connection>();
   #sweeper: number | undefined;
@@ -153,7 +153,7 @@ export class LoadBalancer {
   /** Closes the listening socket; resolves once its accept loop has ended. */
   async stopAccepting(): Promise<void> {
     this.#stoppedAccepting = true;
-    this.#stopAccepting.abort();
+    this.#acceptBackoff.abort();
     this.#roomFreed?.resolve();
     try {
       this.#listener.close();
@@ -262,7 +262,7 @@ export class LoadBalancer {
             warnedAt = this.#clock.now();
             warned = true;
           }
-          await sleep(this.#clock, backoffMs, this.#stopAccepting.signal);
+          await sleep(this.#clock, backoffMs, this.#acceptBackoff.signal);
           continue;
         }
       }
