@@ -19,6 +19,7 @@ const ENTRY_POINTS = [
 const ENGINE_ONLY = [
   "engine_deno.ts",
   "engine_epoll.ts",
+  "epoll_loop.ts",
   "bridge.ts",
   "libc.ts",
   "threads.ts",

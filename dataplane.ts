@@ -14,7 +14,8 @@
 
 import { formatHostPort, parseHostPort } from "./address.ts";
 import { createStrategy } from "./balancer.ts";
-import { EpollEngine, EpollLoop } from "./engine_epoll.ts";
+import { EpollEngine } from "./engine_epoll.ts";
+import { EpollLoop } from "./epoll_loop.ts";
 import { describe } from "./errors.ts";
 import type { LoadBalancerEvent } from "./events.ts";
 import { shiftHealth } from "./health.ts";

@@ -12,23 +12,17 @@
  *   most one pending chunk per direction, never a queue);
  * - a side's end of stream is passed on (`shutdown(SHUT_WR)`) once what it
  *   sent before has been written;
- * - a generation number guards every descriptor: an event carries the
- *   generation it was registered with, and one for a descriptor closed (and
- *   its number reused) earlier in the same batch is dropped.
- *
- * The loop runs owned, in a data-plane Worker that blocks in `epoll_wait`
- * itself (dataplane.ts, threads.ts), or attached, in the caller's thread,
- * for in-process tests: `epoll_wait` then runs on a thread of Deno's (a
- * nonblocking FFI call, once per batch of events, never per connection) so
- * the caller's event loop runs on (see docs/architecture.md).
+ * - every descriptor is registered through the loop (epoll_loop.ts), whose
+ *   generation numbers keep a stale event from reaching a new owner.
  *
  * @module
  */
 
 import { lookup } from "node:dns/promises";
 import type { HostPort } from "./address.ts";
-import { type Clock, realClock } from "./clock.ts";
+import type { Clock } from "./clock.ts";
 import type { Attempt, Engine, EngineConn, EngineListener, Joined, JoinResult } from "./engine.ts";
+import { EpollLoop, type Handler, SCRATCH_BYTES } from "./epoll_loop.ts";
 import type { JoinEnd } from "./events.ts";
 import {
   AF_INET,
@@ -38,16 +32,8 @@ import {
   ECONNABORTED,
   ECONNREFUSED,
   EINPROGRESS,
-  EINTR,
   encodeSockaddr,
-  EPOLL_CTL_ADD,
-  EPOLL_CTL_DEL,
-  EPOLL_CTL_MOD,
-  EPOLL_EVENT_BYTES,
   EPOLLERR,
-  epollEvents,
-  epollFd,
-  epollGeneration,
   EPOLLHUP,
   EPOLLIN,
   EPOLLOUT,
@@ -58,17 +44,9 @@ import {
   SO_REUSEPORT,
   SOCKADDR_IN6_BYTES,
   SOL_SOCKET,
-  Sys,
   TCP_NODELAY,
 } from "./libc.ts";
 
-/**
- * Bytes one read takes at most: the scratch buffer every connection shares
- * (one per thread). Measured on one stream through a copying loop: 256 KiB
- * moved 16 Gbit/s at 360 ms of CPU per GB; 64 KiB 11-12 Gbit/s at 530-620;
- * 1 MiB 12-14 Gbit/s (past the cache).
- */
-const SCRATCH_BYTES = 256 * 1024;
 /**
  * What one read takes for a direction whose last write came up short: the
  * unsent rest is copied and kept per connection, so a slow reader holds at
@@ -80,324 +58,11 @@ const SMALL_READ = 64 * 1024;
 const BULK_READS = 4;
 /** What a watched client may send before its backend is connected. */
 const EARLY_LIMIT = 65536;
-/** Events taken from one `epoll_wait`. */
-const BATCH = 256;
 /**
  * What a side we read from is watched for: data, and the peer's end of
  * stream on its own (EPOLLRDHUP), which spares the read that returns 0.
  */
 const READABLE = EPOLLIN | EPOLLRDHUP;
-/** The interest of a descriptor taken out of the epoll set for now ({@linkcode EpollLoop.park}). */
-const PARKED = -1;
-
-/** Something the loop calls when its descriptor has events. */
-interface Handler {
-  onEvents(events: number): void;
-}
-
-/** A timer of an owned loop. */
-interface LoopTimer {
-  id: number;
-  at: number;
-  callback: () => void;
-}
-
-/**
- * The epoll set, and the handler of each registered descriptor.
- *
- * Two ways to run it. Attached (the default): it starts itself when a
- * descriptor is added and waits on a thread of Deno's, so the caller's event
- * loop runs on. Owned ({@linkcode EpollLoop.runOwned}, in a data-plane
- * Worker): the thread blocks in `epoll_wait` itself, with the timeout set by
- * the loop's own timers — the loop is then the thread's {@linkcode Clock}.
- */
-export class EpollLoop implements Clock {
-  readonly sys = new Sys();
-  readonly epfd: number;
-  readonly #wakeFd: number;
-  readonly #handlers: (Handler | undefined)[] = [];
-  /** What each descriptor is watched for; {@linkcode PARKED} while out of the set. */
-  readonly #interest: number[] = [];
-  readonly #generations: number[] = [];
-  readonly #events = new Uint8Array(BATCH * EPOLL_EVENT_BYTES);
-  readonly #eventsView = new DataView(this.#events.buffer);
-  readonly #eventsPointer = Deno.UnsafePointer.of(this.#events);
-  readonly #ctl = new Uint8Array(EPOLL_EVENT_BYTES);
-  readonly #ctlEvent = {
-    view: new DataView(this.#ctl.buffer),
-    pointer: Deno.UnsafePointer.of(this.#ctl),
-  };
-  /** The shared read buffer, and the pointer libc reads into. */
-  readonly scratch = new Uint8Array(SCRATCH_BYTES);
-  readonly scratchPointer = Deno.UnsafePointer.of(this.scratch);
-  #running: Promise<void> | undefined;
-  #registered = 0;
-  /** Waits that returned events: a spinning loop shows here. @internal (tests) */
-  wakeUps = 0;
-  /** Marks, by descriptor number, of what this loop holds open (see {@linkcode EpollLoop.track}). */
-  #held: Uint8Array | undefined;
-  readonly #owned: boolean;
-  // An owned loop's timers, in deadline order.
-  #timers: LoopTimer[] = [];
-  #nextTimer = 1;
-  /** An owned loop's time, read once per wake-up (see {@linkcode EpollLoop.now}). */
-  #now = performance.now();
-
-  constructor(options: { owned?: boolean } = {}) {
-    this.#owned = options.owned ?? false;
-    this.epfd = this.#check(this.sys.epollCreate(), "epoll_create1");
-    this.#wakeFd = this.#check(this.sys.eventfd(), "eventfd");
-    this.#check(
-      this.sys.epollCtl(this.epfd, EPOLL_CTL_ADD, this.#wakeFd, EPOLLIN, 0, this.#ctlEvent),
-      "epoll_ctl",
-    );
-  }
-
-  #check(result: number, what: string): number {
-    if (result < 0) throw errnoError(result, what);
-    return result;
-  }
-
-  /**
-   * Marks in `held` (shared with the main thread) every descriptor this loop
-   * holds open, from now on: if this thread dies, the main thread closes
-   * them, so its listening sockets stop taking connections nobody serves.
-   */
-  track(held: Uint8Array): void {
-    this.#held = held;
-    this.hold(this.epfd);
-    this.hold(this.#wakeFd);
-  }
-
-  /** Marks `fd` as held open here (a socket just made or accepted). */
-  hold(fd: number): void {
-    if (this.#held !== undefined && fd >= 0 && fd < this.#held.length) this.#held[fd] = 1;
-  }
-
-  /** Watches `fd` for `events`, calling `handler`; starts the loop if it is idle. */
-  add(fd: number, events: number, handler: Handler): void {
-    const generation = ((this.#generations[fd] ?? 0) + 1) >>> 0;
-    const added = this.sys.epollCtl(
-      this.epfd,
-      EPOLL_CTL_ADD,
-      fd,
-      events,
-      generation,
-      this.#ctlEvent,
-    );
-    if (added < 0) throw errnoError(added, "epoll_ctl");
-    this.#handlers[fd] = handler;
-    this.#interest[fd] = events;
-    this.#generations[fd] = generation;
-    this.#registered++;
-    this.hold(fd);
-    if (!this.#owned) this.#running ??= this.#run();
-  }
-
-  /**
-   * An owned loop reads the time once per wake-up, as HAProxy and NGINX do:
-   * every connection in a batch sees the same instant.
-   */
-  now(): number {
-    return this.#owned ? this.#now : performance.now();
-  }
-
-  setTimer(callback: () => void, ms: number, options?: { unref?: boolean }): number {
-    if (!this.#owned) return realClock.setTimer(callback, ms, options);
-    const timer = { id: this.#nextTimer++, at: this.now() + Math.max(0, ms), callback };
-    let at = this.#timers.length;
-    while (at > 0 && this.#timers[at - 1]!.at > timer.at) at--;
-    this.#timers.splice(at, 0, timer);
-    return timer.id;
-  }
-
-  clearTimer(id: number | undefined): void {
-    if (!this.#owned) return realClock.clearTimer(id);
-    const at = this.#timers.findIndex((timer) => timer.id === id);
-    if (at >= 0) this.#timers.splice(at, 1);
-  }
-
-  /**
-   * Runs an owned loop until `stop()` says so: waits in `epoll_wait` (this
-   * thread blocks; the timeout is the next timer's), hands events to their
-   * handlers, fires due timers, lets promise callbacks run. Before it blocks
-   * it yields once to the thread's event loop, so every callback queued so
-   * far has run; `onWake` is called after an {@linkcode EpollLoop.nudge}
-   * (a message may be waiting), after such a yield.
-   */
-  async runOwned(stop: () => boolean, onWake: () => boolean): Promise<void> {
-    let woken = false;
-    let idle = false;
-    while (!stop()) {
-      // Busy: poll. About to block: first let the event loop run (messages,
-      // promise callbacks that queue more callbacks).
-      if (idle || woken) {
-        await this.#yieldTurn();
-        this.#now = performance.now();
-        // The message may come a turn after its wake-up: keep looking until it has.
-        if (woken) woken = !onWake();
-        if (stop()) break;
-      }
-      const next = this.#timers[0];
-      const timeout = idle && !woken
-        ? (next === undefined ? -1 : Math.max(0, Math.ceil(next.at - this.now())))
-        : 0;
-      const count = this.sys.epollWait(this.epfd, this.#eventsPointer, BATCH, timeout);
-      this.#now = performance.now();
-      if (count > 0) this.wakeUps++;
-      if (count < 0 && count !== -EINTR) throw errnoError(count, "epoll_wait");
-      if (count > 0 && this.#dispatchOwned(this.#eventsView, count)) woken = true;
-      this.#fireTimers();
-      idle = count <= 0;
-      // Promise callbacks queued by the handlers run here.
-      await null;
-    }
-  }
-
-  // One turn of the thread's event loop, through a message to ourselves: a
-  // task, so every promise callback queued before runs first, without the
-  // delay a timer would add.
-  #turn: { port: MessagePort; resolve: (() => void) | undefined } | undefined;
-
-  #yieldTurn(): Promise<void> {
-    if (this.#turn === undefined) {
-      const channel = new MessageChannel();
-      const turn: { port: MessagePort; resolve: (() => void) | undefined } = {
-        port: channel.port1,
-        resolve: undefined,
-      };
-      channel.port2.onmessage = () => turn.resolve?.();
-      this.#turn = turn;
-    }
-    const turn = this.#turn;
-    return new Promise((resolve) => {
-      turn.resolve = resolve;
-      turn.port.postMessage(null);
-    });
-  }
-
-  /** The eventfd that {@linkcode EpollLoop.nudge} writes; another thread may write it too. */
-  get wakeFd(): number {
-    return this.#wakeFd;
-  }
-
-  // Like dispatch(), saying whether the wake-up descriptor was among the events.
-  #dispatchOwned(view: DataView, count: number): boolean {
-    let woken = false;
-    for (let i = 0; i < count; i++) {
-      if (epollFd(view, i) === this.#wakeFd) woken = true;
-    }
-    this.dispatch(view, count);
-    return woken;
-  }
-
-  #fireTimers(): void {
-    const now = this.now();
-    // Only timers set before this pass: one that keeps setting itself again
-    // at 0 ms must not keep the loop from epoll_wait.
-    const setBefore = this.#nextTimer;
-    while (this.#timers.length > 0 && this.#timers[0]!.at <= now) {
-      if (this.#timers[0]!.id >= setBefore) break;
-      this.#timers.shift()!.callback();
-    }
-  }
-
-  /** Changes what `fd` is watched for (a no-op when it is already that). */
-  modify(fd: number, events: number): void {
-    const interest = this.#interest[fd];
-    if (interest === events) return;
-    if (interest === PARKED) {
-      // Out of the set until there is something to watch for again.
-      if (events === 0) return;
-      this.#interest[fd] = events;
-      const generation = this.#generations[fd]!;
-      this.sys.epollCtl(this.epfd, EPOLL_CTL_ADD, fd, events, generation, this.#ctlEvent);
-      return;
-    }
-    this.#interest[fd] = events;
-    this.sys.epollCtl(this.epfd, EPOLL_CTL_MOD, fd, events, this.#generations[fd]!, this.#ctlEvent);
-  }
-
-  /**
-   * Takes `fd` out of the epoll set until {@linkcode EpollLoop.modify} asks
-   * for events again: the kernel reports a hang-up at every wait whatever
-   * we ask for, so a hung-up socket we are not reading would spin the loop.
-   */
-  park(fd: number): void {
-    if (this.#interest[fd] === PARKED || this.#handlers[fd] === undefined) return;
-    this.#interest[fd] = PARKED;
-    this.sys.epollCtl(this.epfd, EPOLL_CTL_DEL, fd, 0, 0, this.#ctlEvent);
-  }
-
-  /** Hands `fd`'s events to another handler, keeping its registration. */
-  replace(fd: number, handler: Handler): void {
-    this.#handlers[fd] = handler;
-  }
-
-  /** Stops watching `fd` and closes it; a later event for its number is dropped. */
-  close(fd: number): void {
-    if (this.#handlers[fd] !== undefined) {
-      // No EPOLL_CTL_DEL: closing the one descriptor of a socket (we never
-      // duplicate one) takes it out of the epoll set, one system call fewer.
-      this.#handlers[fd] = undefined;
-      this.#interest[fd] = 0;
-      this.#generations[fd] = ((this.#generations[fd] ?? 0) + 1) >>> 0;
-      // Nothing left to watch: let a wait in progress return, so the loop ends.
-      if (--this.#registered === 0) this.nudge();
-    }
-    if (this.#held !== undefined && fd < this.#held.length) this.#held[fd] = 0;
-    this.sys.close(fd);
-  }
-
-  /** Resolves once the loop has ended (nothing registered). */
-  idle(): Promise<void> {
-    return this.#running ?? Promise.resolve();
-  }
-
-  /** Waits for the loop to end, then closes the epoll set itself. */
-  async dispose(): Promise<void> {
-    await this.idle();
-    this.close(this.#wakeFd);
-    this.close(this.epfd);
-  }
-
-  async #run(): Promise<void> {
-    while (this.#registered > 0) {
-      const count = await this.sys.epollWaitAsync(this.epfd, this.#eventsPointer, BATCH, -1);
-      if (count < 0) {
-        if (count === -EINTR) continue;
-        throw errnoError(count, "epoll_wait");
-      }
-      if (count > 0) this.wakeUps++;
-      this.dispatch(this.#eventsView, count);
-    }
-    this.#running = undefined;
-  }
-
-  /** Hands each of `count` events in `view` to its descriptor's handler. @internal (tests) */
-  dispatch(view: DataView, count: number): void {
-    for (let i = 0; i < count; i++) {
-      const fd = epollFd(view, i);
-      if (fd === this.#wakeFd) {
-        this.sys.drain(this.#wakeFd);
-        continue;
-      }
-      // Closed, or closed and reused, earlier in this batch: not for its new owner.
-      if (epollGeneration(view, i) !== this.#generations[fd]) continue;
-      this.#handlers[fd]?.onEvents(epollEvents(view, i));
-    }
-  }
-
-  /** The generation `fd` is registered with now. @internal (tests) */
-  generation(fd: number): number | undefined {
-    return this.#generations[fd];
-  }
-
-  /** Wakes a loop waiting with nothing to do, so it notices new registrations or the end. */
-  nudge(): void {
-    this.sys.wake(this.#wakeFd);
-  }
-}
 
 /** A connection the epoll engine holds. */
 class EpollConn implements EngineConn, Handler {

@@ -5,7 +5,8 @@
 
 import assert from "node:assert/strict";
 import { Attempt } from "./engine.ts";
-import { EpollEngine, EpollLoop } from "./engine_epoll.ts";
+import { EpollEngine } from "./engine_epoll.ts";
+import { EpollLoop } from "./epoll_loop.ts";
 import {
   AF_INET,
   encodeEpollEvent,
