@@ -183,15 +183,21 @@ export class EpollLoop implements Clock {
     while (!stop()) {
       // Busy: poll. About to block: first let the event loop run (messages,
       // promise callbacks that queue more callbacks).
+      let took = false;
       if (idle || woken) {
         await this.#yieldTurn();
         this.#now = performance.now();
         // The message may come a turn after its wake-up: keep looking until it has.
-        if (woken) woken = !onWake();
+        if (woken) {
+          woken = !onWake();
+          took = true;
+        }
         if (stop()) break;
       }
+      // What onWake took runs in promise callbacks queued just now: poll, and
+      // let them run (the next turn) before any wait that could block.
       const next = this.#timers[0];
-      const timeout = idle && !woken
+      const timeout = idle && !woken && !took
         ? (next === undefined ? -1 : Math.max(0, Math.ceil(next.at - this.now())))
         : 0;
       const count = this.sys.epollWait(this.epfd, this.#eventsPointer, BATCH, timeout);
@@ -209,15 +215,18 @@ export class EpollLoop implements Clock {
   // One turn of the thread's event loop, through a message to ourselves: a
   // task, so every promise callback queued before runs first, without the
   // delay a timer would add.
-  #turn: { port: MessagePort; resolve: (() => void) | undefined } | undefined;
+  #turn:
+    | { port: MessagePort; resolve: (() => void) | undefined; channel: MessageChannel }
+    | undefined;
 
   #yieldTurn(): Promise<void> {
     if (this.#turn === undefined) {
       const channel = new MessageChannel();
-      const turn: { port: MessagePort; resolve: (() => void) | undefined } = {
-        port: channel.port1,
-        resolve: undefined,
-      };
+      const turn: {
+        port: MessagePort;
+        resolve: (() => void) | undefined;
+        channel: MessageChannel;
+      } = { port: channel.port1, resolve: undefined, channel };
       channel.port2.onmessage = () => turn.resolve?.();
       this.#turn = turn;
     }
@@ -309,6 +318,9 @@ export class EpollLoop implements Clock {
   /** Waits for the loop to end, then closes the epoll set itself. */
   async dispose(): Promise<void> {
     await this.idle();
+    this.#turn?.channel.port1.close();
+    this.#turn?.channel.port2.close();
+    this.#turn = undefined;
     this.close(this.#wakeFd);
     this.close(this.epfd);
   }
