@@ -101,6 +101,14 @@ async function run(args: readonly string[], sigusr1Warning: string | undefined):
   }
   if (plan.config.workers > 1 && !flags.asWorker) {
     plan.accessLog.close(); // the workers write it
+    if (plan.config.engine === "epoll" || (plan.config.engine === "auto" && epollPossible())) {
+      // Measured the same per request and per connection (docs/benchmark.md).
+      logDiagnostic(
+        `--workers ${plan.config.workers} on the epoll engine: --threads ${plan.config.workers} ` +
+          "does the same in one process, with one admin API, one set of metrics and one access " +
+          "log; prefer it",
+      );
+    }
     const listener = plan.config.listeners[0]!;
     return await supervise({
       listen: parseHostPort(listener.listen, { allowPortZero: true }),

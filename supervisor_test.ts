@@ -11,6 +11,7 @@ import {
   startBalancerProcess,
   startEchoServer,
   startTaggedServer,
+  TEST_ENGINE,
   writeAll,
 } from "./test_util.ts";
 
@@ -35,6 +36,9 @@ Deno.test("--workers 2 runs two processes, both listening on one port, and traff
       listening.map((line) => /^\[worker (\d)\]/.exec(line)?.[1]).sort(),
       ["1", "2"],
     );
+    // On the epoll engine, threads do the same in one process: it says so.
+    const advice = lb.stderr.some((line) => /--threads 2 does the same .* prefer it/.test(line));
+    assert.equal(advice, TEST_ENGINE === "epoll");
   } finally {
     await lb.close();
     await echo.close();
