@@ -20,12 +20,14 @@ import { describe } from "./errors.ts";
 import type { LoadBalancerEvent } from "./events.ts";
 import { shiftHealth } from "./health.ts";
 import { Backend, Pool } from "./pool.ts";
-import type {
-  BackendCounts,
-  BackendSnapshot,
-  FromThread,
-  PoolSnapshot,
-  ToThread,
+import {
+  type BackendCounts,
+  type BackendSnapshot,
+  type FromThread,
+  type PackedRecord,
+  packRecord,
+  type PoolSnapshot,
+  type ToThread,
 } from "./protocol.ts";
 import { LoadBalancer } from "./proxy.ts";
 
@@ -60,7 +62,7 @@ let received = 0;
 let sent: Int32Array | undefined;
 /** Messages are handled one after another, in order, each to its end. */
 let handling: Promise<void> = Promise.resolve();
-const events: LoadBalancerEvent[] = [];
+const events: (LoadBalancerEvent | PackedRecord)[] = [];
 let pools = new Map<string, Pool>();
 let listeners = new Map<string, LoadBalancer>();
 let finished = false;
@@ -74,7 +76,7 @@ scope.onmessage = (event) => {
 function onEvent(event: LoadBalancerEvent): void {
   // The main thread decides backends' health, and says so itself.
   if (event.type === "backend-state") return;
-  events.push(event);
+  events.push(event.type === "connection" ? packRecord(event.record) : event);
   if (events.length >= FLUSH_AT_EVENTS) flush();
   else flushTimer ??= loop.setTimer(flush, FLUSH_EVERY_MS);
 }

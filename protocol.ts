@@ -13,7 +13,7 @@
  */
 
 import type { StrategyName } from "./balancer.ts";
-import type { LoadBalancerEvent } from "./events.ts";
+import type { AccessRecord, ConnectionEnd, LoadBalancerEvent } from "./events.ts";
 import type { Health, HealthSettings } from "./health.ts";
 import type { PoolSettings } from "./pool.ts";
 
@@ -113,10 +113,10 @@ export type FromThreadBody =
   | { readonly type: "listening"; readonly addresses: readonly string[] }
   /** A listener could not be bound, or the configuration not applied. */
   | { readonly type: "failed"; readonly message: string }
-  /** What happened since the last batch. */
+  /** What happened since the last batch, in order; access records packed. */
   | {
     readonly type: "batch";
-    readonly events: readonly LoadBalancerEvent[];
+    readonly events: readonly (LoadBalancerEvent | PackedRecord)[];
     readonly backends: readonly BackendCounts[];
     /** Client connections in progress, per listener name. */
     readonly active: Readonly<Record<string, number>>;
@@ -127,3 +127,40 @@ export type FromThreadBody =
   | { readonly type: "stopped" }
   /** Drained: every listener closed; `cut` connections were cut at the timeout. */
   | { readonly type: "drained"; readonly cut: number };
+
+/**
+ * An access record as a thread sends it: its fields in a fixed order, the
+ * time in milliseconds since the epoch. An array of plain values costs less
+ * to copy between threads than an object with named fields and a Date, and
+ * there is one per connection.
+ */
+export type PackedRecord = readonly [
+  time: number,
+  listener: string,
+  client: string,
+  backend: string | undefined,
+  bytesIn: number,
+  bytesOut: number,
+  durationMs: number,
+  end: ConnectionEnd,
+];
+
+/** Packs a record for the trip to the main thread. */
+export function packRecord(record: AccessRecord): PackedRecord {
+  return [
+    record.time.getTime(),
+    record.listener,
+    record.client,
+    record.backend,
+    record.bytesIn,
+    record.bytesOut,
+    record.durationMs,
+    record.end,
+  ];
+}
+
+/** The record {@linkcode packRecord} packed. */
+export function unpackRecord(packed: PackedRecord): AccessRecord {
+  const [time, listener, client, backend, bytesIn, bytesOut, durationMs, end] = packed;
+  return { time: new Date(time), listener, client, backend, bytesIn, bytesOut, durationMs, end };
+}

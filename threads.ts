@@ -26,7 +26,13 @@ import { shiftHealth } from "./health.ts";
 import { Sys } from "./libc.ts";
 import { DURATION_BUCKETS, Histogram } from "./metrics.ts";
 import type { Pool } from "./pool.ts";
-import type { FromThread, PoolSnapshot, ToThreadBody } from "./protocol.ts";
+import {
+  type FromThread,
+  type PackedRecord,
+  type PoolSnapshot,
+  type ToThreadBody,
+  unpackRecord,
+} from "./protocol.ts";
 import type { ListenerConfig, ListenerHost, Where } from "./runtime.ts";
 
 /**
@@ -421,11 +427,14 @@ export class ThreadedListeners implements ListenerHost {
         else backend.recordConnect(false, outcome);
       }
     }
-    for (const event of batch.events) {
-      if (event.type === "connection") {
-        this.#stats.get(event.record.listener)?.durations.observe(event.record.durationMs / 1000);
+    for (const item of batch.events) {
+      if (!Array.isArray(item)) {
+        this.#onEvent(item as LoadBalancerEvent);
+        continue;
       }
-      this.#onEvent(event);
+      const record = unpackRecord(item as PackedRecord);
+      this.#stats.get(record.listener)?.durations.observe(record.durationMs / 1000);
+      this.#onEvent({ type: "connection", record });
     }
   }
 }
