@@ -31,6 +31,41 @@ const SO_RCVBUF = 8;
 
 const linux = Deno.build.os === "linux";
 
+/**
+ * A client accepted by `engine`'s listener (watched) and a backend dialled
+ * for it, not yet joined; `close()` closes the test's own ends and the engine.
+ */
+async function clientAndBackend(engine: EpollEngine) {
+  const backendListener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const listener = engine.listen({ hostname: "127.0.0.1", port: 0 });
+  const client = await Deno.connect({ hostname: "127.0.0.1", port: listener.address.port });
+  const accepted = await listener.accept();
+  engine.watch(accepted, () => {});
+  const server = await engine.dial(
+    { hostname: "127.0.0.1", port: backendListener.addr.port },
+    new Attempt(),
+  );
+  const backend = await backendListener.accept();
+  return {
+    client,
+    accepted,
+    server,
+    backend,
+    async close() {
+      for (const conn of [client, backend]) {
+        try {
+          conn.close();
+        } catch {
+          // Closed by the test already.
+        }
+      }
+      listener.close();
+      backendListener.close();
+      await engine.dispose();
+    },
+  };
+}
+
 Deno.test({
   name:
     "a descriptor closed and reused within one batch: its stale event never reaches the new owner",
@@ -178,16 +213,7 @@ Deno.test({
   ignore: !linux,
   fn: async () => {
     const engine = new EpollEngine();
-    const backendListener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    const listener = engine.listen({ hostname: "127.0.0.1", port: 0 });
-    const client = await Deno.connect({ hostname: "127.0.0.1", port: listener.address.port });
-    const accepted = await listener.accept();
-    engine.watch(accepted, () => {});
-    const server = await engine.dial(
-      { hostname: "127.0.0.1", port: backendListener.addr.port },
-      new Attempt(),
-    );
-    const backend = await backendListener.accept();
+    const { client, accepted, server, backend, close } = await clientAndBackend(engine);
     const joined = engine.join(accepted, server);
     await backend.closeWrite(); // the server's end, passed to the client
     assert.equal(await client.read(new Uint8Array(8)), null);
@@ -197,10 +223,7 @@ Deno.test({
     // The join settles as a reset (it used to spin on the error event, unsettled).
     const result = await joined.result;
     assert.equal(result.end, "server-reset");
-    client.close();
-    listener.close();
-    backendListener.close();
-    await engine.dispose();
+    await close();
   },
 });
 
@@ -264,26 +287,14 @@ Deno.test({
   fn: async () => {
     const engine = new EpollEngine();
     const sys = new Sys();
-    const backendListener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    const listener = engine.listen({ hostname: "127.0.0.1", port: 0 });
-    const client = await Deno.connect({ hostname: "127.0.0.1", port: listener.address.port });
-    const accepted = await listener.accept();
-    const server = await engine.dial(
-      { hostname: "127.0.0.1", port: backendListener.addr.port },
-      new Attempt(),
-    );
-    const backend = await backendListener.accept();
+    const { accepted, server, close } = await clientAndBackend(engine);
     for (const conn of [accepted, server]) {
       const fd = (conn as unknown as { fd: number }).fd;
       assert.equal(sys.getInt(fd, IPPROTO_TCP, TCP_NODELAY), 1);
     }
     await engine.close(accepted);
     await engine.close(server);
-    backend.close();
-    client.close();
-    listener.close();
-    backendListener.close();
-    await engine.dispose();
+    await close();
   },
 });
 
