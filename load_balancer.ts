@@ -121,7 +121,7 @@ async function run(args: readonly string[], sigusr1Warning: string | undefined):
     });
   }
   const stopped = Promise.withResolvers<number>();
-  const signals = listenForSignals(stopped.resolve);
+  const signals = listenForSignals(stopped.resolve, { worker: flags.asWorker });
   // The epoll engine runs in data-plane threads; the deno engine in this one.
   const epoll = plan.config.engine === "epoll" ||
     (plan.config.engine === "auto" && epollPossible());
@@ -192,19 +192,27 @@ async function makePlan(flags: LoadBalancerFlags): Promise<Plan> {
   }
 }
 
+/** How soon after a worker's first SIGINT/SIGTERM a second one is taken for the same request. */
+const SAME_REQUEST_MS = 1000;
+
 /**
  * Listens for signals from the start, so that one sent right after the
  * readiness line never meets the default action (which ends the process).
  * Before serving, SIGINT/SIGTERM end the start and the others are dropped.
  */
-function listenForSignals(exit: (code: number) => void) {
+function listenForSignals(exit: (code: number) => void, options: { worker: boolean }) {
   let runtime: Runtime | undefined;
   let stopping = false;
+  let stoppingAt = 0;
   const stop = async (signal: string) => {
     if (runtime === undefined) {
       logDiagnostic(`${signal} before serving: exiting`);
       return exit(0);
     }
+    // A signal to the whole process group (Ctrl-C in a terminal, systemd's
+    // stop) reaches a worker twice: from the kernel, and passed on by its
+    // supervisor. Within a second, the second is the same request.
+    if (stopping && options.worker && performance.now() - stoppingAt < SAME_REQUEST_MS) return;
     if (stopping) {
       logDiagnostic(
         `${signal} again: exiting now, cutting ${runtime.activeConnections} connection(s)`,
@@ -213,6 +221,7 @@ function listenForSignals(exit: (code: number) => void) {
       return exit(1);
     }
     stopping = true;
+    stoppingAt = performance.now();
     await runtime.shutdown(signal);
     exit(0);
   };

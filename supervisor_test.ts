@@ -77,6 +77,35 @@ Deno.test("a worker that is killed is replaced, and serving goes on", async () =
   }
 });
 
+Deno.test("SIGINT to the whole process group (Ctrl-C) drains the workers, not cuts them", async () => {
+  const echo = startEchoServer();
+  const lb = await startBalancerProcess(["--backend", `127.0.0.1:${echo.port}`, "--workers", "2"]);
+  try {
+    const held = await connectLoopback(lb.port);
+    await writeAll(held, new TextEncoder().encode("before"));
+    assert.equal(await held.read(new Uint8Array(6)), 6);
+    // What the kernel does for a terminal's Ctrl-C: the signal to every
+    // process of the group. The supervisor passes it on as well, so each
+    // worker gets it twice.
+    const workers = await workersOf(lb.pid);
+    lb.kill("SIGINT");
+    for (const pid of workers) Deno.kill(pid, "SIGINT");
+    for (const id of [1, 2]) {
+      await lb.waitForLine("stderr", new RegExp(`^\\[worker ${id}\\] .* no longer accepting`));
+    }
+    // The held connection is served to its end.
+    await writeAll(held, new TextEncoder().encode(" and after"));
+    await held.closeWrite();
+    assert.equal(new TextDecoder().decode(await readAll(held)), " and after");
+    held.close();
+    assert.equal((await lb.status).code, 0);
+    assert.doesNotMatch(lb.stderr.join("\n"), /again: exiting now/);
+  } finally {
+    await lb.close();
+    await echo.close();
+  }
+});
+
 Deno.test("SIGTERM to the supervisor drains every worker, then it exits 0", async () => {
   const echo = startEchoServer();
   const lb = await startBalancerProcess(["--backend", `127.0.0.1:${echo.port}`, "--workers", "2"]);
