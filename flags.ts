@@ -248,8 +248,9 @@ export const SETTINGS: readonly FlagSpec[] = [
     scope: "root",
     key: ["engine"],
     read: String,
-    help: "what moves the bytes: epoll (Linux system calls through FFI; needs --allow-ffi) or " +
-      "deno (Deno.listen/Deno.connect, anywhere); auto picks epoll where it can",
+    help: "what moves the bytes: epoll (Linux system calls through FFI; needs --allow-ffi and " +
+      "--allow-read of this folder) or deno (Deno.listen/Deno.connect, anywhere); auto picks " +
+      "epoll where it can",
   },
   {
     name: "access-log",
