@@ -104,6 +104,14 @@ export function isIpv6(text: string): boolean {
   }
 }
 
+/**
+ * Whether a host that {@linkcode parseHostPort} accepted is an address rather
+ * than a name (a cheap test: it is one or the other already).
+ */
+export function isIpLiteral(host: string): boolean {
+  return host.includes(":") || /^[0-9]{1,3}(\.[0-9]{1,3}){3}$/.test(host);
+}
+
 /** Prints an address the way {@linkcode parseHostPort} reads it. */
 export function formatHostPort(address: HostPort): string {
   return address.hostname.includes(":")

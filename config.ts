@@ -12,7 +12,7 @@
 
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
-import { formatHostPort, type HostPort, parseHostPort } from "./address.ts";
+import { formatHostPort, type HostPort, isIpLiteral, parseHostPort } from "./address.ts";
 import { STRATEGY_NAMES } from "./balancer.ts";
 import { type Clock, realClock } from "./clock.ts";
 
@@ -350,10 +350,6 @@ export function loopsBack(listen: string, backend: string): boolean {
   if (l === "::") return local;
   if (l === "0.0.0.0") return local && b !== "::1";
   return b === "localhost" && (l.startsWith("127.") || l === "::1");
-}
-
-function isIpLiteral(host: string): boolean {
-  return host.includes(":") || /^[0-9]{1,3}(\.[0-9]{1,3}){3}$/.test(host);
 }
 
 /** A validated configuration, defaults filled in. */

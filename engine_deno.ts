@@ -10,7 +10,7 @@
  * @module
  */
 
-import { formatHostPort, type HostPort } from "./address.ts";
+import { formatHostPort, type HostPort, isIpLiteral } from "./address.ts";
 import { Bridge, EarlyReader } from "./bridge.ts";
 import { type BufferPool, defaultPools } from "./buffers.ts";
 import { type Clock, realClock } from "./clock.ts";
@@ -58,10 +58,6 @@ class DenoConn implements EngineConn {
 // CPU a new connection takes, for nothing.
 const connect: Dialer = ({ hostname, port }, signal) =>
   Deno.connect({ hostname, port, signal, autoSelectFamily: !isIpLiteral(hostname) });
-
-function isIpLiteral(hostname: string): boolean {
-  return hostname.includes(":") || /^\d{1,3}(\.\d{1,3}){3}$/.test(hostname);
-}
 
 /** The seam on Deno's own sockets. */
 export class DenoEngine implements Engine {

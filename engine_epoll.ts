@@ -19,7 +19,7 @@
  */
 
 import { lookup } from "node:dns/promises";
-import type { HostPort } from "./address.ts";
+import { formatHostPort, type HostPort, isIpLiteral } from "./address.ts";
 import type { Clock } from "./clock.ts";
 import type { Attempt, Engine, EngineConn, EngineListener, Joined, JoinResult } from "./engine.ts";
 import { EpollLoop, type Handler, SCRATCH_BYTES } from "./epoll_loop.ts";
@@ -417,11 +417,7 @@ class EpollListener implements EngineListener, Handler {
     // Nagle is off already: an accepted socket inherits TCP_NODELAY from the listener.
     const peer = sys.lastAddress();
     const host = peer?.hostname ?? "-";
-    const name = peer === undefined
-      ? "-"
-      : host.includes(":")
-      ? `[${host}]:${peer.port}`
-      : `${host}:${peer.port}`;
+    const name = peer === undefined ? "-" : formatHostPort(peer);
     return new EpollConn(this.#loop, fd, name, host);
   }
 
@@ -616,14 +612,10 @@ function targetOf(host: string, port: number): Target {
   const v6 = host.includes(":");
   return {
     host,
-    name: v6 ? `[${host}]:${port}` : `${host}:${port}`,
+    name: formatHostPort({ hostname: host, port }),
     family: v6 ? AF_INET6 : AF_INET,
     sockaddr,
     pointer: Deno.UnsafePointer.of(sockaddr),
     length,
   };
-}
-
-function isIpLiteral(hostname: string): boolean {
-  return hostname.includes(":") || /^\d{1,3}(\.\d{1,3}){3}$/.test(hostname);
 }

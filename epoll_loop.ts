@@ -215,25 +215,21 @@ export class EpollLoop implements Clock {
   // One turn of the thread's event loop, through a message to ourselves: a
   // task, so every promise callback queued before runs first, without the
   // delay a timer would add.
-  #turn:
-    | { port: MessagePort; resolve: (() => void) | undefined; channel: MessageChannel }
-    | undefined;
+  #turn: { channel: MessageChannel; resolve: (() => void) | undefined } | undefined;
 
   #yieldTurn(): Promise<void> {
     if (this.#turn === undefined) {
-      const channel = new MessageChannel();
-      const turn: {
-        port: MessagePort;
-        resolve: (() => void) | undefined;
-        channel: MessageChannel;
-      } = { port: channel.port1, resolve: undefined, channel };
-      channel.port2.onmessage = () => turn.resolve?.();
+      const turn = {
+        channel: new MessageChannel(),
+        resolve: undefined as (() => void) | undefined,
+      };
+      turn.channel.port2.onmessage = () => turn.resolve?.();
       this.#turn = turn;
     }
     const turn = this.#turn;
     return new Promise((resolve) => {
       turn.resolve = resolve;
-      turn.port.postMessage(null);
+      turn.channel.port1.postMessage(null);
     });
   }
 

@@ -460,15 +460,7 @@ export class Sys {
 
   /** The pending error of a socket (SO_ERROR): 0, or an errno. */
   socketError(fd: number): number {
-    this.#length[0] = 4;
-    const result = this.#c.getsockopt(
-      fd,
-      SOL_SOCKET,
-      SO_ERROR,
-      this.#intPointer,
-      this.#lengthPointer,
-    );
-    return result < 0 ? this.#errno[0]! : this.#int[0]!;
+    return Math.abs(this.getInt(fd, SOL_SOCKET, SO_ERROR));
   }
 
   bind(fd: number, address: { hostname: string; port: number }): number {

@@ -99,9 +99,12 @@ async function run(args: readonly string[], sigusr1Warning: string | undefined):
     console.log(`load_balancer: ${sourceOf(flags)}: valid: ${summarize(plan.config)}`);
     return 0;
   }
+  // The epoll engine runs in data-plane threads; the deno engine in this one.
+  const epoll = plan.config.engine === "epoll" ||
+    (plan.config.engine === "auto" && epollPossible());
   if (plan.config.workers > 1 && !flags.asWorker) {
     plan.accessLog.close(); // the workers write it
-    if (plan.config.engine === "epoll" || (plan.config.engine === "auto" && epollPossible())) {
+    if (epoll) {
       // Measured the same per request and per connection (docs/benchmark.md).
       logDiagnostic(
         `--workers ${plan.config.workers} on the epoll engine: --threads ${plan.config.workers} ` +
@@ -122,9 +125,6 @@ async function run(args: readonly string[], sigusr1Warning: string | undefined):
   }
   const stopped = Promise.withResolvers<number>();
   const signals = listenForSignals(stopped.resolve, { worker: flags.asWorker });
-  // The epoll engine runs in data-plane threads; the deno engine in this one.
-  const epoll = plan.config.engine === "epoll" ||
-    (plan.config.engine === "auto" && epollPossible());
   const { threads } = plan.config;
   const runtime = new Runtime({
     flags,
