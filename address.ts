@@ -112,6 +112,21 @@ export function isIpLiteral(host: string): boolean {
   return host.includes(":") || /^[0-9]{1,3}(\.[0-9]{1,3}){3}$/.test(host);
 }
 
+/**
+ * Whether a host that {@linkcode parseHostPort} accepted can only be reached
+ * from this machine: `127.0.0.0/8`, `::1` (however written, or as
+ * `::ffff:127.x.y.z`) or `localhost`. A wildcard (`0.0.0.0`, `::`) is not:
+ * it listens on every interface. Any other name may resolve anywhere.
+ */
+export function isLoopbackHost(host: string): boolean {
+  if (host.toLowerCase() === "localhost") return true;
+  if (isIpv4(host)) return Number(host.split(".")[0]) === 127;
+  if (!isIpv6(host)) return false;
+  // The URL parser writes an IPv6 address one way: `[::1]`, `[::ffff:7f00:1]`.
+  const canonical = new URL(`http://[${host}]/`).hostname;
+  return canonical === "[::1]" || /^\[::ffff:7f[0-9a-f]{2}:[0-9a-f]{1,4}\]$/.test(canonical);
+}
+
 /** Prints an address the way {@linkcode parseHostPort} reads it. */
 export function formatHostPort(address: HostPort): string {
   return address.hostname.includes(":")

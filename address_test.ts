@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { formatHostPort, parseHostPort } from "./address.ts";
+import { formatHostPort, isLoopbackHost, parseHostPort } from "./address.ts";
 
 Deno.test("parseHostPort() reads IPv4, IPv6 in brackets and host names", () => {
   const cases: [string, string, number][] = [
@@ -49,4 +49,26 @@ Deno.test("formatHostPort() round-trips through parseHostPort()", () => {
   for (const text of ["127.0.0.1:5001", "[::1]:5001", "localhost:80"]) {
     assert.equal(formatHostPort(parseHostPort(text)), text);
   }
+});
+
+Deno.test("isLoopbackHost() is true for 127.0.0.0/8, ::1 and localhost; never for a wildcard", () => {
+  const cases: [string, boolean][] = [
+    ["127.0.0.1", true],
+    ["127.255.0.9", true],
+    ["localhost", true],
+    ["LocalHost", true],
+    ["::1", true],
+    ["0:0:0:0:0:0:0:1", true],
+    ["::ffff:127.0.0.1", true],
+    ["0.0.0.0", false],
+    ["::", false],
+    ["128.0.0.1", false],
+    ["10.0.0.1", false],
+    ["::2", false],
+    ["::ffff:10.0.0.1", false],
+    ["fe80::1", false],
+    ["localhost.example", false],
+    ["admin.internal", false],
+  ];
+  for (const [host, loopback] of cases) assert.equal(isLoopbackHost(host), loopback, host);
 });

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { type AdminView, createAdminHandler, tokenMatches } from "./admin.ts";
+import { eachLine } from "./io.ts";
 import {
   exchange,
   runScript,
@@ -350,6 +351,170 @@ admin: { listen: "127.0.0.1:0", token_file: ${dir}/token }
     assert.equal(drained.status, 200);
     await drained.body?.cancel();
     for (const port of ports) assert.equal(await exchange(port, "hi\n"), "");
+  } finally {
+    await lb.close();
+    await one.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/**
+ * Starts the balancer and waits for it to either exit or say it listens (then
+ * stops it): whichever comes first, with everything it said on stderr.
+ */
+async function startOrRefuse(
+  args: string[],
+  permissions: string[],
+): Promise<{ code: number; stderr: string; listened: boolean }> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", ...permissions, "load_balancer.ts", ...args],
+    cwd: new URL(".", import.meta.url).pathname,
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+    // Unset for certain: the token, when there is one, comes from a file.
+    env: { NO_COLOR: "1", LB_ADMIN_TOKEN: "" },
+  }).spawn();
+  const lines: string[] = [];
+  let listened = false;
+  await eachLine(child.stderr, (line) => {
+    lines.push(line);
+    if (/listening on |admin API on /.test(line) && !listened) {
+      listened = true;
+      child.kill("SIGKILL");
+    }
+  });
+  const { code } = await child.status;
+  return { code, stderr: lines.join("\n"), listened };
+}
+
+const ENV_TOKEN = "--allow-env=LB_ADMIN_TOKEN";
+
+Deno.test("an admin API on a non-loopback address with no token is refused at start, saying why and how to fix it", async () => {
+  const dir = await Deno.makeTempDir();
+  const file = `${dir}/lb.yaml`;
+  await Deno.writeTextFile(
+    file,
+    `listeners:
+  - { name: web, listen: "127.0.0.1:0", pool: web }
+pools:
+  web: { backends: [{ address: "127.0.0.1:5001" }] }
+admin: { listen: "[::]:0" }
+`,
+  );
+  try {
+    const flag = await startOrRefuse(
+      ["--listen", "127.0.0.1:0", "--backend", "127.0.0.1:5001", "--admin", "0.0.0.0:0"],
+      ["--allow-net", ENV_TOKEN],
+    );
+    assert.equal(flag.listened, false, flag.stderr);
+    assert.equal(flag.code, 2, flag.stderr);
+    assert.match(
+      flag.stderr,
+      /^load_balancer: command line: --admin 0\.0\.0\.0:0: not a loopback address, so other hosts could reach the admin API, and no admin token is set: give one \(--admin-token-file FILE, admin\.token_file or LB_ADMIN_TOKEN\), or listen on loopback \(127\.0\.0\.1:0\)$/m,
+    );
+    const fromFile = await startOrRefuse(
+      ["--config", file],
+      ["--allow-net", "--allow-read", `--allow-env=LOG_TOKENS,LOG_STREAM,LB_ADMIN_TOKEN`],
+    );
+    assert.equal(fromFile.listened, false, fromFile.stderr);
+    assert.equal(fromFile.code, 2, fromFile.stderr);
+    assert.match(
+      fromFile.stderr,
+      new RegExp(`^load_balancer: ${file}: admin\\.listen \\[::\\]:0: not a loopback address`, "m"),
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("--check: loopback admin addresses need no token; any other needs one, a wildcard too", async () => {
+  const dir = await Deno.makeTempDir();
+  await Deno.writeTextFile(`${dir}/token`, `${TOKEN}\n`);
+  const cases: [admin: string, token: boolean, valid: boolean][] = [
+    ["127.0.0.1:9000", false, true],
+    ["127.0.0.2:9000", false, true],
+    ["[::1]:9000", false, true],
+    ["localhost:9000", false, true],
+    ["9000", false, true],
+    ["0.0.0.0:9000", false, false],
+    ["[::]:9000", false, false],
+    ["192.0.2.1:9000", false, false],
+    ["admin.example:9000", false, false],
+    ["0.0.0.0:9000", true, true],
+    ["[::]:9000", true, true],
+  ];
+  try {
+    await Promise.all(cases.map(async ([admin, token, valid]) => {
+      const what = `--admin ${admin}${token ? " with a token file" : ""}`;
+      const { code, stderr } = await runScript(
+        "load_balancer.ts",
+        [
+          "--backend",
+          "127.0.0.1:5001",
+          "--admin",
+          admin,
+          ...(token ? ["--admin-token-file", `${dir}/token`] : []),
+          "--check",
+        ],
+        {
+          permissions: ["--allow-net", `--allow-read=${dir}`, ENV_TOKEN],
+          env: { LB_ADMIN_TOKEN: "" },
+        },
+      );
+      assert.equal(code, valid ? 0 : 1, `${what}: ${stderr}`);
+      if (!valid) assert.match(stderr, /not a loopback address/, what);
+    }));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a reload that would leave the admin API off loopback with no token fails, naming the field, and keeps the old token", async () => {
+  const one = startTaggedServer("1");
+  const dir = await Deno.makeTempDir();
+  const file = `${dir}/lb.yaml`;
+  await Deno.writeTextFile(`${dir}/token`, `${TOKEN}\n`);
+  const config = (admin: string) =>
+    `listeners:
+  - { name: web, listen: "127.0.0.1:0", pool: web }
+pools:
+  web: { backends: [{ address: "127.0.0.1:${one.port}" }] }
+admin: ${admin}
+`;
+  await Deno.writeTextFile(file, config(`{ listen: "127.0.0.1:0", token_file: ${dir}/token }`));
+  const lb = await startBalancerProcess(["--config", file], {
+    permissions: [
+      "--allow-net",
+      "--allow-read",
+      "--allow-env=LOG_TOKENS,LOG_STREAM,LB_ADMIN_TOKEN",
+    ],
+    listen: false,
+  });
+  try {
+    const base = /(http:\/\/\S+) /.exec(await lb.waitForLine("stderr", /admin API on /))![1]!;
+    const drain = () =>
+      fetch(`${base}/api/backends/web/${encodeURIComponent(`127.0.0.1:${one.port}`)}/drain`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${TOKEN}` },
+      }).then(async (response) => (await response.body?.cancel(), response.status));
+    await Deno.writeTextFile(file, config(`{ listen: "0.0.0.0:9000" }`));
+    lb.kill("SIGHUP");
+    const failed = await lb.waitForLine("stderr", /reload \(SIGHUP\) failed/);
+    assert.match(
+      failed,
+      new RegExp(
+        `still running the previous config: ${file}: admin\\.listen 0\\.0\\.0\\.0:9000: ` +
+          `not a loopback address, so other hosts could reach the admin API, and no admin ` +
+          `token is set`,
+      ),
+    );
+    assert.equal(await drain(), 200, "the old token still works");
+    // On loopback, a reload may drop the token: changes are refused from then on.
+    await Deno.writeTextFile(file, config(`{ listen: "127.0.0.1:0" }`));
+    lb.kill("SIGHUP");
+    await lb.waitForLine("stderr", /reloaded \(SIGHUP\)/);
+    assert.equal(await drain(), 403);
   } finally {
     await lb.close();
     await one.close();

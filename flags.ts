@@ -278,7 +278,8 @@ export const SETTINGS: readonly FlagSpec[] = [
     key: ["admin", "listen"],
     read: adminOf,
     unset: "off",
-    help: "serve the admin API (metrics, backends, changes) there; a bare port means 127.0.0.1",
+    help: "serve the admin API (metrics, backends, changes) there; a bare port means 127.0.0.1; " +
+      "an address off loopback needs a token",
   },
   {
     name: "admin-token-file",

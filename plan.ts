@@ -12,7 +12,7 @@
  * @module
  */
 
-import { formatHostPort, parseHostPort } from "./address.ts";
+import { formatHostPort, isLoopbackHost, parseHostPort } from "./address.ts";
 import { createStrategy } from "./balancer.ts";
 import type { Clock } from "./clock.ts";
 import {
@@ -232,6 +232,11 @@ export async function prepare(
   let token: string | undefined;
   try {
     token = config.admin === undefined ? undefined : await readToken(config.admin.token_file);
+    const exposed = config.admin && adminExposure(config.admin.listen, token);
+    if (exposed) {
+      const field = givenText(flags, "admin") === undefined ? "admin.listen" : "--admin";
+      problems.push(`${field} ${config.admin!.listen}: ${exposed}`);
+    }
   } catch (error) {
     problems.push((error as Error).message);
   }
@@ -283,6 +288,21 @@ export async function prepare(
     throw new ConfigError(problems);
   }
   return { config, token, accessLog: log! };
+}
+
+/**
+ * Why the admin API may not run on `listen` with `token`, or undefined when
+ * it may. Loopback needs no token; any other address, a wildcard too, lets
+ * other hosts reach it, so one without a token is refused: exposing the admin
+ * port is then a choice made with a token in hand, never a slip of `--admin`.
+ */
+export function adminExposure(listen: string, token: string | undefined): string | undefined {
+  if (token !== undefined) return undefined;
+  const { hostname, port } = parseHostPort(listen, { allowPortZero: true });
+  if (isLoopbackHost(hostname)) return undefined;
+  return "not a loopback address, so other hosts could reach the admin API, and no admin " +
+    "token is set: give one (--admin-token-file FILE, admin.token_file or LB_ADMIN_TOKEN), " +
+    `or listen on loopback (127.0.0.1:${port})`;
 }
 
 /** The admin token: from its file (never empty), else from LB_ADMIN_TOKEN. @throws {Error} */

@@ -23,7 +23,15 @@ import { closeQuietly, describe, StartError } from "./errors.ts";
 import { type LoadBalancerEvent, READY } from "./events.ts";
 import type { LoadBalancerFlags } from "./flags.ts";
 import { type AccessLog, eventLogger, logDiagnostic } from "./log.ts";
-import { buildPools, needsRestart, type Plan, prepare, resolveConfig, summarize } from "./plan.ts";
+import {
+  adminExposure,
+  buildPools,
+  needsRestart,
+  type Plan,
+  prepare,
+  resolveConfig,
+  summarize,
+} from "./plan.ts";
 import type { Pool } from "./pool.ts";
 import { LoadBalancer } from "./proxy.ts";
 
@@ -215,6 +223,11 @@ export class Runtime {
       }
       return failed(`internal error: ${describe(error)}`);
     }
+    // A new admin.listen waits for a restart: where the admin API is bound
+    // now must not be left off loopback without a token either.
+    const bound = this.#admin && formatHostPort(this.#admin.addr);
+    const exposed = bound && adminExposure(bound, plan.token);
+    if (exposed) return failed(`admin.listen ${bound}, bound until a restart: ${exposed}`);
     const next = plan.config;
     // A new address that overlaps one still bound (127.0.0.1:5901 widened to
     // 0.0.0.0:5901) cannot be bound until the old socket closes.
