@@ -261,10 +261,22 @@ export class AdminServer {
     } catch {
       throw new HttpError(400, "malformed request target");
     }
+    if (FORBIDDEN_METHODS.has(method)) {
+      // fetch's Request refuses these methods outright. No admin route takes
+      // them, but the handler must still see one to answer 405 with the
+      // route's Allow header: it gets a bodiless request whose method reads
+      // back as sent.
+      const request = new Request(url, { headers });
+      Object.defineProperty(request, "method", { value: method });
+      return request;
+    }
     const hasBody = method !== "GET" && method !== "HEAD";
     return new Request(url, { method, headers, ...(hasBody ? { body } : {}) });
   }
 }
+
+/** Methods `new Request()` throws on (the Fetch standard's forbidden methods). */
+const FORBIDDEN_METHODS = new Set(["CONNECT", "TRACE", "TRACK"]);
 
 function errorResponse(status: number, message: string): Response {
   return new Response(JSON.stringify({ error: message }, null, 2) + "\n", {

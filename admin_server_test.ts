@@ -9,6 +9,7 @@ import {
   readAll,
   startBalancer,
   startTaggedServer,
+  until,
   writeAll,
 } from "./test_util.ts";
 
@@ -331,6 +332,82 @@ Deno.test("admin: an unknown pool is named as such; weight bodies are strict; au
       /^admin: could not reopen the access log: NotFound: .* \(by 127\.0\.0\.1:4000\)$/,
     );
   } finally {
+    await lb.close();
+    await one.close();
+  }
+});
+
+Deno.test("admin server: a client dribbling its headers a byte every 100 ms does not hold up another's answer", async () => {
+  const server = startAdmin();
+  const slow = await connectLoopback(server.addr.port);
+  const request = encoder.encode("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+  const most = 20; // bytes dribbled at most: short of the whole request
+  let sent = 0;
+  let stop = false;
+  const firstByte = Promise.withResolvers<void>();
+  const dribbling = (async () => {
+    while (sent < most && !stop) {
+      await writeAll(slow, request.subarray(sent, sent + 1));
+      sent++;
+      if (sent === 1) firstByte.resolve();
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  })();
+  try {
+    await firstByte.promise;
+    await until(() => server.connections === 1, "the server holds the dribbling client");
+    const answer = await raw(server.addr.port, "GET /api/backends HTTP/1.1\r\n\r\n");
+    const sentWhenAnswered = sent;
+    stop = true;
+    await dribbling;
+    assert.match(answer, /^HTTP\/1\.1 200 OK\r\n[^]*\r\n\r\nGET \/api\/backends from /);
+    assert.ok(sentWhenAnswered < most, `answered after ${sentWhenAnswered} of ${most} bytes`);
+    // The slow client was kept all along: the rest of its request is answered too.
+    await writeAll(slow, request.subarray(sent));
+    assert.match(decoder.decode(await readAll(slow)), /^HTTP\/1\.1 200 OK\r\n[^]*GET \/metrics /);
+  } finally {
+    stop = true;
+    await dribbling;
+    slow.close();
+    await server.close();
+  }
+});
+
+Deno.test("admin: every documented route answers every other method with 405 and an Allow header", async () => {
+  const one = startTaggedServer("1");
+  const lb = startBalancer([one.address]);
+  const handler = createAdminHandler({
+    view: { listeners: () => [lb.balancer], pools: () => [lb.pool], reloads: 0, reloadFailures: 0 },
+    token: "t",
+    reopenLogs: () => "(stdout)",
+  });
+  const server = startAdmin({ handler });
+  const backend = `/api/backends/default/${encodeURIComponent(lb.backends[0]!.name)}`;
+  const routes: [path: string, allow: string][] = [
+    ["/metrics", "GET, HEAD"],
+    ["/api/backends", "GET, HEAD"],
+    [`${backend}/drain`, "POST"],
+    [`${backend}/disable`, "POST"],
+    [`${backend}/enable`, "POST"],
+    [`${backend}/weight`, "POST"],
+    ["/api/logs/reopen", "POST"],
+  ];
+  const methods = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"];
+  try {
+    for (const [path, allow] of routes) {
+      for (const method of methods.filter((m) => !allow.split(", ").includes(m))) {
+        const answer = await raw(
+          server.addr.port,
+          `${method} ${path} HTTP/1.1\r\nAuthorization: Bearer t\r\nContent-Length: 0\r\n\r\n`,
+        );
+        const what = `${method} ${path}`;
+        assert.match(answer, /^HTTP\/1\.1 405 Method Not Allowed\r\n/, what);
+        assert.equal(/\r\nallow: ([^\r]*)\r\n/.exec(answer)?.[1], allow, what);
+      }
+    }
+    assert.equal(lb.backends[0]!.state, "up", "no method but POST changed anything");
+  } finally {
+    await server.close();
     await lb.close();
     await one.close();
   }
