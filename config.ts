@@ -12,7 +12,7 @@
 
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
-import { formatHostPort, type HostPort, isIpLiteral, parseHostPort } from "./address.ts";
+import { formatHostPort, type HostPort, isIpLiteral, isIpv4, parseHostPort } from "./address.ts";
 import { STRATEGY_NAMES } from "./balancer.ts";
 import { type Clock, realClock } from "./clock.ts";
 
@@ -71,7 +71,10 @@ const backendAddress = address().superRefine((text, context) => {
   } catch {
     return; // reported by address()
   }
-  if (host === "0.0.0.0" || host === "::" || host === "255.255.255.255") {
+  // In any spelling: `[0::0]`, `[::ffff:0.0.0.0]` and `000.0.0.0` are wildcards too.
+  const kernel = canonical(host);
+  const address = isIpv4(kernel) ? kernel.split(".").map(Number).join(".") : kernel;
+  if (address === "0.0.0.0" || address === "::" || address === "255.255.255.255") {
     context.addIssue({
       code: "custom",
       message: `${JSON.stringify(text)} is not an address to connect to (a wildcard or ` +
@@ -161,7 +164,10 @@ export const configSchema = z.strictObject({
     listen: z.preprocess(
       loopbackIfBarePort,
       address({ allowPortZero: true }),
-    ).describe("where the admin API listens: HOST:PORT, or a port on 127.0.0.1"),
+    ).describe(
+      "where the admin API listens: HOST:PORT, or a port on 127.0.0.1; an address off " +
+        "loopback needs a token",
+    ),
     token_file: z.string({ error: "expected a file path" }).optional().describe(
       "a file holding the bearer token changes need; none means changes are refused",
     ),
@@ -420,6 +426,8 @@ function valueAt(root: unknown, path: readonly PropertyKey[]): unknown {
  * anything YAML can build, self-references (`&a … *a`) included.
  */
 export function showValue(value: unknown): string {
+  // JSON writes Infinity and NaN (YAML's .inf and .nan) as null: show them as they are.
+  if (typeof value === "number") return String(value);
   const seen = new Set<unknown>();
   let text: string | undefined;
   try {
@@ -428,12 +436,18 @@ export function showValue(value: unknown): string {
         if (seen.has(inner)) return "[itself]";
         seen.add(inner);
       }
+      if (typeof inner === "number" && !Number.isFinite(inner)) return String(inner);
       return typeof inner === "bigint" ? String(inner) : inner;
     });
   } catch {
     text = undefined;
   }
-  text ??= String(value);
+  try {
+    text ??= String(value);
+  } catch {
+    // Nested too deep for either to write.
+    text = Array.isArray(value) ? "[...]" : "{...}";
+  }
   return text.length > 60 ? `${text.slice(0, 57)}...` : text;
 }
 
@@ -479,7 +493,15 @@ export function validateConfig(raw: unknown): Config {
   }
   const result = configSchema.safeParse(raw);
   if (!result.success) {
-    const issues = result.error.issues.map((issue) => issueOf(issue, raw));
+    // Said once: a number past 2^53 fails both int() and a bound, in the same
+    // words, and two listeners alike can find the same fault in a shared pool.
+    const said = new Set<string>();
+    const issues = result.error.issues.map((issue) => issueOf(issue, raw)).filter((issue) => {
+      const line = `${formatPath(issue.path)}: ${issue.message}`;
+      if (said.has(line)) return false;
+      said.add(line);
+      return true;
+    });
     throw new ConfigError(
       issues.map((issue) => `${formatPath(issue.path)}: ${issue.message}`),
       issues,
@@ -491,7 +513,10 @@ export function validateConfig(raw: unknown): Config {
 /** Parses a config file's text, YAML or JSON, without validating it. @throws {ConfigError} */
 export function parseConfigText(text: string): unknown {
   try {
-    return parseYaml(text);
+    // Plain data only: the YAML 1.1 tags (!!binary, !!set, !!timestamp, ...) would
+    // build Buffers, Sets and Dates, whose own methods read as unknown keys; and
+    // the yaml package's warnings would go to stderr past our one-line messages.
+    return parseYaml(text, { resolveKnownTags: false, logLevel: "error" });
   } catch (error) {
     if (error instanceof Deno.errors.NotCapable) {
       // The yaml package reads two debug switches from the environment.

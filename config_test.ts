@@ -1,5 +1,13 @@
 import assert from "node:assert/strict";
-import { ConfigError, formatPath, jsonSchema, parseConfig } from "./config.ts";
+import process from "node:process";
+import {
+  ConfigError,
+  formatPath,
+  jsonSchema,
+  parseConfig,
+  parseConfigText,
+  validateConfig,
+} from "./config.ts";
 import {
   exchange,
   listenLoopback,
@@ -229,5 +237,112 @@ pools:
     await Deno.remove(file);
     await a.close();
     await b.close();
+  }
+});
+
+const ONE_POOL = `
+listeners: [{ name: web, listen: "127.0.0.1:5000", pool: web }]
+pools:
+  web:
+    backends: [{ address: "127.0.0.1:5001" }]
+`;
+
+Deno.test("config errors show .inf and .nan as they are, not as JSON's null", () => {
+  assert.deepEqual(
+    problems(`${ONE_POOL}drain_timeout_ms: .inf
+workers: .nan
+`),
+    [
+      "drain_timeout_ms: expected a whole number 1-2147483647, got Infinity",
+      "workers: expected a whole number 1-64, got NaN",
+    ],
+  );
+  assert.deepEqual(
+    problems(`${ONE_POOL}$schema: [1, -.inf]
+`),
+    [
+      '$schema: Invalid input: expected string, received array, got [1,"-Infinity"]',
+    ],
+  );
+});
+
+Deno.test("config errors say each problem once", () => {
+  // Past 2^53 a number fails both the whole-number rule and the bound.
+  assert.deepEqual(
+    problems(`${ONE_POOL}drain_timeout_ms: 9007199254740993
+`),
+    [
+      "drain_timeout_ms: expected a whole number 1-2147483647, got 9007199254740992",
+    ],
+  );
+  // Two listeners alike find the same loop in the pool they share.
+  assert.deepEqual(
+    problems(`
+listeners:
+  - { name: a, listen: "127.0.0.1:5001", pool: web }
+  - { name: a, listen: "127.0.0.1:5001", pool: web }
+pools:
+  web: { backends: [{ address: "127.0.0.1:5001" }] }
+`),
+    [
+      'listeners[1].name: "a" is already the name of another listener',
+      `listeners[1].listen: "127.0.0.1:5001" is already another listener's address`,
+      'pools.web.backends[0].address: "127.0.0.1:5001" is listener a\'s own address ' +
+      "(127.0.0.1:5001): every connection would loop back into the balancer",
+    ],
+  );
+});
+
+Deno.test("validateConfig() throws a ConfigError even for a value nested too deep to show", () => {
+  const raw = JSON.parse(
+    `{"listeners": [], "pools": {}, "$schema": ${"[".repeat(10_000)}${"]".repeat(10_000)}}`,
+  );
+  assert.throws(() => validateConfig(raw), (error) => {
+    assert.ok(error instanceof ConfigError, String(error));
+    assert.match(error.message, /^\$schema: .*, got \[\.\.\.\]$/m);
+    return true;
+  });
+});
+
+Deno.test("YAML tags read as the plain values they tag, and the yaml package says nothing on stderr", async () => {
+  const warnings: string[] = [];
+  const listen = (warning: Error) => warnings.push(warning.message);
+  process.on("warning", listen);
+  try {
+    assert.deepEqual(
+      parseConfigText("a: !!binary aGk=\nb: !!set { x }\nc: !!timestamp 2001-01-01\nd: !x y\n"),
+      { a: "aGk=", b: { x: null }, c: "2001-01-01", d: "y" },
+    );
+    // Not a Buffer whose methods read as unknown keys: one short line.
+    assert.deepEqual(problems("!!binary aGk="), [
+      'expected a mapping with listeners and pools (see lb.example.yaml), got "aGk="',
+    ]);
+    // The yaml package emits its warnings on the next tick.
+    await new Promise((resolve) => setTimeout(resolve, 0));
+  } finally {
+    process.off("warning", listen);
+  }
+  assert.deepEqual(warnings, []);
+});
+
+Deno.test("a backend may not be the wildcard or broadcast address in any spelling", () => {
+  for (
+    const host of [
+      "[0::0]",
+      "[0:0:0:0:0:0:0:0]",
+      "[::ffff:0.0.0.0]",
+      "000.0.0.0",
+      "[::ffff:255.255.255.255]",
+    ]
+  ) {
+    const address = `${host}:5001`;
+    assert.deepEqual(
+      problems(ONE_POOL.replace('"127.0.0.1:5001"', JSON.stringify(address))),
+      [
+        `pools.web.backends[0].address: ${JSON.stringify(address)} is not an address to connect ` +
+        "to (a wildcard or broadcast address); give the backend's own address",
+      ],
+      host,
+    );
   }
 });

@@ -562,3 +562,46 @@ export async function startBalancerProcess(
     throw error;
   }
 }
+
+// --- Property tests (fuzzing) ---------------------------------------------
+
+/** Runs per property when `LB_FUZZ_RUNS` is not set: each property stays well under a second. */
+export const DEFAULT_FUZZ_RUNS = 200;
+
+/** The fast-check parameters {@linkcode fuzzParameters} gives. */
+export interface FuzzParameters {
+  readonly seed: number;
+  readonly numRuns: number;
+}
+
+/**
+ * Parameters for one fast-check property, printed so a failure can be
+ * replayed: the seed is `LB_FUZZ_SEED` when set, else a fresh one; the runs
+ * are `LB_FUZZ_RUNS` when set, else `runs` (a socket test asks for fewer).
+ * fast-check's own failure message adds the seed and the path of the
+ * shrunk counterexample.
+ *
+ * @throws {RangeError} when either variable is not a whole number
+ */
+export function fuzzParameters(name: string, runs = DEFAULT_FUZZ_RUNS): FuzzParameters {
+  const seed = fuzzEnv("LB_FUZZ_SEED", -(2 ** 31), 2 ** 31 - 1) ??
+    Math.floor(Math.random() * 2 ** 31);
+  const numRuns = fuzzEnv("LB_FUZZ_RUNS", 1, 1_000_000) ?? runs;
+  console.log(
+    `fuzz ${name}: seed ${seed}, ${numRuns} runs ` +
+      `(replay: LB_FUZZ_SEED=${seed} deno task test)`,
+  );
+  return { seed, numRuns };
+}
+
+function fuzzEnv(variable: string, min: number, max: number): number | undefined {
+  // Without --allow-env the defaults apply, rather than a failed test.
+  if (Deno.permissions.querySync({ name: "env", variable }).state !== "granted") return undefined;
+  const text = Deno.env.get(variable);
+  if (text === undefined || text === "") return undefined;
+  const value = Number(text);
+  if (!/^-?[0-9]+$/.test(text) || value < min || value > max) {
+    throw new RangeError(`${variable} must be a whole number ${min}-${max}: got ${text}`);
+  }
+  return value;
+}
