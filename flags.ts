@@ -356,7 +356,7 @@ export function parseFlags(args: readonly string[]): LoadBalancerFlags {
       allowPositionals: false,
     }));
   } catch (error) {
-    throw new UsageError(describeParseArgsError(error));
+    throw new UsageError(describeParseArgsError(error, args));
   }
   const settings: GivenSetting[] = [];
   for (const spec of SETTINGS) {
@@ -403,6 +403,8 @@ function joinNegativeValues(args: readonly string[]): string[] {
   for (let i = 0; i < args.length; i++) {
     const arg = args[i]!;
     const next = args[i + 1];
+    // After `--` every entry is an argument as given, never a flag.
+    if (arg === "--") return [...joined, ...args.slice(i)];
     if (/^--[a-z-]+$/.test(arg) && next !== undefined && /^-[0-9.]/.test(next)) {
       joined.push(`${arg}=${next}`);
       i++;
@@ -414,21 +416,29 @@ function joinNegativeValues(args: readonly string[]): string[] {
 }
 
 // node:util's messages are long and mention positionals; say it our way.
-function describeParseArgsError(error: unknown): string {
+function describeParseArgsError(error: unknown, args: readonly string[]): string {
   const message = (error as Error).message;
   const code = (error as { code?: string }).code;
-  const option = /'(-{1,2}[^' ]+)/.exec(message)?.[1];
+  // node quotes the flag or argument as given, quotes inside it included:
+  // take everything from the first quote to the last.
+  const quoted = /'([^]*)'/.exec(message)?.[1];
   switch (code) {
-    case "ERR_PARSE_ARGS_UNKNOWN_OPTION":
-      return `unknown flag ${option ?? message} (see --help)`;
+    case "ERR_PARSE_ARGS_UNKNOWN_OPTION": {
+      // A short flag from a group (`-h=3` reads as -h -= -3): name the group too.
+      const group = quoted !== undefined && /^-[^-]$/.test(quoted) && !args.includes(quoted)
+        ? args.find((arg) => /^-[^-]/.test(arg) && arg.includes(quoted.slice(1)))
+        : undefined;
+      return `unknown flag ${quoted ?? message}${group ? ` in ${group}` : ""} (see --help)`;
+    }
     case "ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL":
-      return `unexpected argument ${/'([^']*)'/.exec(message)?.[1] ?? message}: ` +
-        `every setting is a flag (see --help)`;
-    case "ERR_PARSE_ARGS_INVALID_OPTION_VALUE":
-      // "Option '--check' does not take an argument" for `--check=yes`.
+      return `unexpected argument ${quoted ?? message}: every setting is a flag (see --help)`;
+    case "ERR_PARSE_ARGS_INVALID_OPTION_VALUE": {
+      // "Option '-h, --help' does not take an argument": name the long flag.
+      const option = quoted === undefined ? "a flag" : /--[^\s']+/.exec(quoted)?.[0] ?? quoted;
       return message.includes("does not take an argument")
-        ? `${option ?? "a flag"} takes no value (see --help)`
-        : `${option ?? "a flag"} needs a value (see --help)`;
+        ? `${option} takes no value (see --help)`
+        : `${option} needs a value (see --help)`;
+    }
     default:
       return message;
   }

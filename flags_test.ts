@@ -247,3 +247,25 @@ pools: { p: { backends: [{ address: "127.0.0.1:5001" }] } }
     await Deno.remove(file);
   }
 });
+
+Deno.test("what parseArgs refuses is named as it was given", () => {
+  const cases: [string[], string][] = [
+    // node names it '-h, --help'.
+    [["--help=x"], "--help takes no value (see --help)"],
+    [["--config"], "--config needs a value (see --help)"],
+    // `-h=3` reads as -h -= -3.
+    [["-h=3"], "unknown flag -= in -h=3 (see --help)"],
+    [["--it's"], "unknown flag --it's (see --help)"],
+    [["'"], "unexpected argument ': every setting is a flag (see --help)"],
+    [["it's. here"], "unexpected argument it's. here: every setting is a flag (see --help)"],
+    // After `--`, nothing is a flag: a negative number is not joined to one.
+    [["--", "--connect-timeout", "-5"], "unexpected argument --connect-timeout: every setting"],
+  ];
+  for (const [args, message] of cases) {
+    assert.throws(
+      () => parseFlags(args),
+      (error: unknown) => error instanceof UsageError && error.message.startsWith(message),
+      `${JSON.stringify(args)} should fail with "${message}…"`,
+    );
+  }
+});
