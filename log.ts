@@ -33,19 +33,41 @@ export function isoTime(time: Date): string {
   return `${isoPrefix}${millis < 10 ? "00" : millis < 100 ? "0" : ""}${millis}Z`;
 }
 
+// A value that needs no quotes: printable ASCII but space, '"', '=' and '\'.
+const BARE = /^[!#-<>-[\]-~]+$/;
+// What JSON.stringify leaves raw that a terminal or a log reader may still
+// take as a control or a line break: DEL, the C1 controls, U+2028 and U+2029.
+const RAW_CONTROLS = /[\u007f-\u009f\u2028\u2029]/g;
+const escapeControl = (char: string) => `\\u${char.charCodeAt(0).toString(16).padStart(4, "0")}`;
+
+// A text field's value: as it is when plain (names and addresses always
+// are), else JSON-quoted, so that no value can start a line or a field.
+function field(text: string): string {
+  return BARE.test(text) && text !== "-"
+    ? text
+    : JSON.stringify(text).replace(RAW_CONTROLS, escapeControl);
+}
+
 /** One access line: `key=value` fields in a fixed order, easy to grep and to split.
  *
  * `2026-11-26T10:00:00.000Z listener=web client=127.0.0.1:40000
  * backend=127.0.0.1:5001 bytes_in=6 bytes_out=17 duration_ms=2
- * end=client-fin` (on one line); `backend=-` when no backend was reached.
+ * end=client-fin` (on one line); `backend=-` when no backend was reached. A
+ * value with a space, a quote, `=`, `\` or anything but printable ASCII is
+ * written as a JSON string (`listener="a b"`).
  */
 export function formatAccessLine(record: AccessRecord): string {
-  return `${isoTime(record.time)} listener=${record.listener} client=${record.client} ` +
-    `backend=${record.backend ?? "-"} bytes_in=${record.bytesIn} bytes_out=${record.bytesOut} ` +
-    `duration_ms=${Math.round(record.durationMs)} end=${record.end}`;
+  return `${isoTime(record.time)} listener=${field(record.listener)} ` +
+    `client=${field(record.client)} ` +
+    `backend=${record.backend === undefined ? "-" : field(record.backend)} ` +
+    `bytes_in=${record.bytesIn} bytes_out=${record.bytesOut} ` +
+    `duration_ms=${Math.round(record.durationMs)} end=${field(record.end)}`;
 }
 
-/** The same fields as one JSON object; `backend` is null when none was reached. */
+/**
+ * The same fields as one JSON object; `backend` is null when none was
+ * reached. DEL, C1 controls, U+2028 and U+2029 are escaped as well.
+ */
 export function formatAccessJson(record: AccessRecord): string {
   return JSON.stringify({
     time: isoTime(record.time),
@@ -56,7 +78,7 @@ export function formatAccessJson(record: AccessRecord): string {
     bytes_out: record.bytesOut,
     duration_ms: Math.round(record.durationMs),
     end: record.end,
-  });
+  }).replace(RAW_CONTROLS, escapeControl);
 }
 
 /** One diagnostic line for stderr, prefixed with the time. */

@@ -142,3 +142,23 @@ Deno.test("load_balancer.ts --access-log FILE: JSON lines, reopened on SIGUSR2 a
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("an access line quotes a value that could forge a field or a line; JSON escapes line breaks too", () => {
+  const odd = {
+    ...record,
+    listener: "web\n2026-11-26T10:00:00.000Z listener=forged",
+    client: 'a "b"',
+    backend: "-",
+    end: "x\u2028y\u007f" as typeof record.end,
+  };
+  assert.equal(
+    formatAccessLine(odd),
+    '2026-11-26T10:00:00.000Z listener="web\\n2026-11-26T10:00:00.000Z listener=forged" ' +
+      'client="a \\"b\\"" backend="-" bytes_in=6 bytes_out=0 duration_ms=2 end="x\\u2028y\\u007f"',
+  );
+  const json = formatAccessJson(odd);
+  assert.doesNotMatch(json, /[\n\u2028\u007f]/);
+  assert.equal(JSON.parse(json).end, "x\u2028y\u007f");
+  // Names and addresses are left as they are.
+  assert.match(formatAccessLine({ ...record, client: "[::1]:40000" }), / client=\[::1\]:40000 /);
+});
