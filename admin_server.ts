@@ -74,9 +74,8 @@ class HttpError extends Error {
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
-const END_OF_HEAD = encoder.encode("\r\n\r\n");
-// Some clients end lines with a bare LF; RFC 9112 lets a server accept that.
-const END_OF_HEAD_LF = encoder.encode("\n\n");
+const CR = 0x0d;
+const LF = 0x0a;
 
 /** A running admin server; {@linkcode AdminServer.close} stops it. */
 export class AdminServer {
@@ -195,9 +194,8 @@ export class AdminServer {
   async #readRequest(conn: Deno.TcpConn, onHeadersDone: () => void): Promise<Request> {
     const buffer = new Uint8Array(this.#maxHeaderBytes + 4);
     let filled = 0;
-    let end = -1;
-    let endLength = END_OF_HEAD.length;
-    while (end < 0) {
+    let ending: { end: number; length: number } | undefined;
+    while (ending === undefined) {
       if (filled === buffer.length) {
         throw new HttpError(431, `request headers over ${this.#maxHeaderBytes} bytes`);
       }
@@ -208,12 +206,9 @@ export class AdminServer {
       if (buffer[0]! < 0x41 || buffer[0]! > 0x5a) {
         throw new HttpError(400, "not an HTTP/1.1 request");
       }
-      end = indexOf(buffer.subarray(0, filled), END_OF_HEAD);
-      if (end < 0) {
-        end = indexOf(buffer.subarray(0, filled), END_OF_HEAD_LF);
-        endLength = END_OF_HEAD_LF.length;
-      }
+      ending = endOfHead(buffer.subarray(0, filled));
     }
+    const { end, length: endLength } = ending;
     onHeadersDone();
     const head = decoder.decode(buffer.subarray(0, end));
     const [requestLine, ...headerLines] = head.split(/\r?\n/);
@@ -257,7 +252,8 @@ export class AdminServer {
     }
     let url: URL;
     try {
-      url = new URL(target, "http://admin");
+      // Appended, not resolved: `//x/metrics` is a path, not a host `x`.
+      url = new URL(`http://admin${target}`);
     } catch {
       throw new HttpError(400, "malformed request target");
     }
@@ -309,12 +305,18 @@ function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
   return joined;
 }
 
-function indexOf(haystack: Uint8Array, needle: Uint8Array): number {
-  outer: for (let i = 0; i + needle.length <= haystack.length; i++) {
-    for (let j = 0; j < needle.length; j++) {
-      if (haystack[i + j] !== needle[j]) continue outer;
-    }
-    return i;
+/**
+ * Where the head ends: at its first empty line, each line ended by CRLF or by
+ * a bare LF, in any mix (RFC 9112, section 2.2, lets a server take a bare LF
+ * and ignore a CR before it). `end` is where the last header line's ending
+ * starts; `length` spans that ending and the empty line's.
+ */
+function endOfHead(bytes: Uint8Array): { end: number; length: number } | undefined {
+  for (let i = bytes.indexOf(LF); i >= 0; i = bytes.indexOf(LF, i + 1)) {
+    const next = bytes[i + 1] === CR ? i + 2 : i + 1;
+    if (bytes[next] !== LF) continue;
+    const end = i > 0 && bytes[i - 1] === CR ? i - 1 : i;
+    return { end, length: next + 1 - end };
   }
-  return -1;
+  return undefined;
 }

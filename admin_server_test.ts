@@ -412,3 +412,41 @@ Deno.test("admin: every documented route answers every other method with 405 and
     await one.close();
   }
 });
+
+Deno.test("admin server: the head ends at the first empty line, CRLF and bare LF in any mix", async () => {
+  const server = startAdmin({
+    handler: async (request) =>
+      new Response(
+        `${request.method} ${new URL(request.url).pathname} ${
+          JSON.stringify(await request.text())
+        }\n`,
+      ),
+  });
+  try {
+    // A bare-LF header line, then a CRLF empty line: no answer came before.
+    assert.match(
+      await raw(server.addr.port, "GET /metrics HTTP/1.1\r\nHost: x\n\r\n"),
+      /^HTTP\/1\.1 200 [^]*\r\n\r\nGET \/metrics ""\n$/,
+    );
+    // A bare-LF head whose body holds CRLF CRLF: the body is not read as headers.
+    assert.match(
+      await raw(server.addr.port, "POST /x HTTP/1.1\nContent-Length: 6\n\nab\r\n\r\n"),
+      /^HTTP\/1\.1 200 [^]*\r\n\r\nPOST \/x "ab\\r\\n\\r\\n"\n$/,
+    );
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("admin server: a target starting with // is a path, not a host", async () => {
+  const server = startAdmin();
+  try {
+    const answer = await raw(server.addr.port, "GET //x/metrics HTTP/1.1\r\n\r\n");
+    assert.match(answer, /^HTTP\/1\.1 200 [^]*\r\n\r\nGET \/\/x\/metrics from /);
+    // Once read as a host, these were 400s.
+    assert.match(await raw(server.addr.port, "GET // HTTP/1.1\r\n\r\n"), /^HTTP\/1\.1 200 /);
+    assert.match(await raw(server.addr.port, "GET //a%3Ab HTTP/1.1\r\n\r\n"), /^HTTP\/1\.1 200 /);
+  } finally {
+    await server.close();
+  }
+});
