@@ -113,12 +113,19 @@ async function settle(): Promise<void> {
 
 /**
  * Waits, one turn of the event loop at a time, until `check()` holds: a wait
- * on a state, bounded by a count of turns, not by a time. @throws naming `what`
+ * on a state, bounded by a count of turns, not by a time. A check that asks
+ * another process (the soak's) may be async, and pause `pauseMs` between
+ * turns. @throws naming `what`
  */
-export async function until(check: () => boolean, what: string, turns = 10_000): Promise<void> {
+export async function until(
+  check: () => boolean | Promise<boolean>,
+  what: string,
+  turns = 10_000,
+  pauseMs = 0,
+): Promise<void> {
   for (let i = 0; i < turns; i++) {
-    if (check()) return;
-    await new Promise((resolve) => setTimeout(resolve, 0));
+    if (await check()) return;
+    await new Promise((resolve) => setTimeout(resolve, pauseMs));
   }
   throw new Error(`never happened: ${what}`);
 }
