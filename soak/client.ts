@@ -4,13 +4,16 @@
  *
  * Each ends with an {@linkcode Outcome}: a stream that completed is `ok` only
  * when every byte matched both ways and the backend saw the client's stream
- * end where it should; a stream cut short must end in a reset or a clean
- * close (`reset`, `closed`), never in silence (`hung`, when the deadline ran
- * out).
+ * end where it should (for a `backend-first` stream, the backend says that
+ * only on its DONE line, which the soak joins in later); a stream cut short
+ * must end in a reset or a clean close (`reset`, `closed`), never in silence
+ * (`hung`, when the deadline ran out).
  *
  * @module
  */
 
+import { realClock, sleep } from "../clock.ts";
+import { closeQuietly } from "../errors.ts";
 import { writeAll } from "../io.ts";
 import {
   checkPattern,
@@ -20,7 +23,7 @@ import {
   type StreamHeader,
 } from "./pattern.ts";
 
-/** How one soak connection ended. */
+/** How one soak connection ended, as the client saw it. */
 export type Outcome =
   /** every byte exact both ways, and the backend's verdict OK */
   | "ok"
@@ -30,43 +33,59 @@ export type Outcome =
   | "reset"
   /** cut by a clean close before the end */
   | "closed"
-  /** the balancer refused the connection */
+  /** the connect failed (refused, or another error: see the detail) */
   | "refused"
   /** a byte differed, or the backend saw a different stream than was sent */
   | "corrupt"
-  /** nothing happened until the deadline */
+  /** nothing happened until the deadline (the connect included) */
   | "hung";
 
 /** What one soak connection did. */
 export interface StreamResult {
   outcome: Outcome;
+  /** The stream's seed, which the backend's DONE line names. */
+  seed: number;
+  /** The bytes the client sent (or meant to). */
+  up: number;
+  /** Whether the backend was asked to finish first. */
+  backendFirst: boolean;
   /** The backend's id, once it answered. */
   backend?: string;
   /** When the backend accepted the connection (Unix ms), once it answered. */
   acceptedAt?: number;
   /** When the client started connecting (Unix ms). */
   startedAt: number;
-  /** For `corrupt`: what differed. */
+  /** When the client was done with it (Unix ms). */
+  endedAt: number;
+  /** For `corrupt` and `refused`: what went wrong. */
   detail?: string;
 }
 
 /** How a soak client behaves, beyond what it sends and asks for. */
 export interface ClientPlan {
-  /** Longest the whole connection may take before it counts as hung. */
+  /** Longest the whole connection may take, connecting included, before it counts as hung. */
   deadlineMs: number;
-  /** Quiet time after the header, before the body (an idle holder). */
+  /** Quiet time after the header, before the body (an idle holder). @default 0 */
   idleMs?: number;
-  /** After each 64 KiB read, this long a stall (a slow reader). */
+  /** Sends no body byte until this settles (a connection held open across a signal). */
+  holdUntil?: Promise<unknown>;
+  /**
+   * A slow reader: after every read (each up to 64 KiB), this long a stall
+   * before the next. @default 0
+   */
   stallMs?: number;
-  /** Close without reading the rest once this many answer bytes are in: the kernel resets it. */
+  /**
+   * Close without reading the rest once this many answer bytes are in, so
+   * that the balancer sees a reset. @default never
+   */
   resetAfter?: number;
+  /** Ends the connection early (the soak was interrupted); it then counts as closed. */
+  signal?: AbortSignal;
 }
 
 const CHUNK = 64 * 1024;
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Runs one connection to `port` and says how it ended. */
 export async function runClient(
@@ -75,60 +94,97 @@ export async function runClient(
   plan: ClientPlan,
 ): Promise<StreamResult> {
   const startedAt = Date.now();
+  const deadline = new AbortController();
+  const timer = setTimeout(() => deadline.abort(), plan.deadlineMs);
+  const stop = plan.signal === undefined
+    ? deadline.signal
+    : AbortSignal.any([deadline.signal, plan.signal]);
+  const reader = new Answer(header);
+  const result = (outcome: Outcome, detail?: string): StreamResult => ({
+    outcome,
+    seed: header.seed,
+    up: header.up,
+    backendFirst: header.backendFirst ?? false,
+    backend: reader.backend,
+    acceptedAt: reader.acceptedAt,
+    startedAt,
+    endedAt: Date.now(),
+    ...(detail ? { detail } : {}),
+  });
   let conn: Deno.TcpConn;
   try {
-    conn = await Deno.connect({ hostname: "127.0.0.1", port });
-  } catch {
-    return { outcome: "refused", startedAt };
+    conn = await Deno.connect({ hostname: "127.0.0.1", port, signal: stop });
+  } catch (error) {
+    clearTimeout(timer);
+    return deadline.signal.aborted ? result("hung") : result("refused", String(error));
   }
-  let hung = false;
-  const deadline = setTimeout(() => {
-    hung = true;
-    close(conn);
-  }, plan.deadlineMs);
-  const reader = new Answer(header);
+  // Past the connect, a deadline or an interruption closes the socket: every
+  // read and write then fails, and the outcome says which it was.
+  const closeOnStop = () => closeQuietly(conn);
+  stop.addEventListener("abort", closeOnStop);
   try {
     await writeAll(conn, encoder.encode(formatHeader(header)));
+    const answerEnded = Promise.withResolvers<void>();
+    const reading = read(conn, reader, plan, stop).finally(() => answerEnded.resolve());
     const [sent, answered] = await Promise.allSettled([
-      send(conn, header, plan),
-      read(conn, reader, plan),
+      send(conn, header, plan, stop, reader, answerEnded.promise),
+      reading,
     ]);
     if (answered.status === "rejected") throw answered.reason;
-    if (answered.value === "reset-sent") return result("reset-sent");
+    if (answered.value === "reset-sent") {
+      // The whole stream was handed over first (allSettled waited for it),
+      // so the backend's view of it is whole; unread answer bytes are
+      // waiting, and closing now makes the kernel send a reset.
+      closeQuietly(conn);
+      return result("reset-sent");
+    }
     if (sent.status === "rejected") throw sent.reason;
+    if (header.backendFirst) return result("ok");
     return reader.verdict === `OK ${header.up}`
       ? result("ok")
       : reader.problem !== undefined || reader.verdict?.startsWith("BAD")
       ? result("corrupt", reader.problem ?? `backend said ${reader.verdict}`)
       : result("closed");
   } catch (error) {
-    if (hung) return result("hung");
+    if (deadline.signal.aborted) return result("hung");
     if (reader.problem !== undefined) return result("corrupt", reader.problem);
     return result(isReset(error) ? "reset" : "closed");
   } finally {
-    clearTimeout(deadline);
-    close(conn);
-  }
-
-  function result(outcome: Outcome, detail?: string): StreamResult {
-    return {
-      outcome,
-      backend: reader.backend,
-      acceptedAt: reader.acceptedAt,
-      startedAt,
-      ...(detail ? { detail } : {}),
-    };
+    clearTimeout(timer);
+    stop.removeEventListener("abort", closeOnStop);
+    closeQuietly(conn);
   }
 }
 
-async function send(conn: Deno.TcpConn, header: StreamHeader, plan: ClientPlan): Promise<void> {
-  if (plan.idleMs) await sleep(plan.idleMs);
+// Sends the body and finishes the stream. A backend-first stream holds back
+// its second half until the backend's stream has ended.
+async function send(
+  conn: Deno.TcpConn,
+  header: StreamHeader,
+  plan: ClientPlan,
+  stop: AbortSignal,
+  answer: Answer,
+  answerEnded: Promise<void>,
+): Promise<void> {
+  if (plan.idleMs) await sleep(realClock, plan.idleMs, stop);
+  if (plan.holdUntil) await settledOrAborted(plan.holdUntil, stop);
+  const heldBack = header.backendFirst ? Math.floor(header.up / 2) : 0;
   const chunk = new Uint8Array(CHUNK);
-  for (let sent = 0; sent < header.up; sent += CHUNK) {
-    const piece = chunk.subarray(0, Math.min(CHUNK, header.up - sent));
-    fillPattern(header.seed, sent, piece);
-    await writeAll(conn, piece);
+  let sent = 0;
+  const sendUpTo = async (end: number) => {
+    while (sent < end) {
+      const piece = chunk.subarray(0, Math.min(CHUNK, end - sent));
+      fillPattern(header.seed, sent, piece);
+      await writeAll(conn, piece);
+      sent += piece.length;
+    }
+  };
+  await sendUpTo(header.up - heldBack);
+  if (header.backendFirst) {
+    await answerEnded;
+    if (!answer.complete) throw new Error("the backend's stream did not end whole");
   }
+  await sendUpTo(header.up);
   await conn.closeWrite();
 }
 
@@ -136,6 +192,7 @@ async function read(
   conn: Deno.TcpConn,
   answer: Answer,
   plan: ClientPlan,
+  stop: AbortSignal,
 ): Promise<"done" | "reset-sent"> {
   const buffer = new Uint8Array(CHUNK);
   while (true) {
@@ -146,16 +203,12 @@ async function read(
     }
     answer.take(buffer.subarray(0, n));
     if (answer.problem !== undefined) throw new Error(answer.problem);
-    if (plan.resetAfter !== undefined && answer.bodyBytes >= plan.resetAfter) {
-      // Unread bytes are waiting: closing now makes the kernel send a reset.
-      close(conn);
-      return "reset-sent";
-    }
-    if (plan.stallMs) await sleep(plan.stallMs);
+    if (plan.resetAfter !== undefined && answer.bodyBytes >= plan.resetAfter) return "reset-sent";
+    if (plan.stallMs) await sleep(realClock, plan.stallMs, stop);
   }
 }
 
-/** The backend's answer as it arrives: `HELLO id`, the body, the verdict. */
+/** The backend's answer as it arrives: `HELLO id`, the body, the verdict (unless backend-first). */
 class Answer {
   backend: string | undefined;
   acceptedAt: number | undefined;
@@ -165,14 +218,18 @@ class Answer {
   #line = "";
   readonly #seed: number;
   readonly #down: number;
+  readonly #withVerdict: boolean;
 
   constructor(header: StreamHeader) {
     this.#seed = replySeed(header.seed);
     this.#down = header.down;
+    this.#withVerdict = !header.backendFirst;
   }
 
   get complete(): boolean {
-    return this.verdict !== undefined;
+    return this.#withVerdict
+      ? this.verdict !== undefined
+      : this.backend !== undefined && this.bodyBytes === this.#down;
   }
 
   take(bytes: Uint8Array): void {
@@ -198,8 +255,8 @@ class Answer {
     this.bodyBytes += body.length;
     at += body.length;
     if (at >= bytes.length) return;
-    if (this.verdict !== undefined) {
-      this.problem = "bytes after the verdict";
+    if (this.verdict !== undefined || !this.#withVerdict) {
+      this.problem = `bytes after the ${this.#withVerdict ? "verdict" : "answer"}`;
       return;
     }
     if (this.#lineFrom(bytes, at) >= 0) {
@@ -218,15 +275,20 @@ class Answer {
   }
 }
 
+// Resolves once `promise` settles or `signal` aborts, whichever comes first.
+function settledOrAborted(promise: Promise<unknown>, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const done = () => {
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    signal.addEventListener("abort", done, { once: true });
+    promise.then(done, done);
+  });
+}
+
 function isReset(error: unknown): boolean {
   return error instanceof Deno.errors.ConnectionReset || error instanceof Deno.errors.BrokenPipe ||
     error instanceof Deno.errors.ConnectionAborted;
-}
-
-function close(conn: Deno.Conn): void {
-  try {
-    conn.close();
-  } catch {
-    // Already closed.
-  }
 }

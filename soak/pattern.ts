@@ -15,6 +15,21 @@
  * stream has ended, one verdict line: `OK <up>\n` when every byte was as
  * expected, else `BAD <offset>\n`. Then it finishes its own stream.
  *
+ * With `SOAK <seed> <up> <down> backend-first\n` the backend finishes first:
+ * it sends `HELLO`, the `down` bytes and finishes its stream at once, without
+ * a verdict line, and goes on reading and checking the client's stream to its
+ * end. The client sends part of its stream, waits for the backend's end, then
+ * sends the rest: what it sends after the backend's end must still arrive,
+ * which only the backend can tell.
+ *
+ * So the backend also tells the soak, on its standard output, one line per
+ * connection it finished cleanly (its answer and verdict handed to the
+ * kernel, its stream finished, the client's stream read to its end):
+ * `DONE <seed> OK <up>` or `DONE <seed> BAD <offset>`. The soak joins these
+ * with what the clients saw: a client cut short on a stream its backend
+ * finished lost bytes on the way back; with `backend-first`, the DONE line is
+ * the only verdict on the client's stream.
+ *
  * @module
  */
 
@@ -77,18 +92,54 @@ export interface StreamHeader {
   seed: number;
   up: number;
   down: number;
+  /** The backend finishes its stream first, and says its verdict only on its DONE line. */
+  backendFirst?: boolean;
 }
 
 /** The header line for `header`. */
-export function formatHeader({ seed, up, down }: StreamHeader): string {
-  return `SOAK ${seed} ${up} ${down}\n`;
+export function formatHeader({ seed, up, down, backendFirst }: StreamHeader): string {
+  return `SOAK ${seed} ${up} ${down}${backendFirst ? " backend-first" : ""}\n`;
 }
 
 /** Reads a header line (without its newline); undefined when it is not one. */
 export function parseHeader(line: string): StreamHeader | undefined {
-  const match = /^SOAK (\d{1,10}) (\d{1,12}) (\d{1,12})$/.exec(line);
+  const match = /^SOAK (\d{1,10}) (\d{1,12}) (\d{1,12})( backend-first)?$/.exec(line);
   if (match === null) return undefined;
-  const [seed, up, down] = match.slice(1).map(Number) as [number, number, number];
+  const [seed, up, down] = match.slice(1, 4).map(Number) as [number, number, number];
   if (seed > 0xffffffff) return undefined;
-  return { seed, up, down };
+  return match[4] === undefined ? { seed, up, down } : { seed, up, down, backendFirst: true };
+}
+
+/** The backend's verdict on a client's stream: every byte right, or the first wrong offset. */
+export type Verdict = { ok: true; count: number } | { ok: false; at: number };
+
+/** The verdict as the backend writes it: `OK <count>` or `BAD <offset>`. */
+export function formatVerdict(verdict: Verdict): string {
+  return verdict.ok ? `OK ${verdict.count}` : `BAD ${verdict.at}`;
+}
+
+/** Reads `OK <count>` or `BAD <offset>`; undefined for anything else. */
+export function parseVerdict(text: string): Verdict | undefined {
+  const match = /^(OK|BAD) (\d{1,12})$/.exec(text);
+  if (match === null) return undefined;
+  const n = Number(match[2]);
+  return match[1] === "OK" ? { ok: true, count: n } : { ok: false, at: n };
+}
+
+/** A backend's line for a connection it finished cleanly: `DONE <seed> <verdict>`. */
+export function formatDone(seed: number, verdict: Verdict): string {
+  return `DONE ${seed} ${formatVerdict(verdict)}`;
+}
+
+/**
+ * Reads a backend's DONE line. `verdict` is undefined when the line names a
+ * seed but no verdict this protocol knows; the result is undefined when it is
+ * not a DONE line at all.
+ */
+export function parseDone(
+  line: string,
+): { seed: number; verdict: Verdict | undefined } | undefined {
+  const match = /^DONE (\d{1,10}) (.*)$/.exec(line);
+  if (match === null || Number(match[1]) > 0xffffffff) return undefined;
+  return { seed: Number(match[1]), verdict: parseVerdict(match[2]!) };
 }
