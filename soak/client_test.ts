@@ -9,7 +9,8 @@ import {
   writeAll,
 } from "../test_util.ts";
 import { serveSoakConnection } from "./backend.ts";
-import { runClient } from "./client.ts";
+import { joinBackendLines } from "./checks.ts";
+import { runClient, type StreamResult } from "./client.ts";
 
 /** A soak backend in this process; its DONE lines land in `lines`. */
 function soakBackend(): TestServer & { lines: string[] } {
@@ -68,6 +69,13 @@ const flipAt = (at: number): Edit => (bytes, seen) => {
   return bytes;
 };
 
+// What the soak makes of one client once its backend's DONE lines are in.
+function findingOf(result: StreamResult, lines: string[]) {
+  const record = { ...result, kind: "stream", phase: "load" as const };
+  const backendLines = lines.map((line) => ({ backend: "b1", line }));
+  return joinBackendLines([record], backendLines, []).joined[0]!.finding;
+}
+
 const plan = { deadlineMs: 30_000 };
 
 Deno.test("runClient(): big streams both ways with half-close arrive exact: ok, with the backend named and its DONE line", async () => {
@@ -112,12 +120,13 @@ Deno.test("backend-first: the backend ends first, the client's stream still arri
     assert.equal(result.backendFirst, true);
     await until(() => backend.lines.length === 1, "the DONE line");
     assert.deepEqual(backend.lines, [`DONE 11 OK ${2 << 20}`]);
+    assert.equal(findingOf(result, backend.lines), "ok");
   } finally {
     await backend.close();
   }
 });
 
-Deno.test("backend-first: a relay that drops what the client sends after the backend's end fools the client, not the backend", async () => {
+Deno.test("backend-first: a relay that drops what the client sends after the backend's end fools the client, not the soak", async () => {
   const backend = soakBackend();
   const dropsLate = relay(backend.port, {
     up: (bytes, _, downEnded) => downEnded ? undefined : bytes,
@@ -128,12 +137,15 @@ Deno.test("backend-first: a relay that drops what the client sends after the bac
     assert.equal(result.outcome, "ok", "the client cannot tell");
     await until(() => backend.lines.length === 1, "the DONE line");
     assert.match(backend.lines[0]!, /^DONE 12 BAD \d+$/);
+    assert.equal(findingOf(result, backend.lines), "corrupt");
+    // And a relay that lost the client's end altogether leaves no DONE line.
+    assert.equal(findingOf(result, []), "lost");
   } finally {
     await Promise.all([dropsLate.close(), backend.close()]);
   }
 });
 
-Deno.test("a relay that drops the answer's tail and then closes cleanly: the client sees closed, the backend finished", async () => {
+Deno.test("a relay that drops the answer's tail and then closes cleanly: the client sees closed, the soak sees lost", async () => {
   const backend = soakBackend();
   const cutsShort = relay(backend.port, {
     down: (bytes, seen) => seen + bytes.length <= 100_000 ? bytes : undefined,
@@ -143,6 +155,7 @@ Deno.test("a relay that drops the answer's tail and then closes cleanly: the cli
     assert.equal(result.outcome, "closed");
     await until(() => backend.lines.length === 1, "the DONE line");
     assert.deepEqual(backend.lines, ["DONE 13 OK 1000"]);
+    assert.equal(findingOf(result, backend.lines), "lost");
   } finally {
     await Promise.all([cutsShort.close(), backend.close()]);
   }

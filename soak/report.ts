@@ -29,6 +29,8 @@ export interface Check {
   name: string;
   ok: boolean;
   detail: string;
+  /** A few of the connections that failed it, for a reader to start from. */
+  examples?: string[];
 }
 
 /** Everything a soak run found. */
@@ -96,7 +98,9 @@ export function renderMarkdown(report: SoakReport, svgName: string): string {
     "",
     "## Clients",
     "",
-    "How each kind of soak client's connections ended (`ok`: every byte exact both ways).",
+    "How each kind of soak client's connections ended (`ok`: every byte exact both ways; " +
+    "`lost`: cut short on its way back, although the backend finished it; `unconfirmed`: " +
+    "a backend-first stream whose backend was killed before it could say).",
     "",
   ];
   const outcomeNames = [...new Set(Object.values(report.outcomes).flatMap(Object.keys))].sort();
