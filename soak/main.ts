@@ -12,7 +12,6 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
 import { seededRandom } from "../test_util.ts";
 import { type ClientPlan, runClient, type StreamResult } from "./client.ts";
 import {
@@ -23,6 +22,7 @@ import {
   processUsage,
   startSoakBalancer,
 } from "./cluster.ts";
+import { parseSoakArgs, type SoakOptions, USAGE, UsageError } from "./flags.ts";
 import {
   type Check,
   type FaultEvent,
@@ -32,53 +32,6 @@ import {
   slopePerMinute,
   type SoakReport,
 } from "./report.ts";
-
-/** What a soak run is asked to do. */
-export interface SoakOptions {
-  minutes: number;
-  engine: "epoll" | "deno";
-  seed: number;
-  out: string;
-  quick: boolean;
-}
-
-const USAGE =
-  `Usage: deno task soak [--minutes N] [--engine epoll|deno] [--quick] [--seed N] [--out DIR]
-  --minutes N   how long the load and the faults run (default 10; --quick: 1)
-  --engine E    the balancer's engine: epoll (default on Linux) or deno
-  --quick       a one-minute run, as CI does
-  --seed N      the fault and load schedule's seed (default: a new one, printed)
-  --out DIR     where the report goes (default soak/results)`;
-
-/** Reads the flags; throws an Error naming the flag and the value. */
-export function parseSoakArgs(args: string[]): SoakOptions {
-  const { values } = parseArgs({
-    args,
-    options: {
-      minutes: { type: "string" },
-      engine: { type: "string", default: "epoll" },
-      quick: { type: "boolean", default: false },
-      seed: { type: "string" },
-      out: { type: "string", default: new URL("results", import.meta.url).pathname },
-    },
-    strict: true,
-    allowPositionals: false,
-  });
-  const minutes = values.minutes === undefined ? (values.quick ? 1 : 10) : Number(values.minutes);
-  if (!(minutes > 0 && minutes <= 1440)) {
-    throw new Error(`--minutes ${values.minutes}: expected a number of minutes, 0-1440`);
-  }
-  if (values.engine !== "epoll" && values.engine !== "deno") {
-    throw new Error(`--engine ${values.engine}: expected epoll or deno`);
-  }
-  const seed = values.seed === undefined
-    ? Math.floor(Math.random() * 2 ** 31)
-    : Number(values.seed);
-  if (!Number.isInteger(seed) || seed < 0 || seed >= 2 ** 32) {
-    throw new Error(`--seed ${values.seed}: expected a whole number 0-4294967295`);
-  }
-  return { minutes, engine: values.engine, seed, out: values.out, quick: values.quick };
-}
 
 // The balancer runs under this descriptor limit, so that a burst of clients
 // runs it out of descriptors; the steady load uses about a fifth of it.
@@ -576,8 +529,13 @@ if (import.meta.main) {
   try {
     options = parseSoakArgs(Deno.args);
   } catch (error) {
-    console.error(`soak: ${(error as Error).message}\n${USAGE}`);
+    if (!(error instanceof UsageError)) throw error;
+    console.error(`soak: ${error.message}\n${USAGE}`);
     Deno.exit(2);
+  }
+  if (options.help) {
+    console.log(USAGE);
+    Deno.exit(0);
   }
   const report = await runSoak(options);
   await Deno.mkdir(options.out, { recursive: true });
