@@ -9,7 +9,7 @@ import {
   writeAll,
 } from "../test_util.ts";
 import { serveSoakConnection } from "./backend.ts";
-import { joinBackendLines } from "./checks.ts";
+import { joinBackendLines } from "./join.ts";
 import { runClient, type StreamResult } from "./client.ts";
 
 /** A soak backend in this process; its DONE lines land in `lines`. */
