@@ -29,11 +29,11 @@ export type Outcome =
   | "ok"
   /** the client reset it on purpose, as asked */
   | "reset-sent"
-  /** cut by a reset (a killed backend, a drain cut, …) */
+  /** cut by a reset (a killed backend, a drain cut, …), the connect included */
   | "reset"
   /** cut by a clean close before the end */
   | "closed"
-  /** the connect failed (refused, or another error: see the detail) */
+  /** the connect was refused, or failed otherwise than by a reset (see the detail) */
   | "refused"
   /** a byte differed, or the backend saw a different stream than was sent */
   | "corrupt"
@@ -57,7 +57,7 @@ export interface StreamResult {
   startedAt: number;
   /** When the client was done with it (Unix ms). */
   endedAt: number;
-  /** For `corrupt` and `refused`: what went wrong. */
+  /** For `corrupt`, `refused` and a reset while connecting: what went wrong. */
   detail?: string;
 }
 
@@ -116,7 +116,11 @@ export async function runClient(
     conn = await Deno.connect({ hostname: "127.0.0.1", port, signal: stop });
   } catch (error) {
     clearTimeout(timer);
-    return deadline.signal.aborted ? result("hung") : result("refused", String(error));
+    if (deadline.signal.aborted) return result("hung");
+    // Reset as it opened: the balancer took it and passed on a reset at
+    // once (its backend died as it was dialled); not a refusal.
+    if (isReset(error)) return result("reset", `while connecting: ${error}`);
+    return result("refused", String(error));
   }
   // Past the connect, a deadline or an interruption closes the socket: every
   // read and write then fails, and the outcome says which it was.
