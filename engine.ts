@@ -60,6 +60,14 @@ export interface Joined {
   cut(why: "aborted" | "idle-timeout" | "half-closed-timeout"): void;
 }
 
+/** What {@linkcode Engine.peek} sees of a watched client. */
+export interface Peeked {
+  /** Every byte it has sent and we hold, in order (not a copy to keep: it may change). */
+  readonly bytes: Uint8Array;
+  /** It has ended its stream: no more will come. */
+  readonly ended: boolean;
+}
+
 /** An implementation of the seam. */
 export interface Engine {
   /** `deno` today. */
@@ -72,10 +80,25 @@ export interface Engine {
    * and forwarded by {@linkcode Engine.join}; nothing is sent anywhere before.
    */
   watch(client: EngineConn, onGone: () => void): void;
+  /**
+   * What a watched client has sent so far (kept for the join), once there is
+   * more than `known` bytes of it, or the client has ended its stream or
+   * failed. Rejects when `attempt` is abandoned (the peek timeout, a drain).
+   * The listener reads a PROXY header, a TLS ClientHello or a prefix with it.
+   */
+  peek(client: EngineConn, known: number, attempt: Attempt): Promise<Peeked>;
+  /** Drops the first `count` bytes a watched client sent: they were for us (a PROXY header). */
+  discard(client: EngineConn, count: number): void;
+  /** The address the client connected to (the original destination, for a PROXY header). */
+  localAddress(client: EngineConn): HostPort;
   /** Connects to a backend; rejects when `attempt` is abandoned (connect timeout, drain, client gone). */
   dial(address: HostPort, attempt: Attempt): Promise<EngineConn>;
-  /** Joins a client and the backend connection dialled for it. */
-  join(client: EngineConn, server: EngineConn): Joined;
+  /**
+   * Joins a client and the backend connection dialled for it. `prefix` goes
+   * to the backend before anything from the client (a PROXY header of ours);
+   * it is not counted in the client's bytes.
+   */
+  join(client: EngineConn, server: EngineConn, options?: { prefix?: Uint8Array }): Joined;
   /** Closes a client that was never joined; `reset` sends a reset where the engine can. */
   close(conn: EngineConn, options?: { reset?: boolean }): Promise<void>;
 }

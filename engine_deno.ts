@@ -14,7 +14,7 @@ import { formatHostPort, type HostPort, isIpLiteral } from "./address.ts";
 import { Bridge, EarlyReader } from "./bridge.ts";
 import { type BufferPool, defaultPools } from "./buffers.ts";
 import { type Clock, realClock } from "./clock.ts";
-import type { Attempt, Engine, EngineConn, EngineListener, Joined } from "./engine.ts";
+import type { Attempt, Engine, EngineConn, EngineListener, Joined, Peeked } from "./engine.ts";
 import { closeQuietly } from "./errors.ts";
 
 /** Opens a connection to a backend; must give up when `signal` aborts. */
@@ -96,7 +96,29 @@ export class DenoEngine implements Engine {
     }
   }
 
-  join(client: EngineConn, server: EngineConn): Joined {
+  async peek(client: EngineConn, known: number, attempt: Attempt): Promise<Peeked> {
+    const early = (client as DenoConn).early!;
+    if (attempt.aborted) throw attempt.reason;
+    const aborted = Promise.withResolvers<never>();
+    attempt.setOnAbort(aborted.reject);
+    try {
+      await Promise.race([early.more(known), aborted.promise]);
+    } finally {
+      attempt.setOnAbort(undefined);
+    }
+    return { bytes: early.view(), ended: early.ended };
+  }
+
+  discard(client: EngineConn, count: number): void {
+    (client as DenoConn).early?.discard(count);
+  }
+
+  localAddress(client: EngineConn): HostPort {
+    const { hostname, port } = (client as DenoConn).socket.localAddr;
+    return { hostname, port };
+  }
+
+  join(client: EngineConn, server: EngineConn, options: { prefix?: Uint8Array } = {}): Joined {
     const early = (client as DenoConn).early;
     (client as DenoConn).early = undefined;
     return new Bridge((client as DenoConn).socket, (server as DenoConn).socket, {
@@ -104,6 +126,7 @@ export class DenoEngine implements Engine {
       clock: this.#clock,
       reset: this.#reset,
       early,
+      ...(options.prefix ? { prefix: options.prefix } : {}),
     });
   }
 
