@@ -17,7 +17,8 @@ import { formatHostPort, parseHostPort } from "./address.ts";
 import { adminUrl, type ListenerStats, startAdmin } from "./admin.ts";
 import type { AdminServer } from "./admin_server.ts";
 import { type Clock, realClock } from "./clock.ts";
-import { type Config, ConfigError, socketsOverlap } from "./config.ts";
+import { type Config, ConfigError, listenerKey, listenerPool, socketsOverlap } from "./config.ts";
+import { Edge } from "./edge.ts";
 import type { Engine, EngineListener } from "./engine.ts";
 import { closeQuietly, describe, StartError } from "./errors.ts";
 import { type LoadBalancerEvent, READY } from "./events.ts";
@@ -26,6 +27,7 @@ import { type AccessLog, eventLogger, logDiagnostic } from "./log.ts";
 import {
   adminExposure,
   buildPools,
+  edgeSettingsOf,
   needsRestart,
   type Plan,
   prepare,
@@ -74,7 +76,7 @@ export interface ListenerHost {
   readonly activeConnections: number;
   /** Each listener, for the admin API. */
   listeners(): readonly ListenerStats[];
-  /** The listen addresses running now, as the config writes them. */
+  /** The listeners running now, by {@linkcode listenerKey}: their addresses as the config writes them. */
   running(): readonly string[];
 }
 
@@ -179,7 +181,7 @@ export class Runtime {
   }
 
   #ready(listener: ListenerConfig, address: string): void {
-    const pool = this.#pools.get(listener.pool)!;
+    const pool = this.#pools.get(listenerPool(listener))!;
     logDiagnostic(
       `${READY}${address}; backends ${pool.backends.map((b) => b.describe()).join(", ")}`,
     );
@@ -233,10 +235,11 @@ export class Runtime {
     // 0.0.0.0:5901) cannot be bound until the old socket closes.
     const running = this.#host.running();
     for (const listenerConfig of next.listeners) {
-      if (running.includes(listenerConfig.listen)) continue;
+      if (running.includes(listenerKey(listenerConfig))) continue;
       const clash = running.find((address) =>
-        !next.listeners.some((l) => l.listen === address) &&
-        socketsOverlap(address, listenerConfig.listen)
+        !next.listeners.some((l) => listenerKey(l) === address) &&
+        // A port-0 listener's key carries its name; it never overlaps anything.
+        !address.includes("#") && socketsOverlap(address, listenerConfig.listen)
       );
       if (clash !== undefined) {
         return failed(
@@ -272,7 +275,7 @@ export class Runtime {
     await Promise.all([...oldPools.values()].map((pool) => pool.stop()));
     for (const pool of this.#pools.values()) pool.start();
     for (const listener of next.listeners) {
-      const address = added.get(listener.listen);
+      const address = added.get(listenerKey(listener));
       if (address !== undefined) this.#ready(listener, address);
     }
     this.reloads++;
@@ -370,9 +373,9 @@ export class LocalListeners implements ListenerHost {
   ): Promise<Map<string, string>> {
     const fresh = new Map<string, EngineListener>();
     for (const listener of config.listeners) {
-      if (this.#running.has(listener.listen)) continue;
+      if (this.#running.has(listenerKey(listener))) continue;
       try {
-        fresh.set(listener.listen, this.#bind(listener, where));
+        fresh.set(listenerKey(listener), this.#bind(listener, where));
       } catch (error) {
         for (const socket of fresh.values()) closeQuietly(socket);
         return Promise.reject(error);
@@ -380,19 +383,28 @@ export class LocalListeners implements ListenerHost {
     }
     const added = new Map<string, string>();
     for (const listener of config.listeners) {
-      const balancer = this.#running.get(listener.listen);
+      const balancer = this.#running.get(listenerKey(listener));
       if (balancer === undefined) {
-        added.set(listener.listen, this.#serve(fresh.get(listener.listen)!, listener, pools));
+        added.set(
+          listenerKey(listener),
+          this.#serve(fresh.get(listenerKey(listener))!, listener, pools),
+        );
       } else {
-        balancer.reconfigure({ pool: pools.get(listener.pool)!, maxConnections: listener.maxconn });
+        balancer.reconfigure({
+          pool: pools.get(listenerPool(listener))!,
+          maxConnections: listener.maxconn,
+          ...this.#front(listener, pools, balancer.edge),
+        });
       }
     }
     for (const [address, balancer] of this.#running) {
-      if (config.listeners.some((l) => l.listen === address)) continue;
+      if (config.listeners.some((l) => listenerKey(l) === address)) continue;
       this.#running.delete(address);
       balancer.shutdown(drainMs).then(({ cut }) =>
         logDiagnostic(
-          `stopped listening on ${address}; ${cut} connection(s) cut at the drain timeout`,
+          `stopped listening on ${
+            formatHostPort(balancer.address)
+          }; ${cut} connection(s) cut at the drain timeout`,
         )
       );
     }
@@ -406,6 +418,16 @@ export class LocalListeners implements ListenerHost {
   async drain(drainMs: number): Promise<number> {
     const results = await Promise.all([...this.#running.values()].map((b) => b.shutdown(drainMs)));
     return results.reduce((sum, r) => sum + r.cut, 0);
+  }
+
+  // A listener's front door and the pools its routes may name; a reload
+  // hands the running one over, for its per-source counts.
+  #front(listener: ListenerConfig, pools: ReadonlyMap<string, Pool>, previous: Edge | undefined) {
+    const settings = edgeSettingsOf(listener);
+    return {
+      routePools: pools,
+      ...(settings ? { edge: new Edge(settings, this.#clock, previous) } : {}),
+    };
   }
 
   #bind(listener: ListenerConfig, where: Where): EngineListener {
@@ -423,12 +445,13 @@ export class LocalListeners implements ListenerHost {
       name: listener.name,
       listener: socket,
       engine: this.#engine,
-      pool: pools.get(listener.pool)!,
+      pool: pools.get(listenerPool(listener))!,
       maxConnections: listener.maxconn,
+      ...this.#front(listener, pools, undefined),
       clock: this.#clock,
       onEvent: this.#onEvent,
     });
-    this.#running.set(listener.listen, balancer);
+    this.#running.set(listenerKey(listener), balancer);
     balancer.serve();
     return formatHostPort(balancer.address);
   }
