@@ -200,6 +200,16 @@ const listenerSchema = z.strictObject({
   peek_timeout_ms: milliseconds(5000).describe(
     "how long a PROXY header, or the first bytes routes look at, may take to arrive",
   ),
+  tls: z.strictObject({
+    cert: z.string({ error: "expected a file path" }).min(1, { error: "expected a file path" })
+      .describe("the certificate chain, PEM"),
+    key: z.string({ error: "expected a file path" }).min(1, { error: "expected a file path" })
+      .describe("its private key, PEM"),
+    alpn: z.array(z.string().min(1), { error: "expected a list of protocol names" }).default([])
+      .describe("protocols to offer in the handshake, e.g. [h2, http/1.1]"),
+  }).optional().describe(
+    "terminate TLS here: clients speak TLS, backends get the plain bytes (deno engine)",
+  ),
   routes: z.array(routeSchema, { error: "expected a list of routes" }).default([]).describe(
     "the first route whose match holds picks the pool; bytes are forwarded unchanged",
   ),
@@ -316,6 +326,25 @@ export const configSchema = z.strictObject({
         `would need its own port); use one worker, or leave the admin API out`,
     });
   }
+  config.listeners.forEach((listener, i) => {
+    if (listener.tls === undefined) return;
+    if (config.engine === "epoll" || config.threads > 1) {
+      context.addIssue({
+        code: "custom",
+        path: ["listeners", i, "tls"],
+        message: "a listener with tls runs on the deno engine: set engine to auto or deno, " +
+          "and threads to 1",
+      });
+    }
+    if (listener.routes.some((r) => r.match.sni !== undefined || r.match.alpn !== undefined)) {
+      context.addIssue({
+        code: "custom",
+        path: ["listeners", i, "routes"],
+        message: "sni and alpn routes read the ClientHello of TLS passed through; with tls " +
+          "here the balancer terminates it: route by source or prefix instead",
+      });
+    }
+  });
   if (config.threads > 1 && config.engine === "deno") {
     context.addIssue({
       code: "custom",

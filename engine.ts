@@ -38,6 +38,19 @@ export interface EngineListener {
   close(): void;
 }
 
+/** A certificate chain and its key (PEM text), and the ALPN protocols to offer. */
+export interface TlsMaterial {
+  readonly cert: string;
+  readonly key: string;
+  readonly alpn: readonly string[];
+}
+
+/** A listener that terminates TLS; a reload may give it a new certificate. */
+export interface TlsEngineListener extends EngineListener {
+  /** New clients get `material` from now on; clients connected keep theirs. */
+  setMaterial(material: TlsMaterial): void;
+}
+
 /** What a join resolves with once both connections are closed. */
 export interface JoinResult {
   /** Bytes read from the client and written to the server. */
@@ -74,6 +87,11 @@ export interface Engine {
   readonly name: string;
   /** Binds and listens. @throws when the address cannot be bound */
   listen(address: HostPort, options?: { reusePort?: boolean }): EngineListener;
+  /**
+   * Binds and listens, terminating TLS: clients speak TLS, backends get the
+   * plain bytes. Only engines that can (`deno`). @throws when it cannot bind
+   */
+  listenTls?(address: HostPort, material: TlsMaterial): Promise<TlsEngineListener>;
   /**
    * Watches a new client until it is joined or closed: `onGone` is called if
    * it resets or fails meanwhile. What it sends meanwhile is kept (bounded)

@@ -14,7 +14,17 @@ import { formatHostPort, type HostPort, isIpLiteral } from "./address.ts";
 import { Bridge, EarlyReader } from "./bridge.ts";
 import { type BufferPool, defaultPools } from "./buffers.ts";
 import { type Clock, realClock } from "./clock.ts";
-import type { Attempt, Engine, EngineConn, EngineListener, Joined, Peeked } from "./engine.ts";
+import type {
+  Attempt,
+  Engine,
+  EngineConn,
+  EngineListener,
+  Joined,
+  Peeked,
+  TlsEngineListener,
+  TlsMaterial,
+} from "./engine.ts";
+import { TlsListener } from "./tls_listener.ts";
 import { closeQuietly } from "./errors.ts";
 
 /** Opens a connection to a backend; must give up when `signal` aborts. */
@@ -78,6 +88,16 @@ export class DenoEngine implements Engine {
     return listenerOf(
       Deno.listen({ ...address, ...(options.reusePort ? { reusePort: true } : {}) }),
     );
+  }
+
+  async listenTls(address: HostPort, material: TlsMaterial): Promise<TlsEngineListener> {
+    const listener = await TlsListener.listen(address, material);
+    return {
+      address: listener.address,
+      accept: async () => new DenoConn((await listener.accept()) as unknown as Deno.TcpConn),
+      close: () => listener.close(),
+      setMaterial: (next) => listener.setMaterial(next),
+    };
   }
 
   watch(client: EngineConn, onGone: () => void): void {

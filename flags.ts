@@ -193,6 +193,25 @@ export const SETTINGS: readonly FlagSpec[] = [
     help: "how long a PROXY header, or the first bytes routes look at, may take to arrive",
   },
   {
+    name: "tls-cert",
+    value: "FILE",
+    scope: "listener",
+    key: ["tls", "cert"],
+    read: String,
+    unset: "off",
+    help: "terminate TLS with this certificate chain (PEM) and --tls-key; backends get plain " +
+      "bytes (runs on the deno engine; a reload with new files applies to new clients)",
+  },
+  {
+    name: "tls-key",
+    value: "FILE",
+    scope: "listener",
+    key: ["tls", "key"],
+    read: String,
+    unset: "off",
+    help: "the private key (PEM) for --tls-cert",
+  },
+  {
     name: "send-proxy",
     value: "v1|v2|off",
     scope: "pool",

@@ -25,6 +25,7 @@ import {
 } from "./config.ts";
 import { type EdgeSettings, hasEdge } from "./edge.ts";
 import { describe } from "./errors.ts";
+import { tlsProblem } from "./tls_listener.ts";
 import type { LoadBalancerEvent } from "./events.ts";
 import { type FlagSpec, givenText, type LoadBalancerFlags, UsageError } from "./flags.ts";
 import { fromHex, type Probe, sendExpectProbe, tcpProbe } from "./health_check.ts";
@@ -275,6 +276,23 @@ export async function prepare(
   } catch (error) {
     problems.push((error as Error).message);
   }
+  // A listener's certificate and key must parse, and belong together.
+  config.listeners.forEach((listener, i) => {
+    if (listener.tls === undefined) return;
+    const given = givenText(flags, "tls-cert") === undefined
+      ? `listeners[${i}].tls`
+      : "--tls-cert/--tls-key";
+    let cert: string, key: string;
+    try {
+      cert = Deno.readTextFileSync(listener.tls.cert);
+      key = Deno.readTextFileSync(listener.tls.key);
+    } catch (error) {
+      problems.push(`${given}: cannot read ${describe(error)}`);
+      return;
+    }
+    const problem = tlsProblem(cert, key);
+    if (problem) problems.push(`${given} (${listener.tls.cert}, ${listener.tls.key}): ${problem}`);
+  });
   let log = runningLog;
   if (log === undefined) {
     try {

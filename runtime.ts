@@ -19,7 +19,7 @@ import type { AdminServer } from "./admin_server.ts";
 import { type Clock, realClock } from "./clock.ts";
 import { type Config, ConfigError, listenerKey, listenerPool, socketsOverlap } from "./config.ts";
 import { Edge } from "./edge.ts";
-import type { Engine, EngineListener } from "./engine.ts";
+import type { Engine, EngineListener, TlsEngineListener, TlsMaterial } from "./engine.ts";
 import { closeQuietly, describe, StartError } from "./errors.ts";
 import { type LoadBalancerEvent, READY } from "./events.ts";
 import type { LoadBalancerFlags } from "./flags.ts";
@@ -322,6 +322,8 @@ export class LocalListeners implements ListenerHost {
   readonly #reusePort: boolean;
   /** The listeners, by the address they listen on: a reload keeps every address it still lists. */
   readonly #running = new Map<string, LoadBalancer>();
+  /** The listeners that terminate TLS, by key: a reload hands them a new certificate. */
+  readonly #tls = new Map<string, TlsEngineListener>();
 
   constructor(options: {
     engine: Engine;
@@ -352,20 +354,18 @@ export class LocalListeners implements ListenerHost {
     return Promise.resolve();
   }
 
-  start(config: Config, pools: ReadonlyMap<string, Pool>, where: Where): Promise<string[]> {
+  async start(config: Config, pools: ReadonlyMap<string, Pool>, where: Where): Promise<string[]> {
     const sockets: EngineListener[] = [];
     try {
-      for (const listener of config.listeners) sockets.push(this.#bind(listener, where));
+      for (const listener of config.listeners) sockets.push(await this.#bind(listener, where));
     } catch (error) {
       for (const socket of sockets) closeQuietly(socket);
-      return Promise.reject(error);
+      throw error;
     }
-    return Promise.resolve(
-      sockets.map((socket, i) => this.#serve(socket, config.listeners[i]!, pools)),
-    );
+    return sockets.map((socket, i) => this.#serve(socket, config.listeners[i]!, pools));
   }
 
-  reload(
+  async reload(
     config: Config,
     pools: ReadonlyMap<string, Pool>,
     drainMs: number,
@@ -375,11 +375,16 @@ export class LocalListeners implements ListenerHost {
     for (const listener of config.listeners) {
       if (this.#running.has(listenerKey(listener))) continue;
       try {
-        fresh.set(listenerKey(listener), this.#bind(listener, where));
+        fresh.set(listenerKey(listener), await this.#bind(listener, where));
       } catch (error) {
         for (const socket of fresh.values()) closeQuietly(socket);
-        return Promise.reject(error);
+        throw error;
       }
+    }
+    // A certificate that changed serves new clients from now on; connected ones keep theirs.
+    for (const listener of config.listeners) {
+      const tls = this.#tls.get(listenerKey(listener));
+      if (tls !== undefined && listener.tls !== undefined) tls.setMaterial(readTls(listener.tls));
     }
     const added = new Map<string, string>();
     for (const listener of config.listeners) {
@@ -400,6 +405,7 @@ export class LocalListeners implements ListenerHost {
     for (const [address, balancer] of this.#running) {
       if (config.listeners.some((l) => listenerKey(l) === address)) continue;
       this.#running.delete(address);
+      this.#tls.delete(address);
       balancer.shutdown(drainMs).then(({ cut }) =>
         logDiagnostic(
           `stopped listening on ${
@@ -408,7 +414,7 @@ export class LocalListeners implements ListenerHost {
         )
       );
     }
-    return Promise.resolve(added);
+    return added;
   }
 
   async stopAccepting(): Promise<void> {
@@ -430,11 +436,18 @@ export class LocalListeners implements ListenerHost {
     };
   }
 
-  #bind(listener: ListenerConfig, where: Where): EngineListener {
+  async #bind(listener: ListenerConfig, where: Where): Promise<EngineListener> {
+    const address = parseHostPort(listener.listen, { allowPortZero: true });
     try {
-      return this.#engine.listen(parseHostPort(listener.listen, { allowPortZero: true }), {
-        reusePort: this.#reusePort,
-      });
+      if (listener.tls === undefined) {
+        return this.#engine.listen(address, { reusePort: this.#reusePort });
+      }
+      if (this.#engine.listenTls === undefined) {
+        throw new Error(`tls needs the deno engine, not ${this.#engine.name}`);
+      }
+      const tls = await this.#engine.listenTls(address, readTls(listener.tls));
+      this.#tls.set(listenerKey(listener), tls);
+      return tls;
     } catch (error) {
       throw new StartError(`${where(listener)} ${listener.listen}: ${describe(error)}`);
     }
@@ -455,4 +468,13 @@ export class LocalListeners implements ListenerHost {
     balancer.serve();
     return formatHostPort(balancer.address);
   }
+}
+
+/** A listener's certificate, key and ALPN list, read from its files (checked by the plan). */
+function readTls(tls: NonNullable<ListenerConfig["tls"]>): TlsMaterial {
+  return {
+    cert: Deno.readTextFileSync(tls.cert),
+    key: Deno.readTextFileSync(tls.key),
+    alpn: tls.alpn,
+  };
 }
