@@ -14,6 +14,7 @@ import { createHash, timingSafeEqual } from "node:crypto";
 import { formatHostPort, parseHostPort } from "./address.ts";
 import { AdminServer } from "./admin_server.ts";
 import { describe, StartError } from "./errors.ts";
+import { REJECT_REASONS, type RejectReason } from "./events.ts";
 import { type Family, type Histogram, type Labels, renderMetrics } from "./metrics.ts";
 import type { Backend, Pool } from "./pool.ts";
 import { VERSION } from "./version.ts";
@@ -25,6 +26,8 @@ export interface ListenerStats {
   readonly activeConnections: number;
   /** How long its connections lasted, in seconds. */
   readonly durations: Histogram;
+  /** Clients it closed before dialling any backend, by reason (edge.ts). */
+  readonly rejected: ReadonlyMap<RejectReason, number>;
 }
 
 /** What the admin API can see of a running balancer. */
@@ -125,6 +128,18 @@ export function metricsText(view: AdminView): string {
       help: "Clients waiting for a backend with room.",
       type: "gauge",
       samples: pools.map((pool) => [{ pool: pool.name }, pool.queue.length]),
+    },
+    {
+      name: "lb_rejected_total",
+      help: "Client connections closed before any backend was dialled, by reason.",
+      type: "counter",
+      // Every reason for every listener, zeros included, so rates work from the start.
+      samples: balancers.flatMap((b) =>
+        REJECT_REASONS.map((reason): [Labels, number] => [
+          { listener: b.name, reason },
+          b.rejected.get(reason) ?? 0,
+        ])
+      ),
     },
     {
       name: "lb_connection_duration_seconds",

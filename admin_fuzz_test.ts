@@ -34,6 +34,7 @@ function makeView(): AdminView {
     pool,
     activeConnections: 0,
     durations: new Histogram(DURATION_BUCKETS),
+    rejected: new Map(),
   }));
   return { listeners: () => listeners, pools: () => pools, reloads: 0, reloadFailures: 0 };
 }

@@ -32,6 +32,7 @@
 import { type BufferPool, defaultPools } from "./buffers.ts";
 import { type Clock, realClock } from "./clock.ts";
 import type { Joined, JoinResult } from "./engine.ts";
+import { EarlyBytes } from "./early.ts";
 import { closeQuietly } from "./errors.ts";
 import type { JoinEnd } from "./events.ts";
 
@@ -61,6 +62,8 @@ export interface BridgeOptions {
    * bridge forwards it first, then takes over the reader's read and buffer.
    */
   early?: EarlyReader;
+  /** Sent to the server before anything from the client (a PROXY header); not counted. */
+  prefix?: Uint8Array;
 }
 
 /**
@@ -73,23 +76,17 @@ export interface BridgeOptions {
  * The first read goes into `buffer`, a small pooled one that the bridge then
  * uses (and gives back); each chunk read is copied out, so later reads reuse it.
  */
-export class EarlyReader {
-  /** Bytes read and not yet forwarded, in order. */
-  readonly chunks: Uint8Array[] = [];
+export class EarlyReader extends EarlyBytes {
   /** The read under way, and the buffer it reads into. */
   pending: { buffer: Uint8Array; read: Promise<number | null> } | undefined;
-  /** The client ended its stream (half-close) before a backend was connected. */
-  ended = false;
-  /** The client failed (reset, …) before a backend was connected. */
-  failed = false;
   readonly buffer: Uint8Array;
   readonly #conn: Deno.Conn;
   readonly #limit: number;
   readonly #onFail: () => void;
-  #bytes = 0;
   #stopped = false;
 
   constructor(conn: Deno.Conn, buffer: Uint8Array, onFail: () => void, limit = 65536) {
+    super();
     this.#conn = conn;
     this.buffer = buffer;
     this.#onFail = onFail;
@@ -104,20 +101,26 @@ export class EarlyReader {
       if (this.#stopped) return; // the bridge has taken it over
       this.pending = undefined;
       if (count === null) {
-        this.ended = true;
+        this.end();
         return;
       }
       // Copied out, so the next read reuses the one small buffer: an idle
       // client holds 1 KiB while its read waits, never more.
-      this.chunks.push(buffer.slice(0, count));
-      this.#bytes += count;
-      if (this.#bytes < this.#limit) this.#read(this.buffer);
+      this.push(buffer.slice(0, count));
+      if (this.bytes < this.#limit) this.#read(this.buffer);
     }, () => {
       if (this.#stopped) return;
       this.pending = undefined;
-      this.failed = true;
+      this.fail();
       this.#onFail();
     });
+  }
+
+  /** Drops bytes meant for us; reading resumes if the limit had stopped it. */
+  override discard(count: number): void {
+    super.discard(count);
+    const idle = this.pending === undefined && !this.ended && !this.failed && !this.#stopped;
+    if (idle && this.bytes < this.#limit) this.#read(this.buffer);
   }
 
   /** Stops reading ahead: a pending read is now the caller's to await. */
@@ -153,6 +156,7 @@ export class Bridge implements Joined {
   readonly #clock: Clock;
   #failure: BridgeEnd | undefined;
   #early: EarlyReader | undefined;
+  #prefix: Uint8Array | undefined;
   readonly #reset: ((conn: Deno.Conn) => boolean) | undefined;
   #closed = false;
   // Directions still copying; the second to reach end of stream need not
@@ -165,6 +169,7 @@ export class Bridge implements Joined {
     this.#pools = options.pools ?? defaultPools;
     this.#clock = options.clock ?? realClock;
     this.#early = options.early;
+    this.#prefix = options.prefix;
     this.#reset = options.reset;
     this.result = this.#run(options.signal);
   }
@@ -228,7 +233,17 @@ export class Bridge implements Joined {
     let large: Uint8Array | undefined;
     let buffer = small;
     let total = 0;
+    const prefix = from === "client" ? this.#prefix : undefined;
     try {
+      if (prefix !== undefined) {
+        try {
+          let written = 0;
+          while (written < prefix.length) written += await dst.write(prefix.subarray(written));
+        } catch {
+          this.#fail(`${to}-reset`);
+          return total;
+        }
+      }
       while (true) {
         let read: number | null;
         let chunk = buffer;

@@ -13,6 +13,7 @@
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
 import { formatHostPort, type HostPort, isIpLiteral, isIpv4, parseHostPort } from "./address.ts";
+import { parseCidr } from "./cidr.ts";
 import { STRATEGY_NAMES } from "./balancer.ts";
 import { type Clock, realClock } from "./clock.ts";
 
@@ -23,6 +24,13 @@ function whole(min: number, max: number, fallback: number) {
   return z.number({ error }).int({ error }).min(min, { error }).max(max, { error }).default(
     fallback,
   );
+}
+
+/** A whole number that may be left out (no default: left out means off). */
+function optionalWhole(min: number, max: number) {
+  const error = `expected a whole number ${min}-${max}`;
+  return z.number({ error }).int({ error, abort: true }).min(min, { error }).max(max, { error })
+    .optional();
 }
 
 function milliseconds(fallback: number, min = 1) {
@@ -83,6 +91,20 @@ const backendAddress = address().superRefine((text, context) => {
   }
 });
 
+const sendProxy = z.enum(["off", "v1", "v2"], { error: "expected off, v1 or v2" });
+
+// A source range: an address with a prefix length, or one address.
+const cidr = z.string({ error: "expected ADDRESS/PREFIX such as 10.0.0.0/8" }).superRefine(
+  (text, context) => {
+    try {
+      parseCidr(text);
+    } catch (error) {
+      context.addIssue({ code: "custom", message: (error as Error).message });
+    }
+  },
+);
+const cidrs = z.array(cidr, { error: "expected a list of ADDRESS/PREFIX" });
+
 const backendSchema = z.strictObject({
   address: backendAddress.describe(
     "HOST:PORT, or [IPv6]:PORT; host names are resolved at each connect",
@@ -91,6 +113,7 @@ const backendSchema = z.strictObject({
   backup: z.boolean({ error: "expected true or false" }).default(false).describe(
     "used only when no other backend is left to try",
   ),
+  send_proxy: sendProxy.optional().describe("overrides the pool's send_proxy for this backend"),
 });
 
 const healthSchema = z.strictObject({
@@ -122,17 +145,74 @@ const poolSchema = z.strictObject({
     half_closed_ms: milliseconds(60_000),
   }).prefault({}),
   maxconn_per_backend: whole(0, 1_000_000, 0).describe("0 is no limit"),
+  send_proxy: sendProxy.default("off").describe(
+    "send each backend a PROXY protocol header (v1 text, v2 binary) naming the client",
+  ),
   queue: z.strictObject({
     max: whole(0, 1_000_000, 1000),
     timeout_ms: milliseconds(5000),
   }).prefault({}),
 });
 
+const routeSchema = z.strictObject({
+  match: z.strictObject({
+    sni: z.string({ error: "expected a host name, or *.domain" }).regex(
+      /^(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/,
+      { error: "expected a host name, or *.domain" },
+    ).optional().describe("the TLS ClientHello's server name; *.example.com matches one label"),
+    alpn: z.string({ error: "expected a protocol name such as h2" }).min(1).optional()
+      .describe("a protocol the TLS ClientHello offers (ALPN)"),
+    source: cidrs.min(1).optional().describe("the client's address is in one of these"),
+    prefix: z.string({ error: "expected text the connection starts with" }).min(1).max(256)
+      .optional().describe("the first bytes the client sends"),
+  }).refine((match) => Object.keys(match).length > 0, {
+    error: "expected at least one of sni, alpn, source, prefix",
+  }),
+  pool: name("the name of a pool"),
+});
+
 const listenerSchema = z.strictObject({
   name: name("a name"),
   listen: address({ allowPortZero: true }),
-  pool: name("the name of a pool"),
+  pool: name("the name of a pool").optional().describe(
+    "where connections go; with routes, where those no route matches go (none: closed)",
+  ),
   maxconn: whole(1, 1_000_000, 10000),
+  accept_proxy: z.boolean({ error: "expected true or false" }).default(false).describe(
+    "every connection starts with a PROXY v1 or v2 header naming the real client",
+  ),
+  accept_proxy_from: cidrs.optional().describe(
+    "peers allowed to send a PROXY header; others closed",
+  ),
+  allow: cidrs.default([]).describe("only clients from these sources (none: all)"),
+  deny: cidrs.default([]).describe("never clients from these sources; wins over allow"),
+  per_source: z.strictObject({
+    maxconn: optionalWhole(1, 1_000_000).describe("connections at once from one source"),
+    rate_per_s: optionalWhole(1, 1_000_000).describe(
+      "new connections per second from one source (a token bucket)",
+    ),
+    burst: optionalWhole(1, 1_000_000).describe("the bucket's size; rate_per_s when left out"),
+    ipv6_prefix: whole(1, 128, 64).describe("IPv6 sources are counted per network of this prefix"),
+    table_size: whole(1, 10_000_000, 65536).describe(
+      "sources remembered at most; the least recently seen are forgotten first",
+    ),
+  }).optional(),
+  peek_timeout_ms: milliseconds(5000).describe(
+    "how long a PROXY header, or the first bytes routes look at, may take to arrive",
+  ),
+  tls: z.strictObject({
+    cert: z.string({ error: "expected a file path" }).min(1, { error: "expected a file path" })
+      .describe("the certificate chain, PEM"),
+    key: z.string({ error: "expected a file path" }).min(1, { error: "expected a file path" })
+      .describe("its private key, PEM"),
+    alpn: z.array(z.string().min(1), { error: "expected a list of protocol names" }).default([])
+      .describe("protocols to offer in the handshake, e.g. [h2, http/1.1]"),
+  }).optional().describe(
+    "terminate TLS here: clients speak TLS, backends get the plain bytes (deno engine)",
+  ),
+  routes: z.array(routeSchema, { error: "expected a list of routes" }).default([]).describe(
+    "the first route whose match holds picks the pool; bytes are forwarded unchanged",
+  ),
 });
 
 /** The whole file. */
@@ -175,16 +255,29 @@ export const configSchema = z.strictObject({
 }).superRefine((config, context) => {
   const names = new Set<string>();
   const addresses = new Set<string>();
+  const noPool = (path: (string | number)[], pool: string) =>
+    context.addIssue({
+      code: "custom",
+      path,
+      message: `no pool named ${JSON.stringify(pool)}; pools are ${
+        Object.keys(config.pools).map((name) => JSON.stringify(name)).join(", ") || "none"
+      }`,
+    });
   config.listeners.forEach((listener, i) => {
-    if (!Object.hasOwn(config.pools, listener.pool)) {
+    if (listener.pool === undefined && listener.routes.length === 0) {
       context.addIssue({
         code: "custom",
         path: ["listeners", i, "pool"],
-        message: `no pool named ${JSON.stringify(listener.pool)}; pools are ${
-          Object.keys(config.pools).map((name) => JSON.stringify(name)).join(", ") || "none"
-        }`,
+        message: "expected a pool (or routes that name pools)",
       });
+    } else if (listener.pool !== undefined && !Object.hasOwn(config.pools, listener.pool)) {
+      noPool(["listeners", i, "pool"], listener.pool);
     }
+    listener.routes.forEach((route, r) => {
+      if (!Object.hasOwn(config.pools, route.pool)) {
+        noPool(["listeners", i, "routes", r, "pool"], route.pool);
+      }
+    });
     if (names.has(listener.name)) {
       context.addIssue({
         code: "custom",
@@ -233,6 +326,25 @@ export const configSchema = z.strictObject({
         `would need its own port); use one worker, or leave the admin API out`,
     });
   }
+  config.listeners.forEach((listener, i) => {
+    if (listener.tls === undefined) return;
+    if (config.engine === "epoll" || config.threads > 1) {
+      context.addIssue({
+        code: "custom",
+        path: ["listeners", i, "tls"],
+        message: "a listener with tls runs on the deno engine: set engine to auto or deno, " +
+          "and threads to 1",
+      });
+    }
+    if (listener.routes.some((r) => r.match.sni !== undefined || r.match.alpn !== undefined)) {
+      context.addIssue({
+        code: "custom",
+        path: ["listeners", i, "routes"],
+        message: "sni and alpn routes read the ClientHello of TLS passed through; with tls " +
+          "here the balancer terminates it: route by source or prefix instead",
+      });
+    }
+  });
   if (config.threads > 1 && config.engine === "deno") {
     context.addIssue({
       code: "custom",
@@ -252,14 +364,14 @@ export const configSchema = z.strictObject({
   // A backend that is one of the balancer's own listeners: every connection
   // would come back in, and take a descriptor each, until none is left.
   config.listeners.forEach((listener) => {
-    const pool = Object.hasOwn(config.pools, listener.pool)
+    const pool = listener.pool !== undefined && Object.hasOwn(config.pools, listener.pool)
       ? config.pools[listener.pool]
       : undefined;
     pool?.backends.forEach((backend, i) => {
       if (!loopsBack(listener.listen, backend.address)) return;
       context.addIssue({
         code: "custom",
-        path: ["pools", listener.pool, "backends", i, "address"],
+        path: ["pools", listener.pool!, "backends", i, "address"],
         message: `${JSON.stringify(backend.address)} is listener ${listener.name}'s own address ` +
           `(${listener.listen}): every connection would loop back into the balancer`,
       });
@@ -296,6 +408,23 @@ export const configSchema = z.strictObject({
     }
   }
 });
+
+/**
+ * The pool a listener's balancer is built on: its own, else its first
+ * route's (whose timeouts its connections then keep; clients no route
+ * matched are closed).
+ */
+export function listenerPool(listener: { pool?: string; routes: { pool: string }[] }): string {
+  return listener.pool ?? listener.routes[0]!.pool;
+}
+
+/**
+ * What names a listener across reloads: its address, or for port 0 (any
+ * free port, so several may share the text) its address and its name.
+ */
+export function listenerKey(listener: { listen: string; name: string }): string {
+  return /:0$/.test(listener.listen) ? `${listener.listen}#${listener.name}` : listener.listen;
+}
 
 /** Whether two listen addresses could not both be bound (port 0 never clashes). */
 export function socketsOverlap(a: string, b: string): boolean {

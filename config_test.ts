@@ -43,11 +43,22 @@ pools:
   // Pools come back in a null-prototype object: names from the file never meet Object's own.
   assert.equal(Object.getPrototypeOf(yaml.pools), null);
   assert.deepEqual({ ...yaml, pools: { ...yaml.pools } }, {
-    listeners: [{ name: "web", listen: "127.0.0.1:5000", pool: "web", maxconn: 10000 }],
+    listeners: [{
+      name: "web",
+      listen: "127.0.0.1:5000",
+      pool: "web",
+      maxconn: 10000,
+      accept_proxy: false,
+      allow: [],
+      deny: [],
+      peek_timeout_ms: 5000,
+      routes: [],
+    }],
     pools: {
       web: {
         balance: "round-robin",
         backends: [{ address: "127.0.0.1:5001", weight: 1, backup: false }],
+        send_proxy: "off",
         health: {
           interval_ms: 2000,
           timeout_ms: 1000,

@@ -16,6 +16,7 @@ import { formatHostPort, parseHostPort } from "./address.ts";
 import { createStrategy } from "./balancer.ts";
 import { EpollEngine } from "./engine_epoll.ts";
 import { EpollLoop } from "./epoll_loop.ts";
+import { Edge } from "./edge.ts";
 import { describe } from "./errors.ts";
 import type { LoadBalancerEvent } from "./events.ts";
 import { shiftHealth } from "./health.ts";
@@ -86,6 +87,7 @@ function apply(backend: Backend, snapshot: BackendSnapshot): void {
     weight: snapshot.weight,
     backup: snapshot.backup,
     maxConnections: snapshot.maxConnections ?? Infinity,
+    sendProxy: snapshot.sendProxy,
   });
   backend.adminState = snapshot.adminState;
   backend.health = shiftHealth(snapshot.health, -performance.timeOrigin);
@@ -132,8 +134,12 @@ async function handle(message: ToThread): Promise<void> {
         for (const spec of message.listeners) {
           const running = listeners.get(spec.listen);
           const pool = next.get(spec.pool)!;
+          const front = {
+            routePools: next,
+            ...(spec.edge ? { edge: new Edge(spec.edge, loop, running?.edge) } : {}),
+          };
           if (running !== undefined) {
-            running.reconfigure({ pool, maxConnections: spec.maxconn });
+            running.reconfigure({ pool, maxConnections: spec.maxconn, ...front });
             bound.set(spec.listen, running);
             continue;
           }
@@ -146,6 +152,7 @@ async function handle(message: ToThread): Promise<void> {
             engine,
             pool,
             maxConnections: spec.maxconn,
+            ...front,
             clock: loop,
             onEvent,
           });

@@ -38,6 +38,19 @@ export interface EngineListener {
   close(): void;
 }
 
+/** A certificate chain and its key (PEM text), and the ALPN protocols to offer. */
+export interface TlsMaterial {
+  readonly cert: string;
+  readonly key: string;
+  readonly alpn: readonly string[];
+}
+
+/** A listener that terminates TLS; a reload may give it a new certificate. */
+export interface TlsEngineListener extends EngineListener {
+  /** New clients get `material` from now on; clients connected keep theirs. */
+  setMaterial(material: TlsMaterial): void;
+}
+
 /** What a join resolves with once both connections are closed. */
 export interface JoinResult {
   /** Bytes read from the client and written to the server. */
@@ -60,6 +73,14 @@ export interface Joined {
   cut(why: "aborted" | "idle-timeout" | "half-closed-timeout"): void;
 }
 
+/** What {@linkcode Engine.peek} sees of a watched client. */
+export interface Peeked {
+  /** Every byte it has sent and we hold, in order (not a copy to keep: it may change). */
+  readonly bytes: Uint8Array;
+  /** It has ended its stream: no more will come. */
+  readonly ended: boolean;
+}
+
 /** An implementation of the seam. */
 export interface Engine {
   /** `deno` today. */
@@ -67,15 +88,35 @@ export interface Engine {
   /** Binds and listens. @throws when the address cannot be bound */
   listen(address: HostPort, options?: { reusePort?: boolean }): EngineListener;
   /**
+   * Binds and listens, terminating TLS: clients speak TLS, backends get the
+   * plain bytes. Only engines that can (`deno`). @throws when it cannot bind
+   */
+  listenTls?(address: HostPort, material: TlsMaterial): Promise<TlsEngineListener>;
+  /**
    * Watches a new client until it is joined or closed: `onGone` is called if
    * it resets or fails meanwhile. What it sends meanwhile is kept (bounded)
    * and forwarded by {@linkcode Engine.join}; nothing is sent anywhere before.
    */
   watch(client: EngineConn, onGone: () => void): void;
+  /**
+   * What a watched client has sent so far (kept for the join), once there is
+   * more than `known` bytes of it, or the client has ended its stream or
+   * failed. Rejects when `attempt` is abandoned (the peek timeout, a drain).
+   * The listener reads a PROXY header, a TLS ClientHello or a prefix with it.
+   */
+  peek(client: EngineConn, known: number, attempt: Attempt): Promise<Peeked>;
+  /** Drops the first `count` bytes a watched client sent: they were for us (a PROXY header). */
+  discard(client: EngineConn, count: number): void;
+  /** The address the client connected to (the original destination, for a PROXY header). */
+  localAddress(client: EngineConn): HostPort;
   /** Connects to a backend; rejects when `attempt` is abandoned (connect timeout, drain, client gone). */
   dial(address: HostPort, attempt: Attempt): Promise<EngineConn>;
-  /** Joins a client and the backend connection dialled for it. */
-  join(client: EngineConn, server: EngineConn): Joined;
+  /**
+   * Joins a client and the backend connection dialled for it. `prefix` goes
+   * to the backend before anything from the client (a PROXY header of ours);
+   * it is not counted in the client's bytes.
+   */
+  join(client: EngineConn, server: EngineConn, options?: { prefix?: Uint8Array }): Joined;
   /** Closes a client that was never joined; `reset` sends a reset where the engine can. */
   close(conn: EngineConn, options?: { reset?: boolean }): Promise<void>;
 }

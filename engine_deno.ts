@@ -14,7 +14,17 @@ import { formatHostPort, type HostPort, isIpLiteral } from "./address.ts";
 import { Bridge, EarlyReader } from "./bridge.ts";
 import { type BufferPool, defaultPools } from "./buffers.ts";
 import { type Clock, realClock } from "./clock.ts";
-import type { Attempt, Engine, EngineConn, EngineListener, Joined } from "./engine.ts";
+import type {
+  Attempt,
+  Engine,
+  EngineConn,
+  EngineListener,
+  Joined,
+  Peeked,
+  TlsEngineListener,
+  TlsMaterial,
+} from "./engine.ts";
+import { TlsListener } from "./tls_listener.ts";
 import { closeQuietly } from "./errors.ts";
 
 /** Opens a connection to a backend; must give up when `signal` aborts. */
@@ -80,6 +90,16 @@ export class DenoEngine implements Engine {
     );
   }
 
+  async listenTls(address: HostPort, material: TlsMaterial): Promise<TlsEngineListener> {
+    const listener = await TlsListener.listen(address, material);
+    return {
+      address: listener.address,
+      accept: async () => new DenoConn((await listener.accept()) as unknown as Deno.TcpConn),
+      close: () => listener.close(),
+      setMaterial: (next) => listener.setMaterial(next),
+    };
+  }
+
   watch(client: EngineConn, onGone: () => void): void {
     const conn = client as DenoConn;
     conn.early = new EarlyReader(conn.socket, this.#pools.small.take(), onGone);
@@ -96,7 +116,29 @@ export class DenoEngine implements Engine {
     }
   }
 
-  join(client: EngineConn, server: EngineConn): Joined {
+  async peek(client: EngineConn, known: number, attempt: Attempt): Promise<Peeked> {
+    const early = (client as DenoConn).early!;
+    if (attempt.aborted) throw attempt.reason;
+    const aborted = Promise.withResolvers<never>();
+    attempt.setOnAbort(aborted.reject);
+    try {
+      await Promise.race([early.more(known), aborted.promise]);
+    } finally {
+      attempt.setOnAbort(undefined);
+    }
+    return { bytes: early.view(), ended: early.ended };
+  }
+
+  discard(client: EngineConn, count: number): void {
+    (client as DenoConn).early?.discard(count);
+  }
+
+  localAddress(client: EngineConn): HostPort {
+    const { hostname, port } = (client as DenoConn).socket.localAddr;
+    return { hostname, port };
+  }
+
+  join(client: EngineConn, server: EngineConn, options: { prefix?: Uint8Array } = {}): Joined {
     const early = (client as DenoConn).early;
     (client as DenoConn).early = undefined;
     return new Bridge((client as DenoConn).socket, (server as DenoConn).socket, {
@@ -104,6 +146,7 @@ export class DenoEngine implements Engine {
       clock: this.#clock,
       reset: this.#reset,
       early,
+      ...(options.prefix ? { prefix: options.prefix } : {}),
     });
   }
 

@@ -21,7 +21,16 @@
 import { lookup } from "node:dns/promises";
 import { formatHostPort, type HostPort, isIpLiteral } from "./address.ts";
 import type { Clock } from "./clock.ts";
-import type { Attempt, Engine, EngineConn, EngineListener, Joined, JoinResult } from "./engine.ts";
+import { EarlyBytes } from "./early.ts";
+import type {
+  Attempt,
+  Engine,
+  EngineConn,
+  EngineListener,
+  Joined,
+  JoinResult,
+  Peeked,
+} from "./engine.ts";
 import { EpollLoop, type Handler, SCRATCH_BYTES } from "./epoll_loop.ts";
 import type { JoinEnd } from "./events.ts";
 import {
@@ -66,8 +75,9 @@ const READABLE = EPOLLIN | EPOLLRDHUP;
 
 /** A connection the epoll engine holds. */
 class EpollConn implements EngineConn, Handler {
-  /** Read ahead while watched: chunks, whether it ended, whether it failed. */
-  early: { chunks: Uint8Array[]; bytes: number; ended: boolean; onGone: () => void } | undefined;
+  /** Read ahead while watched, and who to tell if the client goes. */
+  early: EarlyBytes | undefined;
+  onGone: (() => void) | undefined;
   /** Set once joined: the join takes the events. */
   owner: Handler | undefined;
   closed = false;
@@ -86,29 +96,41 @@ class EpollConn implements EngineConn, Handler {
     // Watched: take what the client sends, up to the limit; see it go.
     const { sys, scratch, scratchPointer } = this.loop;
     const room = EARLY_LIMIT - early.bytes;
-    if (room === 0) {
+    if (room <= 0) {
       // Full, so not reading (a read of 0 bytes would say "end of stream"
       // whatever happened): only a hang-up or an error wakes us, at every
       // wait. An error means the client is gone; a hang-up waits unwatched.
       this.loop.park(this.fd);
       if (sys.socketError(this.fd) === 0) return;
-      this.early = undefined;
-      return early.onGone();
+      return this.#gone(early);
     }
     const read = sys.read(this.fd, scratchPointer, room);
     if (read > 0) {
-      early.chunks.push(scratch.slice(0, read));
-      early.bytes += read;
+      early.push(scratch.slice(0, read));
       if (early.bytes >= EARLY_LIMIT) this.loop.modify(this.fd, 0);
     } else if (read === 0) {
-      early.ended = true;
+      early.end();
       this.loop.modify(this.fd, 0);
     } else if (read !== -EAGAIN || (events & (EPOLLERR | EPOLLHUP)) !== 0) {
       // Gone: out of the set, or its error would wake every wait until closed.
-      this.early = undefined;
       this.loop.park(this.fd);
-      early.onGone();
+      this.#gone(early);
     }
+  }
+
+  #gone(early: EarlyBytes): void {
+    this.early = undefined;
+    early.fail();
+    this.onGone?.();
+  }
+
+  /** Drops bytes meant for us; reading resumes if the limit had stopped it. */
+  discard(count: number): void {
+    const early = this.early;
+    if (early === undefined) return;
+    const full = early.bytes >= EARLY_LIMIT;
+    early.discard(count);
+    if (full && early.bytes < EARLY_LIMIT && !early.ended) this.loop.modify(this.fd, READABLE);
   }
 }
 
@@ -142,7 +164,13 @@ class EpollJoin implements Joined {
   #firstFin: JoinEnd | undefined;
   #done = false;
 
-  constructor(loop: EpollLoop, clock: Clock, client: EpollConn, server: EpollConn) {
+  constructor(
+    loop: EpollLoop,
+    clock: Clock,
+    client: EpollConn,
+    server: EpollConn,
+    prefix: Uint8Array | undefined,
+  ) {
     this.#loop = loop;
     this.#clock = clock;
     const { promise, resolve } = Promise.withResolvers<JoinResult>();
@@ -154,7 +182,12 @@ class EpollJoin implements Joined {
     client.early = undefined;
     client.owner = { onEvents: (events) => this.#onEvents(this.#up, this.#down, events) };
     server.owner = { onEvents: (events) => this.#onEvents(this.#down, this.#up, events) };
-    // What the client sent while we dialled goes first, in order: once a
+    // Our own prefix (a PROXY header) first, not counted as the client's.
+    if (prefix !== undefined) {
+      if (!this.#forward(this.#up, prefix, prefix.length)) return;
+      this.#up.bytes -= prefix.length;
+    }
+    // What the client sent while we dialled goes next, in order: once a
     // write comes up short, the rest joins what waits.
     if (early !== undefined) {
       for (const chunk of early.chunks) {
@@ -486,8 +519,32 @@ export class EpollEngine implements Engine {
 
   watch(client: EngineConn, onGone: () => void): void {
     const conn = client as EpollConn;
-    conn.early = { chunks: [], bytes: 0, ended: false, onGone };
+    conn.early = new EarlyBytes();
+    conn.onGone = onGone;
     this.#loop.add(conn.fd, READABLE, conn);
+  }
+
+  async peek(client: EngineConn, known: number, attempt: Attempt): Promise<Peeked> {
+    const early = (client as EpollConn).early;
+    if (early === undefined) return { bytes: new Uint8Array(), ended: true };
+    if (attempt.aborted) throw attempt.reason;
+    const aborted = Promise.withResolvers<never>();
+    attempt.setOnAbort(aborted.reject);
+    try {
+      await Promise.race([early.more(known), aborted.promise]);
+    } finally {
+      attempt.setOnAbort(undefined);
+    }
+    return { bytes: early.view(), ended: early.ended };
+  }
+
+  discard(client: EngineConn, count: number): void {
+    (client as EpollConn).discard(count);
+  }
+
+  localAddress(client: EngineConn): HostPort {
+    const bound = this.#loop.sys.localAddress((client as EpollConn).fd);
+    return bound ?? { hostname: "0.0.0.0", port: 0 };
   }
 
   dial(address: HostPort, attempt: Attempt): Promise<EngineConn> {
@@ -563,8 +620,14 @@ export class EpollEngine implements Engine {
     return promise;
   }
 
-  join(client: EngineConn, server: EngineConn): Joined {
-    return new EpollJoin(this.#loop, this.#clock, client as EpollConn, server as EpollConn);
+  join(client: EngineConn, server: EngineConn, options: { prefix?: Uint8Array } = {}): Joined {
+    return new EpollJoin(
+      this.#loop,
+      this.#clock,
+      client as EpollConn,
+      server as EpollConn,
+      options.prefix,
+    );
   }
 
   close(conn: EngineConn, options: { reset?: boolean } = {}): Promise<void> {

@@ -36,11 +36,43 @@ export type JoinEnd =
  */
 export type ConnectionEnd =
   | Exclude<JoinEnd, "aborted">
+  | RejectReason
   | "connect-failed"
   | "no-backend"
   | "drain-timeout"
   | "queue-timeout"
   | "queue-full";
+
+/**
+ * Why a listener closed a client before dialling any backend (edge.ts):
+ * - `proxy-header`: its PROXY header was missing, malformed or too slow;
+ * - `proxy-not-allowed`: it may not send one (`accept_proxy_from`);
+ * - `acl`: its source is denied, or not allowed;
+ * - `per-source-maxconn` / `per-source-rate`: its source is at its limit;
+ * - `no-route`: no route matched and the listener has no pool of its own.
+ */
+export type RejectReason =
+  | "proxy-header"
+  | "proxy-not-allowed"
+  | "acl"
+  | "per-source-maxconn"
+  | "per-source-rate"
+  | "no-route";
+
+/** Every {@linkcode RejectReason}, for counting them. */
+export const REJECT_REASONS: readonly RejectReason[] = [
+  "proxy-header",
+  "proxy-not-allowed",
+  "acl",
+  "per-source-maxconn",
+  "per-source-rate",
+  "no-route",
+];
+
+/** Whether an access record's `end` is a refusal at the front door. */
+export function isRejectReason(end: string): end is RejectReason {
+  return (REJECT_REASONS as readonly string[]).includes(end);
+}
 
 /** What the access log says about one finished client connection. */
 export interface AccessRecord {

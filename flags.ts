@@ -12,7 +12,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { type Config, configDefaults } from "./config.ts";
+import { type Config, configDefaults, listenerPool } from "./config.ts";
 
 /** Where a flag's key lives: under the (one) listener, its pool, or the file's top. */
 export type Scope = "listener" | "pool" | "root";
@@ -32,6 +32,8 @@ export interface FlagSpec {
   readonly read?: (text: string) => unknown;
   /** May be given more than once; the values form a list. */
   readonly multiple?: boolean;
+  /** Takes no value: given means true. */
+  readonly boolean?: boolean;
   /** What `--help` says when the key has no default. */
   readonly unset?: string;
 }
@@ -51,14 +53,16 @@ function backendOf(text: string): unknown {
   const backend: Record<string, unknown> = { address };
   for (const option of options) {
     const [key, value] = option.split("=", 2) as [string, string | undefined];
-    if (Object.hasOwn(backend, key)) {
+    if (Object.hasOwn(backend, key) || (key === "send-proxy" && "send_proxy" in backend)) {
       throw new UsageError(`--backend ${text}: ${key} is given twice`);
     }
     if (key === "backup" && value === undefined) backend.backup = true;
     else if (key === "weight" && value !== undefined) backend.weight = number(value);
+    else if (key === "send-proxy" && value !== undefined) backend.send_proxy = value;
     else {
       throw new UsageError(
-        `--backend ${text}: unknown option ${JSON.stringify(option)}; expected weight=N or backup`,
+        `--backend ${text}: unknown option ${JSON.stringify(option)}; expected weight=N, ` +
+          `backup or send-proxy=v1|v2|off`,
       );
     }
   }
@@ -91,14 +95,14 @@ export const SETTINGS: readonly FlagSpec[] = [
   },
   {
     name: "backend",
-    value: "HOST:PORT[,weight=N][,backup]",
+    value: "HOST:PORT[,weight=N][,backup][,send-proxy=V]",
     scope: "pool",
     key: ["backends"],
     read: backendOf,
     multiple: true,
     help: "a backend; repeat for more (replaces the default pool). IPv6 as [::1]:5001; host " +
       "names are resolved at each connect. weight=N (1-256): its share; backup: used only " +
-      "when no other backend is left to try",
+      "when no other backend is left to try; send-proxy=v1|v2|off: overrides --send-proxy",
   },
   {
     name: "balance",
@@ -137,6 +141,83 @@ export const SETTINGS: readonly FlagSpec[] = [
     key: ["maxconn"],
     help: "most client connections at once; at the limit the balancer stops accepting and " +
       "the kernel's backlog holds the rest",
+  },
+  {
+    name: "accept-proxy",
+    value: "",
+    scope: "listener",
+    key: ["accept_proxy"],
+    boolean: true,
+    help: "every connection starts with a PROXY v1 or v2 header naming the real client; " +
+      "one missing, malformed or slower than --peek-timeout closes it",
+  },
+  {
+    name: "allow",
+    value: "CIDR",
+    scope: "listener",
+    key: ["allow"],
+    read: String,
+    multiple: true,
+    help: "only clients from this source range (e.g. 10.0.0.0/8); repeat for more",
+  },
+  {
+    name: "deny",
+    value: "CIDR",
+    scope: "listener",
+    key: ["deny"],
+    read: String,
+    multiple: true,
+    help: "never clients from this source range; wins over --allow; repeat for more",
+  },
+  {
+    name: "per-source-maxconn",
+    value: "N",
+    scope: "listener",
+    key: ["per_source", "maxconn"],
+    unset: "off",
+    help: "most connections at once from one source address (IPv6: one /64)",
+  },
+  {
+    name: "per-source-rate",
+    value: "N",
+    scope: "listener",
+    key: ["per_source", "rate_per_s"],
+    unset: "off",
+    help: "most new connections per second from one source address (a token bucket)",
+  },
+  {
+    name: "peek-timeout",
+    value: "MS",
+    scope: "listener",
+    key: ["peek_timeout_ms"],
+    help: "how long a PROXY header, or the first bytes routes look at, may take to arrive",
+  },
+  {
+    name: "tls-cert",
+    value: "FILE",
+    scope: "listener",
+    key: ["tls", "cert"],
+    read: String,
+    unset: "off",
+    help: "terminate TLS with this certificate chain (PEM) and --tls-key; backends get plain " +
+      "bytes (runs on the deno engine; a reload with new files applies to new clients)",
+  },
+  {
+    name: "tls-key",
+    value: "FILE",
+    scope: "listener",
+    key: ["tls", "key"],
+    read: String,
+    unset: "off",
+    help: "the private key (PEM) for --tls-cert",
+  },
+  {
+    name: "send-proxy",
+    value: "v1|v2|off",
+    scope: "pool",
+    key: ["send_proxy"],
+    read: String,
+    help: "send each backend a PROXY protocol header naming the client (v1 text, v2 binary)",
   },
   {
     name: "maxconn-per-backend",
@@ -348,7 +429,12 @@ export function parseFlags(args: readonly string[]): LoadBalancerFlags {
       args: joinNegativeValues(args),
       options: {
         ...Object.fromEntries(
-          SETTINGS.map((spec) => [spec.name, { type: "string", multiple: spec.multiple ?? false }]),
+          SETTINGS.map((spec) => [
+            spec.name,
+            spec.boolean
+              ? { type: "boolean" as const }
+              : { type: "string" as const, multiple: spec.multiple ?? false },
+          ]),
         ),
         ...MODES,
       },
@@ -363,7 +449,7 @@ export function parseFlags(args: readonly string[]): LoadBalancerFlags {
     const given = values[spec.name];
     if (given === undefined) continue;
     const texts = Array.isArray(given) ? given : [String(given)];
-    const read = spec.read ?? number;
+    const read = spec.boolean ? () => true : spec.read ?? number;
     const raws = texts.map((text) => read(text));
     settings.push({ spec, texts, value: spec.multiple ? raws : raws[0] });
   }
@@ -450,7 +536,7 @@ export function settingValue(config: Config, spec: FlagSpec): unknown {
   let value: unknown = spec.scope === "listener"
     ? listener
     : spec.scope === "pool"
-    ? config.pools[listener.pool]
+    ? config.pools[listenerPool(listener)]
     : config;
   for (const key of spec.key) value = (value as Record<string, unknown> | undefined)?.[key];
   return value;
@@ -459,6 +545,7 @@ export function settingValue(config: Config, spec: FlagSpec): unknown {
 /** A default as `--help` and the docs write it. */
 export function formatDefault(value: unknown): string {
   if (Array.isArray(value)) {
+    if (value.length === 0) return "none";
     return value.map((item) => (item as { address?: string }).address ?? String(item)).join(", ");
   }
   return String(value);
@@ -470,7 +557,8 @@ export function usage(): string {
   const rows = SETTINGS.map((spec) => {
     const value = settingValue(defaults, spec);
     const shown = value === undefined ? spec.unset : formatDefault(value);
-    return [`--${spec.name} ${spec.value}`, `${spec.help} (default ${shown})`] as const;
+    const flag = spec.value === "" ? `--${spec.name}` : `--${spec.name} ${spec.value}`;
+    return [flag, `${spec.help} (default ${shown})`] as const;
   });
   const modes: [string, string][] = [
     [

@@ -165,7 +165,8 @@ Deno.test("what parseArgs refuses is named too", () => {
     ],
     [
       ["--backend", "127.0.0.1:5001,spare"],
-      '--backend 127.0.0.1:5001,spare: unknown option "spare"; expected weight=N or backup',
+      '--backend 127.0.0.1:5001,spare: unknown option "spare"; expected weight=N, backup or ' +
+      "send-proxy=v1|v2|off",
     ],
     [["--admin", "foo"], "--admin foo: expected PORT or HOST:PORT"],
     [["--watch"], "--watch: needs --config FILE to watch"],
@@ -215,7 +216,9 @@ Deno.test("the docs' flag table gives each setting the schema's default", async 
   const docs = await Deno.readTextFile(new URL("docs/configuration.md", import.meta.url));
   const defaults = configDefaults();
   for (const spec of SETTINGS) {
-    const row = docs.split("\n").find((line) => line.startsWith(`| \`--${spec.name} `));
+    const row = docs.split("\n").find((line) =>
+      new RegExp(`^\\| \`--${spec.name}[\` ]`).test(line)
+    );
     assert.ok(row !== undefined, `docs/configuration.md has a row for --${spec.name}`);
     const value = settingValue(defaults, spec);
     const cell = row.split(/(?<!\\)\|/)[2]!.trim();

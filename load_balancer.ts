@@ -100,8 +100,11 @@ async function run(args: readonly string[], sigusr1Warning: string | undefined):
     return 0;
   }
   // The epoll engine runs in data-plane threads; the deno engine in this one.
+  // A listener that terminates TLS runs on the deno engine (the schema
+  // refuses engine epoll with one).
+  const tls = plan.config.listeners.some((listener) => listener.tls !== undefined);
   const epoll = plan.config.engine === "epoll" ||
-    (plan.config.engine === "auto" && epollPossible());
+    (plan.config.engine === "auto" && !tls && epollPossible());
   if (plan.config.workers > 1 && !flags.asWorker) {
     plan.accessLog.close(); // the workers write it
     if (epoll) {
@@ -143,7 +146,9 @@ async function run(args: readonly string[], sigusr1Warning: string | undefined):
     logDiagnostic(
       epoll
         ? `engine epoll, ${threads} thread(s) (auto: Linux, --allow-ffi granted)`
-        : `engine deno (auto: ${epollUnavailable()})`,
+        : `engine deno (auto: ${
+          tls ? "a listener terminates TLS, which runs on the deno engine" : epollUnavailable()
+        })`,
     );
   }
   if (sigusr1Warning !== undefined) logDiagnostic(sigusr1Warning);

@@ -23,7 +23,9 @@ import {
   readConfigFile,
   validateConfig,
 } from "./config.ts";
+import { type EdgeSettings, hasEdge } from "./edge.ts";
 import { describe } from "./errors.ts";
+import { tlsProblem } from "./tls_listener.ts";
 import type { LoadBalancerEvent } from "./events.ts";
 import { type FlagSpec, givenText, type LoadBalancerFlags, UsageError } from "./flags.ts";
 import { fromHex, type Probe, sendExpectProbe, tcpProbe } from "./health_check.ts";
@@ -117,9 +119,42 @@ export async function resolveConfig(flags: LoadBalancerFlags): Promise<Config> {
   }
 }
 
+/** A listener's settings as the config file gives them. */
+type ListenerConfig = Config["listeners"][number];
+
+/** A listener's front door (edge.ts) as plain data, or undefined when it has none. */
+export function edgeSettingsOf(listener: ListenerConfig): EdgeSettings | undefined {
+  const perSource = listener.per_source;
+  const settings: EdgeSettings = {
+    acceptProxy: listener.accept_proxy,
+    acceptProxyFrom: listener.accept_proxy_from ?? [],
+    allow: listener.allow,
+    deny: listener.deny,
+    ...(perSource && (perSource.maxconn !== undefined || perSource.rate_per_s !== undefined)
+      ? {
+        perSource: {
+          ...(perSource.maxconn !== undefined ? { maxconn: perSource.maxconn } : {}),
+          ...(perSource.rate_per_s !== undefined ? { ratePerS: perSource.rate_per_s } : {}),
+          ...(perSource.burst !== undefined ? { burst: perSource.burst } : {}),
+          ipv6Prefix: perSource.ipv6_prefix,
+          tableSize: perSource.table_size,
+        },
+      }
+      : {}),
+    peekTimeoutMs: listener.peek_timeout_ms,
+    routes: listener.routes.map((route) => ({ match: route.match, pool: route.pool })),
+    fallback: listener.pool !== undefined,
+  };
+  return hasEdge(settings) ? settings : undefined;
+}
+
 /** A one-line summary of a valid configuration, for `--check`. */
 export function summarize(config: Config): string {
-  const listeners = config.listeners.map((l) => `${l.name} on ${l.listen} → ${l.pool}`);
+  const listeners = config.listeners.map((l) =>
+    `${l.name} on ${l.listen} → ${
+      [...new Set([...l.routes.map((r) => r.pool), ...(l.pool ? [l.pool] : [])])].join(" | ")
+    }`
+  );
   // Each backend by address, so a reload's line shows what changed.
   const pools = Object.entries(config.pools).map(([name, pool]) =>
     `${name}: ${pool.balance} over ${pool.backends.map((b) => b.address).join(", ")}`
@@ -150,6 +185,7 @@ export function buildPools(
         weight: spec.weight,
         backup: spec.backup,
         maxConnections: pool.maxconn_per_backend || Infinity,
+        sendProxy: spec.send_proxy ?? pool.send_proxy,
       };
       const backend = kept.get(formatHostPort(address));
       if (backend === undefined) return new Backend(address, settings);
@@ -240,6 +276,23 @@ export async function prepare(
   } catch (error) {
     problems.push((error as Error).message);
   }
+  // A listener's certificate and key must parse, and belong together.
+  config.listeners.forEach((listener, i) => {
+    if (listener.tls === undefined) return;
+    const given = givenText(flags, "tls-cert") === undefined
+      ? `listeners[${i}].tls`
+      : "--tls-cert/--tls-key";
+    let cert: string, key: string;
+    try {
+      cert = Deno.readTextFileSync(listener.tls.cert);
+      key = Deno.readTextFileSync(listener.tls.key);
+    } catch (error) {
+      problems.push(`${given}: cannot read ${describe(error)}`);
+      return;
+    }
+    const problem = tlsProblem(cert, key);
+    if (problem) problems.push(`${given} (${listener.tls.cert}, ${listener.tls.key}): ${problem}`);
+  });
   let log = runningLog;
   if (log === undefined) {
     try {

@@ -50,7 +50,12 @@ export interface BackendSettings {
   backup?: boolean;
   /** Most connections at once; more wait in the queue. @default {Infinity} */
   maxConnections?: number;
+  /** A PROXY header to send it before the client's bytes. @default {"off"} */
+  sendProxy?: SendProxy;
 }
+
+/** Which PROXY protocol header a backend is sent, if any. */
+export type SendProxy = "off" | "v1" | "v2";
 
 /** One backend of a pool, and what the strategies need to know about it. */
 export class Backend implements Candidate {
@@ -61,6 +66,8 @@ export class Backend implements Candidate {
   /** The weight it was given (a reload may change it); {@linkcode Backend.weight} ramps to it. */
   configuredWeight: number;
   backup: boolean;
+  /** The PROXY header it is sent, if any. */
+  sendProxy: SendProxy = "off";
   /** Connections in progress, attempts to connect included. */
   active = 0;
   /** Most connections at once; new clients wait in the queue beyond it. */
@@ -105,6 +112,7 @@ export class Backend implements Candidate {
     this.configuredWeight = settings.weight ?? 1;
     this.backup = settings.backup ?? false;
     this.maxConnections = settings.maxConnections ?? Infinity;
+    this.sendProxy = settings.sendProxy ?? "off";
     this.adminState = "enabled";
   }
 

@@ -13,9 +13,10 @@
  */
 
 import type { StrategyName } from "./balancer.ts";
+import type { EdgeSettings } from "./edge.ts";
 import type { AccessRecord, ConnectionEnd, LoadBalancerEvent } from "./events.ts";
 import type { Health, HealthSettings } from "./health.ts";
-import type { PoolSettings } from "./pool.ts";
+import type { PoolSettings, SendProxy } from "./pool.ts";
 
 /** A backend as the threads are told of it. */
 export interface BackendSnapshot {
@@ -25,6 +26,7 @@ export interface BackendSnapshot {
   /** Most connections at once, per thread; null is no limit. */
   readonly maxConnections: number | null;
   readonly adminState: "enabled" | "draining" | "disabled";
+  readonly sendProxy: SendProxy;
   /** Its health, times counted from the Unix epoch (threads' clocks start apart). */
   readonly health: Health;
 }
@@ -47,6 +49,8 @@ export interface ListenerSnapshot {
   readonly listen: string;
   readonly pool: string;
   readonly maxconn: number;
+  /** Its front door (PROXY header, ACLs, per-source limits, routes), if any. */
+  readonly edge: EdgeSettings | undefined;
 }
 
 /** Main → thread. Each carries an `id` that its reply echoes. */

@@ -21,10 +21,13 @@ import {
   type EngineListener,
   type Joined,
 } from "./engine.ts";
+import { formatHostPort, type HostPort } from "./address.ts";
+import type { Edge } from "./edge.ts";
 import { describe, isClientGone, isOutOfDescriptors } from "./errors.ts";
-import type { ConnectionEnd, LoadBalancerEvent } from "./events.ts";
+import type { ConnectionEnd, LoadBalancerEvent, RejectReason } from "./events.ts";
 import { DURATION_BUCKETS, Histogram } from "./metrics.ts";
 import type { Backend, Pool } from "./pool.ts";
+import { encodeProxyV1, encodeProxyV2 } from "./proxy_protocol.ts";
 import { TimeoutQueue } from "./timeouts.ts";
 
 /** Options for {@linkcode LoadBalancer}. */
@@ -39,6 +42,10 @@ export interface LoadBalancerOptions {
   pool: Pool;
   /** Most client connections at once; beyond it, clients wait in the kernel's backlog. @default {10000} */
   maxConnections?: number;
+  /** Its front door: PROXY header, source ACLs, per-source limits, routes (edge.ts). */
+  edge?: Edge;
+  /** The pools routes may name (all of them). */
+  routePools?: ReadonlyMap<string, Pool>;
   /** The clock every timeout runs on. @default {realClock} */
   clock?: Clock;
   /** Receives every event; nothing is logged from the core itself. */
@@ -73,6 +80,10 @@ export class LoadBalancer {
   readonly durations = new Histogram(DURATION_BUCKETS);
   #pool: Pool;
   #maxConnections: number;
+  #edge: Edge | undefined;
+  #routePools: ReadonlyMap<string, Pool>;
+  /** Clients closed at the front door, by reason. */
+  readonly rejected = new Map<RejectReason, number>();
   readonly #clock: Clock;
   readonly #emit: (event: LoadBalancerEvent) => void;
   // Set when the drain timeout runs out: every connection left is cut, and
@@ -95,6 +106,8 @@ export class LoadBalancer {
     this.name = options.name ?? "default";
     this.#pool = options.pool;
     this.#maxConnections = options.maxConnections ?? 10_000;
+    this.#edge = options.edge;
+    this.#routePools = options.routePools ?? new Map();
     this.#clock = options.clock ?? realClock;
     this.#connectTimeouts = new TimeoutQueue(this.#clock);
     const onEvent = options.onEvent ?? (() => {});
@@ -112,15 +125,24 @@ export class LoadBalancer {
    * keep the backend they have. Clients waiting in the old pool's queue are
    * woken by its `stop()` and try again under the new one.
    */
-  reconfigure(options: { pool: Pool; maxConnections?: number }): void {
+  reconfigure(
+    options: Pick<LoadBalancerOptions, "pool" | "maxConnections" | "edge" | "routePools">,
+  ): void {
     this.#pool = options.pool;
     this.#maxConnections = options.maxConnections ?? 10_000;
+    this.#edge = options.edge;
+    this.#routePools = options.routePools ?? new Map();
     if (this.#serving !== undefined) this.#startSweeper();
   }
 
   /** Where clients connect. */
   get address(): { hostname: string; port: number } {
     return this.#listener.address;
+  }
+
+  /** Its front door, if it has one (a reload hands it to the next, for its per-source counts). */
+  get edge(): Edge | undefined {
+    return this.#edge;
   }
 
   /** The pool new connections go to. */
@@ -296,6 +318,9 @@ export class LoadBalancer {
   // `connection.cut` is pointed at whatever the connection is doing now.
   async #handle(client: EngineConn, connection: Connection): Promise<void> {
     const startedAt = this.#clock.now();
+    // Who the client is: its peer, or what its PROXY header says.
+    let clientName = client.peer;
+    let clientHost = client.peerHost;
     const finish = (end: ConnectionEnd, backend?: Backend, bytesIn = 0, bytesOut = 0) => {
       const durationMs = this.#clock.now() - startedAt;
       this.durations.observe(durationMs / 1000);
@@ -304,7 +329,7 @@ export class LoadBalancer {
         record: {
           time: new Date(),
           listener: this.name,
-          client: client.peer,
+          client: clientName,
           backend: backend?.name,
           bytesIn,
           bytesOut,
@@ -322,14 +347,67 @@ export class LoadBalancer {
       watched.gone = true;
       connection.cut();
     });
+    // The front door, when the listener has one: decided before any dial.
+    const edge = this.#edge;
+    let routed: string | undefined;
+    let source: HostPort | undefined;
+    let destination: HostPort | undefined;
+    let counted: HostPort | undefined;
+    if (edge !== undefined) {
+      const admission = await edge.admit(this.#engine, client, this.#connectTimeouts, (cut) => {
+        connection.cut = cut;
+      });
+      clientName = formatHostPort(admission.client);
+      clientHost = admission.client.hostname;
+      if (!admission.ok) {
+        await this.#engine.close(client);
+        if (watched.gone) return finish("client-reset");
+        if (this.#cutting) return finish("drain-timeout");
+        this.rejected.set(admission.reason, (this.rejected.get(admission.reason) ?? 0) + 1);
+        return finish(admission.reason);
+      }
+      routed = admission.pool;
+      source = admission.client;
+      destination = admission.destination;
+      if (admission.counted) counted = admission.client;
+    }
+    try {
+      await this.#connectAndJoin(client, connection, watched, finish, {
+        startedAt,
+        clientHost,
+        routed,
+        source,
+        destination,
+      });
+    } finally {
+      if (counted !== undefined) edge?.release(counted);
+    }
+  }
+
+  // Pick, dial, on failure pick again; then join and account.
+  async #connectAndJoin(
+    client: EngineConn,
+    connection: Connection,
+    watched: { gone: boolean },
+    finish: (end: ConnectionEnd, backend?: Backend, bytesIn?: number, bytesOut?: number) => void,
+    front: {
+      startedAt: number;
+      clientHost: string;
+      routed: string | undefined;
+      source: HostPort | undefined;
+      destination: HostPort | undefined;
+    },
+  ): Promise<void> {
+    const { startedAt, clientHost } = front;
     const tried = new Set<Backend>();
     let backend: Backend | undefined;
     let server: EngineConn | undefined;
     let queueEnd: "queue-timeout" | "queue-full" | undefined;
     let shortageWaitMs = 0;
     while (server === undefined && !this.#cutting && !watched.gone) {
-      const pool = this.#pool;
-      backend = pool.strategy.pick(pool.backends, { tried, clientAddress: client.peerHost });
+      // A route names its pool; a reload may have replaced it since.
+      const pool = (front.routed && this.#routePools.get(front.routed)) || this.#pool;
+      backend = pool.strategy.pick(pool.backends, { tried, clientAddress: clientHost });
       if (backend === undefined) {
         // Nothing to try now; if that is because healthy backends are full,
         // wait in the queue for one to have room.
@@ -392,7 +470,10 @@ export class LoadBalancer {
       return;
     }
 
-    const joined = this.#engine.join(client, server);
+    const prefix = backend!.sendProxy === "off"
+      ? undefined
+      : this.#proxyHeader(backend!.sendProxy, client, front.source, front.destination);
+    const joined = this.#engine.join(client, server, prefix ? { prefix } : undefined);
     connection.cut = () => joined.cut("aborted");
     connection.joined = joined;
     connection.seenActivity = 0;
@@ -402,9 +483,21 @@ export class LoadBalancer {
     backend!.connections++;
     backend!.bytesIn += result.bytesFromClient;
     backend!.bytesOut += result.bytesFromServer;
-    this.#pool.queue.wake();
+    ((front.routed && this.#routePools.get(front.routed)) || this.#pool).queue.wake();
     const end = result.end === "aborted" ? "drain-timeout" : result.end;
     finish(end, backend, result.bytesFromClient, result.bytesFromServer);
+  }
+
+  // The PROXY header we send a backend: the client as we know it, and where it connected.
+  #proxyHeader(
+    version: "v1" | "v2",
+    client: EngineConn,
+    source: HostPort | undefined,
+    destination: HostPort | undefined,
+  ): Uint8Array {
+    const from = source ?? { hostname: client.peerHost, port: peerPort(client) };
+    const to = destination ?? this.#engine.localAddress(client);
+    return version === "v1" ? encodeProxyV1(from, to) : encodeProxyV2(from, to);
   }
 
   // One attempt, bounded by the connect timeout and by a drain cut-off.
@@ -425,4 +518,8 @@ export class LoadBalancer {
       timeout.cancel();
     }
   }
+}
+
+function peerPort(client: EngineConn): number {
+  return Number(client.peer.slice(client.peer.lastIndexOf(":") + 1));
 }

@@ -17,8 +17,9 @@ import { formatHostPort, parseHostPort } from "./address.ts";
 import { adminUrl, type ListenerStats, startAdmin } from "./admin.ts";
 import type { AdminServer } from "./admin_server.ts";
 import { type Clock, realClock } from "./clock.ts";
-import { type Config, ConfigError, socketsOverlap } from "./config.ts";
-import type { Engine, EngineListener } from "./engine.ts";
+import { type Config, ConfigError, listenerKey, listenerPool, socketsOverlap } from "./config.ts";
+import { Edge } from "./edge.ts";
+import type { Engine, EngineListener, TlsEngineListener, TlsMaterial } from "./engine.ts";
 import { closeQuietly, describe, StartError } from "./errors.ts";
 import { type LoadBalancerEvent, READY } from "./events.ts";
 import type { LoadBalancerFlags } from "./flags.ts";
@@ -26,6 +27,7 @@ import { type AccessLog, eventLogger, logDiagnostic } from "./log.ts";
 import {
   adminExposure,
   buildPools,
+  edgeSettingsOf,
   needsRestart,
   type Plan,
   prepare,
@@ -74,7 +76,7 @@ export interface ListenerHost {
   readonly activeConnections: number;
   /** Each listener, for the admin API. */
   listeners(): readonly ListenerStats[];
-  /** The listen addresses running now, as the config writes them. */
+  /** The listeners running now, by {@linkcode listenerKey}: their addresses as the config writes them. */
   running(): readonly string[];
 }
 
@@ -179,7 +181,7 @@ export class Runtime {
   }
 
   #ready(listener: ListenerConfig, address: string): void {
-    const pool = this.#pools.get(listener.pool)!;
+    const pool = this.#pools.get(listenerPool(listener))!;
     logDiagnostic(
       `${READY}${address}; backends ${pool.backends.map((b) => b.describe()).join(", ")}`,
     );
@@ -233,10 +235,11 @@ export class Runtime {
     // 0.0.0.0:5901) cannot be bound until the old socket closes.
     const running = this.#host.running();
     for (const listenerConfig of next.listeners) {
-      if (running.includes(listenerConfig.listen)) continue;
+      if (running.includes(listenerKey(listenerConfig))) continue;
       const clash = running.find((address) =>
-        !next.listeners.some((l) => l.listen === address) &&
-        socketsOverlap(address, listenerConfig.listen)
+        !next.listeners.some((l) => listenerKey(l) === address) &&
+        // A port-0 listener's key carries its name; it never overlaps anything.
+        !address.includes("#") && socketsOverlap(address, listenerConfig.listen)
       );
       if (clash !== undefined) {
         return failed(
@@ -272,7 +275,7 @@ export class Runtime {
     await Promise.all([...oldPools.values()].map((pool) => pool.stop()));
     for (const pool of this.#pools.values()) pool.start();
     for (const listener of next.listeners) {
-      const address = added.get(listener.listen);
+      const address = added.get(listenerKey(listener));
       if (address !== undefined) this.#ready(listener, address);
     }
     this.reloads++;
@@ -319,6 +322,8 @@ export class LocalListeners implements ListenerHost {
   readonly #reusePort: boolean;
   /** The listeners, by the address they listen on: a reload keeps every address it still lists. */
   readonly #running = new Map<string, LoadBalancer>();
+  /** The listeners that terminate TLS, by key: a reload hands them a new certificate. */
+  readonly #tls = new Map<string, TlsEngineListener>();
 
   constructor(options: {
     engine: Engine;
@@ -349,20 +354,18 @@ export class LocalListeners implements ListenerHost {
     return Promise.resolve();
   }
 
-  start(config: Config, pools: ReadonlyMap<string, Pool>, where: Where): Promise<string[]> {
+  async start(config: Config, pools: ReadonlyMap<string, Pool>, where: Where): Promise<string[]> {
     const sockets: EngineListener[] = [];
     try {
-      for (const listener of config.listeners) sockets.push(this.#bind(listener, where));
+      for (const listener of config.listeners) sockets.push(await this.#bind(listener, where));
     } catch (error) {
       for (const socket of sockets) closeQuietly(socket);
-      return Promise.reject(error);
+      throw error;
     }
-    return Promise.resolve(
-      sockets.map((socket, i) => this.#serve(socket, config.listeners[i]!, pools)),
-    );
+    return sockets.map((socket, i) => this.#serve(socket, config.listeners[i]!, pools));
   }
 
-  reload(
+  async reload(
     config: Config,
     pools: ReadonlyMap<string, Pool>,
     drainMs: number,
@@ -370,33 +373,48 @@ export class LocalListeners implements ListenerHost {
   ): Promise<Map<string, string>> {
     const fresh = new Map<string, EngineListener>();
     for (const listener of config.listeners) {
-      if (this.#running.has(listener.listen)) continue;
+      if (this.#running.has(listenerKey(listener))) continue;
       try {
-        fresh.set(listener.listen, this.#bind(listener, where));
+        fresh.set(listenerKey(listener), await this.#bind(listener, where));
       } catch (error) {
         for (const socket of fresh.values()) closeQuietly(socket);
-        return Promise.reject(error);
+        throw error;
       }
+    }
+    // A certificate that changed serves new clients from now on; connected ones keep theirs.
+    for (const listener of config.listeners) {
+      const tls = this.#tls.get(listenerKey(listener));
+      if (tls !== undefined && listener.tls !== undefined) tls.setMaterial(readTls(listener.tls));
     }
     const added = new Map<string, string>();
     for (const listener of config.listeners) {
-      const balancer = this.#running.get(listener.listen);
+      const balancer = this.#running.get(listenerKey(listener));
       if (balancer === undefined) {
-        added.set(listener.listen, this.#serve(fresh.get(listener.listen)!, listener, pools));
+        added.set(
+          listenerKey(listener),
+          this.#serve(fresh.get(listenerKey(listener))!, listener, pools),
+        );
       } else {
-        balancer.reconfigure({ pool: pools.get(listener.pool)!, maxConnections: listener.maxconn });
+        balancer.reconfigure({
+          pool: pools.get(listenerPool(listener))!,
+          maxConnections: listener.maxconn,
+          ...this.#front(listener, pools, balancer.edge),
+        });
       }
     }
     for (const [address, balancer] of this.#running) {
-      if (config.listeners.some((l) => l.listen === address)) continue;
+      if (config.listeners.some((l) => listenerKey(l) === address)) continue;
       this.#running.delete(address);
+      this.#tls.delete(address);
       balancer.shutdown(drainMs).then(({ cut }) =>
         logDiagnostic(
-          `stopped listening on ${address}; ${cut} connection(s) cut at the drain timeout`,
+          `stopped listening on ${
+            formatHostPort(balancer.address)
+          }; ${cut} connection(s) cut at the drain timeout`,
         )
       );
     }
-    return Promise.resolve(added);
+    return added;
   }
 
   async stopAccepting(): Promise<void> {
@@ -408,11 +426,28 @@ export class LocalListeners implements ListenerHost {
     return results.reduce((sum, r) => sum + r.cut, 0);
   }
 
-  #bind(listener: ListenerConfig, where: Where): EngineListener {
+  // A listener's front door and the pools its routes may name; a reload
+  // hands the running one over, for its per-source counts.
+  #front(listener: ListenerConfig, pools: ReadonlyMap<string, Pool>, previous: Edge | undefined) {
+    const settings = edgeSettingsOf(listener);
+    return {
+      routePools: pools,
+      ...(settings ? { edge: new Edge(settings, this.#clock, previous) } : {}),
+    };
+  }
+
+  async #bind(listener: ListenerConfig, where: Where): Promise<EngineListener> {
+    const address = parseHostPort(listener.listen, { allowPortZero: true });
     try {
-      return this.#engine.listen(parseHostPort(listener.listen, { allowPortZero: true }), {
-        reusePort: this.#reusePort,
-      });
+      if (listener.tls === undefined) {
+        return this.#engine.listen(address, { reusePort: this.#reusePort });
+      }
+      if (this.#engine.listenTls === undefined) {
+        throw new Error(`tls needs the deno engine, not ${this.#engine.name}`);
+      }
+      const tls = await this.#engine.listenTls(address, readTls(listener.tls));
+      this.#tls.set(listenerKey(listener), tls);
+      return tls;
     } catch (error) {
       throw new StartError(`${where(listener)} ${listener.listen}: ${describe(error)}`);
     }
@@ -423,13 +458,23 @@ export class LocalListeners implements ListenerHost {
       name: listener.name,
       listener: socket,
       engine: this.#engine,
-      pool: pools.get(listener.pool)!,
+      pool: pools.get(listenerPool(listener))!,
       maxConnections: listener.maxconn,
+      ...this.#front(listener, pools, undefined),
       clock: this.#clock,
       onEvent: this.#onEvent,
     });
-    this.#running.set(listener.listen, balancer);
+    this.#running.set(listenerKey(listener), balancer);
     balancer.serve();
     return formatHostPort(balancer.address);
   }
+}
+
+/** A listener's certificate, key and ALPN list, read from its files (checked by the plan). */
+function readTls(tls: NonNullable<ListenerConfig["tls"]>): TlsMaterial {
+  return {
+    cert: Deno.readTextFileSync(tls.cert),
+    key: Deno.readTextFileSync(tls.key),
+    alpn: tls.alpn,
+  };
 }

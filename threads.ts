@@ -19,9 +19,10 @@
 
 import { formatHostPort, parseHostPort } from "./address.ts";
 import type { ListenerStats } from "./admin.ts";
-import type { Config } from "./config.ts";
+import { type Config, listenerKey, listenerPool } from "./config.ts";
 import { describe, StartError } from "./errors.ts";
-import type { LoadBalancerEvent } from "./events.ts";
+import { isRejectReason, type LoadBalancerEvent, type RejectReason } from "./events.ts";
+import { edgeSettingsOf } from "./plan.ts";
 import { shiftHealth } from "./health.ts";
 import { Sys } from "./libc.ts";
 import { DURATION_BUCKETS, Histogram } from "./metrics.ts";
@@ -61,6 +62,7 @@ interface Thread {
 /** A listener's figures, summed over the threads. */
 class ThreadedListener implements ListenerStats {
   readonly durations = new Histogram(DURATION_BUCKETS);
+  readonly rejected = new Map<RejectReason, number>();
   pool: { name: string };
   constructor(readonly name: string, pool: string, readonly threads: readonly Thread[]) {
     this.pool = { name: pool };
@@ -128,7 +130,7 @@ export class ThreadedListeners implements ListenerHost {
       this.#threads = [];
       throw new StartError((error as Error).message);
     }
-    return config.listeners.map((listener) => bound.get(listener.listen)!);
+    return config.listeners.map((listener) => bound.get(listenerKey(listener))!);
   }
 
   async reload(
@@ -137,15 +139,17 @@ export class ThreadedListeners implements ListenerHost {
     drainMs: number,
     where: Where,
   ): Promise<Map<string, string>> {
-    const fresh = config.listeners.filter((listener) => !this.#bound.has(listener.listen));
+    const fresh = config.listeners.filter((listener) => !this.#bound.has(listenerKey(listener)));
     const bound = new Map(
-      [...this.#bound].filter(([listen]) => config.listeners.some((l) => l.listen === listen)),
+      [...this.#bound].filter(([key]) => config.listeners.some((l) => listenerKey(l) === key)),
     );
     for (const [listen, address] of this.#probe(fresh, where, (m) => new Error(m))) {
       bound.set(listen, address);
     }
     await this.#configure(config, pools, bound, drainMs);
-    return new Map(fresh.map((listener) => [listener.listen, bound.get(listener.listen)!]));
+    return new Map(
+      fresh.map((listener) => [listenerKey(listener), bound.get(listenerKey(listener))!]),
+    );
   }
 
   async changed(pool: Pool): Promise<void> {
@@ -190,13 +194,13 @@ export class ThreadedListeners implements ListenerHost {
     for (const listener of listeners) {
       const address = parseHostPort(listener.listen, { allowPortZero: true });
       if (!this.#probeFirst) {
-        bound.set(listener.listen, formatHostPort(address));
+        bound.set(listenerKey(listener), formatHostPort(address));
         continue;
       }
       try {
         const probe = Deno.listen({ hostname: address.hostname, port: address.port });
         // The address as bound: a host name resolved, port 0 made concrete.
-        bound.set(listener.listen, formatHostPort(probe.addr));
+        bound.set(listenerKey(listener), formatHostPort(probe.addr));
         probe.close();
       } catch (error) {
         throw fail(`${where(listener)} ${listener.listen}: ${describe(error)}`);
@@ -325,8 +329,9 @@ export class ThreadedListeners implements ListenerHost {
     const stats = new Map<string, ThreadedListener>();
     for (const listener of config.listeners) {
       const kept = this.#stats.get(listener.name);
-      const stat = kept ?? new ThreadedListener(listener.name, listener.pool, this.#threads);
-      stat.pool = { name: listener.pool };
+      const pool = listenerPool(listener);
+      const stat = kept ?? new ThreadedListener(listener.name, pool, this.#threads);
+      stat.pool = { name: pool };
       stats.set(listener.name, stat);
     }
     this.#stats = stats;
@@ -342,9 +347,10 @@ export class ThreadedListeners implements ListenerHost {
       type: "configure",
       listeners: config.listeners.map((listener) => ({
         name: listener.name,
-        listen: bound.get(listener.listen)!,
-        pool: listener.pool,
+        listen: bound.get(listenerKey(listener))!,
+        pool: listenerPool(listener),
         maxconn: Math.max(1, Math.ceil(listener.maxconn / this.#count)),
+        edge: edgeSettingsOf(listener),
       })),
       pools: [...pools.values()].map((pool) => this.#snapshot(pool, config)),
       drainTimeoutMs: drainMs,
@@ -373,6 +379,7 @@ export class ThreadedListeners implements ListenerHost {
         backup: backend.backup,
         maxConnections: share(backend.maxConnections),
         adminState: backend.adminState,
+        sendProxy: backend.sendProxy,
         // Times from the Unix epoch: each thread's clock has its own origin.
         health: shiftHealth(backend.health, performance.timeOrigin),
       })),
@@ -433,7 +440,11 @@ export class ThreadedListeners implements ListenerHost {
         continue;
       }
       const record = unpackRecord(item as PackedRecord);
-      this.#stats.get(record.listener)?.durations.observe(record.durationMs / 1000);
+      const stat = this.#stats.get(record.listener);
+      stat?.durations.observe(record.durationMs / 1000);
+      if (stat !== undefined && isRejectReason(record.end)) {
+        stat.rejected.set(record.end, (stat.rejected.get(record.end) ?? 0) + 1);
+      }
       this.#onEvent({ type: "connection", record });
     }
   }

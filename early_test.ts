@@ -1,0 +1,41 @@
+import assert from "node:assert/strict";
+import { EarlyBytes } from "./early.ts";
+
+const bytes = (...values: number[]) => new Uint8Array(values);
+
+Deno.test("EarlyBytes: view() joins the chunks in order; discard() drops from the front across chunks", () => {
+  const early = new EarlyBytes();
+  early.push(bytes(1, 2));
+  early.push(bytes(3));
+  early.push(bytes(4, 5, 6));
+  assert.deepEqual(early.view(), bytes(1, 2, 3, 4, 5, 6));
+  early.push(bytes(7));
+  early.discard(4);
+  assert.equal(early.bytes, 3);
+  assert.deepEqual(early.view(), bytes(5, 6, 7));
+  early.discard(10);
+  assert.equal(early.bytes, 0);
+  assert.deepEqual(early.chunks, []);
+});
+
+Deno.test("EarlyBytes: more() waits for bytes past what is known, or the end, or a failure", async () => {
+  const early = new EarlyBytes();
+  const order: string[] = [];
+  const first = early.more(0).then(() => order.push("first"));
+  await Promise.resolve();
+  assert.equal(order.length, 0);
+  early.push(bytes(1));
+  await first;
+  // Known already: resolves only when something new comes.
+  const second = early.more(1).then(() => order.push("second"));
+  await Promise.resolve();
+  assert.equal(order.join(), "first");
+  early.end();
+  await second;
+  await early.more(1); // ended: at once
+  const failed = new EarlyBytes();
+  const third = failed.more(0).then(() => order.push("third"));
+  failed.fail();
+  await third;
+  assert.equal(order.join(), "first,second,third");
+});
