@@ -170,7 +170,10 @@ async function startProxy(
   const port = freePort();
   const setup = { listenPort: port, backendPorts };
   let process: Started;
-  if (target === "lb" || target === "lbDeno" || target === "lbThreads" || target === "lbWorkers") {
+  if (
+    target === "lb" || target === "lbDeno" || target === "lbThreads" || target === "lbWorkers" ||
+    target === "lbProxyV2"
+  ) {
     const workers = target === "lbWorkers"
       ? ["--workers", "2"]
       : target === "lbThreads"
@@ -178,6 +181,8 @@ async function startProxy(
       : [];
     // As `deno task lb` runs it (FFI granted: auto picks epoll), or on the deno engine.
     const engine = target === "lbDeno" ? ["--engine", "deno"] : [];
+    // The same balancer telling its backends who the client is.
+    const proxyProtocol = target === "lbProxyV2" ? ["--send-proxy", "v2"] : [];
     process = start(`${target}-${tag}`, PROXY_CORE, [
       Deno.execPath(),
       "run",
@@ -192,6 +197,7 @@ async function startProxy(
       `127.0.0.1:${port}`,
       ...backendPorts.flatMap((p) => ["--backend", `127.0.0.1:${p}`]),
       ...workers,
+      ...proxyProtocol,
     ]);
   } else if (target === "floor") {
     process = start(`floor-${tag}`, PROXY_CORE, [
@@ -251,6 +257,8 @@ async function logged(started: Started, pattern: RegExp, timeoutMs = 10_000): Pr
 
 interface Backends {
   httpPorts: number[];
+  /** The same HTTP backends, reading a PROXY header first (for lbProxyV2). */
+  proxyHttpPorts: number[];
   iperfPort: number;
 }
 
@@ -279,7 +287,9 @@ async function throughTarget(
 
 function wrkLoad(settings: Settings, close: boolean): Measure {
   return async (target, backends, tag) => {
-    return await throughTarget(target, backends.httpPorts, tag, async (port, proxy) => {
+    // Its backends read the PROXY header first.
+    const ports = target === "lbProxyV2" ? backends.proxyHttpPorts : backends.httpPorts;
+    return await throughTarget(target, ports, tag, async (port, proxy) => {
       const wrk = (seconds: number) => [
         "wrk",
         "-t1",
@@ -316,8 +326,9 @@ function wrkLoad(settings: Settings, close: boolean): Measure {
 function iperfLoad(settings: Settings, streams: number): Measure {
   // One backend only: iperf3's control and data connections must reach the same server.
   return async (target, backends, tag) => {
-    // Its 1 KiB buffers would say nothing about Deno's bulk speed.
-    if (target === "floor") return {};
+    // Its 1 KiB buffers would say nothing about Deno's bulk speed; iperf3
+    // reads no PROXY header.
+    if (target === "floor" || target === "lbProxyV2") return {};
     return await throughTarget(target, [backends.iperfPort], tag, async (port) => {
       const output = await run([
         "iperf3",
@@ -371,7 +382,8 @@ function startHoldServer() {
 
 function idleLoad(settings: Settings): Measure {
   return async (target, _backends, tag) => {
-    if (target === "direct") return {};
+    // The idle figure is the plain balancer's; the header would change nothing.
+    if (target === "direct" || target === "lbProxyV2") return {};
     const hold = startHoldServer();
     try {
       return await throughTarget(target, [hold.port], tag, async (port, proxy) => {
@@ -551,12 +563,16 @@ async function main(args: string[]): Promise<number> {
 
   const requestLoads = haveWrk && haveNginx;
   const httpPorts = [freePort(), freePort()];
+  const proxyHttpPorts = [freePort(), freePort()];
   const iperfPort = freePort();
   const servers: Started[] = [];
   if (requestLoads) {
     const backendDir = await Deno.makeTempDir({ prefix: "bench-backend-" });
     const httpConfig = `${backendDir}/nginx.conf`;
-    await Deno.writeTextFile(httpConfig, nginxHttpBackendConfig(httpPorts, backendDir));
+    await Deno.writeTextFile(
+      httpConfig,
+      nginxHttpBackendConfig(httpPorts, backendDir, proxyHttpPorts),
+    );
     const httpBackend = start("http-backend", LOAD_CORE, [
       "nginx",
       "-e",
@@ -565,7 +581,7 @@ async function main(args: string[]): Promise<number> {
       httpConfig,
     ]);
     servers.push(httpBackend);
-    for (const port of httpPorts) await listening(port, httpBackend);
+    for (const port of [...httpPorts, ...proxyHttpPorts]) await listening(port, httpBackend);
   }
   if (haveIperf) {
     const iperfServer = start("iperf3-server", LOAD_CORE, [
@@ -577,7 +593,7 @@ async function main(args: string[]): Promise<number> {
     servers.push(iperfServer);
     await listening(iperfPort, iperfServer);
   }
-  const backends = { httpPorts, iperfPort };
+  const backends = { httpPorts, proxyHttpPorts, iperfPort };
 
   const wanted = (name: string) => settings.loads.includes(name);
   const loads: [string, Measure][] = [];

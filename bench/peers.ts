@@ -68,8 +68,15 @@ ${backendPorts.map((port) => `    server 127.0.0.1:${port};`).join("\n")}
 `;
 }
 
-/** NGINX answering every HTTP request on each port with a fixed 3-byte body. */
-export function nginxHttpBackendConfig(ports: number[], dir: string): string {
+/**
+ * NGINX answering every HTTP request on each port with a fixed 3-byte body;
+ * on `proxyPorts`, each connection must start with a PROXY header.
+ */
+export function nginxHttpBackendConfig(
+  ports: number[],
+  dir: string,
+  proxyPorts: number[] = [],
+): string {
   return `${nginxPreamble(dir)}
 http {
   access_log off;
@@ -81,12 +88,16 @@ http {
   uwsgi_temp_path ${dir}/uwsgi;
   scgi_temp_path ${dir}/scgi;
 ${
-    ports.map((port) =>
-      `  server {
-    listen 127.0.0.1:${port} reuseport;
+    [
+      ...ports.map((port) => [port, ""] as const),
+      ...proxyPorts.map((port) => [port, " proxy_protocol"] as const),
+    ]
+      .map(([port, proxy]) =>
+        `  server {
+    listen 127.0.0.1:${port} reuseport${proxy};
     location / { return 200 "ok\\n"; }
   }`
-    ).join("\n")
+      ).join("\n")
   }
 }
 `;

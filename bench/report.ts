@@ -13,6 +13,7 @@ export const TARGETS = {
   direct: "direct",
   lb: "this LB, epoll engine",
   lbDeno: "this LB, deno engine",
+  lbProxyV2: "this LB, sending PROXY v2",
   lbThreads: "this LB, --threads 2",
   lbWorkers: "this LB, --workers 2",
   haproxy: "HAProxy",
