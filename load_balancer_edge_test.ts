@@ -62,6 +62,16 @@ async function balancerOn(yaml: string) {
   return {
     lb,
     ports,
+    /** Rewrites the file and reloads it; resolves once the reload is applied. */
+    async reload(next: string): Promise<void> {
+      const before = lb.stderr.filter((line) => /reloaded \(SIGHUP\)/.test(line)).length;
+      await Deno.writeTextFile(`${dir}/lb.yaml`, next);
+      lb.kill("SIGHUP");
+      await eventually(
+        () => lb.stderr.filter((line) => /reloaded \(SIGHUP\)/.test(line)).length > before,
+        "the reload applied",
+      );
+    },
     async metric(pattern: RegExp): Promise<string[]> {
       const text = await (await fetch(`${admin}/metrics`)).text();
       return text.split("\n").filter((line) => pattern.test(line));
@@ -354,4 +364,57 @@ Deno.test("bad edge keys are named with the value and what was expected", async 
   assert.equal(code, 2, stderr);
   assert.match(stderr, /--allow 10\.0\.0\.1\/8: .*host bits are set beyond the \/8 prefix/);
   assert.match(stderr, /--send-proxy v3: expected off, v1 or v2/);
+});
+
+Deno.test("accept_proxy_from: only the peers named may send a PROXY header; others are closed", async () => {
+  const backend = proxyReadingServer();
+  const lb = await balancerOn(`
+listeners:
+  - name: edge
+    listen: "127.0.0.1:0"
+    pool: p
+    accept_proxy: true
+    accept_proxy_from: [127.0.0.2/32]
+pools:
+  p: { send_proxy: v1, backends: [{ address: "127.0.0.1:${backend.port}" }] }
+`);
+  try {
+    const [port] = lb.ports as [number];
+    const header = "PROXY TCP4 203.0.113.9 198.51.100.1 4000 443\r\nx";
+    assert.equal(
+      await exchangeFrom("127.0.0.2", port, header),
+      "v1 source=203.0.113.9:4000 destination=198.51.100.1:443 rest=x",
+    );
+    assert.equal(await exchangeFrom("127.0.0.3", port, header), "");
+    await eventually(
+      async () =>
+        (await lb.metric(/^lb_rejected_total\{listener="edge",reason="proxy-not-allowed"\} 1$/))
+          .length === 1,
+      "one proxy-not-allowed rejection counted",
+    );
+  } finally {
+    await lb.close();
+    await backend.close();
+  }
+});
+
+Deno.test("a reload applies new ACLs to new clients at once", async () => {
+  const backend = startTaggedServer("1");
+  const yaml = (deny: string) => `
+listeners:
+  - { name: l, listen: "127.0.0.1:0", pool: p, deny: [${deny}] }
+pools:
+  p: { backends: [{ address: "127.0.0.1:${backend.port}" }] }
+`;
+  const lb = await balancerOn(yaml("192.0.2.0/24"));
+  try {
+    const [port] = lb.ports as [number];
+    assert.equal(await exchangeFrom("127.0.0.4", port, "a\n"), "[Server 1] a\n");
+    await lb.reload(yaml("192.0.2.0/24, 127.0.0.4/32"));
+    assert.equal(await exchangeFrom("127.0.0.4", port, "b\n"), "");
+    assert.equal(await exchangeFrom("127.0.0.5", port, "c\n"), "[Server 1] c\n");
+  } finally {
+    await lb.close();
+    await backend.close();
+  }
 });
