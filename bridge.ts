@@ -63,7 +63,7 @@ export interface BridgeOptions {
    */
   early?: EarlyReader;
   /** Sent to the server before anything from the client (a PROXY header); not counted. */
-  prefix?: Uint8Array;
+  prefix?: Uint8Array | undefined;
 }
 
 /**
@@ -106,7 +106,7 @@ export class EarlyReader extends EarlyBytes {
       }
       // Copied out, so the next read reuses the one small buffer: an idle
       // client holds 1 KiB while its read waits, never more.
-      this.push(buffer.slice(0, count));
+      this.push(buffer.subarray(0, count));
       if (this.bytes < this.#limit) this.#read(this.buffer);
     }, () => {
       if (this.#stopped) return;

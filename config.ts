@@ -336,6 +336,21 @@ export const configSchema = z.strictObject({
           "and threads to 1",
       });
     }
+    if (listener.accept_proxy) {
+      context.addIssue({
+        code: "custom",
+        path: ["listeners", i, "accept_proxy"],
+        message: "a PROXY header comes before TLS, and this listener terminates TLS: " +
+          "not supported together yet",
+      });
+    }
+    if (config.workers > 1) {
+      context.addIssue({
+        code: "custom",
+        path: ["listeners", i, "tls"],
+        message: `tls with workers ${config.workers} is not supported: use one worker`,
+      });
+    }
     if (listener.routes.some((r) => r.match.sni !== undefined || r.match.alpn !== undefined)) {
       context.addIssue({
         code: "custom",

@@ -4,25 +4,43 @@
  * route on) and forwarded by the join. Both engines keep one per watched
  * client and feed it as bytes arrive.
  *
+ * The bytes live in one buffer that doubles as it fills, so reading all of
+ * them again after every arrival (as a parser waiting for a whole header
+ * does) copies nothing, and a client sending a byte at a time costs linear
+ * time, not quadratic.
+ *
  * @module
  */
 
+const EMPTY = new Uint8Array(0);
+const FIRST_CAPACITY = 512;
+
 /** Bytes from a watched client, not yet forwarded. */
 export class EarlyBytes {
-  /** The bytes, in order; the first may have been cut at its start by {@linkcode discard}. */
-  readonly chunks: Uint8Array[] = [];
-  /** Total bytes held. */
-  bytes = 0;
   /** The client ended its stream (half-close) before it was joined. */
   ended = false;
   /** The client failed (reset, …) before it was joined. */
   failed = false;
-  #waiters: (() => void)[] = [];
+  #buffer = EMPTY;
+  #start = 0;
+  #end = 0;
+  #waiters: (() => void)[] | undefined;
 
-  /** Keeps a chunk that arrived. */
+  /** Bytes held. */
+  get bytes(): number {
+    return this.#end - this.#start;
+  }
+
+  /** What is held, as the pieces a join forwards in order (none, or one). */
+  get chunks(): Uint8Array[] {
+    return this.#end === this.#start ? [] : [this.view()];
+  }
+
+  /** Keeps (a copy of) a chunk that arrived. */
   push(chunk: Uint8Array): void {
-    this.chunks.push(chunk);
-    this.bytes += chunk.length;
+    if (this.#end + chunk.length > this.#buffer.length) this.#grow(chunk.length);
+    this.#buffer.set(chunk, this.#end);
+    this.#end += chunk.length;
     this.#wake();
   }
 
@@ -38,49 +56,41 @@ export class EarlyBytes {
     this.#wake();
   }
 
-  /** Everything held, as one array (a copy only when held in pieces). */
+  /** Everything held, in order: a view, valid until the next push or discard. */
   view(): Uint8Array {
-    if (this.chunks.length === 1) return this.chunks[0]!;
-    const joined = new Uint8Array(this.bytes);
-    let at = 0;
-    for (const chunk of this.chunks) {
-      joined.set(chunk, at);
-      at += chunk.length;
-    }
-    if (this.chunks.length > 1) this.chunks.splice(0, this.chunks.length, joined);
-    return joined;
+    return this.#buffer.subarray(this.#start, this.#end);
   }
 
   /** Drops the first `count` bytes: they were meant for the balancer, not the backend. */
   discard(count: number): void {
-    let left = Math.min(count, this.bytes);
-    this.bytes -= left;
-    while (left > 0) {
-      const first = this.chunks[0]!;
-      if (first.length <= left) {
-        this.chunks.shift();
-        left -= first.length;
-      } else {
-        this.chunks[0] = first.subarray(left);
-        left = 0;
-      }
-    }
+    this.#start = Math.min(this.#end, this.#start + count);
   }
 
   /**
    * Resolves once more than `known` bytes are held, or the client has ended
-   * or failed (at once if so already). One waiter per watched client at a
-   * time is the listener's use; more are allowed.
+   * or failed (at once if so already).
    */
   more(known: number): Promise<void> {
     if (this.bytes > known || this.ended || this.failed) return Promise.resolve();
-    return new Promise((resolve) => this.#waiters.push(resolve));
+    return new Promise((resolve) => (this.#waiters ??= []).push(resolve));
+  }
+
+  // Room for `adding` more: the held bytes move to the front of a buffer
+  // at least twice as big as they need.
+  #grow(adding: number): void {
+    const held = this.#end - this.#start;
+    const capacity = Math.max(FIRST_CAPACITY, 2 * (held + adding));
+    const next = new Uint8Array(capacity);
+    next.set(this.#buffer.subarray(this.#start, this.#end));
+    this.#buffer = next;
+    this.#start = 0;
+    this.#end = held;
   }
 
   #wake(): void {
     const waiters = this.#waiters;
-    if (waiters.length === 0) return;
-    this.#waiters = [];
+    if (waiters === undefined) return;
+    this.#waiters = undefined;
     for (const wake of waiters) wake();
   }
 }

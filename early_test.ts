@@ -39,3 +39,16 @@ Deno.test("EarlyBytes: more() waits for bytes past what is known, or the end, or
   await third;
   assert.equal(order.join(), "first,second,third");
 });
+
+Deno.test("EarlyBytes: a byte at a time, read whole after each, keeps every byte in order", () => {
+  const early = new EarlyBytes();
+  for (let i = 0; i < 5000; i++) {
+    early.push(bytes(i & 0xff));
+    const view = early.view();
+    assert.equal(view.length, i + 1);
+    assert.equal(view[i], i & 0xff);
+  }
+  early.discard(4990);
+  assert.deepEqual([...early.view()], [...Array(10).keys()].map((k) => (4990 + k) & 0xff));
+  assert.equal(early.chunks.length, 1);
+});

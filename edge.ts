@@ -12,7 +12,7 @@
  * @module
  */
 
-import { formatHostPort, type HostPort } from "./address.ts";
+import type { HostPort } from "./address.ts";
 import { CidrSet, parseCidr } from "./cidr.ts";
 import { parseClientHello, sniMatches } from "./client_hello.ts";
 import type { Clock } from "./clock.ts";
@@ -41,6 +41,7 @@ export interface EdgeSettings {
   readonly acceptProxyFrom: readonly string[];
   /** When given, only these sources; `deny` wins over `allow`. */
   readonly allow: readonly string[];
+  /** Never these sources. */
   readonly deny: readonly string[];
   readonly perSource?: {
     readonly maxconn?: number;
@@ -151,6 +152,7 @@ export class Edge {
       if (ended || attempt.aborted) return false;
       try {
         const peeked = await engine.peek(client, known, attempt);
+        if (peeked.failed) return false;
         bytes = peeked.bytes;
         ended = peeked.ended;
         const grew = bytes.length > known;
@@ -194,12 +196,18 @@ export class Edge {
         if (verdict !== "ok") return { ok: false, reason: verdict, client: source };
         counted = true;
       }
-      const pool = await this.#route(source, () => ({ bytes, ended }), more);
-      if (pool === undefined && this.#routes.length > 0 && !settings.fallback) {
+      // From here a slot is held: every way out gives it back but "ok".
+      try {
+        const pool = await this.#route(source, () => ({ bytes, ended }), more);
+        if (pool === undefined && this.#routes.length > 0 && !settings.fallback) {
+          if (counted) this.release(source);
+          return { ok: false, reason: "no-route", client: source };
+        }
+        return { ok: true, client: source, destination, pool, counted };
+      } catch (error) {
         if (counted) this.release(source);
-        return { ok: false, reason: "no-route", client: source };
+        throw error;
       }
-      return { ok: true, client: source, destination, pool, counted };
     } finally {
       timeout.cancel();
     }
@@ -227,9 +235,7 @@ export class Edge {
           const { bytes } = seen();
           const common = Math.min(bytes.length, prefix.length);
           let differs = false;
-          for (let i = 0; i < common; i++) {
-            if (bytes[i] !== prefix[i]) differs = true;
-          }
+          for (let i = 0; i < common && !differs; i++) differs = bytes[i] !== prefix[i];
           if (differs || bytes.length >= prefix.length) break;
           if (!(await more())) break;
         }
@@ -266,9 +272,4 @@ function startsWith(bytes: Uint8Array, prefix: Uint8Array): boolean {
 function splitPeer(client: EngineConn): HostPort {
   const port = Number(client.peer.slice(client.peer.lastIndexOf(":") + 1));
   return { hostname: client.peerHost, port };
-}
-
-/** `HOST:PORT` of an address, for the access log. */
-export function describeClient(address: HostPort): string {
-  return formatHostPort(address);
 }

@@ -79,6 +79,8 @@ export interface Peeked {
   readonly bytes: Uint8Array;
   /** It has ended its stream: no more will come. */
   readonly ended: boolean;
+  /** It is gone (reset, …): no more will come, and nothing can be sent. */
+  readonly failed: boolean;
 }
 
 /** An implementation of the seam. */
@@ -101,7 +103,7 @@ export interface Engine {
   /**
    * What a watched client has sent so far (kept for the join), once there is
    * more than `known` bytes of it, or the client has ended its stream or
-   * failed. Rejects when `attempt` is abandoned (the peek timeout, a drain).
+   * failed (then `failed`). Rejects when `attempt` is abandoned (the peek timeout, a drain).
    * The listener reads a PROXY header, a TLS ClientHello or a prefix with it.
    */
   peek(client: EngineConn, known: number, attempt: Attempt): Promise<Peeked>;
@@ -116,7 +118,7 @@ export interface Engine {
    * to the backend before anything from the client (a PROXY header of ours);
    * it is not counted in the client's bytes.
    */
-  join(client: EngineConn, server: EngineConn, options?: { prefix?: Uint8Array }): Joined;
+  join(client: EngineConn, server: EngineConn, prefix?: Uint8Array): Joined;
   /** Closes a client that was never joined; `reset` sends a reset where the engine can. */
   close(conn: EngineConn, options?: { reset?: boolean }): Promise<void>;
 }

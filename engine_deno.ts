@@ -126,7 +126,7 @@ export class DenoEngine implements Engine {
     } finally {
       attempt.setOnAbort(undefined);
     }
-    return { bytes: early.view(), ended: early.ended };
+    return { bytes: early.view(), ended: early.ended, failed: early.failed };
   }
 
   discard(client: EngineConn, count: number): void {
@@ -138,7 +138,7 @@ export class DenoEngine implements Engine {
     return { hostname, port };
   }
 
-  join(client: EngineConn, server: EngineConn, options: { prefix?: Uint8Array } = {}): Joined {
+  join(client: EngineConn, server: EngineConn, prefix?: Uint8Array): Joined {
     const early = (client as DenoConn).early;
     (client as DenoConn).early = undefined;
     return new Bridge((client as DenoConn).socket, (server as DenoConn).socket, {
@@ -146,7 +146,7 @@ export class DenoEngine implements Engine {
       clock: this.#clock,
       reset: this.#reset,
       early,
-      ...(options.prefix ? { prefix: options.prefix } : {}),
+      prefix,
     });
   }
 

@@ -106,7 +106,7 @@ class EpollConn implements EngineConn, Handler {
     }
     const read = sys.read(this.fd, scratchPointer, room);
     if (read > 0) {
-      early.push(scratch.slice(0, read));
+      early.push(scratch.subarray(0, read));
       if (early.bytes >= EARLY_LIMIT) this.loop.modify(this.fd, 0);
     } else if (read === 0) {
       early.end();
@@ -526,7 +526,7 @@ export class EpollEngine implements Engine {
 
   async peek(client: EngineConn, known: number, attempt: Attempt): Promise<Peeked> {
     const early = (client as EpollConn).early;
-    if (early === undefined) return { bytes: new Uint8Array(), ended: true };
+    if (early === undefined) return { bytes: new Uint8Array(), ended: true, failed: true };
     if (attempt.aborted) throw attempt.reason;
     const aborted = Promise.withResolvers<never>();
     attempt.setOnAbort(aborted.reject);
@@ -535,7 +535,7 @@ export class EpollEngine implements Engine {
     } finally {
       attempt.setOnAbort(undefined);
     }
-    return { bytes: early.view(), ended: early.ended };
+    return { bytes: early.view(), ended: early.ended, failed: early.failed };
   }
 
   discard(client: EngineConn, count: number): void {
@@ -620,14 +620,8 @@ export class EpollEngine implements Engine {
     return promise;
   }
 
-  join(client: EngineConn, server: EngineConn, options: { prefix?: Uint8Array } = {}): Joined {
-    return new EpollJoin(
-      this.#loop,
-      this.#clock,
-      client as EpollConn,
-      server as EpollConn,
-      options.prefix,
-    );
+  join(client: EngineConn, server: EngineConn, prefix?: Uint8Array): Joined {
+    return new EpollJoin(this.#loop, this.#clock, client as EpollConn, server as EpollConn, prefix);
   }
 
   close(conn: EngineConn, options: { reset?: boolean } = {}): Promise<void> {

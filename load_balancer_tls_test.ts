@@ -116,6 +116,17 @@ pools:
       third.end("a\nb");
       assert.equal(await answer, "[Server 1] a\n[Server 1] b\n");
       sockets.push(third);
+      // TLS off for a running listener waits for a restart; it keeps serving TLS.
+      const yaml = await Deno.readTextFile(`${dir}/lb.yaml`);
+      await Deno.writeTextFile(`${dir}/lb.yaml`, yaml.replace(/^ {4}tls: .*\n/m, ""));
+      lb.kill("SIGHUP");
+      await lb.waitForLine(
+        "stderr",
+        /reload \(SIGHUP\) failed.*turning TLS off .* needs a restart/,
+      );
+      const fourth = await connectTls(lb.port, two.cert, "two.test");
+      sockets.push(fourth);
+      assert.equal(await ask(fourth, "tls\n"), "[Server 1] tls\n");
     } finally {
       await Promise.all(sockets.map(closed));
       await lb.close();

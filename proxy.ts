@@ -96,6 +96,8 @@ export class LoadBalancer {
   #sweeper: number | undefined;
   /** Every connect attempt's timeout, on one timer. */
   readonly #connectTimeouts: TimeoutQueue;
+  /** Every front-door wait's timeout (edge.ts), on another: a queue holds one length. */
+  readonly #peekTimeouts: TimeoutQueue;
   // Resolved when a connection ends, for an accept loop waiting at maxConnections.
   #roomFreed: PromiseWithResolvers<void> | undefined;
   #serving: Promise<void> | undefined;
@@ -110,6 +112,7 @@ export class LoadBalancer {
     this.#routePools = options.routePools ?? new Map();
     this.#clock = options.clock ?? realClock;
     this.#connectTimeouts = new TimeoutQueue(this.#clock);
+    this.#peekTimeouts = new TimeoutQueue(this.#clock);
     const onEvent = options.onEvent ?? (() => {});
     this.#emit = (event) => {
       try {
@@ -205,6 +208,7 @@ export class LoadBalancer {
     }
     this.#clock.clearTimer(this.#sweeper);
     this.#connectTimeouts.clear();
+    this.#peekTimeouts.clear();
     return { cut };
   }
 
@@ -348,39 +352,44 @@ export class LoadBalancer {
       connection.cut();
     });
     // The front door, when the listener has one: decided before any dial.
+    // Without one, nothing here costs a connection anything.
     const edge = this.#edge;
-    let routed: string | undefined;
-    let source: HostPort | undefined;
-    let destination: HostPort | undefined;
-    let counted: HostPort | undefined;
-    if (edge !== undefined) {
-      const admission = await edge.admit(this.#engine, client, this.#connectTimeouts, (cut) => {
-        connection.cut = cut;
-      });
-      clientName = formatHostPort(admission.client);
-      clientHost = admission.client.hostname;
-      if (!admission.ok) {
-        await this.#engine.close(client);
-        if (watched.gone) return finish("client-reset");
-        if (this.#cutting) return finish("drain-timeout");
-        this.rejected.set(admission.reason, (this.rejected.get(admission.reason) ?? 0) + 1);
-        return finish(admission.reason);
-      }
-      routed = admission.pool;
-      source = admission.client;
-      destination = admission.destination;
-      if (admission.counted) counted = admission.client;
+    if (edge === undefined) {
+      return await this.#connectAndJoin(
+        client,
+        connection,
+        watched,
+        finish,
+        startedAt,
+        clientName,
+        clientHost,
+      );
+    }
+    const admission = await edge.admit(this.#engine, client, this.#peekTimeouts, (cut) => {
+      connection.cut = cut;
+    });
+    clientName = formatHostPort(admission.client);
+    clientHost = admission.client.hostname;
+    if (!admission.ok) {
+      await this.#engine.close(client);
+      if (watched.gone) return finish("client-reset");
+      if (this.#cutting) return finish("drain-timeout");
+      this.rejected.set(admission.reason, (this.rejected.get(admission.reason) ?? 0) + 1);
+      return finish(admission.reason);
     }
     try {
-      await this.#connectAndJoin(client, connection, watched, finish, {
+      await this.#connectAndJoin(
+        client,
+        connection,
+        watched,
+        finish,
         startedAt,
+        clientName,
         clientHost,
-        routed,
-        source,
-        destination,
-      });
+        admission,
+      );
     } finally {
-      if (counted !== undefined) edge?.release(counted);
+      if (admission.counted) edge.release(admission.client);
     }
   }
 
@@ -390,23 +399,21 @@ export class LoadBalancer {
     connection: Connection,
     watched: { gone: boolean },
     finish: (end: ConnectionEnd, backend?: Backend, bytesIn?: number, bytesOut?: number) => void,
-    front: {
-      startedAt: number;
-      clientHost: string;
-      routed: string | undefined;
-      source: HostPort | undefined;
-      destination: HostPort | undefined;
-    },
+    startedAt: number,
+    clientName: string,
+    clientHost: string,
+    /** What the front door decided, when there is one: route, PROXY addresses. */
+    front?: { pool: string | undefined; client: HostPort; destination: HostPort | undefined },
   ): Promise<void> {
-    const { startedAt, clientHost } = front;
     const tried = new Set<Backend>();
     let backend: Backend | undefined;
     let server: EngineConn | undefined;
     let queueEnd: "queue-timeout" | "queue-full" | undefined;
     let shortageWaitMs = 0;
+    let pool = this.#pool;
     while (server === undefined && !this.#cutting && !watched.gone) {
       // A route names its pool; a reload may have replaced it since.
-      const pool = (front.routed && this.#routePools.get(front.routed)) || this.#pool;
+      pool = (front?.pool && this.#routePools.get(front.pool)) || this.#pool;
       backend = pool.strategy.pick(pool.backends, { tried, clientAddress: clientHost });
       if (backend === undefined) {
         // Nothing to try now; if that is because healthy backends are full,
@@ -426,7 +433,7 @@ export class LoadBalancer {
       backend.active++;
       if (backend.health.state === "down") backend.startTrial();
       try {
-        server = await this.#connect(backend, connection);
+        server = await this.#connect(backend, connection, pool);
         backend.recordConnect(true);
       } catch (error) {
         backend.active--;
@@ -446,7 +453,7 @@ export class LoadBalancer {
           );
           this.#emit({
             type: "descriptor-shortage",
-            client: client.peer,
+            client: clientName,
             backend: backend.name,
             reason,
             waitMs: shortageWaitMs,
@@ -459,7 +466,7 @@ export class LoadBalancer {
         }
         backend.connectFailures++;
         backend.recordConnect(false, reason);
-        this.#emit({ type: "connect-error", client: client.peer, backend: backend.name, reason });
+        this.#emit({ type: "connect-error", client: clientName, backend: backend.name, reason });
       }
     }
     if (server === undefined) {
@@ -472,8 +479,8 @@ export class LoadBalancer {
 
     const prefix = backend!.sendProxy === "off"
       ? undefined
-      : this.#proxyHeader(backend!.sendProxy, client, front.source, front.destination);
-    const joined = this.#engine.join(client, server, prefix ? { prefix } : undefined);
+      : this.#proxyHeader(backend!.sendProxy, client, front?.client, front?.destination);
+    const joined = this.#engine.join(client, server, prefix);
     connection.cut = () => joined.cut("aborted");
     connection.joined = joined;
     connection.seenActivity = 0;
@@ -483,7 +490,7 @@ export class LoadBalancer {
     backend!.connections++;
     backend!.bytesIn += result.bytesFromClient;
     backend!.bytesOut += result.bytesFromServer;
-    ((front.routed && this.#routePools.get(front.routed)) || this.#pool).queue.wake();
+    pool.queue.wake();
     const end = result.end === "aborted" ? "drain-timeout" : result.end;
     finish(end, backend, result.bytesFromClient, result.bytesFromServer);
   }
@@ -501,9 +508,9 @@ export class LoadBalancer {
   }
 
   // One attempt, bounded by the connect timeout and by a drain cut-off.
-  async #connect(backend: Backend, connection: Connection): Promise<EngineConn> {
+  async #connect(backend: Backend, connection: Connection, pool: Pool): Promise<EngineConn> {
     const attempt = new Attempt();
-    const timeoutMs = this.#pool.settings.connectTimeoutMs;
+    const timeoutMs = pool.settings.connectTimeoutMs;
     const timeout = this.#connectTimeouts.add(
       timeoutMs,
       () => attempt.abort(new Deno.errors.TimedOut(`no answer in ${timeoutMs} ms`)),

@@ -45,6 +45,8 @@ export type Where = (listener: ListenerConfig) => string;
 
 /** Where a runtime's listeners run. */
 export interface ListenerHost {
+  /** Whether its listeners can terminate TLS (the deno engine's can). */
+  readonly terminatesTls: boolean;
   /**
    * Binds every listener of `config` (throwing a {@linkcode StartError} that
    * names one that cannot be bound), then serves them on `pools`. Resolves
@@ -231,6 +233,25 @@ export class Runtime {
     const exposed = bound && adminExposure(bound, plan.token);
     if (exposed) return failed(`admin.listen ${bound}, bound until a restart: ${exposed}`);
     const next = plan.config;
+    // TLS is a listener's socket, set up when it is bound: turning it on or
+    // off for a running listener, or on at all in a process whose engine
+    // cannot, waits for a restart.
+    for (const [i, listener] of next.listeners.entries()) {
+      const before = this.#config.listeners.find((l) => listenerKey(l) === listenerKey(listener));
+      const tls = listener.tls !== undefined;
+      if (tls && !this.#host.terminatesTls) {
+        return failed(
+          `listeners[${i}].tls: this process runs the epoll engine, and tls runs on the deno ` +
+            `engine: restart to apply it`,
+        );
+      }
+      if (before !== undefined && (before.tls !== undefined) !== tls) {
+        return failed(
+          `listeners[${i}].tls: turning TLS ${tls ? "on" : "off"} for a running listener ` +
+            `(${listener.listen}) needs a restart`,
+        );
+      }
+    }
     // A new address that overlaps one still bound (127.0.0.1:5901 widened to
     // 0.0.0.0:5901) cannot be bound until the old socket closes.
     const running = this.#host.running();
@@ -341,6 +362,10 @@ export class LocalListeners implements ListenerHost {
     return [...this.#running.values()].reduce((sum, b) => sum + b.activeConnections, 0);
   }
 
+  get terminatesTls(): boolean {
+    return this.#engine.listenTls !== undefined;
+  }
+
   listeners(): readonly ListenerStats[] {
     return [...this.#running.values()];
   }
@@ -371,6 +396,14 @@ export class LocalListeners implements ListenerHost {
     drainMs: number,
     where: Where,
   ): Promise<Map<string, string>> {
+    // Read first: a file that cannot be read now fails the reload before
+    // anything is bound or switched.
+    const materials = new Map<string, TlsMaterial>();
+    for (const listener of config.listeners) {
+      if (listener.tls !== undefined && this.#tls.has(listenerKey(listener))) {
+        materials.set(listenerKey(listener), readTls(listener.tls));
+      }
+    }
     const fresh = new Map<string, EngineListener>();
     for (const listener of config.listeners) {
       if (this.#running.has(listenerKey(listener))) continue;
@@ -382,10 +415,7 @@ export class LocalListeners implements ListenerHost {
       }
     }
     // A certificate that changed serves new clients from now on; connected ones keep theirs.
-    for (const listener of config.listeners) {
-      const tls = this.#tls.get(listenerKey(listener));
-      if (tls !== undefined && listener.tls !== undefined) tls.setMaterial(readTls(listener.tls));
-    }
+    for (const [key, material] of materials) this.#tls.get(key)!.setMaterial(material);
     const added = new Map<string, string>();
     for (const listener of config.listeners) {
       const balancer = this.#running.get(listenerKey(listener));

@@ -88,6 +88,8 @@ export interface ThreadedListenersOptions {
 
 /** The listeners, run by data-plane threads. */
 export class ThreadedListeners implements ListenerHost {
+  /** TLS runs on the deno engine, not in these threads. */
+  readonly terminatesTls = false;
   readonly #sys = new Sys();
   readonly #count: number;
   readonly #onEvent: (event: LoadBalancerEvent) => void;

@@ -54,13 +54,21 @@ export class TlsListener {
     this.#server = server;
     this.#address = address;
     server.on("secureConnection", (socket: tls.TLSSocket) => this.#offer(new TlsConn(socket)));
-    // A failed handshake is that client's problem only.
+    // A failed or too slow handshake is that client's problem only.
     server.on("tlsClientError", () => {});
+    // Accepting failed (out of descriptors, …): the listener's accept loop
+    // backs off and tries again, as for a plain socket.
+    server.on("error", (error: Error) => this.#offer(error));
   }
 
   /** Binds `address` and listens. @throws when it cannot be bound */
   static async listen(address: HostPort, material: TlsMaterial): Promise<TlsListener> {
-    const server = tls.createServer({ ...options(material), allowHalfOpen: true });
+    const server = tls.createServer({
+      ...options(material),
+      allowHalfOpen: true,
+      // A client that never finishes its handshake holds a descriptor until then.
+      handshakeTimeout: HANDSHAKE_TIMEOUT_MS,
+    });
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
       server.listen({ host: address.hostname, port: address.port }, () => {
@@ -107,8 +115,9 @@ export class TlsListener {
     const waiting = this.#waiting;
     this.#waiting = undefined;
     if (waiting !== undefined) waiting(conn);
-    else if (conn instanceof Error) return;
-    else if (this.#closed) conn.close();
+    else if (conn instanceof Error) {
+      if (!this.#closed) this.#ready.push(conn);
+    } else if (this.#closed) conn.close();
     else this.#ready.push(conn);
   }
 }
@@ -120,6 +129,9 @@ function options(material: TlsMaterial): tls.SecureContextOptions & tls.TlsOptio
     ...(material.alpn.length > 0 ? { ALPNProtocols: [...material.alpn] } : {}),
   };
 }
+
+/** Longest a TLS handshake may take before the client is closed. */
+const HANDSHAKE_TIMEOUT_MS = 10_000;
 
 // Bytes held from a client before the bridge asks for them: past this, the
 // socket is paused (backpressure, as a kernel buffer would give).
