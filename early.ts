@@ -12,6 +12,8 @@
  * @module
  */
 
+import type { Attempt, Peeked } from "./engine.ts";
+
 const EMPTY = new Uint8Array(0);
 const FIRST_CAPACITY = 512;
 
@@ -64,6 +66,23 @@ export class EarlyBytes {
   /** Drops the first `count` bytes: they were meant for the balancer, not the backend. */
   discard(count: number): void {
     this.#start = Math.min(this.#end, this.#start + count);
+  }
+
+  /**
+   * `Engine.peek` for both engines: once more than `known` bytes
+   * are held, or the client has ended or failed, what is held; rejects
+   * with the attempt's reason when it is abandoned first.
+   */
+  async peek(known: number, attempt: Attempt): Promise<Peeked> {
+    if (attempt.aborted) throw attempt.reason;
+    const aborted = Promise.withResolvers<never>();
+    attempt.setOnAbort(aborted.reject);
+    try {
+      await Promise.race([this.more(known), aborted.promise]);
+    } finally {
+      attempt.setOnAbort(undefined);
+    }
+    return { bytes: this.view(), ended: this.ended, failed: this.failed };
   }
 
   /**

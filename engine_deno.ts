@@ -116,17 +116,8 @@ export class DenoEngine implements Engine {
     }
   }
 
-  async peek(client: EngineConn, known: number, attempt: Attempt): Promise<Peeked> {
-    const early = (client as DenoConn).early!;
-    if (attempt.aborted) throw attempt.reason;
-    const aborted = Promise.withResolvers<never>();
-    attempt.setOnAbort(aborted.reject);
-    try {
-      await Promise.race([early.more(known), aborted.promise]);
-    } finally {
-      attempt.setOnAbort(undefined);
-    }
-    return { bytes: early.view(), ended: early.ended, failed: early.failed };
+  peek(client: EngineConn, known: number, attempt: Attempt): Promise<Peeked> {
+    return (client as DenoConn).early!.peek(known, attempt);
   }
 
   discard(client: EngineConn, count: number): void {

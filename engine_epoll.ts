@@ -524,18 +524,13 @@ export class EpollEngine implements Engine {
     this.#loop.add(conn.fd, READABLE, conn);
   }
 
-  async peek(client: EngineConn, known: number, attempt: Attempt): Promise<Peeked> {
+  peek(client: EngineConn, known: number, attempt: Attempt): Promise<Peeked> {
     const early = (client as EpollConn).early;
-    if (early === undefined) return { bytes: new Uint8Array(), ended: true, failed: true };
-    if (attempt.aborted) throw attempt.reason;
-    const aborted = Promise.withResolvers<never>();
-    attempt.setOnAbort(aborted.reject);
-    try {
-      await Promise.race([early.more(known), aborted.promise]);
-    } finally {
-      attempt.setOnAbort(undefined);
+    // Joined or closed already: nothing more to see.
+    if (early === undefined) {
+      return Promise.resolve({ bytes: new Uint8Array(), ended: true, failed: true });
     }
-    return { bytes: early.view(), ended: early.ended, failed: early.failed };
+    return early.peek(known, attempt);
   }
 
   discard(client: EngineConn, count: number): void {
