@@ -328,14 +328,6 @@ export const configSchema = z.strictObject({
   }
   config.listeners.forEach((listener, i) => {
     if (listener.tls === undefined) return;
-    if (config.engine === "epoll" || config.threads > 1) {
-      context.addIssue({
-        code: "custom",
-        path: ["listeners", i, "tls"],
-        message: "a listener with tls runs on the deno engine: set engine to auto or deno, " +
-          "and threads to 1",
-      });
-    }
     if (listener.accept_proxy) {
       context.addIssue({
         code: "custom",

@@ -28,6 +28,7 @@ import {
   workerPermissions,
 } from "./plan.ts";
 import { LocalListeners, Runtime } from "./runtime.ts";
+import { SplitListeners } from "./split_listeners.ts";
 import { ThreadedListeners } from "./threads.ts";
 import { supervise } from "./supervisor.ts";
 import { VERSION } from "./version.ts";
@@ -100,11 +101,8 @@ async function run(args: readonly string[], sigusr1Warning: string | undefined):
     return 0;
   }
   // The epoll engine runs in data-plane threads; the deno engine in this one.
-  // A listener that terminates TLS runs on the deno engine (the schema
-  // refuses engine epoll with one).
-  const tls = plan.config.listeners.some((listener) => listener.tls !== undefined);
   const epoll = plan.config.engine === "epoll" ||
-    (plan.config.engine === "auto" && !tls && epollPossible());
+    (plan.config.engine === "auto" && epollPossible());
   if (plan.config.workers > 1 && !flags.asWorker) {
     plan.accessLog.close(); // the workers write it
     if (epoll) {
@@ -132,23 +130,27 @@ async function run(args: readonly string[], sigusr1Warning: string | undefined):
   const runtime = new Runtime({
     flags,
     plan,
-    host: (onEvent) =>
-      epoll
-        ? new ThreadedListeners({ threads, onEvent, probe: !flags.asWorker })
-        : new LocalListeners({
-          engine: new DenoEngine(canUseLibc() ? { reset: resetConnection } : {}),
-          onEvent,
-          reusePort: flags.asWorker,
-        }),
+    host: (onEvent) => {
+      const local = new LocalListeners({
+        engine: new DenoEngine(canUseLibc() ? { reset: resetConnection } : {}),
+        onEvent,
+        reusePort: flags.asWorker,
+      });
+      if (!epoll) return local;
+      // Listeners that terminate TLS run on the deno engine, here; the rest in the threads.
+      return new SplitListeners(
+        new ThreadedListeners({ threads, onEvent, probe: !flags.asWorker }),
+        local,
+        (listener) => listener.tls !== undefined,
+      );
+    },
   });
   await runtime.start();
   if (plan.config.engine === "auto") {
     logDiagnostic(
       epoll
         ? `engine epoll, ${threads} thread(s) (auto: Linux, --allow-ffi granted)`
-        : `engine deno (auto: ${
-          tls ? "a listener terminates TLS, which runs on the deno engine" : epollUnavailable()
-        })`,
+        : `engine deno (auto: ${epollUnavailable()})`,
     );
   }
   if (sigusr1Warning !== undefined) logDiagnostic(sigusr1Warning);

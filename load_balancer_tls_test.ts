@@ -8,7 +8,13 @@
 
 import assert from "node:assert/strict";
 import tls from "node:tls";
-import { runScript, startBalancerProcess, startTaggedServer } from "./test_util.ts";
+import {
+  exchange,
+  runScript,
+  startBalancerProcess,
+  startTaggedServer,
+  TEST_ENGINE,
+} from "./test_util.ts";
 
 const haveOpenssl = await new Deno.Command("openssl", { args: ["version"], stdout: "null" })
   .output().then((out) => out.success, () => false);
@@ -63,7 +69,7 @@ function closed(socket: tls.TLSSocket): Promise<void> {
 
 Deno.test({
   name:
-    "tls: terminated with ALPN; a reload with a new certificate serves new clients, keeps old ones",
+    "tls: beside a plain listener, on either engine; a new certificate on reload serves new clients, keeps old ones",
   ignore: !haveOpenssl,
   async fn() {
     const dir = await Deno.makeTempDir();
@@ -80,16 +86,25 @@ Deno.test({
     listen: "127.0.0.1:0"
     pool: p
     tls: { cert: ${live.cert}, key: ${live.key}, alpn: [h2, http/1.1] }
+  - { name: plain, listen: "127.0.0.1:0", pool: p }
 pools:
   p: { backends: [{ address: "127.0.0.1:${backend.port}" }] }
 `,
     );
-    const lb = await startBalancerProcess(["--config", `${dir}/lb.yaml`, "--engine", "deno"], {
+    // On the engine under test: with epoll, the TLS listener runs on deno beside the threads.
+    const lb = await startBalancerProcess(["--config", `${dir}/lb.yaml`], {
       permissions: ["--allow-net", "--allow-read", "--allow-env=LOG_TOKENS,LOG_STREAM"],
       listen: false,
     });
     const sockets: tls.TLSSocket[] = [];
     try {
+      // Readiness lines come in the file's order: the TLS listener, then the plain one.
+      const other = new RegExp(`listening on (?!127\\.0\\.0\\.1:${lb.port};)`);
+      const plain = Number(/:(\d+);/.exec(await lb.waitForLine("stderr", other))![1]);
+      assert.equal(await exchange(plain, "plain\n"), "[Server 1] plain\n");
+      if (TEST_ENGINE === "epoll") {
+        assert.ok(!lb.stderr.some((line) => /engine deno/.test(line)), lb.stderr.join("\n"));
+      }
       const first = await connectTls(lb.port, one.cert, "one.test");
       sockets.push(first);
       assert.equal(first.alpnProtocol, "h2");
@@ -137,7 +152,7 @@ pools:
 });
 
 Deno.test({
-  name: "tls: --check refuses a key that is not the certificate's, and engine epoll with tls",
+  name: "tls: --check refuses a key that is not the certificate's, and a PROXY header before TLS",
   ignore: !haveOpenssl,
   async fn() {
     const dir = await Deno.makeTempDir();
@@ -153,9 +168,9 @@ Deno.test({
       assert.match(mismatched.stderr, /the key is not the certificate's \(subject CN=one\.test\)/);
       const good = await check("--tls-cert", one.cert, "--tls-key", one.key);
       assert.equal(good.code, 0, good.stderr);
-      const epoll = await check("--tls-cert", one.cert, "--tls-key", one.key, "--engine", "epoll");
-      assert.notEqual(epoll.code, 0);
-      assert.match(epoll.stderr, /tls runs on the deno engine/);
+      const proxied = await check("--tls-cert", one.cert, "--tls-key", one.key, "--accept-proxy");
+      assert.equal(proxied.code, 2, proxied.stderr);
+      assert.match(proxied.stderr, /a PROXY header comes before TLS/);
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
