@@ -240,7 +240,9 @@ export class Runtime {
       const before = this.#config.listeners.find((l) => listenerKey(l) === listenerKey(listener));
       const tls = listener.tls !== undefined;
       if (tls && !this.#host.terminatesTls) {
-        return failed(`listeners[${i}].tls: this process cannot terminate TLS; restart to apply it`);
+        return failed(
+          `listeners[${i}].tls: this process cannot terminate TLS; restart to apply it`,
+        );
       }
       if (before !== undefined && (before.tls !== undefined) !== tls) {
         return failed(
