@@ -236,13 +236,23 @@ export class Bridge implements Joined {
     const prefix = from === "client" ? this.#prefix : undefined;
     try {
       if (prefix !== undefined) {
+        // With what the client already sent, in one write: one packet and
+        // one wake-up of the backend, not two.
+        const held = queued.shift();
+        const first = held === undefined ? prefix : new Uint8Array(prefix.length + held.length);
+        if (held !== undefined) {
+          first.set(prefix);
+          first.set(held, prefix.length);
+        }
         try {
           let written = 0;
-          while (written < prefix.length) written += await dst.write(prefix.subarray(written));
+          while (written < first.length) written += await dst.write(first.subarray(written));
         } catch {
           this.#fail(`${to}-reset`);
           return total;
         }
+        total += first.length - prefix.length;
+        if (held !== undefined) this.activity++;
       }
       while (true) {
         let read: number | null;

@@ -65,6 +65,8 @@ import {
 const SMALL_READ = 64 * 1024;
 /** Reads one bulk flow may make per wake-up: 1 MiB. */
 const BULK_READS = 4;
+const EMPTY = new Uint8Array(0);
+
 /** What a watched client may send before its backend is connected. */
 const EARLY_LIMIT = 65536;
 /**
@@ -182,21 +184,15 @@ class EpollJoin implements Joined {
     client.early = undefined;
     client.owner = { onEvents: (events) => this.#onEvents(this.#up, this.#down, events) };
     server.owner = { onEvents: (events) => this.#onEvents(this.#down, this.#up, events) };
-    // Our own prefix (a PROXY header) first, not counted as the client's.
-    if (prefix !== undefined) {
-      if (!this.#forward(this.#up, prefix, prefix.length)) return;
-      this.#up.bytes -= prefix.length;
-    }
-    // What the client sent while we dialled goes next, in order: once a
-    // write comes up short, the rest joins what waits.
-    if (early !== undefined) {
-      for (const chunk of early.chunks) {
-        const waiting = this.#up.pending;
-        if (waiting !== undefined) this.#up.pending = concat(waiting, chunk);
-        else if (!this.#forward(this.#up, chunk, chunk.length)) return;
-      }
-      if (early.ended) this.#end(this.#up);
-    }
+    // Our own prefix (a PROXY header) first, not counted as the client's;
+    // then what the client sent while we dialled. One write for both: a
+    // write is a packet and a wake-up of the backend, the dearest part of a
+    // short connection. What does not fit waits in `pending`.
+    const held = early === undefined ? EMPTY : early.view();
+    const first = prefix === undefined ? held : held.length === 0 ? prefix : concat(prefix, held);
+    if (first.length > 0 && !this.#forward(this.#up, first, first.length)) return;
+    if (prefix !== undefined) this.#up.bytes -= prefix.length;
+    if (early?.ended) this.#end(this.#up);
     if (!this.#done) this.#update();
   }
 

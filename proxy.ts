@@ -503,7 +503,11 @@ export class LoadBalancer {
     destination: HostPort | undefined,
   ): Uint8Array {
     const from = source ?? { hostname: client.peerHost, port: peerPort(client) };
-    const to = destination ?? this.#engine.localAddress(client);
+    // Where the client connected: the listener's address, unless it listens
+    // on every interface (then the socket says which, for a system call).
+    const listening = this.#listener.address;
+    const wildcard = listening.hostname === "0.0.0.0" || listening.hostname === "::";
+    const to = destination ?? (wildcard ? this.#engine.localAddress(client) : listening);
     return version === "v1" ? encodeProxyV1(from, to) : encodeProxyV2(from, to);
   }
 
