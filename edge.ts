@@ -76,7 +76,13 @@ export type Admission =
     /** Holds a per-source slot: give it back with {@linkcode Edge.release} when the connection ends. */
     readonly counted: boolean;
   }
-  | { readonly ok: false; readonly reason: RejectReason; readonly client: HostPort };
+  | {
+    readonly ok: false;
+    readonly reason: RejectReason;
+    readonly client: HostPort;
+    /** Why, for the log: what was wrong with the header, which list, which limit. */
+    readonly detail: string;
+  };
 
 interface Route {
   readonly pool: string;
@@ -165,13 +171,14 @@ export class Edge {
     try {
       if (settings.acceptProxy) {
         if (this.#proxyFrom !== undefined && !this.#proxyFrom.has(peer.hostname)) {
-          return { ok: false, reason: "proxy-not-allowed", client: peer };
+          const detail = "a peer not in accept_proxy_from";
+          return { ok: false, reason: "proxy-not-allowed", client: peer, detail };
         }
         known = 0;
         while (true) {
           const parsed = parseProxyHeader(bytes);
           if (parsed.state === "invalid") {
-            return { ok: false, reason: "proxy-header", client: peer };
+            return { ok: false, reason: "proxy-header", client: peer, detail: parsed.reason };
           }
           if (parsed.state === "done") {
             engine.discard(client, parsed.length);
@@ -183,17 +190,31 @@ export class Edge {
             }
             break;
           }
-          if (!(await more())) return { ok: false, reason: "proxy-header", client: peer };
+          if (!(await more())) {
+            const detail = ended
+              ? `it ended its stream after ${bytes.length} byte(s), before a whole PROXY header`
+              : `no whole PROXY header in ${timeoutMs} ms (${bytes.length} byte(s) came)`;
+            return { ok: false, reason: "proxy-header", client: peer, detail };
+          }
         }
       }
       const host = source.hostname;
-      if (this.#deny?.has(host) || (this.#allow !== undefined && !this.#allow.has(host))) {
-        return { ok: false, reason: "acl", client: source };
+      if (this.#deny?.has(host)) {
+        return { ok: false, reason: "acl", client: source, detail: "its source is in deny" };
+      }
+      if (this.#allow !== undefined && !this.#allow.has(host)) {
+        return { ok: false, reason: "acl", client: source, detail: "its source is not in allow" };
       }
       let counted = false;
       if (this.#limits !== undefined) {
         const verdict = this.#limits.admit(host);
-        if (verdict !== "ok") return { ok: false, reason: verdict, client: source };
+        if (verdict !== "ok") {
+          const limits = settings.perSource!;
+          const detail = verdict === "per-source-maxconn"
+            ? `its source holds per_source.maxconn (${limits.maxconn}) connections already`
+            : `its source opened more than per_source.rate_per_s (${limits.ratePerS}) a second`;
+          return { ok: false, reason: verdict, client: source, detail };
+        }
         counted = true;
       }
       // From here a slot is held: every way out gives it back but "ok".
@@ -201,7 +222,9 @@ export class Edge {
         const pool = await this.#route(source, () => ({ bytes, ended }), more);
         if (pool === undefined && this.#routes.length > 0 && !settings.fallback) {
           if (counted) this.release(source);
-          return { ok: false, reason: "no-route", client: source };
+          const detail = `no route matched its first ${bytes.length} byte(s), and the ` +
+            `listener has no pool of its own`;
+          return { ok: false, reason: "no-route", client: source, detail };
         }
         return { ok: true, client: source, destination, pool, counted };
       } catch (error) {

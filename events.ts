@@ -131,6 +131,19 @@ export type LoadBalancerEvent =
     readonly why: string;
   }
   | {
+    /**
+     * Clients closed at the front door for `reason`: said at most once a
+     * second per listener and reason, with how many since it last was, and
+     * why the last one was.
+     */
+    readonly type: "rejected";
+    readonly listener: string;
+    readonly reason: RejectReason;
+    readonly count: number;
+    readonly client: string;
+    readonly detail: string;
+  }
+  | {
     /** A bug: something threw that should not have. The connection was closed. */
     readonly type: "internal-error";
     readonly client: string;

@@ -190,6 +190,11 @@ pools:
       () => lb.lb.stdout.filter((line) => /end=proxy-header/.test(line)).length === 2,
       "two access lines with end=proxy-header",
     );
+    // Said on stderr with why, once a second at most (the second waits for the next).
+    await lb.lb.waitForLine(
+      "stderr",
+      /listener edge: closed 1 client\(s\) before any dial: proxy-header; the last, 127\.0\.0\.1:\d+: not a PROXY header \(starts "GET /,
+    );
     await eventually(
       () => lb.lb.stdout.some((l) => /client=192\.0\.2\.1:5555 .*end=client-fin/.test(l)),
       "the access line naming the client from its PROXY header",

@@ -248,6 +248,12 @@ function logEvent(event: LoadBalancerEvent, accessLog: AccessLog): void {
     case "backend-state":
       logDiagnostic(`backend ${event.backend} ${event.from} -> ${event.to}: ${event.why}`);
       break;
+    case "rejected":
+      logDiagnostic(
+        `listener ${event.listener}: closed ${event.count} client(s) before any dial: ` +
+          `${event.reason}; the last, ${event.client}: ${event.detail}`,
+      );
+      break;
     case "internal-error":
       logDiagnostic(
         `internal error on connection from ${event.client}, closed it: ${event.reason}`,

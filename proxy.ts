@@ -84,6 +84,8 @@ export class LoadBalancer {
   #routePools: ReadonlyMap<string, Pool>;
   /** Clients closed at the front door, by reason. */
   readonly rejected = new Map<RejectReason, number>();
+  // When each reason was last said in the log, and how many came since.
+  readonly #rejectionsSaid = new Map<RejectReason, { at: number; count: number }>();
   readonly #clock: Clock;
   readonly #emit: (event: LoadBalancerEvent) => void;
   // Set when the drain timeout runs out: every connection left is cut, and
@@ -374,7 +376,7 @@ export class LoadBalancer {
       await this.#engine.close(client);
       if (watched.gone) return finish("client-reset");
       if (this.#cutting) return finish("drain-timeout");
-      this.rejected.set(admission.reason, (this.rejected.get(admission.reason) ?? 0) + 1);
+      this.#noteRejection(admission.reason, clientName, admission.detail);
       return finish(admission.reason);
     }
     try {
@@ -493,6 +495,21 @@ export class LoadBalancer {
     pool.queue.wake();
     const end = result.end === "aborted" ? "drain-timeout" : result.end;
     finish(end, backend, result.bytesFromClient, result.bytesFromServer);
+  }
+
+  // Counts a refusal; says so at most once a second per reason, with the
+  // count since it last did and the last one's why.
+  #noteRejection(reason: RejectReason, client: string, detail: string): void {
+    this.rejected.set(reason, (this.rejected.get(reason) ?? 0) + 1);
+    let said = this.#rejectionsSaid.get(reason);
+    if (said === undefined) this.#rejectionsSaid.set(reason, said = { at: -Infinity, count: 0 });
+    said.count++;
+    const now = this.#clock.now();
+    if (now - said.at < WARN_EVERY_MS) return;
+    const { count } = said;
+    said.at = now;
+    said.count = 0;
+    this.#emit({ type: "rejected", listener: this.name, reason, count, client, detail });
   }
 
   // The PROXY header we send a backend: the client as we know it, and where it connected.
