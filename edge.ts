@@ -236,6 +236,15 @@ export class Edge {
     }
   }
 
+  /**
+   * Whether the source ACLs let `host` in (before a PROXY header or any
+   * byte: a TLS listener asks this before it spends a handshake).
+   */
+  allows(host: string): boolean {
+    if (this.#deny?.has(host)) return false;
+    return this.#allow === undefined || this.#allow.has(host);
+  }
+
   /** A connection admitted with a per-source slot has ended. */
   release(client: HostPort): void {
     this.#limits?.release(client.hostname);

@@ -49,6 +49,11 @@ export interface TlsMaterial {
 export interface TlsEngineListener extends EngineListener {
   /** New clients get `material` from now on; clients connected keep theirs. */
   setMaterial(material: TlsMaterial): void;
+  /**
+   * Which client hosts may start a handshake at all (source ACLs): others
+   * are closed on connect, before a handshake costs anything.
+   */
+  setGate(admits: ((host: string) => boolean) | undefined): void;
 }
 
 /** What a join resolves with once both connections are closed. */

@@ -97,6 +97,7 @@ export class DenoEngine implements Engine {
       accept: async () => new DenoConn((await listener.accept()) as unknown as Deno.TcpConn),
       close: () => listener.close(),
       setMaterial: (next) => listener.setMaterial(next),
+      setGate: (admits) => listener.setGate(admits),
     };
   }
 

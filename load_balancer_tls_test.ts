@@ -7,6 +7,7 @@
  */
 
 import assert from "node:assert/strict";
+import net from "node:net";
 import tls from "node:tls";
 import {
   exchange,
@@ -172,6 +173,41 @@ Deno.test({
       assert.equal(proxied.code, 2, proxied.stderr);
       assert.match(proxied.stderr, /a PROXY header comes before TLS/);
     } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "tls: a source the ACLs deny is closed before its handshake; others are served",
+  ignore: !haveOpenssl,
+  async fn() {
+    const dir = await Deno.makeTempDir();
+    const backend = startTaggedServer("1");
+    const one = await certificate(dir, "one.test");
+    const lb = await startBalancerProcess([
+      ...["--tls-cert", one.cert, "--tls-key", one.key, "--deny", "127.0.0.9/32"],
+      ...["--backend", `127.0.0.1:${backend.port}`],
+    ], { permissions: ["--allow-net", "--allow-read", "--allow-env=LOG_TOKENS,LOG_STREAM"] });
+    try {
+      const outcome = await new Promise<string>((resolve) => {
+        // From 127.0.0.9: node:tls takes a source address through its TCP socket.
+        const tcp = net.connect({ host: "127.0.0.1", port: lb.port, localAddress: "127.0.0.9" });
+        const socket = tls.connect({
+          socket: tcp,
+          servername: "one.test",
+          ca: Deno.readTextFileSync(one.cert),
+        }, () => resolve("handshake done"));
+        socket.once("error", () => resolve("closed before the handshake"));
+        socket.once("close", () => resolve("closed before the handshake"));
+      });
+      assert.equal(outcome, "closed before the handshake");
+      const allowed = await connectTls(lb.port, one.cert, "one.test");
+      assert.equal(await ask(allowed, "ok\n"), "[Server 1] ok\n");
+      await closed(allowed);
+    } finally {
+      await lb.close();
+      await backend.close();
       await Deno.remove(dir, { recursive: true });
     }
   },

@@ -429,6 +429,7 @@ export class LocalListeners implements ListenerHost {
           maxConnections: listener.maxconn,
           ...this.#front(listener, pools, balancer.edge),
         });
+        this.#gate(listener, balancer);
       }
     }
     for (const [address, balancer] of this.#running) {
@@ -482,6 +483,14 @@ export class LocalListeners implements ListenerHost {
     }
   }
 
+  // A TLS listener closes clients its ACLs refuse before their handshake;
+  // only a PROXY header would change who the client is, and TLS listeners take none.
+  #gate(listener: ListenerConfig, balancer: LoadBalancer): void {
+    const edge = balancer.edge;
+    const gate = edge === undefined ? undefined : (host: string) => edge.allows(host);
+    this.#tls.get(listenerKey(listener))?.setGate(gate);
+  }
+
   #serve(socket: EngineListener, listener: ListenerConfig, pools: ReadonlyMap<string, Pool>) {
     const balancer = new LoadBalancer({
       name: listener.name,
@@ -494,6 +503,7 @@ export class LocalListeners implements ListenerHost {
       onEvent: this.#onEvent,
     });
     this.#running.set(listenerKey(listener), balancer);
+    this.#gate(listener, balancer);
     balancer.serve();
     return formatHostPort(balancer.address);
   }

@@ -49,11 +49,18 @@ export class TlsListener {
   #waiting: ((conn: TlsConn | Error) => void) | undefined;
   #closed = false;
   #address: HostPort;
+  #gate: ((host: string) => boolean) | undefined;
 
   private constructor(server: tls.Server, address: HostPort) {
     this.#server = server;
     this.#address = address;
     server.on("secureConnection", (socket: tls.TLSSocket) => this.#offer(new TlsConn(socket)));
+    // Before the handshake: a source the ACLs refuse costs no handshake.
+    server.on("connection", (socket: { remoteAddress?: string; destroy(): void }) => {
+      if (this.#gate !== undefined && !this.#gate(stripMapped(socket.remoteAddress ?? ""))) {
+        socket.destroy();
+      }
+    });
     // A failed or too slow handshake is that client's problem only.
     server.on("tlsClientError", () => {});
     // Accepting failed (out of descriptors, …): the listener's accept loop
@@ -88,6 +95,11 @@ export class TlsListener {
   /** New clients get `material` from now on; clients connected keep theirs. */
   setMaterial(material: TlsMaterial): void {
     this.#server.setSecureContext(options(material));
+  }
+
+  /** Which client hosts may start a handshake (source ACLs); undefined: all. */
+  setGate(admits: ((host: string) => boolean) | undefined): void {
+    this.#gate = admits;
   }
 
   /** The next client whose handshake is done. Rejects once closed. */
