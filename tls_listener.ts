@@ -129,7 +129,7 @@ export class TlsListener {
     if (waiting !== undefined) waiting(conn);
     else if (conn instanceof Error) {
       if (!this.#closed) this.#ready.push(conn);
-    } else if (this.#closed) conn.close();
+    } else if (this.#closed || this.#ready.length >= MAX_READY) conn.close();
     else this.#ready.push(conn);
   }
 }
@@ -141,6 +141,13 @@ function options(material: TlsMaterial): tls.SecureContextOptions & tls.TlsOptio
     ...(material.alpn.length > 0 ? { ALPNProtocols: [...material.alpn] } : {}),
   };
 }
+
+/**
+ * Handshaken clients kept while the listener does not accept (at its
+ * maxconn): node accepts whatever arrives, so past this many the newest are
+ * closed rather than held without bound (as a full kernel backlog would).
+ */
+const MAX_READY = 1024;
 
 /** Longest a TLS handshake may take before the client is closed. */
 const HANDSHAKE_TIMEOUT_MS = 10_000;
