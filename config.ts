@@ -165,11 +165,12 @@ const routeSchema = z.strictObject({
     source: cidrs.min(1).optional().describe("the client's address is in one of these"),
     prefix: z.string({ error: "expected text the connection starts with" }).min(1).max(256)
       .optional().describe("the first bytes the client sends"),
-  }).refine((match) => Object.keys(match).length > 0, {
-    error: "expected at least one of sni, alpn, source, prefix",
-  }),
+  }, { error: "expected { sni, alpn, source or prefix }" }).refine(
+    (match) => Object.keys(match).length > 0,
+    { error: "expected at least one of sni, alpn, source, prefix" },
+  ),
   pool: name("the name of a pool"),
-});
+}, { error: "expected { match: { sni, alpn, source or prefix }, pool }" });
 
 const listenerSchema = z.strictObject({
   name: name("a name"),
@@ -272,6 +273,14 @@ export const configSchema = z.strictObject({
       });
     } else if (listener.pool !== undefined && !Object.hasOwn(config.pools, listener.pool)) {
       noPool(["listeners", i, "pool"], listener.pool);
+    }
+    if (listener.accept_proxy_from !== undefined && !listener.accept_proxy) {
+      context.addIssue({
+        code: "custom",
+        path: ["listeners", i, "accept_proxy_from"],
+        message: "given without accept_proxy: true, so a PROXY header would reach the backends " +
+          "as data; set accept_proxy too, or leave this out",
+      });
     }
     listener.routes.forEach((route, r) => {
       if (!Object.hasOwn(config.pools, route.pool)) {

@@ -463,6 +463,14 @@ export function parseFlags(args: readonly string[]): LoadBalancerFlags {
     help: values.help === true,
     version: values.version === true,
   };
+  // One without the other is no TLS at all: say so in the flags' own names.
+  if ((values["tls-cert"] === undefined) !== (values["tls-key"] === undefined)) {
+    throw new UsageError(
+      values["tls-cert"] === undefined
+        ? "--tls-key: needs --tls-cert FILE too (the certificate chain it belongs to)"
+        : "--tls-cert: needs --tls-key FILE too (its private key)",
+    );
+  }
   if (flags.watch && flags.config === undefined) {
     throw new UsageError("--watch: needs --config FILE to watch");
   }

@@ -355,7 +355,10 @@ Deno.test("examples/edge.yaml, which uses every key, passes --check", async () =
     "--check",
   ], { permissions: ["--allow-read", "--allow-env=LOG_TOKENS,LOG_STREAM"] });
   assert.equal(code, 0, stderr);
-  assert.match(stdout + stderr, /valid: edge on 127\.0\.0\.1:8443 → api \| web \| ssh/);
+  assert.match(
+    stdout + stderr,
+    /valid: edge on 127\.0\.0\.1:8443 → api \| web \| ssh; behind-lb on 127\.0\.0\.1:8444 → web/,
+  );
 });
 
 Deno.test("bad edge keys are named with the value and what was expected", async () => {
@@ -421,5 +424,44 @@ pools:
   } finally {
     await lb.close();
     await backend.close();
+  }
+});
+
+Deno.test("accept_proxy_from without accept_proxy, a route without match, and one TLS flag alone are named", async () => {
+  const dir = await Deno.makeTempDir();
+  const permissions = ["--allow-read", "--allow-env=LOG_TOKENS,LOG_STREAM"];
+  const check = async (listener: string) => {
+    await Deno.writeTextFile(
+      `${dir}/lb.yaml`,
+      `listeners:\n  - ${listener}\npools:\n  p: { backends: [{ address: "127.0.0.1:5001" }] }\n`,
+    );
+    return await runScript("load_balancer.ts", ["--config", `${dir}/lb.yaml`, "--check"], {
+      permissions,
+    });
+  };
+  try {
+    const proxyFrom = await check(
+      `{ name: a, listen: "127.0.0.1:0", pool: p, accept_proxy_from: [127.0.0.0/8] }`,
+    );
+    assert.equal(proxyFrom.code, 1, proxyFrom.stderr);
+    assert.match(
+      proxyFrom.stderr,
+      /listeners\[0\]\.accept_proxy_from: given without accept_proxy: true/,
+    );
+    const noMatch = await check(
+      `{ name: b, listen: "127.0.0.1:0", pool: p, routes: [{ pool: p }] }`,
+    );
+    assert.equal(noMatch.code, 1, noMatch.stderr);
+    assert.match(
+      noMatch.stderr,
+      /listeners\[0\]\.routes\[0\]\.match: .*expected \{ sni, alpn, source or prefix \}/,
+    );
+    const flag = await runScript("load_balancer.ts", ["--tls-cert", "c.pem", "--check"], {
+      permissions,
+    });
+    assert.equal(flag.code, 2, flag.stderr);
+    assert.match(flag.stderr, /--tls-cert: needs --tls-key FILE too/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 });

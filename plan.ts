@@ -279,17 +279,21 @@ export async function prepare(
   // A listener's certificate and key must parse, and belong together.
   config.listeners.forEach((listener, i) => {
     if (listener.tls === undefined) return;
-    const given = givenText(flags, "tls-cert") === undefined
-      ? `listeners[${i}].tls`
-      : "--tls-cert/--tls-key";
-    let cert: string, key: string;
-    try {
-      cert = Deno.readTextFileSync(listener.tls.cert);
-      key = Deno.readTextFileSync(listener.tls.key);
-    } catch (error) {
-      problems.push(`${given}: cannot read ${describe(error)}`);
-      return;
-    }
+    const flagsGiven = givenText(flags, "tls-cert") !== undefined;
+    const given = flagsGiven ? "--tls-cert/--tls-key" : `listeners[${i}].tls`;
+    const read = (which: "cert" | "key") => {
+      const path = listener.tls![which];
+      try {
+        return Deno.readTextFileSync(path);
+      } catch (error) {
+        const field = flagsGiven ? `--tls-${which}` : `listeners[${i}].tls.${which}`;
+        problems.push(`${field} ${path}: cannot read it: ${describe(error)}`);
+        return undefined;
+      }
+    };
+    const cert = read("cert");
+    const key = read("key");
+    if (cert === undefined || key === undefined) return;
     const problem = tlsProblem(cert, key);
     if (problem) problems.push(`${given} (${listener.tls.cert}, ${listener.tls.key}): ${problem}`);
   });

@@ -24,6 +24,11 @@ import type { TlsMaterial } from "./engine.ts";
  */
 export function tlsProblem(cert: string, key: string): string | undefined {
   let certificate: X509Certificate;
+  if (
+    /-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(cert) && !/-----BEGIN CERTIFICATE-----/.test(cert)
+  ) {
+    return "the certificate file holds a private key, not a certificate (cert and key swapped?)";
+  }
   try {
     certificate = new X509Certificate(cert);
   } catch (error) {
