@@ -146,12 +146,17 @@ async function run(args: readonly string[], sigusr1Warning: string | undefined):
     },
   });
   await runtime.start();
+  const tlsOnDeno = epoll && plan.config.listeners.some((listener) => listener.tls !== undefined)
+    ? "; listeners with tls on the deno engine, in this thread"
+    : "";
   if (plan.config.engine === "auto") {
     logDiagnostic(
       epoll
-        ? `engine epoll, ${threads} thread(s) (auto: Linux, --allow-ffi granted)`
+        ? `engine epoll, ${threads} thread(s) (auto: Linux, --allow-ffi granted)${tlsOnDeno}`
         : `engine deno (auto: ${epollUnavailable()})`,
     );
+  } else if (tlsOnDeno) {
+    logDiagnostic(`engine epoll, ${threads} thread(s)${tlsOnDeno}`);
   }
   if (sigusr1Warning !== undefined) logDiagnostic(sigusr1Warning);
   signals.serving(runtime);
