@@ -289,6 +289,8 @@ export function maglevTable(names: readonly string[], size = MAGLEV_TABLE_SIZE):
  * and when one of N leaves, about 1/N of clients move. The table is built
  * over the usable backends and kept until that set changes. If the client's
  * backend failed to connect, the next entries of the table are tried.
+ * The table is built over the backends sorted by name, so balancers that
+ * see the same set agree on every client, whatever order they list it in.
  */
 export class SourceHash<B extends Candidate> implements Strategy<B> {
   #key = "";
@@ -302,8 +304,11 @@ export class SourceHash<B extends Candidate> implements Strategy<B> {
     const key = pool.map((b) => b.name).join("\n");
     if (key !== this.#key) {
       this.#key = key;
-      this.#pool = pool;
-      this.#table = maglevTable(pool.map((b) => b.name));
+      // By name, not as listed: the same set gives the same table whatever
+      // order it came in (a reordered file, another instance that learned
+      // the backends in another order).
+      this.#pool = pool.toSorted((a, b) => a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
+      this.#table = maglevTable(this.#pool.map((b) => b.name));
     }
     // All of them failed for this client: on to the backups, if any.
     if (this.#pool.every((b) => context.tried.has(b))) return eligible(backends, context.tried)[0];

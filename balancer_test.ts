@@ -14,6 +14,7 @@ import {
   STRATEGY_NAMES,
 } from "./balancer.ts";
 import { movedShare } from "./bench/maglev_disruption.ts";
+import { fuzzParameters } from "./test_util.ts";
 
 interface Fake extends Candidate {
   name: string;
@@ -294,3 +295,41 @@ Deno.test("eligible() keeps the caller's order", () => {
   const pool = [backend("c"), backend("a", { backup: true }), backend("b")];
   assert.deepEqual(eligible(pool, none).map((b) => b.name), ["c", "b"]);
 });
+
+Deno.test("property: source-hash maps every client the same whatever order the backends are listed in", () => {
+  fc.assert(
+    fc.property(
+      fc.uniqueArray(
+        fc.tuple(fc.ipV4(), fc.integer({ min: 1, max: 65535 })).map(([ip, port]) =>
+          `${ip}:${port}`
+        ),
+        { minLength: 2, maxLength: 12 },
+      ),
+      fc.integer(),
+      (names, seed) => {
+        const listed = names.map((name) => backend(name));
+        // The same backends in another order, as another balancer may have learned them.
+        const shuffled = listed.toSorted((a, b) =>
+          ((hashOf(a.name, seed) - hashOf(b.name, seed)) | 0) || (a.name < b.name ? -1 : 1)
+        );
+        const one = new SourceHash<Fake>();
+        const other = new SourceHash<Fake>();
+        for (let i = 0; i < 200; i++) {
+          const clientAddress = `198.51.${i >> 8}.${i & 255}`;
+          assert.equal(
+            one.pick(listed, { tried: none, clientAddress })!.name,
+            other.pick(shuffled, { tried: none, clientAddress })!.name,
+            clientAddress,
+          );
+        }
+      },
+    ),
+    fuzzParameters("source-hash order", 30),
+  );
+});
+
+function hashOf(text: string, seed: number): number {
+  let hash = seed | 0;
+  for (let i = 0; i < text.length; i++) hash = Math.imul(hash ^ text.charCodeAt(i), 16777619);
+  return hash;
+}
