@@ -12,6 +12,7 @@
 
 import { createHash, timingSafeEqual } from "node:crypto";
 import { formatHostPort, parseHostPort } from "./address.ts";
+import { type ChangeBackends, changeMembership } from "./admin_pools.ts";
 import { AdminServer } from "./admin_server.ts";
 import { describe, StartError } from "./errors.ts";
 import { REJECT_REASONS, type RejectReason } from "./events.ts";
@@ -216,6 +217,8 @@ export interface AdminOptions {
    * it, so a 200 means every thread running the pool has it.
    */
   changed?: (pool: string) => void | Promise<void>;
+  /** Adds a backend to a pool or removes one, as a reload of that pool would (admin_pools.ts). */
+  changeBackends?: ChangeBackends;
 }
 
 const ACTIONS = ["drain", "enable", "disable", "weight"] as const;
@@ -249,6 +252,19 @@ export function createAdminHandler(
           pool.backends.map((backend) => backendJson(pool.name, backend))
         ),
       );
+    }
+    // POST /api/pools/{pool}/backends adds one; DELETE …/backends/{address} removes one.
+    if (parts[0] === "api" && parts[1] === "pools" && parts[3] === "backends") {
+      const method = parts.length === 4 ? "POST" : parts.length === 5 ? "DELETE" : undefined;
+      if (method === undefined) {
+        return json(404, { error: `no route ${request.method} ${truncate(url.pathname)}` });
+      }
+      if (request.method !== method) {
+        return json(405, { error: `use ${method} for ${url.pathname}` }, { allow: method });
+      }
+      const refused = authorize(request, token());
+      if (refused !== undefined) return refused;
+      return changeMembership(request, parts, options.changeBackends, audit, peer);
     }
     const isAction = parts[0] === "api" && parts[1] === "backends" && parts.length === 5 &&
       (ACTIONS as readonly string[]).includes(parts[4]!);

@@ -17,7 +17,15 @@ import { formatHostPort, parseHostPort } from "./address.ts";
 import { adminUrl, type ListenerStats, startAdmin } from "./admin.ts";
 import type { AdminServer } from "./admin_server.ts";
 import { type Clock, realClock } from "./clock.ts";
-import { type Config, ConfigError, listenerKey, listenerPool, socketsOverlap } from "./config.ts";
+import {
+  type Config,
+  ConfigError,
+  listenerKey,
+  listenerPool,
+  socketsOverlap,
+  validateConfig,
+} from "./config.ts";
+import type { BackendChange } from "./admin_pools.ts";
 import { Edge } from "./edge.ts";
 import type { Engine, EngineListener, TlsEngineListener, TlsMaterial } from "./engine.ts";
 import { closeQuietly, describe, StartError } from "./errors.ts";
@@ -102,7 +110,15 @@ export class Runtime {
   #token: string | undefined;
   #pools = new Map<string, Pool>();
   #admin: AdminServer | undefined;
-  #reloading: Promise<void> = Promise.resolve();
+  #reloading: Promise<unknown> = Promise.resolve();
+  /** Backends added and removed through the admin API, by pool. */
+  readonly #changes = new Map<
+    string,
+    {
+      added: Map<string, { address: string; weight?: number; backup?: boolean }>;
+      removed: Set<string>;
+    }
+  >();
   #stopping = false;
   /** Reloads done, and reloads that failed and changed nothing. */
   reloads = 0;
@@ -159,6 +175,7 @@ export class Runtime {
         token: () => this.#token,
         audit: logDiagnostic,
         reopenLogs: () => this.reopenLogs(),
+        changeBackends: (pool, change) => this.changeBackends(pool, change),
         changed: async (name) => {
           const pool = this.#pools.get(name);
           if (pool !== undefined) await this.#host.changed(pool);
@@ -199,6 +216,62 @@ export class Runtime {
     return this.#config.access_log ?? "(stdout)";
   }
 
+  /**
+   * Adds a backend to a pool or removes one (the admin API): applied as a
+   * reload of the running configuration with the change laid over it, and
+   * laid over the file at every reload after, until the process ends.
+   * Resolves with why it was refused (nothing changed), or undefined.
+   */
+  changeBackends(pool: string, change: BackendChange): Promise<string | undefined> {
+    const run = this.#reloading.then(async () => {
+      if (this.#stopping) return "the balancer is stopping";
+      if (!Object.hasOwn(this.#config.pools, pool)) return `no pool ${JSON.stringify(pool)}`;
+      const before = new Map(
+        [...this.#changes].map((
+          [name, c],
+        ) => [name, { added: new Map(c.added), removed: new Set(c.removed) }]),
+      );
+      const changes = this.#changes.get(pool) ?? { added: new Map(), removed: new Set<string>() };
+      this.#changes.set(pool, changes);
+      if ("add" in change) {
+        changes.added.set(change.add.address, change.add);
+        changes.removed.delete(change.add.address);
+      } else {
+        const known = this.#config.pools[pool]!.backends.some((b) => b.address === change.remove);
+        if (!known) return `pool ${pool} has no backend ${JSON.stringify(change.remove)}`;
+        changes.added.delete(change.remove);
+        changes.removed.add(change.remove);
+      }
+      const problem = await this.#reload(`admin: pool ${pool}`);
+      if (problem !== undefined) {
+        this.#changes.clear();
+        for (const [name, c] of before) this.#changes.set(name, c);
+      }
+      return problem;
+    });
+    this.#reloading = run.then(() => {}, () => {});
+    return run;
+  }
+
+  // The file's config with the admin API's changes laid over it, validated
+  // again: an added address is checked like one in the file.
+  #withChanges(file: Config): Config {
+    if (this.#changes.size === 0) return file;
+    const raw = structuredClone(file) as Config;
+    for (const [name, changes] of this.#changes) {
+      const pool = raw.pools[name];
+      if (pool === undefined) continue;
+      const kept = pool.backends.filter((b) =>
+        !changes.removed.has(b.address) && !changes.added.has(b.address)
+      );
+      pool.backends = [
+        ...kept,
+        ...[...changes.added.values()].map((b) => ({ ...b })),
+      ] as typeof pool.backends;
+    }
+    return validateConfig(raw);
+  }
+
   /** Queues a reload after any in progress; never rejects. */
   requestReload(why: string): void {
     if (this.#stopping) return;
@@ -209,18 +282,20 @@ export class Runtime {
 
   // Atomic: validate, prepare, bind new addresses, then switch; any failure
   // changes nothing, and is one line.
-  async #reload(why: string): Promise<void> {
+  async #reload(why: string): Promise<string | undefined> {
     const failed = (problem: string, more = 0) => {
       this.reloadFailures++;
       logDiagnostic(
         `reload (${why}) failed, still running the previous config: ${problem}` +
           (more > 0 ? ` (and ${more} more)` : ""),
       );
+      return problem;
     };
     const source = this.#flags.config ?? "command line";
     let plan: Plan;
     try {
-      plan = await prepare(this.#flags, await resolveConfig(this.#flags), this.#accessLog);
+      const file = await resolveConfig(this.#flags);
+      plan = await prepare(this.#flags, this.#withChanges(file), this.#accessLog);
     } catch (error) {
       if (error instanceof ConfigError) {
         return failed(`${source}: ${error.problems[0]}`, error.problems.length - 1);
@@ -304,6 +379,7 @@ export class Runtime {
       `reloaded (${why}): ${summarize(next)}` +
         (restart.length > 0 ? `; not applied until a restart: ${restart.join(", ")}` : ""),
     );
+    return undefined;
   }
 
   /**
