@@ -24,7 +24,7 @@
 import { formatHostPort } from "./address.ts";
 import { type Clock, realClock, sleep } from "./clock.ts";
 import { closeQuietly } from "./errors.ts";
-import { writeAll } from "./io.ts";
+import { concat, writeAll } from "./io.ts";
 
 /** Answers one request; `peer` is the client's `HOST:PORT`. */
 export type AdminHandler = (request: Request, peer: string) => Response | Promise<Response>;
@@ -296,13 +296,6 @@ async function writeResponse(conn: Deno.Conn, method: string, response: Response
   const body = new Uint8Array(await response.arrayBuffer());
   const head = responseHead(response.status, response.headers, body.length);
   await writeAll(conn, method === "HEAD" ? head : concat(head, body));
-}
-
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  const joined = new Uint8Array(a.length + b.length);
-  joined.set(a);
-  joined.set(b, a.length);
-  return joined;
 }
 
 /**

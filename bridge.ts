@@ -35,6 +35,7 @@ import type { Joined, JoinResult } from "./engine.ts";
 import { EarlyBytes } from "./early.ts";
 import { closeQuietly } from "./errors.ts";
 import type { JoinEnd } from "./events.ts";
+import { concat } from "./io.ts";
 
 /** How a bridged connection ended (see events.ts). */
 export type BridgeEnd = JoinEnd;
@@ -239,11 +240,7 @@ export class Bridge implements Joined {
         // With what the client already sent, in one write: one packet and
         // one wake-up of the backend, not two.
         const held = queued.shift();
-        const first = held === undefined ? prefix : new Uint8Array(prefix.length + held.length);
-        if (held !== undefined) {
-          first.set(prefix);
-          first.set(held, prefix.length);
-        }
+        const first = held === undefined ? prefix : concat(prefix, held);
         try {
           let written = 0;
           while (written < first.length) written += await dst.write(first.subarray(written));

@@ -10,16 +10,7 @@ import assert from "node:assert/strict";
 import fc from "fast-check";
 import { CLIENT_HELLO_PEEK_BYTES, type HelloParse, parseClientHello } from "./client_hello.ts";
 import { fuzzParameters } from "./test_util.ts";
-
-function join(...parts: Uint8Array[]): Uint8Array {
-  const joined = new Uint8Array(parts.reduce((sum, part) => sum + part.length, 0));
-  let offset = 0;
-  for (const part of parts) {
-    joined.set(part, offset);
-    offset += part.length;
-  }
-  return joined;
-}
+import { concat } from "./io.ts";
 
 /** What any answer must satisfy. */
 function assertSane(bytes: Uint8Array, parse: HelloParse): void {
@@ -136,7 +127,7 @@ Deno.test("parseClientHello(): any ClientHello, in any records and segments, rea
           assert.deepEqual(parseClientHello(bytes.subarray(0, length)), { state: "incomplete" });
         }
         assert.deepEqual(parseClientHello(bytes), expected(parts));
-        assert.deepEqual(parseClientHello(join(bytes, after)), expected(parts));
+        assert.deepEqual(parseClientHello(concat(bytes, after)), expected(parts));
       },
     ),
     fuzzParameters("parseClientHello(built hello, split)"),
@@ -154,7 +145,7 @@ const recordStart = fc.constantFrom(
 const anyInput = fc.oneof(
   fc.uint8Array({ maxLength: 300 }),
   fc.tuple(recordStart, fc.uint8Array({ maxLength: 200 })).map(([start, rest]) =>
-    join(start, rest)
+    concat(start, rest)
   ),
 );
 

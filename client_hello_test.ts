@@ -6,6 +6,7 @@ import {
   parseClientHello,
   sniMatches,
 } from "./client_hello.ts";
+import { concat } from "./io.ts";
 
 // --- A real ClientHello, from Deno's own TLS client ---
 
@@ -39,19 +40,9 @@ async function readHello(conn: Deno.Conn): Promise<Uint8Array> {
   while (parseClientHello(bytes).state === "incomplete") {
     const read = await conn.read(buffer);
     if (read === null) break;
-    bytes = join(bytes, buffer.subarray(0, read));
+    bytes = concat(bytes, buffer.subarray(0, read));
   }
   return bytes;
-}
-
-function join(...parts: Uint8Array[]): Uint8Array {
-  const joined = new Uint8Array(parts.reduce((sum, part) => sum + part.length, 0));
-  let offset = 0;
-  for (const part of parts) {
-    joined.set(part, offset);
-    offset += part.length;
-  }
-  return joined;
 }
 
 // --- A small ClientHello builder (RFC 8446 §4.1.2 layouts), for the cases a real client never sends ---
@@ -137,7 +128,10 @@ Deno.test("parseClientHello() reassembles a real ClientHello re-framed across se
       const framed = records(message, size, version);
       assert.deepEqual(parseClientHello(framed), expected, `records of ${size}`);
       // What follows the ClientHello (another record, or anything) changes nothing.
-      assert.deepEqual(parseClientHello(join(framed, Uint8Array.of(23, 3, 3, 0, 1, 0))), expected);
+      assert.deepEqual(
+        parseClientHello(concat(framed, Uint8Array.of(23, 3, 3, 0, 1, 0))),
+        expected,
+      );
     }
   }
   const framed = records(message, 7);
@@ -207,11 +201,11 @@ Deno.test("parseClientHello() says not-tls for every malformed length, naming th
     [Uint8Array.of(22, 3, 1, 0, 0), /record at byte 0 is an empty handshake record/],
     [Uint8Array.of(22, 3, 1, 0x40, 0x01), /record at byte 0 has length 16385, over the 16384/],
     [
-      join(records(handshake(ok).slice(0, 10), 10), Uint8Array.of(23, 3, 3, 0, 1, 0)),
+      concat(records(handshake(ok).slice(0, 10), 10), Uint8Array.of(23, 3, 3, 0, 1, 0)),
       /record at byte 15 has content type 23, expected 22/,
     ],
     [
-      join(records(handshake(ok).slice(0, 10), 10), Uint8Array.of(22, 2)),
+      concat(records(handshake(ok).slice(0, 10), 10), Uint8Array.of(22, 2)),
       /record at byte 15 has version 0x02/,
     ],
     // The handshake header.
@@ -337,7 +331,7 @@ Deno.test("parseClientHello() gives up within its bounds instead of waiting", ()
   );
   // A record that would end past the window is refused on its header.
   const big = handshake(helloBody(vector16(extension(21, new Array(12000).fill(0)))));
-  const farRecord = join(records(big.slice(0, 8000), 4000), Uint8Array.of(22, 3, 1, 0x40, 0x00));
+  const farRecord = concat(records(big.slice(0, 8000), 4000), Uint8Array.of(22, 3, 1, 0x40, 0x00));
   assert.match(
     reason(parseClientHello(farRecord)),
     /record at byte 8010 \(length 16384\) ends past byte 20480/,

@@ -55,6 +55,7 @@ import {
   SOL_SOCKET,
   TCP_NODELAY,
 } from "./libc.ts";
+import { concat } from "./io.ts";
 
 /**
  * What one read takes for a direction whose last write came up short: the
@@ -365,13 +366,6 @@ class EpollJoin implements Joined {
   #settle(end: JoinEnd): void {
     this.#resolve({ bytesFromClient: this.#up.bytes, bytesFromServer: this.#down.bytes, end });
   }
-}
-
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  const joined = new Uint8Array(a.length + b.length);
-  joined.set(a);
-  joined.set(b, a.length);
-  return joined;
 }
 
 function direction(

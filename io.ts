@@ -5,6 +5,19 @@
  * @module
  */
 
+/** The bytes of `parts` one after another, in a new array. */
+export function concat(...parts: Uint8Array[]): Uint8Array {
+  let length = 0;
+  for (const part of parts) length += part.length;
+  const joined = new Uint8Array(length);
+  let offset = 0;
+  for (const part of parts) {
+    joined.set(part, offset);
+    offset += part.length;
+  }
+  return joined;
+}
+
 /** Writes all of `bytes`, however many writes that takes. */
 export async function writeAll(
   writer: { write(bytes: Uint8Array): Promise<number> },

@@ -8,7 +8,7 @@
  * @module
  */
 
-import { writeAll } from "./io.ts";
+import { concat, writeAll } from "./io.ts";
 
 const NEWLINE = 0x0a;
 
@@ -48,14 +48,6 @@ export async function answerLines(conn: Deno.Conn, id: string): Promise<void> {
       // Already closed.
     }
   }
-}
-
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  if (a.length === 0) return b.slice();
-  const joined = new Uint8Array(a.length + b.length);
-  joined.set(a);
-  joined.set(b, a.length);
-  return joined;
 }
 
 /** Accepts clients until the listener closes, answering each one's lines. */

@@ -18,19 +18,10 @@ import {
   type ProxyParse,
 } from "./proxy_protocol.ts";
 import { fuzzParameters } from "./test_util.ts";
+import { concat } from "./io.ts";
 
 const SIGNATURE = [0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a];
 const V2_LONGEST = 16 + 0xffff;
-
-function join(...parts: Uint8Array[]): Uint8Array {
-  const joined = new Uint8Array(parts.reduce((sum, part) => sum + part.length, 0));
-  let offset = 0;
-  for (const part of parts) {
-    joined.set(part, offset);
-    offset += part.length;
-  }
-  return joined;
-}
 
 /** What any `done` answer must satisfy, checked against address.ts's own parsers. */
 function assertConsistent(bytes: Uint8Array, parse: ProxyParse): void {
@@ -76,9 +67,9 @@ const v1Characters = fc.string({
 const anyInput = fc.oneof(
   fc.uint8Array({ maxLength: 200 }),
   fc.tuple(likelyStarts, fc.uint8Array({ maxLength: 120 })).map(([start, rest]) =>
-    join(start, rest)
+    concat(start, rest)
   ),
-  fc.tuple(likelyStarts, v1Characters).map(([start, rest]) => join(start, rest)),
+  fc.tuple(likelyStarts, v1Characters).map(([start, rest]) => concat(start, rest)),
 );
 
 Deno.test("parseProxyHeader(): any bytes never throw, and done is consistent", () => {
@@ -118,9 +109,9 @@ interface Case {
 /** Appends TLVs to an encoded v2 header and grows its length to match. */
 function withTlvs(header: Uint8Array, tlvs: { type: number; value: Uint8Array }[]): Uint8Array {
   const parts = tlvs.map(({ type, value }) =>
-    join(Uint8Array.of(type, value.length >> 8, value.length & 0xff), value)
+    concat(Uint8Array.of(type, value.length >> 8, value.length & 0xff), value)
   );
-  const bytes = join(header, ...parts);
+  const bytes = concat(header, ...parts);
   new DataView(bytes.buffer).setUint16(14, bytes.length - 16);
   return bytes;
 }
@@ -185,7 +176,7 @@ Deno.test("parseProxyHeader(): every encoded header, split anywhere, is incomple
         assert.deepEqual(parseProxyHeader(bytes.subarray(0, length)), { state: "incomplete" });
       }
       assertReadsBack(testCase, parseProxyHeader(bytes));
-      assertReadsBack(testCase, parseProxyHeader(join(bytes, after)));
+      assertReadsBack(testCase, parseProxyHeader(concat(bytes, after)));
     }),
     fuzzParameters("parseProxyHeader(encoded header, split)"),
   );
@@ -222,7 +213,7 @@ Deno.test("parseProxyHeader(): mutated headers are read or refused, never half-r
       validHeader,
       fc.array(mutation, { minLength: 1, maxLength: 4 }),
       (testCase, mutations) => {
-        const bytes = join(mutate(testCase.bytes, mutations), STREAM);
+        const bytes = concat(mutate(testCase.bytes, mutations), STREAM);
         const parse = parseProxyHeader(bytes);
         assert.notEqual(parse.state, "incomplete");
         assertConsistent(bytes, parse);

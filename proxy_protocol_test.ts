@@ -8,6 +8,7 @@ import {
   PROXY_V1_MAX_LENGTH,
   type ProxyParse,
 } from "./proxy_protocol.ts";
+import { concat } from "./io.ts";
 
 const text = (value: string) => new TextEncoder().encode(value);
 const SIGNATURE = [0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a];
@@ -25,16 +26,6 @@ function v2(versionCommand: number, familyProtocol: number, block: number[]): Ui
 }
 
 const IPV4_BLOCK = [172, 19, 0, 1, 172, 19, 0, 3, 0xa6, 0x52, 0x00, 0x50];
-
-function join(...parts: Uint8Array[]): Uint8Array {
-  const joined = new Uint8Array(parts.reduce((sum, part) => sum + part.length, 0));
-  let offset = 0;
-  for (const part of parts) {
-    joined.set(part, offset);
-    offset += part.length;
-  }
-  return joined;
-}
 
 function done(parse: ProxyParse): Extract<ProxyParse, { state: "done" }> {
   assert.equal(parse.state, "done", JSON.stringify(parse));
@@ -87,7 +78,7 @@ Deno.test("parseProxyHeader() accepts v1 UNKNOWN, short or with fields it ignore
 
 Deno.test("parseProxyHeader() reads the v2 TCP over IPv4 header haproxy sends", () => {
   const header = v2(0x21, 0x11, IPV4_BLOCK);
-  const parse = done(parseProxyHeader(join(header, text("GET / HTTP/1.1\r\n"))));
+  const parse = done(parseProxyHeader(concat(header, text("GET / HTTP/1.1\r\n"))));
   assert.deepEqual(parse, {
     state: "done",
     length: 28,
@@ -120,7 +111,7 @@ Deno.test("parseProxyHeader() reads v2 UDP, and v2 UNSPEC and AF_UNIX without ad
 
 Deno.test("parseProxyHeader() passes v2 TLVs on, in order, as copies", () => {
   const tlvBytes = [0x01, 0, 2, 0x68, 0x32, 0x04, 0, 0, 0xe0, 0, 3, 1, 2, 3];
-  const bytes = join(v2(0x21, 0x11, [...IPV4_BLOCK, ...tlvBytes]), text("rest"));
+  const bytes = concat(v2(0x21, 0x11, [...IPV4_BLOCK, ...tlvBytes]), text("rest"));
   const { header, length } = done(parseProxyHeader(bytes));
   assert.equal(length, 16 + 12 + tlvBytes.length);
   assert.deepEqual(header.tlvs, [
@@ -178,7 +169,7 @@ Deno.test("encodeProxyV1() and encodeProxyV2() read back, for IPv4, IPv6 and mix
   for (const { source, destination, expected } of cases) {
     for (const [version, encode] of [[1, encodeProxyV1], [2, encodeProxyV2]] as const) {
       const bytes = encode(source, destination);
-      const parse = done(parseProxyHeader(join(bytes, text("after"))));
+      const parse = done(parseProxyHeader(concat(bytes, text("after"))));
       assert.equal(parse.length, bytes.length);
       assert.deepEqual(parse.header, {
         version,
