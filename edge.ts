@@ -16,7 +16,7 @@ import type { HostPort } from "./address.ts";
 import { CidrSet, parseCidr } from "./cidr.ts";
 import { parseClientHello, sniMatches } from "./client_hello.ts";
 import type { Clock } from "./clock.ts";
-import { Attempt, type Engine, type EngineConn } from "./engine.ts";
+import { Attempt, type Engine, type EngineConn, peerAddress } from "./engine.ts";
 import type { RejectReason } from "./events.ts";
 import { parseProxyHeader } from "./proxy_protocol.ts";
 import { SourceLimits } from "./source_limits.ts";
@@ -142,7 +142,7 @@ export class Edge {
     setCut: (cut: () => void) => void,
   ): Promise<Admission> {
     const { settings } = this;
-    const peer = splitPeer(client);
+    const peer = peerAddress(client);
     let source = peer;
     let destination: HostPort | undefined;
     // One deadline for everything read here, as HAProxy's inspect-delay.
@@ -298,10 +298,4 @@ function startsWith(bytes: Uint8Array, prefix: Uint8Array): boolean {
   if (bytes.length < prefix.length) return false;
   for (let i = 0; i < prefix.length; i++) if (bytes[i] !== prefix[i]) return false;
   return true;
-}
-
-/** The peer of `client` as a host and a port. */
-function splitPeer(client: EngineConn): HostPort {
-  const port = Number(client.peer.slice(client.peer.lastIndexOf(":") + 1));
-  return { hostname: client.peerHost, port };
 }

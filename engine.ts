@@ -28,6 +28,11 @@ export interface EngineConn {
   readonly peerHost: string;
 }
 
+/** The peer of `conn` as a host and a port (read from {@linkcode EngineConn.peer}). */
+export function peerAddress(conn: EngineConn): HostPort {
+  return { hostname: conn.peerHost, port: Number(conn.peer.slice(conn.peer.lastIndexOf(":") + 1)) };
+}
+
 /** A listening socket. */
 export interface EngineListener {
   /** Where it listens (the port the kernel chose, for port 0). */

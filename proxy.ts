@@ -20,6 +20,7 @@ import {
   type EngineConn,
   type EngineListener,
   type Joined,
+  peerAddress,
 } from "./engine.ts";
 import { formatHostPort, type HostPort } from "./address.ts";
 import type { Edge } from "./edge.ts";
@@ -519,7 +520,7 @@ export class LoadBalancer {
     source: HostPort | undefined,
     destination: HostPort | undefined,
   ): Uint8Array {
-    const from = source ?? { hostname: client.peerHost, port: peerPort(client) };
+    const from = source ?? peerAddress(client);
     // Where the client connected: the listener's address, unless it listens
     // on every interface (then the socket says which, for a system call).
     const listening = this.#listener.address;
@@ -546,8 +547,4 @@ export class LoadBalancer {
       timeout.cancel();
     }
   }
-}
-
-function peerPort(client: EngineConn): number {
-  return Number(client.peer.slice(client.peer.lastIndexOf(":") + 1));
 }
