@@ -40,6 +40,20 @@ export interface AdminView {
   /** Reloads done, and reloads that failed and changed nothing. */
   readonly reloads: number;
   readonly reloadFailures: number;
+  /** Each pool's discovery, for pools with a `discover:` block. */
+  discoveries?(): readonly DiscoveryStats[];
+}
+
+/** What the admin API sees of a pool's discovery (discovery.ts). */
+export interface DiscoveryStats {
+  readonly pool: string;
+  readonly source: { readonly kind: "dns" | "etcd"; readonly describe: string };
+  /** Failed answers and unusable entries, counted. */
+  readonly errors: number;
+  /** The problem in effect, while the source is failing. */
+  readonly failing: string | undefined;
+  /** The last good set; undefined until the source has answered well. */
+  readonly backends: readonly { readonly address: string }[] | undefined;
 }
 
 const STATES = ["up", "down", "draining", "disabled"] as const;
@@ -85,6 +99,7 @@ export function metricsText(view: AdminView): string {
     type: "counter",
     samples: perBackend.map(({ labels, backend }) => [labels, count(backend)]),
   });
+  const discoveries = view.discoveries?.() ?? [];
   const families: Family[] = [
     {
       name: "lb_build_info",
@@ -117,6 +132,18 @@ export function metricsText(view: AdminView): string {
           backend.state === state ? 1 : 0,
         ])
       ),
+    },
+    {
+      name: "lb_backend_info",
+      help: "Where each backend came from (source: config, admin, dns, etcd); always 1.",
+      type: "gauge",
+      samples: perBackend.map(({ labels, backend }) => [{ ...labels, source: backend.source }, 1]),
+    },
+    {
+      name: "lb_discovery_errors_total",
+      help: "Discovery answers that failed, and discovered entries that could not be used.",
+      type: "counter",
+      samples: discoveries.map((d) => [{ pool: d.pool, source: d.source.kind }, d.errors]),
     },
     {
       name: "lb_health_check_duration_seconds",
@@ -172,6 +199,7 @@ export function backendJson(pool: string, backend: Backend) {
     state: backend.state,
     weight: backend.configuredWeight,
     backup: backend.backup,
+    source: backend.source,
     active: backend.active,
     total: backend.connections,
     bytes_in: backend.bytesIn,
@@ -182,6 +210,18 @@ export function backendJson(pool: string, backend: Backend) {
       time: backend.lastCheck.at.toISOString(),
       ...(backend.lastCheck.reason === undefined ? {} : { reason: backend.lastCheck.reason }),
     },
+  };
+}
+
+/** One pool's discovery as `GET /api/discovery` shows it. */
+function discoveryJson(discovery: DiscoveryStats) {
+  return {
+    pool: discovery.pool,
+    source: discovery.source.kind,
+    asks: discovery.source.describe,
+    backends: discovery.backends ?? null,
+    errors: discovery.errors,
+    failing: discovery.failing ?? null,
   };
 }
 
@@ -237,6 +277,12 @@ export function createAdminHandler(
     const parts = url.pathname.split("/").slice(1);
     // HEAD answers as GET does, without the body (the server drops it).
     const reading = request.method === "GET" || request.method === "HEAD";
+    if (url.pathname === "/api/discovery") {
+      if (!reading) {
+        return json(405, { error: `use GET for ${url.pathname}` }, { allow: "GET, HEAD" });
+      }
+      return json(200, (view.discoveries?.() ?? []).map(discoveryJson));
+    }
     if (url.pathname === "/metrics" || url.pathname === "/api/backends") {
       if (!reading) {
         return json(405, { error: `use GET for ${url.pathname}` }, { allow: "GET, HEAD" });
@@ -391,7 +437,10 @@ function mutate(
       });
     }
     const before = targets[0]!.configuredWeight;
-    for (const backend of targets) backend.configuredWeight = weight as number;
+    for (const backend of targets) {
+      backend.configuredWeight = weight as number;
+      backend.adminWeight = weight as number;
+    }
     audit(
       `admin: weight of backend ${address} in pool ${pool}: ${before} -> ${weight} (by ${peer})`,
     );

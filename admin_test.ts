@@ -136,6 +136,7 @@ Deno.test("GET /api/backends: each backend's pool, address, state, weight, count
       state: "up",
       weight: 1,
       backup: false,
+      source: "config",
       active: 0,
       total: 1,
       bytes_in: 3,

@@ -132,12 +132,42 @@ const healthSchema = z.strictObject({
   slow_start_ms: milliseconds(0, 0),
 });
 
+// Where a pool learns its backends at run time (discovery.ts): a DNS name,
+// or a key prefix in etcd. Which of the two is checked with the pool.
+const discoverSchema = z.strictObject({
+  dns: z.string({ error: "expected a DNS name" }).regex(
+    /^[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?$/,
+    { error: "expected a DNS name such as _echo._tcp.service.example" },
+  ).optional().describe("a name to resolve: its A, AAAA or SRV records are the backends"),
+  type: z.enum(["A", "AAAA", "SRV"], { error: "expected A, AAAA or SRV" }).default("A")
+    .describe("SRV gives host, port and weight; priorities past the lowest are backups"),
+  port: optionalWhole(1, 65535).describe("the backends' port, for A and AAAA"),
+  resolver: address().optional().describe(
+    "the name server, IP:PORT; the system's when left out",
+  ),
+  interval_ms: milliseconds(5000).describe("how often the name is resolved again"),
+  etcd: z.string({ error: "expected an http:// URL" }).regex(/^https?:\/\/[^/\s]+\/?$/, {
+    error: "expected an etcd v3 endpoint such as http://127.0.0.1:2379",
+  }).optional().describe("an etcd v3 endpoint, watched under prefix"),
+  prefix: z.string({ error: "expected a key prefix" }).min(1, { error: "expected a key prefix" })
+    .optional().describe(
+      'each key under it holds one backend: {"address": "HOST:PORT", "weight": N}',
+    ),
+});
+
 const poolSchema = z.strictObject({
   balance: z.enum(STRATEGY_NAMES, { error: `expected one of ${STRATEGY_NAMES.join(", ")}` })
     .default("round-robin"),
-  backends: z.array(backendSchema, { error: "expected a list of backends" }).min(1, {
-    error: "expected at least one backend",
-  }),
+  backends: z.array(backendSchema, { error: "expected a list of backends" }).default([])
+    .describe("static backends; at least one unless discover is given"),
+  discover: discoverSchema.optional().describe(
+    "backends learned at run time from DNS or etcd, beside the static ones",
+  ),
+  on_remove: z.enum(["drain", "close"], { error: "expected drain or close" }).default("drain")
+    .describe(
+      "a backend that leaves the pool (discovery, admin API, reload): its open connections " +
+        "finish (drain) or are closed at once (close)",
+    ),
   health: healthSchema.prefault({}),
   timeouts: z.strictObject({
     connect_ms: milliseconds(5000),
@@ -238,6 +268,11 @@ export const configSchema = z.strictObject({
   ),
   access_log: z.string({ error: "expected a file path" }).min(1, { error: "expected a file path" })
     .optional().describe("append access lines to this file; stdout when left out"),
+  state_file: z.string({ error: "expected a file path" }).min(1, { error: "expected a file path" })
+    .optional().describe(
+      "keeps the admin API's changes (backends added, removed, drained, disabled, weights) " +
+        "across reloads and restarts; written after each change",
+    ),
   log_format: z.enum(["text", "json"], { error: "expected text or json" }).optional().describe(
     "access lines as key=value text or JSON; text on a terminal, json otherwise when left out",
   ),
@@ -394,6 +429,7 @@ export const configSchema = z.strictObject({
     });
   });
   for (const [name, pool] of Object.entries(config.pools)) {
+    checkDiscover(pool, ["pools", name], context);
     const seen = new Map<string, number>();
     pool.backends.forEach((backend, i) => {
       let key: string;
@@ -424,6 +460,56 @@ export const configSchema = z.strictObject({
     }
   }
 });
+
+// A pool needs backends from somewhere, and a discover block names one source.
+function checkDiscover(
+  pool: z.output<typeof poolSchema>,
+  path: (string | number)[],
+  context: z.RefinementCtx,
+): void {
+  const issue = (at: string[], message: string) =>
+    context.addIssue({ code: "custom", path: [...path, ...at], message });
+  const discover = pool.discover;
+  if (discover === undefined) {
+    if (pool.backends.length === 0) {
+      issue(["backends"], "expected at least one backend (or a discover block to learn them)");
+    }
+    return;
+  }
+  const { dns, etcd } = discover;
+  if ((dns === undefined) === (etcd === undefined)) {
+    issue(["discover"], "expected one source: dns: NAME, or etcd: URL with prefix: KEY");
+  } else if (dns !== undefined) {
+    if (discover.prefix !== undefined) issue(["discover", "prefix"], "is for etcd, not dns");
+    if (discover.type === "SRV" && discover.port !== undefined) {
+      issue(["discover", "port"], "SRV records carry their own ports: leave port out");
+    }
+    if (discover.type !== "SRV" && discover.port === undefined) {
+      issue(["discover", "port"], `missing; type ${discover.type} needs the backends' port`);
+    }
+  } else {
+    if (discover.prefix === undefined) {
+      issue(["discover", "prefix"], "missing; etcd needs the key prefix to watch, e.g. /lb/web/");
+    }
+    for (const key of ["port", "resolver"] as const) {
+      if (discover[key] !== undefined) issue(["discover", key], "is for dns, not etcd");
+    }
+  }
+}
+
+/**
+ * One backend as a discovery source gives it (`{"address": …, "weight": …}`),
+ * checked as the file's are: the backend, or what is wrong with it.
+ */
+export function checkBackend(
+  raw: unknown,
+): { backend: PoolConfig["backends"][number] } | { problem: string } {
+  const result = backendSchema.safeParse(raw);
+  if (result.success) return { backend: result.data };
+  const issue = issueOf(result.error.issues[0]!, raw);
+  const where = issue.path.length > 0 ? `${formatPath(issue.path)}: ` : "";
+  return { problem: `${where}${issue.message}` };
+}
 
 /**
  * The pool a listener's balancer is built on: its own, else its first

@@ -70,6 +70,7 @@ pools:
         },
         timeouts: { connect_ms: 5000, idle_ms: 3600000, half_closed_ms: 60000 },
         maxconn_per_backend: 0,
+        on_remove: "drain",
         queue: { max: 1000, timeout_ms: 5000 },
       },
     },

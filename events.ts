@@ -31,6 +31,8 @@ export type JoinEnd =
  * - `connect-failed`: every backend was tried and none could be reached;
  * - `no-backend`: no backend was there to try (empty pool, all down);
  * - `drain-timeout`: still open when the drain timeout ran out at shutdown;
+ * - `backend-removed`: its backend left the pool (discovery, the admin API, a
+ *   reload) and the pool says `on_remove: close`;
  * - `queue-timeout`: every usable backend was at its limit for the whole
  *   queue timeout; `queue-full`: they were, and the queue was full too.
  */
@@ -40,6 +42,7 @@ export type ConnectionEnd =
   | "connect-failed"
   | "no-backend"
   | "drain-timeout"
+  | "backend-removed"
   | "queue-timeout"
   | "queue-full";
 

@@ -174,6 +174,8 @@ export function buildPools(
     clock?: Clock;
     onEvent?: (event: LoadBalancerEvent) => void;
     previous?: ReadonlyMap<string, Pool>;
+    /** Backends that stay keep their admin state and weight (see {@linkcode Backend.configure}). */
+    keepAdmin?: boolean;
   } = {},
 ): Map<string, Pool> {
   const pools = new Map<string, Pool>();
@@ -189,7 +191,7 @@ export function buildPools(
       };
       const backend = kept.get(formatHostPort(address));
       if (backend === undefined) return new Backend(address, settings);
-      backend.configure(settings);
+      backend.configure(settings, { keepAdmin: options.keepAdmin ?? false });
       return backend;
     });
     pools.set(
@@ -202,6 +204,7 @@ export function buildPools(
           connectTimeoutMs: pool.timeouts.connect_ms,
           idleTimeoutMs: pool.timeouts.idle_ms,
           halfClosedTimeoutMs: pool.timeouts.half_closed_ms,
+          onRemove: pool.on_remove,
         },
         queue: { max: pool.queue.max, timeoutMs: pool.queue.timeout_ms },
         health: {

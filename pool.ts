@@ -54,6 +54,9 @@ export interface BackendSettings {
   sendProxy?: SendProxy;
 }
 
+/** Where a backend came from. */
+export type BackendSource = "config" | "admin" | "dns" | "etcd";
+
 /** Which PROXY protocol header a backend is sent, if any. */
 export type SendProxy = "off" | "v1" | "v2";
 
@@ -77,6 +80,10 @@ export class Backend implements Candidate {
    * connections (health checks go on), `disabled` neither (nor checks).
    */
   adminState: "enabled" | "draining" | "disabled" = "enabled";
+  /** A weight set through the admin API; it outlasts reloads that keep admin state. */
+  adminWeight: number | undefined;
+  /** Where it came from: the file (or flags), the admin API, DNS or etcd. */
+  source: BackendSource = "config";
   /** Connections joined to it that have ended. */
   connections = 0;
   /** Bytes from clients to it, and from it to clients, over ended connections. */
@@ -107,13 +114,20 @@ export class Backend implements Candidate {
     this.configure(settings);
   }
 
-  /** Takes the settings a (re)load gives it; admin changes end here. */
-  configure(settings: BackendSettings): void {
-    this.configuredWeight = settings.weight ?? 1;
+  /**
+   * Takes the settings a (re)load gives it. Admin changes (state, weight)
+   * end here, unless `keepAdmin`: a change of membership (discovery, the
+   * admin API) or a state file keeps them.
+   */
+  configure(settings: BackendSettings, options: { keepAdmin?: boolean } = {}): void {
+    if (!options.keepAdmin) {
+      this.adminState = "enabled";
+      this.adminWeight = undefined;
+    }
+    this.configuredWeight = this.adminWeight ?? settings.weight ?? 1;
     this.backup = settings.backup ?? false;
     this.maxConnections = settings.maxConnections ?? Infinity;
     this.sendProxy = settings.sendProxy ?? "off";
-    this.adminState = "enabled";
   }
 
   /** `up` or `down`, or the admin state when it is not `enabled`. */
@@ -183,6 +197,11 @@ export interface PoolSettings {
   idleTimeoutMs: number;
   /** Close a half-closed connection after this long with no byte. @default {60000} */
   halfClosedTimeoutMs: number;
+  /**
+   * What happens to a backend's open connections when it leaves the pool:
+   * they finish (`drain`) or are closed at once (`close`). @default {"drain"}
+   */
+  onRemove: "drain" | "close";
 }
 
 /** Options for {@linkcode Pool}. */
@@ -233,6 +252,7 @@ export class Pool {
       connectTimeoutMs: options.settings?.connectTimeoutMs ?? 5000,
       idleTimeoutMs: options.settings?.idleTimeoutMs ?? 3_600_000,
       halfClosedTimeoutMs: options.settings?.halfClosedTimeoutMs ?? 60_000,
+      onRemove: options.settings?.onRemove ?? "drain",
     };
     this.queue = new WaitQueue({ ...options.queue, clock });
     const policy: HealthPolicy = {

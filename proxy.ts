@@ -61,6 +61,11 @@ interface Connection {
   cut(): void;
   /** Once joined: the join, its activity at the last sweep, and since when it is unchanged. */
   joined?: Joined;
+  /** Once joined: the pool and backend it went to (for `on_remove: close`). */
+  pool?: Pool;
+  backend?: Backend;
+  /** Cut because its backend left a pool that closes such connections. */
+  removed?: boolean;
   seenActivity?: number;
   quietSince?: number;
 }
@@ -139,6 +144,21 @@ export class LoadBalancer {
     this.#edge = options.edge;
     this.#routePools = options.routePools ?? new Map();
     if (this.#serving !== undefined) this.#startSweeper();
+    this.#closeRemoved();
+  }
+
+  // Connections to a backend that has left its pool end at once when the
+  // pool says `on_remove: close`; otherwise they finish in their own time.
+  #closeRemoved(): void {
+    for (const connection of this.#connections) {
+      const { pool, backend } = connection;
+      if (pool === undefined || backend === undefined) continue;
+      const next = pool.name === this.#pool.name ? this.#pool : this.#routePools.get(pool.name);
+      if (next?.backends.some((b) => b.name === backend.name)) continue;
+      if ((next ?? pool).settings.onRemove !== "close") continue;
+      connection.removed = true;
+      connection.cut();
+    }
   }
 
   /** Where clients connect. */
@@ -486,6 +506,8 @@ export class LoadBalancer {
     const joined = this.#engine.join(client, server, prefix);
     connection.cut = () => joined.cut("aborted");
     connection.joined = joined;
+    connection.pool = pool;
+    connection.backend = backend;
     connection.seenActivity = 0;
     connection.quietSince = this.#clock.now();
     const result = await joined.result;
@@ -494,7 +516,11 @@ export class LoadBalancer {
     backend!.bytesIn += result.bytesFromClient;
     backend!.bytesOut += result.bytesFromServer;
     pool.queue.wake();
-    const end = result.end === "aborted" ? "drain-timeout" : result.end;
+    const end = result.end !== "aborted"
+      ? result.end
+      : connection.removed
+      ? "backend-removed"
+      : "drain-timeout";
     finish(end, backend, result.bytesFromClient, result.bytesFromServer);
   }
 

@@ -22,10 +22,13 @@ import {
   ConfigError,
   listenerKey,
   listenerPool,
+  type PoolConfig,
   socketsOverlap,
-  validateConfig,
 } from "./config.ts";
 import type { BackendChange } from "./admin_pools.ts";
+import { type Discovered, type DiscoverySource, PoolDiscovery } from "./discovery.ts";
+import { DnsSource } from "./discovery_dns.ts";
+import { EtcdSource } from "./discovery_etcd.ts";
 import { Edge } from "./edge.ts";
 import type { Engine, EngineListener, TlsEngineListener, TlsMaterial } from "./engine.ts";
 import { closeQuietly, describe, StartError } from "./errors.ts";
@@ -44,6 +47,8 @@ import {
 } from "./plan.ts";
 import type { Pool } from "./pool.ts";
 import { LoadBalancer } from "./proxy.ts";
+import { Membership, type Overlay } from "./membership.ts";
+import { readStateFile, writeStateFile } from "./state_file.ts";
 
 /** One listener's configuration. */
 export type ListenerConfig = Config["listeners"][number];
@@ -111,14 +116,14 @@ export class Runtime {
   #pools = new Map<string, Pool>();
   #admin: AdminServer | undefined;
   #reloading: Promise<unknown> = Promise.resolve();
-  /** Backends added and removed through the admin API, by pool. */
-  readonly #changes = new Map<
-    string,
-    {
-      added: Map<string, { address: string; weight?: number; backup?: boolean }>;
-      removed: Set<string>;
-    }
-  >();
+  /** The file's config as last loaded (or the flags'): run-time members are laid over it. */
+  #file: Config;
+  /** Backends from discovery and the admin API, by pool. */
+  readonly #members = new Membership();
+  /** Each pool's discovery, and the `discover:` block it was started from. */
+  readonly #discoveries = new Map<string, { block: string; discovery: PoolDiscovery }>();
+  /** Discovered sets waiting for their reload: each pool's set before them. */
+  readonly #discoveryPending = new Map<string, readonly Discovered[] | undefined>();
   #stopping = false;
   /** Reloads done, and reloads that failed and changed nothing. */
   reloads = 0;
@@ -128,6 +133,7 @@ export class Runtime {
     this.#flags = options.flags;
     this.#clock = options.clock ?? realClock;
     this.#config = options.plan.config;
+    this.#file = options.plan.config;
     this.#token = options.plan.token;
     this.#accessLog = options.plan.accessLog;
     const log = eventLogger(this.#accessLog);
@@ -158,13 +164,17 @@ export class Runtime {
    * it is listening until everything is bound. @throws {StartError}
    */
   async start(): Promise<void> {
+    const overlay = await this.#restoreState();
+    this.#config = overlay.config;
     this.#pools = buildPools(this.#config, { clock: this.#clock, onEvent: this.#onEvent });
+    this.#members.settle(this.#pools, overlay);
     if (this.#config.admin !== undefined) {
       const counts = () => ({ reloads: this.reloads, failures: this.reloadFailures });
       this.#admin = startAdmin(this.#config.admin.listen, {
         view: {
           listeners: () => this.#host.listeners(),
           pools: () => [...this.#pools.values()],
+          discoveries: () => [...this.#discoveries.values()].map((d) => d.discovery),
           get reloads() {
             return counts().reloads;
           },
@@ -179,6 +189,7 @@ export class Runtime {
         changed: async (name) => {
           const pool = this.#pools.get(name);
           if (pool !== undefined) await this.#host.changed(pool);
+          await this.#saveState();
         },
       });
     }
@@ -191,6 +202,7 @@ export class Runtime {
     }
     this.#config.listeners.forEach((listener, i) => this.#ready(listener, addresses[i]!));
     for (const pool of this.#pools.values()) pool.start();
+    this.#followDiscovery();
     if (this.#admin !== undefined) {
       logDiagnostic(
         `admin API on ${adminUrl(this.#admin)} ` +
@@ -219,70 +231,128 @@ export class Runtime {
   /**
    * Adds a backend to a pool or removes one (the admin API): applied as a
    * reload of the running configuration with the change laid over it, and
-   * laid over the file at every reload after, until the process ends.
-   * Resolves with why it was refused (nothing changed), or undefined.
+   * laid over the file at every reload after (and kept in the state file, if
+   * any). Resolves with why it was refused (nothing changed), or undefined.
    */
   changeBackends(pool: string, change: BackendChange): Promise<string | undefined> {
     const run = this.#reloading.then(async () => {
       if (this.#stopping) return "the balancer is stopping";
-      if (!Object.hasOwn(this.#config.pools, pool)) return `no pool ${JSON.stringify(pool)}`;
-      const before = new Map(
-        [...this.#changes].map((
-          [name, c],
-        ) => [name, { added: new Map(c.added), removed: new Set(c.removed) }]),
-      );
-      const changes = this.#changes.get(pool) ?? { added: new Map(), removed: new Set<string>() };
-      this.#changes.set(pool, changes);
-      if ("add" in change) {
-        changes.added.set(change.add.address, change.add);
-        changes.removed.delete(change.add.address);
-      } else {
-        const known = this.#config.pools[pool]!.backends.some((b) => b.address === change.remove);
-        if (!known) return `pool ${pool} has no backend ${JSON.stringify(change.remove)}`;
-        changes.added.delete(change.remove);
-        changes.removed.add(change.remove);
-      }
-      const problem = await this.#reload(`admin: pool ${pool}`);
-      if (problem !== undefined) {
-        this.#changes.clear();
-        for (const [name, c] of before) this.#changes.set(name, c);
-      }
+      const undo = this.#members.snapshot();
+      const refused = this.#members.change(this.#config, pool, change);
+      if (refused !== undefined) return refused;
+      const problem = await this.#reload(`admin: pool ${pool}`, { reread: false });
+      if (problem !== undefined) undo();
+      else await this.#saveState();
       return problem;
     });
     this.#reloading = run.then(() => {}, () => {});
     return run;
   }
 
-  // The file's config with the admin API's changes laid over it, validated
-  // again: an added address is checked like one in the file.
-  #withChanges(file: Config): Config {
-    if (this.#changes.size === 0) return file;
-    const raw = structuredClone(file) as Config;
-    for (const [name, changes] of this.#changes) {
-      const pool = raw.pools[name];
-      if (pool === undefined) continue;
-      const kept = pool.backends.filter((b) =>
-        !changes.removed.has(b.address) && !changes.added.has(b.address)
-      );
-      pool.backends = [
-        ...kept,
-        ...[...changes.added.values()].map((b) => ({ ...b })),
-      ] as typeof pool.backends;
+  // The state file, if one is configured: what it kept is laid over the
+  // file's config. One that cannot be read is said, and left for the next
+  // save to replace.
+  async #restoreState(): Promise<Overlay> {
+    const path = this.#config.state_file;
+    const undo = this.#members.snapshot();
+    if (path !== undefined) {
+      try {
+        const state = await readStateFile(path);
+        if (state !== undefined) {
+          this.#members.restore(state);
+          logDiagnostic(`state file ${path}: restored`);
+        }
+      } catch (error) {
+        logDiagnostic(`${describe(error)}; starting without it`);
+      }
     }
-    return validateConfig(raw);
+    try {
+      return this.#members.overlay(this.#file);
+    } catch (error) {
+      if (!(error instanceof ConfigError)) throw error;
+      logDiagnostic(
+        `state file ${path}: its changes do not fit the config (${error.problems[0]}); ` +
+          `starting without them`,
+      );
+      undo();
+      return { config: this.#file, sources: new Map() };
+    }
+  }
+
+  async #saveState(): Promise<void> {
+    const path = this.#config.state_file;
+    if (path === undefined) return;
+    try {
+      await writeStateFile(path, this.#members.save(this.#pools));
+    } catch (error) {
+      logDiagnostic(`state file ${path}: cannot write: ${describe(error)}`);
+    }
+  }
+
+  // Starts a discovery for each pool with a `discover:` block, restarts one
+  // whose block changed, stops one whose block is gone.
+  #followDiscovery(): void {
+    for (const [name, entry] of this.#discoveries) {
+      const block = this.#config.pools[name]?.discover;
+      if (block !== undefined && JSON.stringify(block) === entry.block) continue;
+      this.#discoveries.delete(name);
+      void entry.discovery.stop();
+      if (block === undefined) this.#members.discover(name, entry.discovery.source.kind, undefined);
+    }
+    if (this.#stopping) return;
+    for (const [name, pool] of Object.entries(this.#config.pools)) {
+      if (pool.discover === undefined || this.#discoveries.has(name)) continue;
+      const discovery: PoolDiscovery = new PoolDiscovery({
+        pool: name,
+        source: createSource(pool.discover, this.#clock),
+        onChange: (set) => this.#discovered(discovery, set),
+        log: logDiagnostic,
+      });
+      this.#discoveries.set(name, { block: JSON.stringify(pool.discover), discovery });
+      discovery.start();
+    }
+  }
+
+  // A discovered set that differs from the last: one reload applies every
+  // set that arrives before it runs. A set that cannot be applied is
+  // rejected: the one before it stays.
+  #discovered(discovery: PoolDiscovery, set: readonly Discovered[]): void {
+    const pool = discovery.pool;
+    if (this.#discoveries.get(pool)?.discovery !== discovery || this.#stopping) return;
+    const queued = this.#discoveryPending.size > 0;
+    if (!this.#discoveryPending.has(pool)) {
+      this.#discoveryPending.set(pool, this.#members.discovered(pool));
+    }
+    this.#members.discover(pool, discovery.source.kind, set);
+    if (queued) return;
+    this.#reloading = this.#reloading.then(async () => {
+      const pending = new Map(this.#discoveryPending);
+      this.#discoveryPending.clear();
+      if (this.#stopping) return;
+      const what = [...pending].map(([name, before]) =>
+        describeChange(name, before, this.#members.discovered(name))
+      );
+      const problem = await this.#reload(`discovery: ${what.join("; ")}`, { reread: false });
+      if (problem === undefined) return;
+      for (const [name, before] of pending) {
+        const entry = this.#discoveries.get(name);
+        this.#members.discover(name, entry?.discovery.source.kind ?? "dns", before);
+        entry?.discovery.reject(before, `could not apply it: ${problem}`);
+      }
+    }).catch((error) => logDiagnostic(`discovery: internal error: ${describe(error)}`));
   }
 
   /** Queues a reload after any in progress; never rejects. */
   requestReload(why: string): void {
     if (this.#stopping) return;
-    this.#reloading = this.#reloading.then(() => this.#reload(why)).catch((error) =>
-      logDiagnostic(`reload (${why}) failed: internal error: ${describe(error)}`)
-    );
+    this.#reloading = this.#reloading.then(() => this.#reload(why, { reread: true })).catch((
+      error,
+    ) => logDiagnostic(`reload (${why}) failed: internal error: ${describe(error)}`));
   }
 
   // Atomic: validate, prepare, bind new addresses, then switch; any failure
   // changes nothing, and is one line.
-  async #reload(why: string): Promise<string | undefined> {
+  async #reload(why: string, options: { reread: boolean }): Promise<string | undefined> {
     const failed = (problem: string, more = 0) => {
       this.reloadFailures++;
       logDiagnostic(
@@ -293,9 +363,14 @@ export class Runtime {
     };
     const source = this.#flags.config ?? "command line";
     let plan: Plan;
+    let file: Config;
+    let overlay: Overlay;
     try {
-      const file = await resolveConfig(this.#flags);
-      plan = await prepare(this.#flags, this.#withChanges(file), this.#accessLog);
+      // A change of members (discovery, the admin API) reloads the config in
+      // effect: an edit of the file waits for its own SIGHUP.
+      file = options.reread ? await resolveConfig(this.#flags) : this.#file;
+      overlay = this.#members.overlay(file);
+      plan = await prepare(this.#flags, overlay.config, this.#accessLog);
     } catch (error) {
       if (error instanceof ConfigError) {
         return failed(`${source}: ${error.problems[0]}`, error.problems.length - 1);
@@ -345,11 +420,14 @@ export class Runtime {
       }
     }
     // New pools: backends that stay keep their object, health and counts.
+    // Admin state survives a change of members, and with a state file, any reload.
     const pools = buildPools(next, {
       clock: this.#clock,
       onEvent: this.#onEvent,
       previous: this.#pools,
+      keepAdmin: !options.reread || next.state_file !== undefined,
     });
+    this.#members.settle(pools, overlay);
     const previous = this.#config;
     let added: Map<string, string>;
     try {
@@ -363,12 +441,14 @@ export class Runtime {
       return failed((error as Error).message);
     }
     const oldPools = this.#pools;
+    this.#file = file;
     this.#config = next;
     this.#token = plan.token;
     this.#pools = pools;
     // Old pools stop checking; their waiting clients try again under the new ones.
     await Promise.all([...oldPools.values()].map((pool) => pool.stop()));
     for (const pool of this.#pools.values()) pool.start();
+    this.#followDiscovery();
     for (const listener of next.listeners) {
       const address = added.get(listenerKey(listener));
       if (address !== undefined) this.#ready(listener, address);
@@ -389,6 +469,7 @@ export class Runtime {
   async shutdown(signal: string): Promise<number> {
     this.#stopping = true;
     await this.#reloading;
+    await Promise.all([...this.#discoveries.values()].map((d) => d.discovery.stop()));
     await this.#host.stopAccepting();
     const drainMs = this.#config.drain_timeout_ms;
     logDiagnostic(
@@ -592,4 +673,36 @@ function readTls(tls: NonNullable<ListenerConfig["tls"]>): TlsMaterial {
     key: Deno.readTextFileSync(tls.key),
     alpn: tls.alpn,
   };
+}
+
+/** The source a pool's `discover:` block names. */
+function createSource(
+  discover: NonNullable<PoolConfig["discover"]>,
+  clock: Clock,
+): DiscoverySource {
+  if (discover.etcd !== undefined) {
+    return new EtcdSource({ endpoint: discover.etcd, prefix: discover.prefix! }, { clock });
+  }
+  return new DnsSource({
+    name: discover.dns!,
+    type: discover.type,
+    ...(discover.port === undefined ? {} : { port: discover.port }),
+    ...(discover.resolver === undefined ? {} : { resolver: discover.resolver }),
+    intervalMs: discover.interval_ms,
+  }, { clock });
+}
+
+// `pool web +127.0.0.1:5003 -127.0.0.1:5001`: what a discovered set changed.
+function describeChange(
+  pool: string,
+  before: readonly Discovered[] | undefined,
+  after: readonly Discovered[] | undefined,
+): string {
+  const had = new Set((before ?? []).map((b) => b.address));
+  const has = new Set((after ?? []).map((b) => b.address));
+  const changes = [
+    ...[...has].filter((a) => !had.has(a)).map((a) => `+${a}`),
+    ...[...had].filter((a) => !has.has(a)).map((a) => `-${a}`),
+  ];
+  return `pool ${pool} ${changes.length > 0 ? changes.join(" ") : "(weights or roles)"}`;
 }
