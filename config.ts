@@ -472,7 +472,10 @@ function checkDiscover(
   const discover = pool.discover;
   if (discover === undefined) {
     if (pool.backends.length === 0) {
-      issue(["backends"], "expected at least one backend (or a discover block to learn them)");
+      issue(
+        ["backends"],
+        "expected at least one backend (or a discover block to learn them), got []",
+      );
     }
     return;
   }

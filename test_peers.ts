@@ -19,22 +19,12 @@ export async function have(program: string, debianPackage: string): Promise<bool
   return false;
 }
 
-/** A port nothing listens on now (TCP and UDP alike, on 127.0.0.1). */
+/** A port no TCP socket is bound to now (dnsmasq takes it for UDP and TCP). */
 export function freePort(): number {
-  for (let attempt = 0; attempt < 20; attempt++) {
-    const tcp = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    const { port } = tcp.addr as Deno.NetAddr;
-    try {
-      const udp = Deno.listenDatagram({ hostname: "127.0.0.1", port, transport: "udp" });
-      udp.close();
-      return port;
-    } catch {
-      // Taken for UDP: try another.
-    } finally {
-      tcp.close();
-    }
-  }
-  throw new Error("no free port");
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const { port } = listener.addr as Deno.NetAddr;
+  listener.close();
+  return port;
 }
 
 /** An SRV record: `--srv-host=NAME,TARGET,PORT,PRIORITY,WEIGHT`. */

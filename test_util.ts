@@ -143,14 +143,19 @@ export interface TestServer {
   close(): Promise<void>;
 }
 
-/** Listens on 127.0.0.1 on a free port. */
-export function listenLoopback(options: { tcpBacklog?: number } = {}): Deno.TcpListener {
+/** Listens on 127.0.0.1 (or another loopback address) on a free port (or the one given). */
+export function listenLoopback(
+  options: { tcpBacklog?: number; hostname?: string; port?: number } = {},
+): Deno.TcpListener {
   return Deno.listen({ hostname: "127.0.0.1", port: 0, ...options });
 }
 
 /** Accepts connections and runs `handle` on each, until closed. */
-export function startServer(handle: (conn: Deno.TcpConn) => Promise<void>): TestServer {
-  const listener = listenLoopback();
+export function startServer(
+  handle: (conn: Deno.TcpConn) => Promise<void>,
+  where: { hostname?: string; port?: number } = {},
+): TestServer {
+  const listener = listenLoopback(where);
   const connections = new Set<Promise<void>>();
   const accepting = (async () => {
     while (true) {
@@ -168,9 +173,9 @@ export function startServer(handle: (conn: Deno.TcpConn) => Promise<void>): Test
       done.finally(() => connections.delete(done));
     }
   })();
-  const port = listener.addr.port;
+  const { hostname, port } = listener.addr;
   return {
-    address: { hostname: "127.0.0.1", port },
+    address: { hostname, port },
     port,
     async close() {
       listener.close();
