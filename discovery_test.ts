@@ -3,6 +3,7 @@ import { type Discovered, PoolDiscovery, type SourceReport } from "./discovery.t
 import { DnsSource, type Resolve } from "./discovery_dns.ts";
 import { validateConfig } from "./config.ts";
 import { Membership } from "./membership.ts";
+import { buildPools } from "./plan.ts";
 import { Backend, Pool } from "./pool.ts";
 import { parseHostPort } from "./address.ts";
 import { FakeClock, until } from "./test_util.ts";
@@ -223,4 +224,27 @@ Deno.test("Membership.save() and restore(): changes and admin states outlast a r
   next.settle(new Map([["web", new Pool({ name: "web", backends: [fresh] })]]), overlay);
   assert.equal(fresh.adminState, "draining");
   assert.equal(fresh.configuredWeight, 7);
+});
+
+Deno.test("a backend that joins a running pool starts its slow start then; one that stays keeps its weight", async () => {
+  const clock = new FakeClock();
+  const config = (backends: string[]) =>
+    validateConfig({
+      listeners: [{ name: "main", listen: "127.0.0.1:0", pool: "web" }],
+      pools: {
+        web: {
+          backends: backends.map((address) => ({ address, weight: 100 })),
+          health: { slow_start_ms: 10_000 },
+        },
+      },
+    });
+  const first = buildPools(config(["127.0.0.1:5001"]), { clock });
+  assert.equal(first.get("web")!.backends[0]!.weight, 100, "at start: no ramp");
+  await clock.tick(1000);
+  const next = buildPools(config(["127.0.0.1:5001", "127.0.0.1:5002"]), { clock, previous: first });
+  const [kept, added] = next.get("web")!.backends;
+  assert.equal(kept!.weight, 100);
+  assert.equal(added!.weight, 5, "a twentieth at first");
+  await clock.tick(5000);
+  assert.equal(added!.weight, 50);
 });

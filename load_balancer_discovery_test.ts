@@ -1,5 +1,6 @@
 // The balancer as a process, its pools learned from real etcd and dnsmasq
-// servers, changed under traffic; run-time changes kept by a state file; and
+// servers, changed under traffic (on the epoll engine, in two data-plane
+// threads); run-time changes kept by a state file; and
 // three instances on one source that send each client to the same backend.
 import assert from "node:assert/strict";
 import { Dnsmasq, Etcd, have } from "./test_peers.ts";
@@ -12,6 +13,7 @@ import {
   startBalancerProcess,
   startServer,
   startTaggedServer,
+  TEST_ENGINE,
   type TestServer,
   until,
 } from "./test_util.ts";
@@ -127,7 +129,7 @@ pools:
   cut:
     discover: { etcd: "${etcd.endpoint}", prefix: /lb/cut/ }
     on_remove: close
-`,
+${TEST_ENGINE === "epoll" ? "threads: 2\n" : ""}`,
       );
       lb = running.lb;
       const { call, backends } = running;

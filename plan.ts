@@ -14,7 +14,7 @@
 
 import { formatHostPort, isLoopbackHost, parseHostPort } from "./address.ts";
 import { createStrategy } from "./balancer.ts";
-import type { Clock } from "./clock.ts";
+import { type Clock, realClock } from "./clock.ts";
 import {
   type Config,
   ConfigError,
@@ -190,7 +190,15 @@ export function buildPools(
         sendProxy: spec.send_proxy ?? pool.send_proxy,
       };
       const backend = kept.get(formatHostPort(address));
-      if (backend === undefined) return new Backend(address, settings);
+      if (backend === undefined) {
+        const added = new Backend(address, settings);
+        // One that joins a running pool (a reload, discovery, the admin API)
+        // starts its slow start now; at start every backend is up already.
+        if (options.previous !== undefined) {
+          added.health = { ...added.health, upSince: (options.clock ?? realClock).now() };
+        }
+        return added;
+      }
       backend.configure(settings, { keepAdmin: options.keepAdmin ?? false });
       return backend;
     });
