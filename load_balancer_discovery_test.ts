@@ -442,3 +442,21 @@ pools:
     }
   },
 });
+
+Deno.test("examples/discovery.yaml passes --check", async () => {
+  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-read",
+      "--allow-env",
+      "load_balancer.ts",
+      "--config",
+      "examples/discovery.yaml",
+      "--check",
+    ],
+    cwd: new URL(".", import.meta.url).pathname,
+  }).output();
+  const said = new TextDecoder().decode(stdout) + new TextDecoder().decode(stderr);
+  assert.equal(code, 0, said);
+  assert.match(said, /web: source-hash over dns _echo\._tcp\.service\.test/);
+});

@@ -156,9 +156,14 @@ export function summarize(config: Config): string {
     }`
   );
   // Each backend by address, so a reload's line shows what changed.
-  const pools = Object.entries(config.pools).map(([name, pool]) =>
-    `${name}: ${pool.balance} over ${pool.backends.map((b) => b.address).join(", ")}`
-  );
+  const pools = Object.entries(config.pools).map(([name, pool]) => {
+    const discover = pool.discover;
+    const source = discover === undefined
+      ? []
+      : [discover.etcd !== undefined ? `etcd ${discover.prefix}` : `dns ${discover.dns}`];
+    const members = [...pool.backends.map((b) => b.address), ...source];
+    return `${name}: ${pool.balance} over ${members.join(", ") || "nothing yet"}`;
+  });
   return `${listeners.join("; ")}; pools ${pools.join("; ")}`;
 }
 
