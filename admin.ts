@@ -4,8 +4,9 @@
  * `(Request) => Response` functions, tested without a socket; the CLI serves
  * them with `Deno.serve` on `--admin` (loopback unless an address is given).
  *
- * Changes made here last until the next reload: the file is the source of
- * truth.
+ * A drain, disable or weight lasts until the next reload of the file (the
+ * file is the source of truth), unless `state_file:` keeps it; a change of
+ * members (discovery, admin_pools.ts) keeps it either way.
  *
  * @module
  */

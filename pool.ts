@@ -76,8 +76,9 @@ export class Backend implements Candidate {
   /** Most connections at once; new clients wait in the queue beyond it. */
   maxConnections: number;
   /**
-   * Set through the admin API until the next reload: `draining` takes no new
-   * connections (health checks go on), `disabled` neither (nor checks).
+   * Set through the admin API, until a reload of the file (see
+   * {@linkcode Backend.configure}): `draining` takes no new connections
+   * (health checks go on), `disabled` neither (nor checks).
    */
   adminState: "enabled" | "draining" | "disabled" = "enabled";
   /** A weight set through the admin API; it outlasts reloads that keep admin state. */
