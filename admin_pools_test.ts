@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { exchange, startBalancerProcess, startTaggedServer } from "./test_util.ts";
+import { exchange, startBalancerWithAdmin, startTaggedServer } from "./test_util.ts";
 
 const TOKEN = "pool-changes-token";
 
@@ -7,29 +7,18 @@ Deno.test("admin: POST and DELETE a pool's backends at run time; a reload of the
   const one = startTaggedServer("1");
   const two = startTaggedServer("2");
   const dir = await Deno.makeTempDir();
-  await Deno.writeTextFile(`${dir}/token`, TOKEN);
-  await Deno.writeTextFile(
-    `${dir}/lb.yaml`,
+  const { lb, base, call } = await startBalancerWithAdmin(
+    dir,
     `listeners:
   - { name: web, listen: "127.0.0.1:0", pool: web }
 pools:
   web: { backends: [{ address: "127.0.0.1:${one.port}" }] }
-admin: { listen: "127.0.0.1:0", token_file: ${dir}/token }
 `,
+    {
+      token: TOKEN,
+      permissions: ["--allow-net", "--allow-read", "--allow-env=LOG_TOKENS,LOG_STREAM"],
+    },
   );
-  const lb = await startBalancerProcess(["--config", `${dir}/lb.yaml`], {
-    permissions: ["--allow-net", "--allow-read", "--allow-env=LOG_TOKENS,LOG_STREAM"],
-    listen: false,
-  });
-  const base = /(http:\/\/\S+) /.exec(await lb.waitForLine("stderr", /admin API on /))![1]!;
-  const call = async (method: string, path: string, body?: unknown) => {
-    const response = await fetch(`${base}${path}`, {
-      method,
-      headers: { authorization: `Bearer ${TOKEN}` },
-      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-    });
-    return { status: response.status, body: await response.json() };
-  };
   const servers = async (n: number) => {
     const seen: string[] = [];
     for (let i = 0; i < n; i++) seen.push((await exchange(lb.port, "x\n")).slice(8, 9));

@@ -10,7 +10,7 @@ import {
   exchange,
   exchangeFrom,
   serverOf,
-  startBalancerProcess,
+  startBalancerWithAdmin,
   startServer,
   startTaggedServer,
   TEST_ENGINE,
@@ -29,37 +29,8 @@ const PERMISSIONS = [
   "--allow-env=LOG_TOKENS,LOG_STREAM",
 ];
 
-/** A balancer on a config file, with its admin API at hand. */
-async function balancerOn(dir: string, config: string) {
-  await Deno.writeTextFile(`${dir}/token`, TOKEN);
-  const file = `${dir}/lb-${crypto.randomUUID()}.yaml`;
-  await Deno.writeTextFile(
-    file,
-    config + `admin: { listen: "127.0.0.1:0", token_file: ${dir}/token }\n`,
-  );
-  const lb = await startBalancerProcess(["--config", file], {
-    permissions: PERMISSIONS,
-    listen: false,
-  });
-  const base = /(http:\/\/\S+) /.exec(await lb.waitForLine("stderr", /admin API on /))![1]!;
-  const call = async (method: string, path: string, body?: unknown) => {
-    const response = await fetch(`${base}${path}`, {
-      method,
-      headers: { authorization: `Bearer ${TOKEN}` },
-      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-    });
-    const text = await response.text();
-    return { status: response.status, body: path === "/metrics" ? text : JSON.parse(text) };
-  };
-  const backends = async (pool: string) =>
-    ((await call("GET", "/api/backends")).body as {
-      pool: string;
-      address: string;
-      source: string;
-    }[])
-      .filter((b) => b.pool === pool);
-  return { lb, call, backends };
-}
+const balancerOn = (dir: string, config: string) =>
+  startBalancerWithAdmin(dir, config, { token: TOKEN, permissions: PERMISSIONS });
 
 /** Sends a line on an open connection; resolves with the server that answered it. */
 async function ask(conn: Deno.Conn, line: string): Promise<string> {
@@ -336,7 +307,7 @@ state_file: ${dir}/state.json
       await lb.waitForLine("stderr", /state file .* restored/);
       const state = await running.backends("web");
       assert.deepEqual(
-        state.map((b) => [b.address, (b as unknown as { state: string }).state, b.source]),
+        state.map((b) => [b.address, b.state, b.source]),
         [
           [`127.0.0.1:${one.port}`, "draining", "config"],
           [`127.0.0.1:${two.port}`, "up", "admin"],

@@ -575,6 +575,47 @@ export async function startBalancerProcess(
   }
 }
 
+/**
+ * A balancer process on a config file written into `dir`, with its admin API
+ * on a free loopback port (`admin:` is appended) and the token to call it.
+ */
+export async function startBalancerWithAdmin(
+  dir: string,
+  config: string,
+  options: { token: string; permissions: string[] },
+) {
+  await Deno.writeTextFile(`${dir}/token`, options.token);
+  const file = `${dir}/lb-${crypto.randomUUID()}.yaml`;
+  await Deno.writeTextFile(
+    file,
+    config + `admin: { listen: "127.0.0.1:0", token_file: ${dir}/token }\n`,
+  );
+  const lb = await startBalancerProcess(["--config", file], {
+    permissions: options.permissions,
+    listen: false,
+  });
+  const base = /(http:\/\/\S+) /.exec(await lb.waitForLine("stderr", /admin API on /))![1]!;
+  /** Calls the admin API with the token; the body as JSON (as text for /metrics). */
+  const call = async (method: string, path: string, body?: unknown) => {
+    const response = await fetch(`${base}${path}`, {
+      method,
+      headers: { authorization: `Bearer ${options.token}` },
+      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+    });
+    const text = await response.text();
+    return { status: response.status, body: path === "/metrics" ? text : JSON.parse(text) };
+  };
+  /** `GET /api/backends` of one pool. */
+  const backends = async (pool: string) =>
+    ((await call("GET", "/api/backends")).body as {
+      pool: string;
+      address: string;
+      source: string;
+      state: string;
+    }[]).filter((b) => b.pool === pool);
+  return { lb, base, call, backends };
+}
+
 // --- Property tests (fuzzing) ---------------------------------------------
 
 /** Runs per property when `LB_FUZZ_RUNS` is not set: each property stays well under a second. */
