@@ -53,6 +53,8 @@ export interface DiscoveryStats {
   readonly errors: number;
   /** The problem in effect, while the source is failing. */
   readonly failing: string | undefined;
+  /** What the balancer left out of the last set, and why. */
+  readonly leftOut: string | undefined;
   /** The last good set; undefined until the source has answered well. */
   readonly backends: readonly { readonly address: string }[] | undefined;
 }
@@ -223,6 +225,7 @@ function discoveryJson(discovery: DiscoveryStats) {
     backends: discovery.backends ?? null,
     errors: discovery.errors,
     failing: discovery.failing ?? null,
+    left_out: discovery.leftOut ?? null,
   };
 }
 

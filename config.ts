@@ -132,6 +132,9 @@ const healthSchema = z.strictObject({
   slow_start_ms: milliseconds(0, 0),
 });
 
+/** How often a DNS name is resolved again when `discover.interval_ms` is left out. */
+export const DISCOVER_INTERVAL_MS = 5000;
+
 // Where a pool learns its backends at run time (discovery.ts): a DNS name,
 // or a key prefix in etcd. Which of the two is checked with the pool.
 const discoverSchema = z.strictObject({
@@ -139,21 +142,48 @@ const discoverSchema = z.strictObject({
     /^[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?$/,
     { error: "expected a DNS name such as _echo._tcp.service.example" },
   ).optional().describe("a name to resolve: its A, AAAA or SRV records are the backends"),
-  type: z.enum(["A", "AAAA", "SRV"], { error: "expected A, AAAA or SRV" }).default("A")
-    .describe("SRV gives host, port and weight; priorities past the lowest are backups"),
+  type: z.enum(["A", "AAAA", "SRV"], { error: "expected A, AAAA or SRV" }).optional()
+    .describe(
+      "A (the default), AAAA, or SRV: host, port and weight; priorities past the lowest are backups",
+    ),
   port: optionalWhole(1, 65535).describe("the backends' port, for A and AAAA"),
-  resolver: address().optional().describe(
-    "the name server, IP:PORT; the system's when left out",
+  resolver: address().superRefine((text, context) => {
+    try {
+      if (isIpLiteral(parseHostPort(text).hostname)) return;
+    } catch {
+      return; // reported by address()
+    }
+    context.addIssue({
+      code: "custom",
+      message: `${JSON.stringify(text)}: expected the name server's IP address and port ` +
+        `(a name server is not found by name), such as 127.0.0.1:53`,
+    });
+  }).optional().describe("the name server, IP:PORT; the system's when left out"),
+  interval_ms: optionalWhole(100, MAX_MS).describe(
+    `how often the name is resolved again, in milliseconds (default ${DISCOVER_INTERVAL_MS})`,
   ),
-  interval_ms: milliseconds(5000).describe("how often the name is resolved again"),
-  etcd: z.string({ error: "expected an http:// URL" }).regex(/^https?:\/\/[^/\s]+\/?$/, {
-    error: "expected an etcd v3 endpoint such as http://127.0.0.1:2379",
+  etcd: z.string({ error: "expected an http:// URL" }).superRefine((text, context) => {
+    let url: URL | undefined;
+    try {
+      url = new URL(text);
+    } catch {
+      url = undefined;
+    }
+    const bare = url !== undefined && (url.protocol === "http:" || url.protocol === "https:") &&
+      url.pathname === "/" && url.search === "" && url.hash === "" && url.username === "";
+    if (!bare) {
+      context.addIssue({
+        code: "custom",
+        message: `${JSON.stringify(text)}: expected an etcd v3 endpoint such as ` +
+          `http://127.0.0.1:2379 (scheme, host and port only)`,
+      });
+    }
   }).optional().describe("an etcd v3 endpoint, watched under prefix"),
   prefix: z.string({ error: "expected a key prefix" }).min(1, { error: "expected a key prefix" })
     .optional().describe(
       'each key under it holds one backend: {"address": "HOST:PORT", "weight": N}',
     ),
-});
+}, { error: "expected { dns: NAME, type, port, resolver } or { etcd: URL, prefix: KEY }" });
 
 const poolSchema = z.strictObject({
   balance: z.enum(STRATEGY_NAMES, { error: `expected one of ${STRATEGY_NAMES.join(", ")}` })
@@ -480,22 +510,44 @@ function checkDiscover(
     return;
   }
   const { dns, etcd } = discover;
-  if ((dns === undefined) === (etcd === undefined)) {
-    issue(["discover"], "expected one source: dns: NAME, or etcd: URL with prefix: KEY");
+  if (dns !== undefined && etcd !== undefined) {
+    issue(
+      ["discover"],
+      `expected one source, got both dns ${JSON.stringify(dns)} and etcd ` +
+        `${JSON.stringify(etcd)}: use one pool for each`,
+    );
+  } else if (dns === undefined && etcd === undefined) {
+    issue(
+      ["discover"],
+      `expected a source, dns: NAME or etcd: URL (with prefix: KEY); got only ${
+        Object.keys(discover).filter((k) => discover[k as keyof typeof discover] !== undefined)
+          .join(", ") || "nothing"
+      }`,
+    );
   } else if (dns !== undefined) {
     if (discover.prefix !== undefined) issue(["discover", "prefix"], "is for etcd, not dns");
-    if (discover.type === "SRV" && discover.port !== undefined) {
-      issue(["discover", "port"], "SRV records carry their own ports: leave port out");
+    const type = discover.type ?? "A";
+    if (type === "SRV" && discover.port !== undefined) {
+      issue(
+        ["discover", "port"],
+        `SRV records carry their own ports: leave port out, got ${discover.port}`,
+      );
     }
-    if (discover.type !== "SRV" && discover.port === undefined) {
-      issue(["discover", "port"], `missing; type ${discover.type} needs the backends' port`);
+    if (type !== "SRV" && discover.port === undefined) {
+      issue(["discover", "port"], `missing; type ${type} needs the backends' port`);
     }
   } else {
     if (discover.prefix === undefined) {
       issue(["discover", "prefix"], "missing; etcd needs the key prefix to watch, e.g. /lb/web/");
     }
-    for (const key of ["port", "resolver"] as const) {
-      if (discover[key] !== undefined) issue(["discover", key], "is for dns, not etcd");
+    for (const key of ["type", "port", "resolver", "interval_ms"] as const) {
+      const value = discover[key];
+      if (value !== undefined) {
+        issue(
+          ["discover", key],
+          `is for dns, not etcd (etcd is watched), got ${JSON.stringify(value)}`,
+        );
+      }
     }
   }
 }

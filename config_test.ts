@@ -358,3 +358,49 @@ Deno.test("a backend may not be the wildcard or broadcast address in any spellin
     );
   }
 });
+
+Deno.test("discover: each mistake names the key, the value and what was expected", () => {
+  const pool = (discover: string) =>
+    problems(`
+listeners: [{ name: a, listen: "127.0.0.1:5000", pool: web }]
+pools:
+  web: { discover: ${discover} }
+`);
+  assert.deepEqual(pool("{ dns: a.test, etcd: http://127.0.0.1:2379, prefix: /x/ }"), [
+    'pools.web.discover: expected one source, got both dns "a.test" and etcd ' +
+    '"http://127.0.0.1:2379": use one pool for each',
+  ]);
+  assert.deepEqual(pool("{ port: 80 }"), [
+    "pools.web.discover: expected a source, dns: NAME or etcd: URL (with prefix: KEY); got only port",
+  ]);
+  assert.deepEqual(pool("web.test"), [
+    'pools.web.discover: expected { dns: NAME, type, port, resolver } or { etcd: URL, prefix: KEY }, got "web.test"',
+  ]);
+  assert.deepEqual(pool("{ dns: web.test }"), [
+    "pools.web.discover.port: missing; type A needs the backends' port",
+  ]);
+  assert.deepEqual(pool("{ dns: _x._tcp.web.test, type: SRV, port: 80 }"), [
+    "pools.web.discover.port: SRV records carry their own ports: leave port out, got 80",
+  ]);
+  assert.deepEqual(pool("{ dns: web.test, port: 80, resolver: 'localhost:53' }"), [
+    'pools.web.discover.resolver: "localhost:53": expected the name server\'s IP address and ' +
+    "port (a name server is not found by name), such as 127.0.0.1:53",
+  ]);
+  assert.deepEqual(pool("{ dns: web.test, port: 80, interval_ms: 1 }"), [
+    "pools.web.discover.interval_ms: expected a whole number 100-2147483647, got 1",
+  ]);
+  assert.deepEqual(pool("{ etcd: 'http://127.0.0.1:99999', prefix: /x/ }"), [
+    'pools.web.discover.etcd: "http://127.0.0.1:99999": expected an etcd v3 endpoint such as ' +
+    "http://127.0.0.1:2379 (scheme, host and port only)",
+  ]);
+  assert.deepEqual(
+    pool("{ etcd: 'http://127.0.0.1:2379', prefix: /x/, type: SRV, interval_ms: 500 }"),
+    [
+      'pools.web.discover.type: is for dns, not etcd (etcd is watched), got "SRV"',
+      "pools.web.discover.interval_ms: is for dns, not etcd (etcd is watched), got 500",
+    ],
+  );
+  assert.deepEqual(pool("{ etcd: 'http://127.0.0.1:2379' }"), [
+    "pools.web.discover.prefix: missing; etcd needs the key prefix to watch, e.g. /lb/web/",
+  ]);
+});

@@ -49,6 +49,8 @@ export interface PoolDiscoveryOptions {
   onChange: (backends: readonly Discovered[]) => void;
   /** Where its one-line messages go. */
   log: (message: string) => void;
+  /** Errors counted by the discovery this one replaces (its block changed). @default {0} */
+  errors?: number;
 }
 
 /** A pool's discovery: its source, the last good set, and its errors. */
@@ -61,6 +63,8 @@ export class PoolDiscovery {
   #key = "";
   // The problem said last, until the source answers well again.
   #failing: string | undefined;
+  // What the balancer last left out of the set, and why.
+  #leftOut: string | undefined;
   readonly #onChange: (backends: readonly Discovered[]) => void;
   readonly #log: (message: string) => void;
 
@@ -69,6 +73,7 @@ export class PoolDiscovery {
     this.source = options.source;
     this.#onChange = options.onChange;
     this.#log = options.log;
+    this.errors = options.errors ?? 0;
   }
 
   /** The last good set; undefined until the source has answered well once. */
@@ -79,6 +84,11 @@ export class PoolDiscovery {
   /** The problem in effect now, if the source is failing. */
   get failing(): string | undefined {
     return this.#failing;
+  }
+
+  /** What the balancer left out of the last set, and why (see {@linkcode leaveOut}). */
+  get leftOut(): string | undefined {
+    return this.#leftOut;
   }
 
   start(): void {
@@ -117,6 +127,23 @@ export class PoolDiscovery {
     this.#backends = kept;
     this.#key = kept === undefined ? "" : JSON.stringify(kept);
     this.fail(problem);
+  }
+
+  /**
+   * The balancer left entries of the set out (an address it may not connect
+   * to, such as a listener's own): counted each time, said when it changes.
+   * Undefined: nothing was left out.
+   */
+  leaveOut(problem: string | undefined): void {
+    if (problem !== undefined) this.errors++;
+    if (problem === this.#leftOut) return;
+    this.#leftOut = problem;
+    if (problem !== undefined) {
+      this.#log(
+        `discovery: pool ${this.pool} (${this.source.describe}): left out ${problem}; ` +
+          `the rest applied`,
+      );
+    }
   }
 
   /** Counts a problem, and says it if it is not the one said last. */

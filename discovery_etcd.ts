@@ -71,11 +71,11 @@ export class EtcdSource implements DiscoverySource {
         if (signal.aborted) break;
         report(this.#report());
         backoff = 0;
+        // A watch that ends cleanly (etcd restarting) is followed by a new read.
         await this.#watch(revision + 1, () => report(this.#report()));
-        if (!signal.aborted) report({ error: "the watch ended; reading the prefix again" });
       } catch (error) {
         if (signal.aborted) break;
-        report({ error: `cannot reach etcd: ${describe(error)}` });
+        report({ error: problemOf(error) });
         backoff = nextBackoff(backoff, RETRY_FIRST_MS, RETRY_MAX_MS);
         await sleep(this.#clock, backoff, signal);
       }
@@ -85,9 +85,10 @@ export class EtcdSource implements DiscoverySource {
   #report(): SourceReport {
     const backends = [...this.#values.values()];
     if (this.#broken.size === 0) return { backends };
+    // The first unusable key only: the words stay the same while it stays
+    // broken, however many others come and go.
     const [key, problem] = this.#broken.entries().next().value!;
-    const more = this.#broken.size > 1 ? ` (and ${this.#broken.size - 1} more)` : "";
-    return { backends, error: `key ${key}: ${problem}${more}` };
+    return { backends, error: `key ${key}: ${problem}` };
   }
 
   // Reads every key under the prefix; resolves with the revision it saw.
@@ -210,4 +211,24 @@ function base64(bytes: Uint8Array): string {
 
 function text(encoded: string): string {
   return new TextDecoder().decode(Uint8Array.from(atob(encoded), (c) => c.charCodeAt(0)));
+}
+
+// What went wrong talking to etcd, in words that stay the same while it
+// stays wrong (so it is said once): fetch hides the cause one level down.
+function problemOf(error: unknown): string {
+  if (error instanceof TypeError && error.cause instanceof Error) {
+    const cause = error.cause.message;
+    const reason = /connection refused/i.test(cause)
+      ? "connection refused"
+      : /timed? ?out/i.test(cause)
+      ? "timed out"
+      : /reset|broken pipe|closed/i.test(cause)
+      ? "connection lost"
+      : cause;
+    return `cannot reach etcd: ${reason}`;
+  }
+  if (error instanceof DOMException && error.name === "TimeoutError") {
+    return "cannot reach etcd: no answer in 5 s";
+  }
+  return `etcd: ${describe(error)}`;
 }

@@ -166,7 +166,7 @@ Deno.test("Membership.overlay(): the file's backends, then discovered ones, then
   const members = new Membership();
   members.discover("web", "dns", [one("127.0.0.1:5001", 9), one("127.0.0.2:5002", 2)]);
   assert.equal(
-    members.change(file, "web", { add: { address: "127.0.0.3:5003", weight: 4 } }),
+    members.change(file, file, "web", { add: { address: "127.0.0.3:5003", weight: 4 } }),
     undefined,
   );
   const overlay = members.overlay(file);
@@ -180,8 +180,8 @@ Deno.test("Membership.overlay(): the file's backends, then discovered ones, then
     "127.0.0.2:5002": "dns",
     "127.0.0.3:5003": "admin",
   });
-  assert.match(members.change(file, "nope", { remove: "x" })!, /no pool "nope"/);
-  assert.match(members.change(file, "web", { remove: "127.0.0.9:1" })!, /has no backend/);
+  assert.match(members.change(file, file, "nope", { remove: "x" })!, /no pool "nope"/);
+  assert.match(members.change(file, file, "web", { remove: "127.0.0.9:1" })!, /has no backend/);
 });
 
 Deno.test("Membership: a discovered set is dropped with the pool's discover block", () => {
@@ -198,7 +198,7 @@ Deno.test("Membership: a discovered set is dropped with the pool's discover bloc
 
 Deno.test("Membership.save() and restore(): changes and admin states outlast a restart, a backend's state waits for it", () => {
   const members = new Membership();
-  members.change(file, "web", { add: { address: "127.0.0.3:5003" } });
+  members.change(file, file, "web", { add: { address: "127.0.0.3:5003" } });
   const backend = new Backend(parseHostPort("127.0.0.1:5001"));
   backend.adminState = "draining";
   backend.adminWeight = 7;
@@ -247,4 +247,70 @@ Deno.test("a backend that joins a running pool starts its slow start then; one t
   assert.equal(added!.weight, 5, "a twentieth at first");
   await clock.tick(5000);
   assert.equal(added!.weight, 50);
+});
+
+Deno.test("Membership.overlay() leaves out a discovered backend the file would refuse, and applies the rest", () => {
+  const members = new Membership();
+  const listening = validateConfig({
+    listeners: [{ name: "main", listen: "127.0.0.1:5000", pool: "web" }],
+    pools: { web: { discover: { dns: "web.test", port: 5000 } } },
+  });
+  members.discover("web", "dns", [
+    one("127.0.0.1:5000"),
+    one("0.0.0.0:5000"),
+    one("127.0.0.2:5000"),
+  ]);
+  const overlay = members.overlay(listening);
+  assert.deepEqual(overlay.config.pools.web!.backends.map((b) => b.address), ["127.0.0.2:5000"]);
+  assert.match(overlay.leftOut.get("web")!, /^127\.0\.0\.1:5000: listener main's own address/);
+});
+
+Deno.test("Membership: removing a discovered backend holds until it is added back with its address alone", () => {
+  const members = new Membership();
+  members.discover("web", "dns", [one("127.0.0.2:5002", 3)]);
+  let running = members.overlay(file).config;
+  assert.equal(members.change(running, file, "web", { remove: "127.0.0.2:5002" }), undefined);
+  running = members.overlay(file).config;
+  assert.deepEqual(running.pools.web!.backends.map((b) => b.address), ["127.0.0.1:5001"]);
+  // Discovery offering it again does not bring it back…
+  members.discover("web", "dns", [one("127.0.0.2:5002", 4)]);
+  assert.equal(members.overlay(file).config.pools.web!.backends.length, 1);
+  // …an add of the address alone hands it back to discovery, with discovery's weight.
+  assert.equal(
+    members.change(running, file, "web", { add: { address: "127.0.0.2:5002" } }),
+    undefined,
+  );
+  const back = members.overlay(file);
+  assert.deepEqual(back.config.pools.web!.backends.map((b) => [b.address, b.weight]), [
+    ["127.0.0.1:5001", 1],
+    ["127.0.0.2:5002", 4],
+  ]);
+  assert.equal(back.sources.get("web")!.get("127.0.0.2:5002"), "dns");
+  // An add with a weight is the admin API's own; removing it removes the address.
+  assert.equal(
+    members.change(back.config, file, "web", { add: { address: "127.0.0.2:5002", weight: 9 } }),
+    undefined,
+  );
+  assert.equal(members.overlay(file).sources.get("web")!.get("127.0.0.2:5002"), "admin");
+  assert.equal(members.change(back.config, file, "web", { remove: "127.0.0.2:5002" }), undefined);
+  assert.equal(members.overlay(file).config.pools.web!.backends.length, 1);
+  // An add the file would refuse is refused, named by its address.
+  assert.match(
+    members.change(back.config, file, "web", { add: { address: "0.0.0.0:80" } })!,
+    /^"0\.0\.0\.0:80": address: .*not an address to connect to/,
+  );
+});
+
+Deno.test("PoolDiscovery.leaveOut(): counted each time, said once per problem", () => {
+  const { discovery, logged } = keeper();
+  discovery.leaveOut("127.0.0.1:5000: listener main's own address");
+  discovery.leaveOut("127.0.0.1:5000: listener main's own address");
+  discovery.leaveOut(undefined);
+  assert.equal(discovery.errors, 2);
+  assert.equal(logged.length, 1);
+  assert.match(
+    logged[0]!,
+    /left out 127\.0\.0\.1:5000: listener main's own address; the rest applied/,
+  );
+  assert.equal(discovery.leftOut, undefined);
 });

@@ -128,6 +128,19 @@ ${TEST_ENGINE === "epoll" ? "threads: 2\n" : ""}`,
       await until(() => load!.seen.includes("b"), "b takes clients", 2000, 5);
       await until(async () => (await backends("cut")).length === 2, "y learned", 400, 25);
 
+      // A key naming the listener itself is left out, and said; the rest still applies.
+      await etcd.put("/lb/api/self", { address: `127.0.0.1:${apiPort}` });
+      await until(
+        async () => {
+          const [api] = (await call("GET", "/api/discovery")).body as { left_out: string | null }[];
+          return /listener api's own address/.test(api?.left_out ?? "");
+        },
+        "the loop left out",
+        400,
+        25,
+      );
+      await lb.waitForLine("stderr", /pool api .*: left out 127\.0\.0\.1:\d+: listener api's own/);
+
       // a leaves the pool: no new client reaches it; its held connection finishes.
       await etcd.delete("/lb/api/a");
       await until(async () => (await backends("api")).length === 1, "a removed", 400, 25);
@@ -285,8 +298,12 @@ state_file: ${dir}/state.json
 `;
     let lb: BalancerProcess | undefined;
     try {
+      // A state file that cannot be read is said, and kept aside, not overwritten.
+      await Deno.writeTextFile(`${dir}/state.json`, "{not json");
       let running = await balancerOn(dir, config);
       lb = running.lb;
+      await lb.waitForLine("stderr", /state file .*: not JSON; starting without it; kept aside/);
+      assert.equal(await Deno.readTextFile(`${dir}/state.json.unreadable`), "{not json");
       const added = await running.call("POST", "/api/pools/web/backends", {
         address: `127.0.0.1:${two.port}`,
         weight: 3,

@@ -12,7 +12,7 @@
 
 import { formatHostPort, parseHostPort } from "./address.ts";
 import type { BackendChange } from "./admin_pools.ts";
-import { type Config, validateConfig } from "./config.ts";
+import { checkBackend, type Config, loopsBack, validateConfig } from "./config.ts";
 import type { Discovered } from "./discovery.ts";
 import type { Backend, BackendSource, Pool } from "./pool.ts";
 
@@ -49,6 +49,13 @@ export interface Overlay {
   readonly config: Config;
   /** By pool, then backend name (`HOST:PORT` as logs write it). */
   readonly sources: ReadonlyMap<string, ReadonlyMap<string, BackendSource>>;
+  /**
+   * By pool: the first discovered backend that was left out, and why (a
+   * pool with none left out is not listed).
+   */
+  readonly leftOut: ReadonlyMap<string, string>;
+  /** Backends the admin API added (a state file's) that no longer fit, and why. */
+  readonly adminLeftOut: readonly string[];
 }
 
 /** The run-time members of every pool. */
@@ -73,20 +80,42 @@ export class Membership {
   }
 
   /**
-   * Records an admin API change to `pool` of `config` (the one running);
-   * returns why it cannot be made, or undefined.
+   * Records an admin API change to `pool` of `running` (the config in
+   * effect), laid over `file`; returns why it cannot be made, or undefined.
+   *
+   * A removal of a backend the file or discovery gives holds until an add
+   * of the same address with nothing but the address, which hands it back
+   * to its source; an add with a weight or role is the admin API's own.
    */
-  change(config: Config, pool: string, change: BackendChange): string | undefined {
-    if (!Object.hasOwn(config.pools, pool)) return `no pool ${JSON.stringify(pool)}`;
+  change(
+    running: Config,
+    file: Config,
+    pool: string,
+    change: BackendChange,
+    bound: ReadonlyMap<string, string> = new Map(),
+  ): string | undefined {
+    if (!Object.hasOwn(running.pools, pool)) return `no pool ${JSON.stringify(pool)}`;
     const changes = this.#changes.get(pool) ?? { added: new Map(), removed: new Set<string>() };
+    const underneath = (address: string) =>
+      file.pools[pool]?.backends.some((b) => b.address === address) === true ||
+      (file.pools[pool]?.discover !== undefined &&
+        this.discovered(pool)?.some((b) => b.address === address) === true);
     if ("add" in change) {
-      changes.added.set(change.add.address, change.add);
-      changes.removed.delete(change.add.address);
+      const { address } = change.add;
+      const problem = unusable(running, pool, change.add, bound);
+      if (problem !== undefined) return problem;
+      const own = change.add.weight !== undefined || change.add.backup !== undefined;
+      if (changes.removed.delete(address) && underneath(address) && !own) {
+        changes.added.delete(address);
+      } else {
+        changes.added.set(address, change.add);
+      }
     } else {
-      const known = config.pools[pool]!.backends.some((b) => b.address === change.remove);
-      if (!known) return `pool ${pool} has no backend ${JSON.stringify(change.remove)}`;
-      changes.added.delete(change.remove);
-      changes.removed.add(change.remove);
+      const address = change.remove;
+      const known = running.pools[pool]!.backends.some((b) => b.address === address);
+      if (!known) return `pool ${pool} has no backend ${JSON.stringify(address)}`;
+      changes.added.delete(address);
+      if (underneath(address)) changes.removed.add(address);
     }
     this.#changes.set(pool, changes);
     return undefined;
@@ -109,8 +138,10 @@ export class Membership {
    * admin API's removals and additions applied last. Checked again as a file
    * would be. @throws {ConfigError}
    */
-  overlay(file: Config): Overlay {
+  overlay(file: Config, bound: ReadonlyMap<string, string> = new Map()): Overlay {
     const sources = new Map<string, Map<string, BackendSource>>();
+    const leftOut = new Map<string, string>();
+    const adminLeftOut: string[] = [];
     const raw = structuredClone(file) as Config;
     for (const [name, pool] of Object.entries(raw.pools)) {
       const source = new Map<string, BackendSource>();
@@ -129,6 +160,11 @@ export class Membership {
         for (const backend of discovered.set) {
           const key = keyOf(backend.address);
           if (source.has(key)) continue;
+          const problem = unusable(file, name, backend, bound);
+          if (problem !== undefined) {
+            if (!leftOut.has(name)) leftOut.set(name, problem);
+            continue;
+          }
           source.set(key, discovered.kind);
           backends.push({ ...backend });
         }
@@ -136,14 +172,20 @@ export class Membership {
       const changes = this.#changes.get(name);
       const dropped = (address: string) =>
         changes !== undefined && (changes.removed.has(address) || changes.added.has(address));
+      // A state file's add that no longer fits (the file changed) is left out too.
+      const added = [...changes?.added.values() ?? []].filter((b) => {
+        const problem = unusable(file, name, b, bound);
+        if (problem !== undefined) adminLeftOut.push(`pool ${name}: ${problem}`);
+        return problem === undefined;
+      });
       pool.backends = [
         ...backends.filter((b) => !dropped(b.address)),
-        ...[...changes?.added.values() ?? []].map((b) => ({ ...b })),
+        ...added.map((b) => ({ ...b })),
       ] as typeof pool.backends;
-      for (const address of changes?.added.keys() ?? []) source.set(keyOf(address), "admin");
+      for (const b of added) source.set(keyOf(b.address), "admin");
     }
     const changed = this.#changes.size > 0 || this.#discovered.size > 0;
-    return { config: changed ? validateConfig(raw) : file, sources };
+    return { config: changed ? validateConfig(raw) : file, sources, leftOut, adminLeftOut };
   }
 
   /**
@@ -200,6 +242,31 @@ export class Membership {
       if (admin.length > 0) this.#saved.set(name, new Map(admin));
     }
   }
+}
+
+/**
+ * Why a backend learned at run time may not join `pool` of `config`: what a
+ * file's backend would be refused for, or undefined. Named by its address,
+ * not by a place in the file it is not in. `bound` has the address each
+ * listener got, by name (a listener on port 0 has its port only then).
+ */
+function unusable(
+  config: Config,
+  pool: string,
+  backend: { address: string; weight?: number; backup?: boolean },
+  bound: ReadonlyMap<string, string>,
+): string | undefined {
+  const checked = checkBackend(backend);
+  if ("problem" in checked) return `${JSON.stringify(backend.address)}: ${checked.problem}`;
+  for (const listener of config.listeners) {
+    const uses = listener.pool === pool || listener.routes.some((r) => r.pool === pool);
+    const listen = bound.get(listener.name) ?? listener.listen;
+    if (uses && loopsBack(listen, backend.address)) {
+      return `${backend.address}: listener ${listener.name}'s own address (${listen}): ` +
+        `every connection would loop back into the balancer`;
+    }
+  }
+  return undefined;
 }
 
 function adminOf(backend: Backend): SavedAdmin | undefined {

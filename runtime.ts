@@ -20,6 +20,7 @@ import { type Clock, realClock } from "./clock.ts";
 import {
   type Config,
   ConfigError,
+  DISCOVER_INTERVAL_MS,
   listenerKey,
   listenerPool,
   type PoolConfig,
@@ -120,6 +121,8 @@ export class Runtime {
   #file: Config;
   /** Backends from discovery and the admin API, by pool. */
   readonly #members = new Membership();
+  /** The address each listener got, by name: a backend there would loop back. */
+  readonly #bound = new Map<string, string>();
   /** Each pool's discovery, and the `discover:` block it was started from. */
   readonly #discoveries = new Map<string, { block: string; discovery: PoolDiscovery }>();
   /** Discovered sets waiting for their reload: each pool's set before them. */
@@ -168,6 +171,7 @@ export class Runtime {
     this.#config = overlay.config;
     this.#pools = buildPools(this.#config, { clock: this.#clock, onEvent: this.#onEvent });
     this.#members.settle(this.#pools, overlay);
+    this.#leftOut(overlay);
     if (this.#config.admin !== undefined) {
       const counts = () => ({ reloads: this.reloads, failures: this.reloadFailures });
       this.#admin = startAdmin(this.#config.admin.listen, {
@@ -212,10 +216,17 @@ export class Runtime {
   }
 
   #ready(listener: ListenerConfig, address: string): void {
-    const pool = this.#pools.get(listenerPool(listener))!;
-    logDiagnostic(
-      `${READY}${address}; backends ${pool.backends.map((b) => b.describe()).join(", ")}`,
-    );
+    this.#bound.set(listener.name, address);
+    const name = listenerPool(listener);
+    const pool = this.#pools.get(name)!;
+    const discover = this.#config.pools[name]?.discover;
+    const learned = discover === undefined ? [] : [
+      `more from ${
+        discover.etcd !== undefined ? `etcd ${discover.prefix}` : `dns ${discover.dns}`
+      }`,
+    ];
+    const backends = [...pool.backends.map((b) => b.describe()), ...learned];
+    logDiagnostic(`${READY}${address}; backends ${backends.join(", ") || "none"}`);
   }
 
   #where(listenerConfig: ListenerConfig): string {
@@ -238,7 +249,7 @@ export class Runtime {
     const run = this.#reloading.then(async () => {
       if (this.#stopping) return "the balancer is stopping";
       const undo = this.#members.snapshot();
-      const refused = this.#members.change(this.#config, pool, change);
+      const refused = this.#members.change(this.#config, this.#file, pool, change, this.#bound);
       if (refused !== undefined) return refused;
       const problem = await this.#reload(`admin: pool ${pool}`, { reread: false });
       if (problem !== undefined) undo();
@@ -250,8 +261,8 @@ export class Runtime {
   }
 
   // The state file, if one is configured: what it kept is laid over the
-  // file's config. One that cannot be read is said, and left for the next
-  // save to replace.
+  // file's config. One that cannot be read is said, and kept aside under
+  // another name; one that cannot be written is said at once.
   async #restoreState(): Promise<Overlay> {
     const path = this.#config.state_file;
     const undo = this.#members.snapshot();
@@ -263,11 +274,17 @@ export class Runtime {
           logDiagnostic(`state file ${path}: restored`);
         }
       } catch (error) {
-        logDiagnostic(`${describe(error)}; starting without it`);
+        const aside = `${path}.unreadable`;
+        const kept = await Deno.rename(path, aside).then(
+          () => `; kept aside as ${aside}`,
+          () => "",
+        );
+        logDiagnostic(`${(error as Error).message}; starting without it${kept}`);
       }
     }
+    let overlay: Overlay;
     try {
-      return this.#members.overlay(this.#file);
+      overlay = this.#members.overlay(this.#file, this.#bound);
     } catch (error) {
       if (!(error instanceof ConfigError)) throw error;
       logDiagnostic(
@@ -275,27 +292,56 @@ export class Runtime {
           `starting without them`,
       );
       undo();
-      return { config: this.#file, sources: new Map() };
+      overlay = this.#members.overlay(this.#file, this.#bound);
     }
+    if (path !== undefined) {
+      const problem = await this.#writeState(new Map());
+      if (problem !== undefined) {
+        logDiagnostic(
+          `state file ${path}: cannot write it (${problem}): admin API changes will not ` +
+            `outlast a restart`,
+        );
+      }
+    }
+    return overlay;
+  }
+
+  // Says what of the run-time members had to be left out of the last overlay.
+  #leftOut(overlay: Overlay): void {
+    for (const [name, { discovery }] of this.#discoveries) {
+      discovery.leaveOut(overlay.leftOut.get(name));
+    }
+    for (const line of overlay.adminLeftOut) logDiagnostic(`admin API change left out: ${line}`);
   }
 
   async #saveState(): Promise<void> {
+    const problem = await this.#writeState(this.#pools);
+    if (problem !== undefined) {
+      logDiagnostic(`state file ${this.#config.state_file}: cannot write it: ${problem}`);
+    }
+  }
+
+  // Writes the state file, if there is one; resolves with why it could not.
+  async #writeState(pools: ReadonlyMap<string, Pool>): Promise<string | undefined> {
     const path = this.#config.state_file;
-    if (path === undefined) return;
+    if (path === undefined) return undefined;
     try {
-      await writeStateFile(path, this.#members.save(this.#pools));
+      await writeStateFile(path, this.#members.save(pools));
+      return undefined;
     } catch (error) {
-      logDiagnostic(`state file ${path}: cannot write: ${describe(error)}`);
+      return (error as Error).message;
     }
   }
 
   // Starts a discovery for each pool with a `discover:` block, restarts one
   // whose block changed, stops one whose block is gone.
   #followDiscovery(): void {
+    const errors = new Map<string, number>();
     for (const [name, entry] of this.#discoveries) {
       const block = this.#config.pools[name]?.discover;
       if (block !== undefined && JSON.stringify(block) === entry.block) continue;
       this.#discoveries.delete(name);
+      errors.set(name, entry.discovery.errors);
       void entry.discovery.stop();
       if (block === undefined) this.#members.discover(name, entry.discovery.source.kind, undefined);
     }
@@ -307,6 +353,7 @@ export class Runtime {
         source: createSource(pool.discover, this.#clock),
         onChange: (set) => this.#discovered(discovery, set),
         log: logDiagnostic,
+        errors: errors.get(name) ?? 0,
       });
       this.#discoveries.set(name, { block: JSON.stringify(pool.discover), discovery });
       discovery.start();
@@ -319,6 +366,11 @@ export class Runtime {
   #discovered(discovery: PoolDiscovery, set: readonly Discovered[]): void {
     const pool = discovery.pool;
     if (this.#discoveries.get(pool)?.discovery !== discovery || this.#stopping) return;
+    // A source started again (its block changed) may answer what is in effect already.
+    const current = this.#members.discovered(pool);
+    if (!this.#discoveryPending.has(pool) && JSON.stringify(current) === JSON.stringify(set)) {
+      return;
+    }
     const queued = this.#discoveryPending.size > 0;
     if (!this.#discoveryPending.has(pool)) {
       this.#discoveryPending.set(pool, this.#members.discovered(pool));
@@ -369,7 +421,7 @@ export class Runtime {
       // A change of members (discovery, the admin API) reloads the config in
       // effect: an edit of the file waits for its own SIGHUP.
       file = options.reread ? await resolveConfig(this.#flags) : this.#file;
-      overlay = this.#members.overlay(file);
+      overlay = this.#members.overlay(file, this.#bound);
       plan = await prepare(this.#flags, overlay.config, this.#accessLog);
     } catch (error) {
       if (error instanceof ConfigError) {
@@ -449,6 +501,7 @@ export class Runtime {
     await Promise.all([...oldPools.values()].map((pool) => pool.stop()));
     for (const pool of this.#pools.values()) pool.start();
     this.#followDiscovery();
+    this.#leftOut(overlay);
     for (const listener of next.listeners) {
       const address = added.get(listenerKey(listener));
       if (address !== undefined) this.#ready(listener, address);
@@ -685,10 +738,10 @@ function createSource(
   }
   return new DnsSource({
     name: discover.dns!,
-    type: discover.type,
+    type: discover.type ?? "A",
     ...(discover.port === undefined ? {} : { port: discover.port }),
     ...(discover.resolver === undefined ? {} : { resolver: discover.resolver }),
-    intervalMs: discover.interval_ms,
+    intervalMs: discover.interval_ms ?? DISCOVER_INTERVAL_MS,
   }, { clock });
 }
 

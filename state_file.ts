@@ -67,6 +67,11 @@ export async function readStateFile(path: string): Promise<SavedState | undefine
 /** Writes `state` to `path` whole, or not at all. @throws {Error} */
 export async function writeStateFile(path: string, state: SavedState): Promise<void> {
   const temporary = `${path}.tmp`;
-  await Deno.writeTextFile(temporary, JSON.stringify(state, null, 2) + "\n");
-  await Deno.rename(temporary, path);
+  try {
+    await Deno.writeTextFile(temporary, JSON.stringify(state, null, 2) + "\n");
+    await Deno.rename(temporary, path);
+  } catch (error) {
+    await Deno.remove(temporary).catch(() => {});
+    throw error;
+  }
 }
