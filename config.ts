@@ -130,6 +130,13 @@ const healthSchema = z.strictObject({
   backoff_base_ms: milliseconds(1000),
   backoff_max_ms: milliseconds(30000),
   slow_start_ms: milliseconds(0, 0),
+  on_down: z.enum(["keep-sessions", "shutdown-sessions"], {
+    error: "expected keep-sessions or shutdown-sessions",
+  }).default("keep-sessions").describe(
+    "when a backend is marked down (checks, or disabled through the admin API): its open " +
+      "connections stay (keep-sessions) or are closed at once (shutdown-sessions), so clients " +
+      "reconnect to another, e.g. a new primary",
+  ),
 });
 
 /** How often a DNS name is resolved again when `discover.interval_ms` is left out. */

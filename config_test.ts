@@ -67,6 +67,7 @@ pools:
           backoff_base_ms: 1000,
           backoff_max_ms: 30000,
           slow_start_ms: 0,
+          on_down: "keep-sessions",
         },
         timeouts: { connect_ms: 5000, idle_ms: 3600000, half_closed_ms: 60000 },
         maxconn_per_backend: 0,

@@ -192,6 +192,7 @@ async function handle(message: ToThread): Promise<void> {
       }
       // A backend with room again: a waiting client may go now.
       pool.queue.wake();
+      for (const balancer of listeners.values()) balancer.closeUnwanted();
       return;
     }
     case "stop-accepting": {

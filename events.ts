@@ -33,6 +33,8 @@ export type JoinEnd =
  * - `drain-timeout`: still open when the drain timeout ran out at shutdown;
  * - `backend-removed`: its backend left the pool (discovery, the admin API, a
  *   reload) and the pool says `on_remove: close`;
+ * - `backend-down`: its backend was marked down or disabled and the pool says
+ *   `on_down: shutdown-sessions`;
  * - `queue-timeout`: every usable backend was at its limit for the whole
  *   queue timeout; `queue-full`: they were, and the queue was full too.
  */
@@ -43,6 +45,7 @@ export type ConnectionEnd =
   | "no-backend"
   | "drain-timeout"
   | "backend-removed"
+  | "backend-down"
   | "queue-timeout"
   | "queue-full";
 

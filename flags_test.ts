@@ -102,6 +102,7 @@ Deno.test("the health flags set the pool's health keys; the check's bytes stay h
     backoff_base_ms: 100,
     backoff_max_ms: 800,
     slow_start_ms: 10000,
+    on_down: "keep-sessions",
   });
   assert.equal((await configOf(["--health-check", "tcp"])).pools.default!.health.check, "tcp");
 });

@@ -218,6 +218,7 @@ export function buildPools(
           idleTimeoutMs: pool.timeouts.idle_ms,
           halfClosedTimeoutMs: pool.timeouts.half_closed_ms,
           onRemove: pool.on_remove,
+          onDown: pool.health.on_down,
         },
         queue: { max: pool.queue.max, timeoutMs: pool.queue.timeout_ms },
         health: {

@@ -203,6 +203,12 @@ export interface PoolSettings {
    * they finish (`drain`) or are closed at once (`close`). @default {"drain"}
    */
   onRemove: "drain" | "close";
+  /**
+   * What happens to a backend's open connections when it is marked down
+   * (health) or disabled (admin API): they stay, or are closed at once.
+   * @default {"keep-sessions"}
+   */
+  onDown: "keep-sessions" | "shutdown-sessions";
 }
 
 /** Options for {@linkcode Pool}. */
@@ -254,6 +260,7 @@ export class Pool {
       idleTimeoutMs: options.settings?.idleTimeoutMs ?? 3_600_000,
       halfClosedTimeoutMs: options.settings?.halfClosedTimeoutMs ?? 60_000,
       onRemove: options.settings?.onRemove ?? "drain",
+      onDown: options.settings?.onDown ?? "keep-sessions",
     };
     this.queue = new WaitQueue({ ...options.queue, clock });
     const policy: HealthPolicy = {

@@ -64,8 +64,8 @@ interface Connection {
   /** Once joined: the pool and backend it went to (for `on_remove: close`). */
   pool?: Pool;
   backend?: Backend;
-  /** Cut because its backend left a pool that closes such connections. */
-  removed?: boolean;
+  /** Cut because its backend left its pool, or went down, and the pool closes such connections. */
+  shutdown?: "backend-removed" | "backend-down";
   seenActivity?: number;
   quietSince?: number;
 }
@@ -144,19 +144,30 @@ export class LoadBalancer {
     this.#edge = options.edge;
     this.#routePools = options.routePools ?? new Map();
     if (this.#serving !== undefined) this.#startSweeper();
-    this.#closeRemoved();
+    this.closeUnwanted();
   }
 
-  // Connections to a backend that has left its pool end at once when the
-  // pool says `on_remove: close`; otherwise they finish in their own time.
-  #closeRemoved(): void {
+  /**
+   * Closes the connections a pool no longer wants: to a backend that left it
+   * (`on_remove: close`), or that is down or disabled (`on_down:
+   * shutdown-sessions`). Others finish in their own time. Called after every
+   * change of pools or of a backend's state.
+   */
+  closeUnwanted(): void {
     for (const connection of this.#connections) {
       const { pool, backend } = connection;
-      if (pool === undefined || backend === undefined) continue;
+      if (pool === undefined || backend === undefined || connection.shutdown) continue;
       const next = pool.name === this.#pool.name ? this.#pool : this.#routePools.get(pool.name);
-      if (next?.backends.some((b) => b.name === backend.name)) continue;
-      if ((next ?? pool).settings.onRemove !== "close") continue;
-      connection.removed = true;
+      const current = next?.backends.find((b) => b.name === backend.name);
+      const settings = (next ?? pool).settings;
+      if (current === undefined) {
+        if (settings.onRemove !== "close") continue;
+        connection.shutdown = "backend-removed";
+      } else {
+        const down = current.health.state === "down" || current.adminState === "disabled";
+        if (!down || settings.onDown !== "shutdown-sessions") continue;
+        connection.shutdown = "backend-down";
+      }
       connection.cut();
     }
   }
@@ -516,11 +527,7 @@ export class LoadBalancer {
     backend!.bytesIn += result.bytesFromClient;
     backend!.bytesOut += result.bytesFromServer;
     pool.queue.wake();
-    const end = result.end !== "aborted"
-      ? result.end
-      : connection.removed
-      ? "backend-removed"
-      : "drain-timeout";
+    const end = result.end !== "aborted" ? result.end : connection.shutdown ?? "drain-timeout";
     finish(end, backend, result.bytesFromClient, result.bytesFromServer);
   }
 

@@ -584,7 +584,9 @@ export class LocalListeners implements ListenerHost {
   }
 
   changed(): Promise<void> {
-    // The pools are shared objects here: the listeners see every change at once.
+    // The pools are shared objects here: the listeners see every change at
+    // once; only connections a pool no longer wants need closing.
+    for (const balancer of this.#running.values()) balancer.closeUnwanted();
     return Promise.resolve();
   }
 
