@@ -43,6 +43,8 @@ export interface AdminView {
   readonly reloadFailures: number;
   /** Each pool's discovery, for pools with a `discover:` block. */
   discoveries?(): readonly DiscoveryStats[];
+  /** Errors of policy modules, by pool. */
+  policyErrors?(): ReadonlyMap<string, number>;
 }
 
 /** What the admin API sees of a pool's discovery (discovery.ts). */
@@ -141,6 +143,16 @@ export function metricsText(view: AdminView): string {
       help: "Where each backend came from (source: config, admin, dns, etcd); always 1.",
       type: "gauge",
       samples: perBackend.map(({ labels, backend }) => [{ ...labels, source: backend.source }, 1]),
+    },
+    {
+      name: "lb_policy_errors_total",
+      help:
+        "Attempts a policy module threw on or gave no backend it was offered (round robin took them).",
+      type: "counter",
+      samples: view.policyErrors === undefined ? [] : pools.map((pool) => [
+        { pool: pool.name },
+        view.policyErrors!().get(pool.name) ?? 0,
+      ]),
     },
     {
       name: "lb_discovery_errors_total",

@@ -37,6 +37,9 @@ export interface PickContext<B> {
   readonly tried: ReadonlySet<B>;
   /** The client's IP address, for `source-hash`. */
   readonly clientAddress?: string;
+  /** The listener it came in on, and the TLS server name a route read (for policy modules). */
+  readonly listener?: string;
+  readonly sni?: string;
 }
 
 /** Chooses a backend for each connection attempt. */

@@ -116,13 +116,24 @@ const backendSchema = z.strictObject({
   send_proxy: sendProxy.optional().describe("overrides the pool's send_proxy for this backend"),
 });
 
+// A module of the operator's (programmable.ts): a path relative to the config file.
+const moduleRef = z.strictObject({
+  module: z.string({ error: "expected a path to a .ts or .js module" }).min(1, {
+    error: "expected a path to a .ts or .js module",
+  }).describe("a path relative to the config file (see docs/programmable.md)"),
+  options: z.record(z.string(), z.unknown(), { error: "expected a mapping" }).optional()
+    .describe("handed to the module as ctx.options"),
+}, { error: "expected { module: PATH, options }" });
+
 const healthSchema = z.strictObject({
   check: z.union([
     z.literal("tcp"),
     z.strictObject({ send: hex, expect: hex }),
-  ], { error: 'expected "tcp" or { send: HEX, expect: HEX }' }).optional().describe(
-    "active checks; none when left out",
-  ),
+    moduleRef,
+  ], { error: 'expected "tcp", { send: HEX, expect: HEX } or { module: PATH }' }).optional()
+    .describe(
+      "active checks; none when left out",
+    ),
   interval_ms: milliseconds(2000),
   timeout_ms: milliseconds(1000),
   rise: whole(1, 100, 2),
@@ -193,8 +204,9 @@ const discoverSchema = z.strictObject({
 }, { error: "expected { dns: NAME, type, port, resolver } or { etcd: URL, prefix: KEY }" });
 
 const poolSchema = z.strictObject({
-  balance: z.enum(STRATEGY_NAMES, { error: `expected one of ${STRATEGY_NAMES.join(", ")}` })
-    .default("round-robin"),
+  balance: z.union([z.enum(STRATEGY_NAMES), moduleRef], {
+    error: `expected one of ${STRATEGY_NAMES.join(", ")}, or { module: PATH }`,
+  }).default("round-robin"),
   backends: z.array(backendSchema, { error: "expected a list of backends" }).default([])
     .describe("static backends; at least one unless discover is given"),
   discover: discoverSchema.optional().describe(
@@ -232,9 +244,11 @@ const routeSchema = z.strictObject({
     source: cidrs.min(1).optional().describe("the client's address is in one of these"),
     prefix: z.string({ error: "expected text the connection starts with" }).min(1).max(256)
       .optional().describe("the first bytes the client sends"),
-  }, { error: "expected { sni, alpn, source or prefix }" }).refine(
+    module: z.string({ error: "expected a path to a .ts or .js module" }).min(1).optional()
+      .describe("a matcher module: match(firstBytes, ctx) decides (docs/programmable.md)"),
+  }, { error: "expected { sni, alpn, source, prefix or module }" }).refine(
     (match) => Object.keys(match).length > 0,
-    { error: "expected at least one of sni, alpn, source, prefix" },
+    { error: "expected at least one of sni, alpn, source, prefix, module" },
   ),
   pool: name("the name of a pool"),
 }, { error: "expected { match: { sni, alpn, source or prefix }, pool }" });

@@ -99,7 +99,7 @@ drain_timeout_ms: "30s"
     [
       "listeners[0].maxconn: expected a whole number 1-1000000, got 0",
       "pools.web.balance: expected one of round-robin, least-connections, random-two, " +
-      'source-hash, first, got "fastest"',
+      'source-hash, first, or { module: PATH }, got "fastest"',
       "pools.web.backends[1].weight: expected a whole number 1-256, got 300",
       'pools.web.backends[2].address: expected HOST:PORT (e.g. 127.0.0.1:5001 or [::1]:5001): got "x"',
       'pools.web.timeouts: unknown key(s) "idle_mins"',

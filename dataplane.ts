@@ -13,18 +13,19 @@
  */
 
 import { formatHostPort, parseHostPort } from "./address.ts";
-import { createStrategy } from "./balancer.ts";
 import { EpollEngine } from "./engine_epoll.ts";
 import { EpollLoop } from "./epoll_loop.ts";
 import { Edge } from "./edge.ts";
 import { describe } from "./errors.ts";
 import type { LoadBalancerEvent } from "./events.ts";
 import { shiftHealth } from "./health.ts";
+import { loadModule, strategyFor } from "./modules.ts";
 import { Backend, Pool } from "./pool.ts";
 import {
   type BackendCounts,
   type BackendSnapshot,
   type FromThread,
+  type ListenerSnapshot,
   type PackedRecord,
   packRecord,
   type PoolSnapshot,
@@ -103,7 +104,12 @@ function poolOf(snapshot: PoolSnapshot, previous: Pool | undefined): Pool {
   return new Pool({
     name: snapshot.name,
     backends,
-    strategy: createStrategy(snapshot.balance),
+    strategy: strategyFor<Backend>(
+      snapshot.balance,
+      snapshot.name,
+      (problem, say) => onEvent({ type: "policy-error", pool: snapshot.name, problem, say }),
+      () => loop.now(),
+    ),
     settings: snapshot.settings,
     queue: snapshot.queue,
     health: snapshot.health,
@@ -128,6 +134,8 @@ async function handle(message: ToThread): Promise<void> {
       }, 0);
       return;
     case "configure": {
+      // Modules first, so that nothing waits on an import once connections flow.
+      await loop.outside(() => loadModules(message));
       const next = new Map(message.pools.map((p) => [p.name, poolOf(p, pools.get(p.name))]));
       const bound = new Map<string, LoadBalancer>();
       try {
@@ -269,3 +277,20 @@ await loop.runOwned(() => finished, () => {
 });
 await loop.dispose().catch(() => {});
 scope.close();
+
+// Imports the policy and matcher modules a configure message names (the main
+// thread checked each already: an error here is a bug, reported as such).
+async function loadModules(
+  message: { pools: readonly PoolSnapshot[]; listeners: readonly ListenerSnapshot[] },
+) {
+  const loads: Promise<void>[] = [];
+  for (const pool of message.pools) {
+    if (typeof pool.balance !== "string") loads.push(loadModule(pool.balance.module, "policy"));
+  }
+  for (const listener of message.listeners) {
+    for (const route of listener.edge?.routes ?? []) {
+      if (route.match.module !== undefined) loads.push(loadModule(route.match.module, "matcher"));
+    }
+  }
+  await Promise.all(loads);
+}

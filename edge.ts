@@ -18,6 +18,8 @@ import { parseClientHello, sniMatches } from "./client_hello.ts";
 import type { Clock } from "./clock.ts";
 import { Attempt, type Engine, type EngineConn, peerAddress } from "./engine.ts";
 import type { RejectReason } from "./events.ts";
+import { matcherAt } from "./modules.ts";
+import type { MatchModule } from "./programmable.ts";
 import { parseProxyHeader } from "./proxy_protocol.ts";
 import { SourceLimits } from "./source_limits.ts";
 import type { TimeoutQueue } from "./timeouts.ts";
@@ -29,6 +31,8 @@ export interface RouteSettings {
     readonly alpn?: string;
     readonly source?: readonly string[];
     readonly prefix?: string;
+    /** A matcher module's URL (modules.ts), loaded before the edge is built. */
+    readonly module?: string;
   };
   readonly pool: string;
 }
@@ -55,6 +59,8 @@ export interface EdgeSettings {
   readonly routes: readonly RouteSettings[];
   /** Whether clients no route matched go to the listener's own pool (else they are closed). */
   readonly fallback: boolean;
+  /** The listener's name, for matcher modules. */
+  readonly name?: string;
 }
 
 /** Whether `settings` asks for anything at all: if not, a listener skips its front door. */
@@ -73,6 +79,8 @@ export type Admission =
     readonly destination: HostPort | undefined;
     /** The pool a route chose; undefined when none matched (the listener's own, if it has one). */
     readonly pool: string | undefined;
+    /** The TLS server name, when a route read the ClientHello. */
+    readonly sni?: string;
     /** Holds a per-source slot: give it back with {@linkcode Edge.release} when the connection ends. */
     readonly counted: boolean;
   }
@@ -90,6 +98,7 @@ interface Route {
   readonly alpn: string | undefined;
   readonly source: CidrSet | undefined;
   readonly prefix: Uint8Array | undefined;
+  readonly matcher: MatchModule | undefined;
 }
 
 const encoder = new TextEncoder();
@@ -126,6 +135,7 @@ export class Edge {
       alpn: match.alpn,
       source: match.source === undefined ? undefined : set(match.source),
       prefix: match.prefix === undefined ? undefined : encoder.encode(match.prefix),
+      matcher: match.module === undefined ? undefined : matcherAt(match.module),
     }));
     this.#needsHello = this.#routes.some((r) => r.sni !== undefined || r.alpn !== undefined);
   }
@@ -219,14 +229,21 @@ export class Edge {
       }
       // From here a slot is held: every way out gives it back but "ok".
       try {
-        const pool = await this.#route(source, () => ({ bytes, ended }), more);
+        const { pool, sni } = await this.#route(source, () => ({ bytes, ended }), more);
         if (pool === undefined && this.#routes.length > 0 && !settings.fallback) {
           if (counted) this.release(source);
           const detail = `no route matched its first ${bytes.length} byte(s), and the ` +
             `listener has no pool of its own`;
           return { ok: false, reason: "no-route", client: source, detail };
         }
-        return { ok: true, client: source, destination, pool, counted };
+        return {
+          ok: true,
+          client: source,
+          destination,
+          pool,
+          counted,
+          ...(sni === undefined ? {} : { sni }),
+        };
       } catch (error) {
         if (counted) this.release(source);
         throw error;
@@ -255,7 +272,7 @@ export class Edge {
     source: HostPort,
     seen: () => { bytes: Uint8Array; ended: boolean },
     more: () => Promise<boolean>,
-  ): Promise<string | undefined> {
+  ): Promise<{ pool: string | undefined; sni: string | undefined }> {
     let hello: { sni?: string; alpn: string[] } | undefined;
     let helloSettled = !this.#needsHello;
     for (const route of this.#routes) {
@@ -288,9 +305,36 @@ export class Edge {
         }
         if (route.alpn !== undefined && !hello.alpn.includes(route.alpn)) continue;
       }
-      return route.pool;
+      if (
+        route.matcher !== undefined && !(await this.#matches(route.matcher, source, seen, more))
+      ) {
+        continue;
+      }
+      return { pool: route.pool, sni: hello?.sni };
     }
-    return undefined;
+    return { pool: undefined, sni: hello?.sni };
+  }
+
+  // Asks a matcher module, with more bytes each time it says "need-more",
+  // until it decides or no more come (then it does not match). A throw, or
+  // an answer it may not give, is no match.
+  async #matches(
+    matcher: MatchModule,
+    source: HostPort,
+    seen: () => { bytes: Uint8Array; ended: boolean },
+    more: () => Promise<boolean>,
+  ): Promise<boolean> {
+    const context = { listener: this.settings.name ?? "", client: { address: source.hostname } };
+    while (true) {
+      let answer: unknown;
+      try {
+        answer = matcher.match(seen().bytes, context);
+      } catch {
+        return false;
+      }
+      if (answer !== "need-more") return answer === true;
+      if (!(await more())) return false;
+    }
   }
 }
 

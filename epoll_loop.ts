@@ -182,9 +182,11 @@ export class EpollLoop implements Clock {
     let idle = false;
     while (!stop()) {
       // Busy: poll. About to block: first let the event loop run (messages,
-      // promise callbacks that queue more callbacks).
+      // promise callbacks that queue more callbacks). While work that needs
+      // the event loop is under way (an import), never block in epoll_wait.
       let took = false;
-      if (idle || woken) {
+      const outside = this.#outside > 0;
+      if (idle || woken || outside) {
         await this.#yieldTurn();
         this.#now = performance.now();
         // The message may come a turn after its wake-up: keep looking until it has.
@@ -197,7 +199,7 @@ export class EpollLoop implements Clock {
       // What onWake took runs in promise callbacks queued just now: poll, and
       // let them run (the next turn) before any wait that could block.
       const next = this.#timers[0];
-      const timeout = idle && !woken && !took
+      const timeout = idle && !woken && !took && !outside
         ? (next === undefined ? -1 : Math.max(0, Math.ceil(next.at - this.now())))
         : 0;
       const count = this.sys.epollWait(this.epfd, this.#eventsPointer, BATCH, timeout);
@@ -209,6 +211,23 @@ export class EpollLoop implements Clock {
       idle = count <= 0;
       // Promise callbacks queued by the handlers run here.
       await null;
+    }
+  }
+
+  // Work under way that only the thread's event loop moves on (see outside()).
+  #outside = 0;
+
+  /**
+   * Runs `work`, which needs the thread's event loop (a module import, file
+   * reads), without the owned loop blocking in `epoll_wait` until it is done:
+   * meanwhile it polls, a turn of the event loop at a time.
+   */
+  async outside<T>(work: () => Promise<T>): Promise<T> {
+    this.#outside++;
+    try {
+      return await work();
+    } finally {
+      this.#outside--;
     }
   }
 

@@ -129,6 +129,16 @@ export type LoadBalancerEvent =
     readonly failures: number;
   }
   | {
+    /**
+     * A policy module threw or returned no backend it was offered; that
+     * attempt went round robin. `say`: log it (at most once a second per pool).
+     */
+    readonly type: "policy-error";
+    readonly pool: string;
+    readonly problem: string;
+    readonly say: boolean;
+  }
+  | {
     /** A backend went up or down. */
     readonly type: "backend-state";
     readonly backend: string;

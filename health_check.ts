@@ -7,11 +7,12 @@
  * @module
  */
 
-import type { HostPort } from "./address.ts";
+import { formatHostPort, type HostPort } from "./address.ts";
 import { type Clock, realClock } from "./clock.ts";
 import { closeQuietly, describe, isOutOfDescriptors } from "./errors.ts";
 import { type Health, nextCheckIn } from "./health.ts";
 import { writeAll } from "./io.ts";
+import { checkAt, checkConn } from "./modules.ts";
 
 /**
  * Probes one address; resolves with undefined when healthy, or why not.
@@ -134,10 +135,40 @@ export function sendExpectProbe(send: Uint8Array, expect: Uint8Array, timeoutMs:
     });
 }
 
+/**
+ * Healthy when the check module at `url` (loaded already) says so about a
+ * connection to the backend, within `timeoutMs`.
+ */
+export function moduleProbe(
+  url: string,
+  timeoutMs: number,
+  options: Record<string, unknown> = {},
+): Probe {
+  const frozen = Object.freeze({ ...options });
+  return (address) =>
+    withConnection(address, timeoutMs, async (conn, signal) => {
+      const module = checkAt(url);
+      let verdict: unknown;
+      try {
+        verdict = await module.check(checkConn(conn, signal), {
+          backend: formatHostPort(address),
+          signal,
+          options: frozen,
+        });
+      } catch (error) {
+        if (signal.aborted) throw error; // said as a timeout
+        return `check threw: ${error instanceof Error ? error.message : String(error)}`;
+      }
+      if (verdict === true || verdict === "up") return undefined;
+      if (verdict === false || verdict === "down") return "the check said down";
+      return `the check returned ${String(verdict)}, not true, false, "up" or "down"`;
+    });
+}
+
 async function withConnection(
   address: HostPort,
   timeoutMs: number,
-  use: (conn: Deno.TcpConn) => Promise<string | undefined>,
+  use: (conn: Deno.TcpConn, signal: AbortSignal) => Promise<string | undefined>,
 ): Promise<string | undefined> {
   const abort = new AbortController();
   let timedOut = false;
@@ -149,7 +180,7 @@ async function withConnection(
   }, timeoutMs);
   try {
     conn = await Deno.connect({ ...address, signal: abort.signal });
-    return await use(conn);
+    return await use(conn, abort.signal);
   } catch (error) {
     if (!timedOut && isOutOfDescriptors(error)) throw error;
     return timedOut ? `no answer in ${timeoutMs} ms` : describe(error);

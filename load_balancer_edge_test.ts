@@ -454,7 +454,7 @@ Deno.test("accept_proxy_from without accept_proxy, a route without match, and on
     assert.equal(noMatch.code, 1, noMatch.stderr);
     assert.match(
       noMatch.stderr,
-      /listeners\[0\]\.routes\[0\]\.match: .*expected \{ sni, alpn, source or prefix \}/,
+      /listeners\[0\]\.routes\[0\]\.match: .*expected \{ sni, alpn, source, prefix or module \}/,
     );
     const flag = await runScript("load_balancer.ts", ["--tls-cert", "c.pem", "--check"], {
       permissions,

@@ -248,6 +248,14 @@ function logEvent(event: LoadBalancerEvent, accessLog: AccessLog): void {
     case "backend-state":
       logDiagnostic(`backend ${event.backend} ${event.from} -> ${event.to}: ${event.why}`);
       break;
+    case "policy-error":
+      if (event.say) {
+        logDiagnostic(
+          `pool ${event.pool}: policy module: ${event.problem}; such attempts go round robin ` +
+            `(said at most once a second; lb_policy_errors_total counts each)`,
+        );
+      }
+      break;
     case "rejected":
       logDiagnostic(
         `listener ${event.listener}: closed ${event.count} client(s) before any dial: ` +

@@ -13,7 +13,6 @@
  */
 
 import { formatHostPort, isLoopbackHost, parseHostPort } from "./address.ts";
-import { createStrategy } from "./balancer.ts";
 import { type Clock, realClock } from "./clock.ts";
 import {
   type Config,
@@ -28,7 +27,8 @@ import { describe } from "./errors.ts";
 import { tlsProblem } from "./tls_listener.ts";
 import type { LoadBalancerEvent } from "./events.ts";
 import { type FlagSpec, givenText, type LoadBalancerFlags, UsageError } from "./flags.ts";
-import { fromHex, type Probe, sendExpectProbe, tcpProbe } from "./health_check.ts";
+import { fromHex, moduleProbe, type Probe, sendExpectProbe, tcpProbe } from "./health_check.ts";
+import { loadModule, moduleBase, type ModuleKind, moduleUrl, strategyFor } from "./modules.ts";
 import { AccessLog } from "./log.ts";
 import { Backend, Pool } from "./pool.ts";
 
@@ -144,6 +144,7 @@ export function edgeSettingsOf(listener: ListenerConfig): EdgeSettings | undefin
     peekTimeoutMs: listener.peek_timeout_ms,
     routes: listener.routes.map((route) => ({ match: route.match, pool: route.pool })),
     fallback: listener.pool !== undefined,
+    name: listener.name,
   };
   return hasEdge(settings) ? settings : undefined;
 }
@@ -162,7 +163,10 @@ export function summarize(config: Config): string {
       ? []
       : [discover.etcd !== undefined ? `etcd ${discover.prefix}` : `dns ${discover.dns}`];
     const members = [...pool.backends.map((b) => b.address), ...source];
-    return `${name}: ${pool.balance} over ${members.join(", ") || "nothing yet"}`;
+    const balance = typeof pool.balance === "string"
+      ? pool.balance
+      : `policy ${pool.balance.module}`;
+    return `${name}: ${balance} over ${members.join(", ") || "nothing yet"}`;
   });
   return `${listeners.join("; ")}; pools ${pools.join("; ")}`;
 }
@@ -212,7 +216,12 @@ export function buildPools(
       new Pool({
         name,
         backends,
-        strategy: createStrategy(pool.balance),
+        strategy: strategyFor<Backend>(
+          pool.balance,
+          name,
+          (problem, say) => options.onEvent?.({ type: "policy-error", pool: name, problem, say }),
+          () => (options.clock ?? realClock).now(),
+        ),
         settings: {
           connectTimeoutMs: pool.timeouts.connect_ms,
           idleTimeoutMs: pool.timeouts.idle_ms,
@@ -244,6 +253,8 @@ function healthCheckOf(
   if (check === undefined) return undefined;
   const probe = check === "tcp"
     ? tcpProbe(health.timeout_ms)
+    : "module" in check
+    ? moduleProbe(check.module, health.timeout_ms, check.options)
     : sendExpectProbe(fromHex(check.send), fromHex(check.expect), health.timeout_ms);
   return { probe, intervalMs: health.interval_ms };
 }
@@ -278,10 +289,12 @@ export interface Plan {
  */
 export async function prepare(
   flags: LoadBalancerFlags,
-  config: Config,
+  given: Config,
   runningLog?: AccessLog,
 ): Promise<Plan> {
   const problems: string[] = [];
+  // Modules named by path are loaded by URL, each checked for its export.
+  const config = await loadModules(given, moduleBase(flags.config), problems, flags.check);
   let token: string | undefined;
   try {
     token = config.admin === undefined ? undefined : await readToken(config.admin.token_file);
@@ -353,7 +366,7 @@ export async function prepare(
   // Built afresh and thrown away, so a reload that fails later has touched
   // no running backend: what a start would build, built once.
   try {
-    buildPools(config);
+    if (problems.length === 0) buildPools(config);
   } catch (error) {
     problems.push(`pools: ${describe(error)}`);
   }
@@ -462,4 +475,84 @@ export function workerPermissions(flags: LoadBalancerFlags, config: Config): str
     permissions.push(`--allow-read=${projectDir()}`);
   }
   return permissions;
+}
+
+/**
+ * `config` with each module path (policy, check, matcher) replaced by the
+ * URL it is loaded by, every module loaded (and, for `--check` with
+ * `--allow-run`, type-checked); what went wrong goes to `problems`, naming
+ * the key.
+ */
+async function loadModules(
+  config: Config,
+  base: string,
+  problems: string[],
+  typeCheck: boolean,
+): Promise<Config> {
+  const refs: { path: string; value: string; kind: ModuleKind; set: (url: string) => void }[] = [];
+  const copy = structuredClone(config) as Config;
+  for (const [name, pool] of Object.entries(copy.pools)) {
+    const balance = pool.balance;
+    if (typeof balance !== "string") {
+      refs.push({
+        path: `pools.${name}.balance.module`,
+        value: balance.module,
+        kind: "policy",
+        set: (url) => pool.balance = { ...balance, module: url },
+      });
+    }
+    const check = pool.health.check;
+    if (typeof check === "object" && "module" in check) {
+      refs.push({
+        path: `pools.${name}.health.check.module`,
+        value: check.module,
+        kind: "check",
+        set: (url) => pool.health.check = { ...check, module: url },
+      });
+    }
+  }
+  copy.listeners.forEach((listener, i) =>
+    listener.routes.forEach((route, r) => {
+      if (route.match.module === undefined) return;
+      refs.push({
+        path: `listeners[${i}].routes[${r}].match.module`,
+        value: route.match.module,
+        kind: "matcher",
+        set: (url) => route.match.module = url,
+      });
+    })
+  );
+  if (refs.length === 0) return config;
+  await Promise.all(refs.map(async (ref) => {
+    const path = ref.value;
+    try {
+      // A URL already (a reload of a config laid over one): as it is.
+      const url = path.startsWith("file:") ? path : await moduleUrl(path, base);
+      if (typeCheck) await typeCheckModule(url);
+      await loadModule(url, ref.kind);
+      ref.set(url);
+    } catch (error) {
+      problems.push(`${ref.path} ${path}: ${(error as Error).message}`);
+    }
+  }));
+  return copy;
+}
+
+// `deno check` of a module, when this process may run it; otherwise a
+// module is only imported (which finds syntax errors, not type errors).
+async function typeCheckModule(url: string): Promise<void> {
+  if (Deno.permissions.querySync({ name: "run", command: Deno.execPath() }).state !== "granted") {
+    return;
+  }
+  const file = new URL(url);
+  file.search = "";
+  const { code, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: ["check", "--quiet", file.href],
+    stdout: "null",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).output();
+  if (code === 0) return;
+  const first = new TextDecoder().decode(stderr).split("\n").find((line) => /error/i.test(line));
+  throw new Error(`type check failed: ${first?.trim() ?? `deno check exited ${code}`}`);
 }

@@ -92,6 +92,8 @@ export class Backend implements Candidate {
   bytesOut = 0;
   /** Failed attempts to connect to it. */
   connectFailures = 0;
+  /** Recent time to connect, in milliseconds: a moving average (policy modules see it). */
+  connectMs: number | undefined;
   /** The last active check: when, whether it passed, and why not. */
   lastCheck: { at: Date; ok: boolean; reason?: string } | undefined;
   /** How long active checks took, in seconds. */
@@ -168,6 +170,11 @@ export class Backend implements Candidate {
   /** Records a client connection's attempt to connect. */
   recordConnect(ok: boolean, reason?: string): void {
     this.#apply(recordConnect(this.health, ok, this.policy.now(), this.policy.settings, reason));
+  }
+
+  /** Folds one connect's time into {@linkcode Backend.connectMs} (each new one weighs a fifth). */
+  recordConnectTime(ms: number): void {
+    this.connectMs = this.connectMs === undefined ? ms : this.connectMs + (ms - this.connectMs) / 5;
   }
 
   /** Notes that a client is about to try this backend while it is down (half-open). */

@@ -34,7 +34,11 @@ export interface BackendSnapshot {
 /** A pool as the threads are told of it. */
 export interface PoolSnapshot {
   readonly name: string;
-  readonly balance: StrategyName;
+  /** A built-in strategy, or a policy module's URL (the thread loads it first). */
+  readonly balance: StrategyName | {
+    readonly module: string;
+    readonly options?: Record<string, unknown>;
+  };
   readonly settings: PoolSettings;
   readonly queue: { readonly max: number; readonly timeoutMs: number };
   readonly health: HealthSettings;

@@ -437,7 +437,12 @@ export class LoadBalancer {
     clientName: string,
     clientHost: string,
     /** What the front door decided, when there is one: route, PROXY addresses. */
-    front?: { pool: string | undefined; client: HostPort; destination: HostPort | undefined },
+    front?: {
+      pool: string | undefined;
+      client: HostPort;
+      destination: HostPort | undefined;
+      sni?: string;
+    },
   ): Promise<void> {
     const tried = new Set<Backend>();
     let backend: Backend | undefined;
@@ -448,7 +453,12 @@ export class LoadBalancer {
     while (server === undefined && !this.#cutting && !watched.gone) {
       // A route names its pool; a reload may have replaced it since.
       pool = (front?.pool && this.#routePools.get(front.pool)) || this.#pool;
-      backend = pool.strategy.pick(pool.backends, { tried, clientAddress: clientHost });
+      backend = pool.strategy.pick(pool.backends, {
+        tried,
+        clientAddress: clientHost,
+        listener: this.name,
+        sni: front?.sni,
+      });
       if (backend === undefined) {
         // Nothing to try now; if that is because healthy backends are full,
         // wait in the queue for one to have room.
@@ -467,8 +477,10 @@ export class LoadBalancer {
       backend.active++;
       if (backend.health.state === "down") backend.startTrial();
       try {
+        const dialled = this.#clock.now();
         server = await this.#connect(backend, connection, pool);
         backend.recordConnect(true);
+        backend.recordConnectTime(this.#clock.now() - dialled);
       } catch (error) {
         backend.active--;
         pool.queue.wake();

@@ -128,6 +128,8 @@ export class Runtime {
   /** Discovered sets waiting for their reload: each pool's set before them. */
   readonly #discoveryPending = new Map<string, readonly Discovered[] | undefined>();
   #stopping = false;
+  /** Policy module errors, by pool, from every thread. */
+  readonly #policyErrors = new Map<string, number>();
   /** Reloads done, and reloads that failed and changed nothing. */
   reloads = 0;
   reloadFailures = 0;
@@ -142,6 +144,9 @@ export class Runtime {
     const log = eventLogger(this.#accessLog);
     this.#onEvent = (event) => {
       log(event);
+      if (event.type === "policy-error") {
+        this.#policyErrors.set(event.pool, (this.#policyErrors.get(event.pool) ?? 0) + 1);
+      }
       // Health decided here: whoever runs the listeners hears of it.
       if (event.type === "backend-state") {
         for (const pool of this.#pools.values()) {
@@ -179,6 +184,7 @@ export class Runtime {
           listeners: () => this.#host.listeners(),
           pools: () => [...this.#pools.values()],
           discoveries: () => [...this.#discoveries.values()].map((d) => d.discovery),
+          policyErrors: () => this.#policyErrors,
           get reloads() {
             return counts().reloads;
           },
