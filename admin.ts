@@ -13,7 +13,7 @@
 
 import { createHash, timingSafeEqual } from "node:crypto";
 import { formatHostPort, parseHostPort } from "./address.ts";
-import { type ChangeBackends, changeMembership } from "./admin_pools.ts";
+import { type ChangeBackends, changeMembership, type Rebalance, rebalance } from "./admin_pools.ts";
 import { AdminServer } from "./admin_server.ts";
 import { describe, StartError } from "./errors.ts";
 import { REJECT_REASONS, type RejectReason } from "./events.ts";
@@ -275,6 +275,8 @@ export interface AdminOptions {
   changed?: (pool: string) => void | Promise<void>;
   /** Adds a backend to a pool or removes one, as a reload of that pool would (admin_pools.ts). */
   changeBackends?: ChangeBackends;
+  /** Evens out a pool's long-lived connections (admin_pools.ts, rebalance.ts). */
+  rebalance?: Rebalance;
 }
 
 const ACTIONS = ["drain", "enable", "disable", "weight"] as const;
@@ -314,6 +316,17 @@ export function createAdminHandler(
           pool.backends.map((backend) => backendJson(pool.name, backend))
         ),
       );
+    }
+    // POST /api/pools/{pool}/rebalance evens out its long-lived connections.
+    if (
+      parts[0] === "api" && parts[1] === "pools" && parts[3] === "rebalance" && parts.length === 4
+    ) {
+      if (request.method !== "POST") {
+        return json(405, { error: `use POST for ${url.pathname}` }, { allow: "POST" });
+      }
+      const refused = authorize(request, token());
+      if (refused !== undefined) return refused;
+      return rebalance(request, parts, options.rebalance, audit, peer);
     }
     // POST /api/pools/{pool}/backends adds one; DELETE …/backends/{address} removes one.
     if (parts[0] === "api" && parts[1] === "pools" && parts[3] === "backends") {

@@ -4,10 +4,14 @@
  * adds one; `DELETE /api/pools/{pool}/backends/{address}` removes one (it
  * takes no new connection; those it has finish). Each applies like a reload
  * of that pool, and lasts across reloads of the file until the process
- * ends (runtime.ts).
+ * ends (runtime.ts). `POST /api/pools/{pool}/rebalance` with an optional
+ * `{"rate_per_s": N}` (default 10) evens out its long-lived connections
+ * (rebalance.ts).
  *
  * @module
  */
+
+import type { RebalanceLine } from "./rebalance.ts";
 
 /** One change: a backend to add, or the address of one to remove. */
 export type BackendChange =
@@ -15,6 +19,12 @@ export type BackendChange =
     readonly add: { readonly address: string; readonly weight?: number; readonly backup?: boolean };
   }
   | { readonly remove: string };
+
+/** Starts a rebalance of a pool; resolves with its plan, or undefined when there is no such pool. */
+export type Rebalance = (
+  pool: string,
+  ratePerS: number,
+) => Promise<readonly RebalanceLine[] | undefined>;
 
 /** Applies a change; resolves with why it was refused, or undefined once it is in effect. */
 export type ChangeBackends = (pool: string, change: BackendChange) => Promise<string | undefined>;
@@ -96,4 +106,53 @@ async function readBody(
     ...(weight === undefined ? {} : { weight }),
     ...(backup === undefined ? {} : { backup }),
   };
+}
+
+/** Default pace of a rebalance: connections closed per second, over the whole pool. */
+const REBALANCE_RATE_PER_S = 10;
+
+/** Answers `POST /api/pools/{pool}/rebalance` (`parts` = api, pools, POOL, rebalance). */
+export async function rebalance(
+  request: Request,
+  parts: readonly string[],
+  start: Rebalance | undefined,
+  audit: (message: string) => void,
+  peer: string,
+): Promise<Response> {
+  if (start === undefined) return json(501, { error: "this balancer cannot rebalance" });
+  let pool: string;
+  try {
+    pool = decodeURIComponent(parts[2]!);
+  } catch {
+    return json(400, { error: "the pool must be percent-encoded" });
+  }
+  const text = await request.text();
+  let rate = REBALANCE_RATE_PER_S;
+  if (text.trim() !== "") {
+    let body: unknown;
+    try {
+      body = JSON.parse(text);
+    } catch {
+      return json(400, { error: 'expected no body, or JSON like {"rate_per_s": 10}' });
+    }
+    const { rate_per_s: given, ...rest } = (body ?? {}) as Record<string, unknown>;
+    if (typeof body !== "object" || body === null || Object.keys(rest).length > 0) {
+      return json(400, { error: 'expected no body, or JSON like {"rate_per_s": 10}' });
+    }
+    if (given !== undefined) {
+      if (!Number.isInteger(given) || (given as number) < 1 || (given as number) > 10_000) {
+        return json(400, {
+          error: `rate_per_s: expected a whole number 1-10000, got ${JSON.stringify(given)}`,
+        });
+      }
+      rate = given as number;
+    }
+  }
+  const plan = await start(pool, rate);
+  if (plan === undefined) return json(404, { error: `no pool ${JSON.stringify(pool)}` });
+  const closing = plan.reduce((sum, line) => sum + line.recycle, 0);
+  audit(
+    `admin: rebalance of pool ${pool}: closing ${closing} connection(s) at ${rate}/s (by ${peer})`,
+  );
+  return json(200, { pool, rate_per_s: rate, closing, backends: plan });
 }

@@ -209,6 +209,13 @@ async function handle(message: ToThread): Promise<void> {
       post({ id, type: "stopped" });
       return;
     }
+    case "recycle": {
+      const balancers = [...listeners.values()];
+      const rate = message.ratePerS / Math.max(1, balancers.length);
+      for (const balancer of balancers) balancer.recycle(message.pool, message.fractions, rate);
+      post({ id, type: "applied" });
+      return;
+    }
     case "drain": {
       const balancers = [...listeners.values()];
       await Promise.all(balancers.map((b) => b.stopAccepting()));

@@ -35,6 +35,7 @@ export type JoinEnd =
  *   reload) and the pool says `on_remove: close`;
  * - `backend-down`: its backend was marked down or disabled and the pool says
  *   `on_down: shutdown-sessions`;
+ * - `rebalanced`: closed by a rebalance of its pool, so that it reconnects;
  * - `queue-timeout`: every usable backend was at its limit for the whole
  *   queue timeout; `queue-full`: they were, and the queue was full too.
  */
@@ -46,6 +47,7 @@ export type ConnectionEnd =
   | "drain-timeout"
   | "backend-removed"
   | "backend-down"
+  | "rebalanced"
   | "queue-timeout"
   | "queue-full";
 

@@ -119,3 +119,76 @@ pools:
     },
   );
 }
+
+Deno.test("POST /api/pools/{pool}/rebalance closes the oldest connections over a backend's share, a few at a time", async () => {
+  const a = roleServer("a", { primary: true });
+  const b = roleServer("b", { primary: true });
+  const dir = await Deno.makeTempDir();
+  let lb: BalancerProcess | undefined;
+  const held: Deno.Conn[] = [];
+  try {
+    const running = await startBalancerWithAdmin(
+      dir,
+      `listeners:
+  - { name: db, listen: "127.0.0.1:0", pool: db }
+pools:
+  db: { backends: [{ address: "127.0.0.1:${a.port}" }, { address: "127.0.0.1:${b.port}" }] }
+`,
+      {
+        token: "t",
+        permissions: ["--allow-net", "--allow-read", "--allow-env=LOG_TOKENS,LOG_STREAM"],
+      },
+    );
+    lb = running.lb;
+    // b is away while 20 long-lived clients connect: all of them land on a.
+    const bAddress = encodeURIComponent(`127.0.0.1:${b.port}`);
+    assert.equal((await running.call("POST", `/api/backends/db/${bAddress}/disable`)).status, 200);
+    for (let i = 0; i < 20; i++) {
+      const conn = await connectLoopback(lb.port);
+      assert.equal(await ask(conn, `client ${i}\n`), "a");
+      held.push(conn);
+    }
+    assert.equal((await running.call("POST", `/api/backends/db/${bAddress}/enable`)).status, 200);
+    // The data-plane threads report their counts a moment later.
+    await until(
+      async () => {
+        const [first] = await running.backends("db");
+        return (first as unknown as { active: number }).active === 20;
+      },
+      "a's 20 connections counted",
+      400,
+      25,
+    );
+    const bad = await running.call("POST", "/api/pools/db/rebalance", { rate_per_s: 0 });
+    assert.equal(bad.status, 400);
+    assert.match(bad.body.error, /rate_per_s: expected a whole number 1-10000, got 0/);
+    const started = await running.call("POST", "/api/pools/db/rebalance", { rate_per_s: 200 });
+    assert.equal(started.status, 200, JSON.stringify(started.body));
+    assert.equal(started.body.closing, 10);
+    assert.deepEqual(
+      started.body.backends.map((l: { recycle: number; share: number }) => [l.share, l.recycle]),
+      [[10, 10], [10, 0]],
+    );
+    // The ten oldest are closed; the ten newest stay on a.
+    const closed = await Promise.all(held.map(async (conn) => {
+      const buffer = new Uint8Array(16);
+      const read = await Promise.race([
+        conn.read(buffer).catch(() => null),
+        new Promise<"open">((resolve) => setTimeout(() => resolve("open"), 2000)),
+      ]);
+      return read === null;
+    }));
+    assert.deepEqual(closed, [...Array(10).fill(true), ...Array(10).fill(false)]);
+    await lb.waitForLine("stdout", /end=rebalanced/);
+    // Those clients reconnect, and now spread out.
+    const again = [];
+    for (let i = 0; i < 10; i++) again.push(serverOf(await exchange(lb.port, "again\n")));
+    assert.ok(again.includes("b"));
+    assert.equal((await running.call("POST", "/api/pools/nope/rebalance")).status, 404);
+  } finally {
+    for (const conn of held) conn.close();
+    await lb?.close();
+    await Promise.all([a.close(), b.close()]);
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -90,6 +90,13 @@ export type ToThreadBody =
   | { readonly type: "stop-accepting" }
   /** Drain for up to `timeoutMs`, then cut what is left. */
   | { readonly type: "drain"; readonly timeoutMs: number }
+  /** A rebalance: close this share of each backend's connections of `pool`, at `ratePerS`; reply `applied`. */
+  | {
+    readonly type: "recycle";
+    readonly pool: string;
+    readonly fractions: Readonly<Record<string, number>>;
+    readonly ratePerS: number;
+  }
   /**
    * Tests only: throw from the loop, as a bug would, so that what follows a
    * thread's death (its descriptors closed, a new thread) can be tested.

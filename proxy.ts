@@ -65,7 +65,9 @@ interface Connection {
   pool?: Pool;
   backend?: Backend;
   /** Cut because its backend left its pool, or went down, and the pool closes such connections. */
-  shutdown?: "backend-removed" | "backend-down";
+  shutdown?: "backend-removed" | "backend-down" | "rebalanced";
+  /** When it was joined, on the clock (a rebalance closes the oldest first). */
+  joinedAt?: number;
   seenActivity?: number;
   quietSince?: number;
 }
@@ -145,6 +147,44 @@ export class LoadBalancer {
     this.#routePools = options.routePools ?? new Map();
     if (this.#serving !== undefined) this.#startSweeper();
     this.closeUnwanted();
+  }
+
+  /**
+   * Closes, oldest first, `fractions[backend]` of this listener's
+   * connections to each backend of `pool`, spread over time at `ratePerS`
+   * with jitter, so that their clients reconnect and are placed anew (a
+   * rebalance). Resolves with how many it will close.
+   */
+  recycle(
+    pool: string,
+    fractions: Readonly<Record<string, number>>,
+    ratePerS: number,
+    random: () => number = Math.random,
+  ): number {
+    const byBackend = new Map<string, Connection[]>();
+    for (const connection of this.#connections) {
+      const backend = connection.backend;
+      if (connection.pool?.name !== pool || backend === undefined || connection.shutdown) continue;
+      if (!((fractions[backend.name] ?? 0) > 0)) continue;
+      const list = byBackend.get(backend.name) ?? [];
+      list.push(connection);
+      byBackend.set(backend.name, list);
+    }
+    const chosen: Connection[] = [];
+    for (const [name, list] of byBackend) {
+      list.sort((a, b) => a.joinedAt! - b.joinedAt!);
+      chosen.push(...list.slice(0, Math.round(list.length * fractions[name]!)));
+    }
+    chosen.sort((a, b) => a.joinedAt! - b.joinedAt!);
+    const gapMs = 1000 / ratePerS;
+    chosen.forEach((connection, i) => {
+      this.#clock.setTimer(() => {
+        if (!this.#connections.has(connection) || connection.shutdown) return;
+        connection.shutdown = "rebalanced";
+        connection.cut();
+      }, (i + random()) * gapMs);
+    });
+    return chosen.length;
   }
 
   /**
@@ -531,6 +571,7 @@ export class LoadBalancer {
     connection.joined = joined;
     connection.pool = pool;
     connection.backend = backend;
+    connection.joinedAt = this.#clock.now();
     connection.seenActivity = 0;
     connection.quietSince = this.#clock.now();
     const result = await joined.result;

@@ -50,6 +50,7 @@ import type { Pool } from "./pool.ts";
 import { LoadBalancer } from "./proxy.ts";
 import { Membership, type Overlay } from "./membership.ts";
 import { readStateFile, writeStateFile } from "./state_file.ts";
+import { type RebalanceLine, rebalancePlan } from "./rebalance.ts";
 
 /** One listener's configuration. */
 export type ListenerConfig = Config["listeners"][number];
@@ -88,6 +89,16 @@ export interface ListenerHost {
   stopAccepting(): Promise<void>;
   /** Drains for up to `drainMs`, then cuts what is left; resolves with how many were cut. */
   drain(drainMs: number): Promise<number>;
+  /**
+   * A rebalance of `pool`: every listener on it closes, oldest first, the
+   * given share of its connections to each backend, at about `ratePerS` in
+   * all. Resolves once every listener has its share to close.
+   */
+  recycle(
+    pool: string,
+    fractions: Readonly<Record<string, number>>,
+    ratePerS: number,
+  ): Promise<void>;
   /** Client connections in progress. */
   readonly activeConnections: number;
   /** Each listener, for the admin API. */
@@ -196,6 +207,7 @@ export class Runtime {
         audit: logDiagnostic,
         reopenLogs: () => this.reopenLogs(),
         changeBackends: (pool, change) => this.changeBackends(pool, change),
+        rebalance: (pool, ratePerS) => this.rebalance(pool, ratePerS),
         changed: async (name) => {
           const pool = this.#pools.get(name);
           if (pool !== undefined) await this.#host.changed(pool);
@@ -264,6 +276,24 @@ export class Runtime {
     });
     this.#reloading = run.then(() => {}, () => {});
     return run;
+  }
+
+  /**
+   * `POST /api/pools/{pool}/rebalance`: closes, oldest first, the
+   * connections each backend holds beyond its weighted share, at about
+   * `ratePerS`, so that their clients reconnect and spread out (rebalance.ts).
+   * Resolves with the plan, or undefined when there is no such pool.
+   */
+  async rebalance(pool: string, ratePerS: number): Promise<RebalanceLine[] | undefined> {
+    const running = this.#pools.get(pool);
+    if (running === undefined) return undefined;
+    const plan = rebalancePlan(running.backends);
+    const fractions: Record<string, number> = {};
+    for (const line of plan) {
+      if (line.recycle > 0) fractions[line.address] = line.recycle / line.active;
+    }
+    if (Object.keys(fractions).length > 0) await this.#host.recycle(pool, fractions, ratePerS);
+    return plan;
   }
 
   // The state file, if one is configured: what it kept is laid over the
@@ -587,6 +617,13 @@ export class LocalListeners implements ListenerHost {
 
   running(): readonly string[] {
     return [...this.#running.keys()];
+  }
+
+  recycle(pool: string, fractions: Readonly<Record<string, number>>, ratePerS: number) {
+    const balancers = [...this.#running.values()];
+    const rate = ratePerS / Math.max(1, balancers.length);
+    for (const balancer of balancers) balancer.recycle(pool, fractions, rate);
+    return Promise.resolve();
   }
 
   changed(): Promise<void> {

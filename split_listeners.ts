@@ -60,6 +60,18 @@ export class SplitListeners implements ListenerHost {
     return added;
   }
 
+  async recycle(
+    pool: string,
+    fractions: Readonly<Record<string, number>>,
+    ratePerS: number,
+  ): Promise<void> {
+    // Each side closes its own connections, at half the pace.
+    await Promise.all([
+      this.#main.recycle(pool, fractions, ratePerS / 2),
+      this.#local.recycle(pool, fractions, ratePerS / 2),
+    ]);
+  }
+
   async changed(pool: Pool): Promise<void> {
     await Promise.all([this.#main.changed(pool), this.#local.changed(pool)]);
   }

@@ -612,6 +612,7 @@ export async function startBalancerWithAdmin(
       address: string;
       source: string;
       state: string;
+      active: number;
     }[]).filter((b) => b.pool === pool);
   return { lb, base, call, backends };
 }

@@ -172,6 +172,20 @@ export class ThreadedListeners implements ListenerHost {
     );
   }
 
+  async recycle(
+    pool: string,
+    fractions: Readonly<Record<string, number>>,
+    ratePerS: number,
+  ): Promise<void> {
+    const threads = this.#threads;
+    const share = ratePerS / Math.max(1, threads.length);
+    await Promise.all(
+      threads.map((thread) =>
+        this.#request(thread, { type: "recycle", pool, fractions, ratePerS: share })
+      ),
+    );
+  }
+
   async drain(drainMs: number): Promise<number> {
     // Out of the list first: a thread closes its eventfd once drained, and
     // nothing may write that number after.
