@@ -355,3 +355,23 @@ pools:
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("examples/programmable.yaml, which names every kind of module, passes --check", async () => {
+  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-read",
+      "--allow-env",
+      "--allow-run",
+      "load_balancer.ts",
+      "--config",
+      "examples/programmable.yaml",
+      "--check",
+    ],
+    cwd: ROOT,
+    env: { NO_COLOR: "1" },
+  }).output();
+  const said = new TextDecoder().decode(stdout) + new TextDecoder().decode(stderr);
+  assert.equal(code, 0, said);
+  assert.match(said, /web: policy least_latency\.ts over/);
+});

@@ -163,9 +163,10 @@ export function summarize(config: Config): string {
       ? []
       : [discover.etcd !== undefined ? `etcd ${discover.prefix}` : `dns ${discover.dns}`];
     const members = [...pool.backends.map((b) => b.address), ...source];
+    // A loaded module shows as its file's name, not its versioned URL.
     const balance = typeof pool.balance === "string"
       ? pool.balance
-      : `policy ${pool.balance.module}`;
+      : `policy ${pool.balance.module.replace(/^file:.*\//, "").replace(/\?v=\w+$/, "")}`;
     return `${name}: ${balance} over ${members.join(", ") || "nothing yet"}`;
   });
   return `${listeners.join("; ")}; pools ${pools.join("; ")}`;
