@@ -43,7 +43,11 @@ Deno.test({
   fn: async () => {
     const directory = await Deno.makeTempDir();
     const dns = new Dnsmasq(directory);
-    await dns.writeHosts(["127.0.0.11 a.service.test", "127.0.0.12 b.service.test"]);
+    await dns.writeHosts([
+      "127.0.0.11 a.service.test",
+      "127.0.0.12 b.service.test",
+      "::1 six.service.test",
+    ]);
     await dns.start([
       {
         name: "_echo._tcp.service.test",
@@ -66,6 +70,17 @@ Deno.test({
         { clock: realClock },
       );
       assert.deepEqual(addresses((await a.resolveOnce()).backends), ["127.0.0.11:80"]);
+      const aaaa = new DnsSource(
+        {
+          name: "six.service.test",
+          type: "AAAA",
+          port: 80,
+          resolver: dns.resolver,
+          intervalMs: 50,
+        },
+        { clock: realClock },
+      );
+      assert.deepEqual(addresses((await aaaa.resolveOnce()).backends), ["[::1]:80"]);
       const srv = new DnsSource(
         { name: "_echo._tcp.service.test", type: "SRV", resolver: dns.resolver, intervalMs: 50 },
         { clock: realClock },
