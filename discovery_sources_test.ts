@@ -38,7 +38,7 @@ function follow(source: DnsSource | EtcdSource) {
 
 Deno.test({
   name:
-    "dnsmasq: A and SRV answers, a changed hosts file after SIGHUP, a restart with new SRV records",
+    "dnsmasq: A, AAAA and SRV answers, a changed hosts file after SIGHUP, a restart with new SRV records",
   ignore: !haveDnsmasq,
   fn: async () => {
     const directory = await Deno.makeTempDir();
