@@ -135,9 +135,16 @@ export async function rebalance(
     } catch {
       return json(400, { error: 'expected no body, or JSON like {"rate_per_s": 10}' });
     }
-    const { rate_per_s: given, ...rest } = (body ?? {}) as Record<string, unknown>;
-    if (typeof body !== "object" || body === null || Object.keys(rest).length > 0) {
-      return json(400, { error: 'expected no body, or JSON like {"rate_per_s": 10}' });
+    if (typeof body !== "object" || body === null || Array.isArray(body)) {
+      return json(400, { error: 'expected no body, or a JSON object like {"rate_per_s": 10}' });
+    }
+    const { rate_per_s: given, ...rest } = body as Record<string, unknown>;
+    const unknown = Object.keys(rest);
+    if (unknown.length > 0) {
+      return json(400, {
+        error: `unknown key(s) ${unknown.map((k) => JSON.stringify(k)).join(", ")}; ` +
+          'expected {"rate_per_s": 10}',
+      });
     }
     if (given !== undefined) {
       if (!Number.isInteger(given) || (given as number) < 1 || (given as number) > 10_000) {

@@ -150,19 +150,39 @@ export function moduleProbe(
       const module = checkAt(url);
       let verdict: unknown;
       try {
-        verdict = await module.check(checkConn(conn, signal), {
-          backend: formatHostPort(address),
-          signal,
-          options: frozen,
+        // Raced with the deadline: a check that awaits something else
+        // forever must not hold the checker (or a reload, or a stop) up.
+        verdict = await new Promise((resolve, reject) => {
+          const late = () => reject(new Error("timed out"));
+          if (signal.aborted) return late();
+          signal.addEventListener("abort", late, { once: true });
+          Promise.resolve().then(() =>
+            module.check(checkConn(conn, signal), {
+              backend: formatHostPort(address),
+              signal,
+              options: frozen,
+            })
+          ).then(resolve, reject).finally(() => signal.removeEventListener("abort", late));
         });
       } catch (error) {
         if (signal.aborted) throw error; // said as a timeout
-        return `check threw: ${error instanceof Error ? error.message : String(error)}`;
+        return `check threw: ${shown(error instanceof Error ? error.message : error)}`;
       }
       if (verdict === true || verdict === "up") return undefined;
       if (verdict === false || verdict === "down") return "the check said down";
-      return `the check returned ${String(verdict)}, not true, false, "up" or "down"`;
+      return `the check returned ${
+        shown(verdict, JSON.stringify)
+      }, not true, false, "up" or "down"`;
     });
+}
+
+// A value for a message, whatever it is (some cannot even be made a string).
+function shown(value: unknown, as: (value: unknown) => string | undefined = String): string {
+  try {
+    return as(value) ?? String(value);
+  } catch {
+    return "a value that cannot be shown";
+  }
 }
 
 async function withConnection(

@@ -162,6 +162,10 @@ pools:
     const bad = await running.call("POST", "/api/pools/db/rebalance", { rate_per_s: 0 });
     assert.equal(bad.status, 400);
     assert.match(bad.body.error, /rate_per_s: expected a whole number 1-10000, got 0/);
+    const misnamed = await running.call("POST", "/api/pools/db/rebalance", { rate: 10 });
+    assert.equal(misnamed.status, 400);
+    assert.match(misnamed.body.error, /unknown key\(s\) "rate"/);
+    assert.equal((await running.call("POST", "/api/pools/db/rebalance", [])).status, 400);
     const started = await running.call("POST", "/api/pools/db/rebalance", { rate_per_s: 200 });
     assert.equal(started.status, 200, JSON.stringify(started.body));
     assert.equal(started.body.closing, 10);

@@ -349,6 +349,33 @@ pools:
     assert.match(said, /pools\.web\.balance\.module \.\/typo\.ts: type check failed: .*TS2322/);
     assert.match(
       said,
+      /pools\.api\.health\.check\.module \.\/none\.ts: type check failed: .*Property 'check' is missing/,
+    );
+    // An async policy fits no contract: pick must decide at once.
+    await Deno.writeTextFile(
+      `${dir}/typo.ts`,
+      `export async function pick() { return undefined; }\n`,
+    );
+    const again = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "--allow-read",
+        "--allow-env",
+        "load_balancer.ts",
+        "--config",
+        `${dir}/lb.yaml`,
+        "--check",
+      ],
+      cwd: ROOT,
+      env: { NO_COLOR: "1" },
+    }).output();
+    const told = new TextDecoder().decode(again.stdout) + new TextDecoder().decode(again.stderr);
+    assert.match(
+      told,
+      /pools\.web\.balance\.module \.\/typo\.ts: pick\(\) is async: a policy must decide at once/,
+    );
+    assert.match(
+      told,
       /pools\.api\.health\.check\.module \.\/none\.ts: a check module must export function check\(\); it exports nothing/,
     );
   } finally {

@@ -76,15 +76,23 @@ export async function loadModule(url: string, kind: ModuleKind): Promise<void> {
   try {
     module = await import(url);
   } catch (error) {
-    throw new Error(`cannot load it: ${(error as Error).message.split("\n")[0]}`);
+    // The first lines say what and where (a syntax error's line and column).
+    const lines = String((error as Error)?.message ?? error).split("\n").map((l) => l.trim());
+    throw new Error(
+      `cannot load it: ${lines.filter(Boolean).slice(0, 3).join(" ").slice(0, 300)}`,
+    );
   }
   const name = EXPORTS[kind];
   if (typeof module[name] !== "function") {
-    throw new Error(
-      `a ${kind} module must export function ${name}(); it exports ${
-        Object.keys(module).join(", ") || "nothing"
-      }`,
-    );
+    const exported = name in module
+      ? `its ${name} is a ${typeof module[name]}`
+      : `it exports ${Object.keys(module).join(", ") || "nothing"}`;
+    throw new Error(`a ${kind} module must export function ${name}(); ${exported}`);
+  }
+  // A policy or matcher is called per connection and must answer at once.
+  const exported = module[name] as { constructor?: { name?: string } };
+  if (kind !== "check" && exported.constructor?.name === "AsyncFunction") {
+    throw new Error(`${name}() is async: a ${kind} must decide at once, without await`);
   }
   if (kind === "policy" && module.init !== undefined && typeof module.init !== "function") {
     throw new Error("init, when exported, must be a function");
@@ -182,6 +190,9 @@ export class ModulePolicy<B extends PolicyCandidate> implements Strategy<B> {
     const offered = eligible(backends, attempt.tried);
     if (offered.length === 0) return undefined;
     const views = offered.map(viewOf);
+    // Frozen, so a policy that sorts or empties the list it is given fails
+    // loudly instead of having its answer matched to the wrong backend.
+    const given = Object.freeze([...views]);
     let chosen: BackendView | string | undefined;
     try {
       const context: PickContext = {
@@ -189,11 +200,17 @@ export class ModulePolicy<B extends PolicyCandidate> implements Strategy<B> {
         listener: attempt.listener ?? "",
         client: { address: attempt.clientAddress ?? "" },
         sni: attempt.sni,
-        backends: views,
+        backends: given,
         state: this.#state,
         options: this.#options,
       };
       chosen = this.#module.pick(context);
+      if (isThenable(chosen)) {
+        // Its rejection must not escape into the data-plane thread.
+        (chosen as unknown as PromiseLike<unknown>).then(undefined, () => {});
+        this.#onError("pick() returned a Promise: pick must decide at once, without await");
+        return this.#fallback.pick(backends, attempt);
+      }
     } catch (error) {
       this.#onError(`pick() threw: ${messageOf(error)}`);
       return this.#fallback.pick(backends, attempt);
@@ -235,7 +252,17 @@ function describeReturn(value: unknown): string {
 }
 
 function messageOf(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
+  if (error instanceof Error) return error.message;
+  try {
+    return String(error);
+  } catch {
+    return "a value that cannot be shown";
+  }
+}
+
+function isThenable(value: unknown): boolean {
+  return typeof value === "object" && value !== null &&
+    typeof (value as { then?: unknown }).then === "function";
 }
 
 /** A socket to a backend as a check sees it: reads and writes with a deadline. */

@@ -186,3 +186,63 @@ Deno.test("a check that throws, answers nonsense or runs out of time fails, sayi
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("ModulePolicy: a Promise, a sort of the offered list, or a throw of anything falls back, said", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const backends = [candidate("127.0.0.1:1"), candidate("127.0.0.1:2")];
+    const errors: string[] = [];
+    const make = async (source: string) =>
+      new ModulePolicy<PolicyCandidate>(
+        await policy(dir, source),
+        "odd",
+        (p) => errors.push(p),
+        () => 0,
+      );
+    // Not async in name (that is refused at load), but a Promise all the same; it rejects.
+    const promising = await make(`export const pick = () => Promise.reject(new Error("late"));`);
+    assert.ok(backends.includes(promising.pick(backends, { tried: new Set() })!));
+    const sorter = await make(`export const pick = (ctx) => ctx.backends.sort().at(-1);`);
+    assert.ok(backends.includes(sorter.pick(backends, { tried: new Set() })!));
+    const odd = await make(`export const pick = () => { throw Object.create(null); };`);
+    assert.ok(backends.includes(odd.pick(backends, { tried: new Set() })!));
+    assert.equal(errors[0], "pick() returned a Promise: pick must decide at once, without await");
+    assert.match(
+      errors[1]!,
+      /^pick\(\) threw: Cannot assign to read only property|^pick\(\) threw: .*read.only/i,
+    );
+    assert.equal(errors[2], "pick() threw: a value that cannot be shown");
+    // Its rejection was caught: give it a turn to surface if it were not.
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("an async pick or match is refused at load; a check that awaits forever is timed out", async () => {
+  const dir = await Deno.makeTempDir();
+  const silent = startServer(async (conn) => {
+    await conn.read(new Uint8Array(1));
+  });
+  try {
+    const write = async (source: string) => {
+      const file = `${dir}/${crypto.randomUUID()}.ts`;
+      await Deno.writeTextFile(file, source);
+      return await moduleUrl(file, dir);
+    };
+    await assert.rejects(
+      loadModule(await write(`export async function pick() {}`), "policy"),
+      /pick\(\) is async: a policy must decide at once, without await/,
+    );
+    await assert.rejects(
+      loadModule(await write(`export const match = 5;`), "matcher"),
+      /a matcher module must export function match\(\); its match is a number/,
+    );
+    const forever = await write(`export async function check() { await new Promise(() => {}); }`);
+    await loadModule(forever, "check");
+    assert.equal(await moduleProbe(forever, 100)(silent.address), "no answer in 100 ms");
+  } finally {
+    await silent.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

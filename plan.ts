@@ -30,6 +30,7 @@ import { type FlagSpec, givenText, type LoadBalancerFlags, UsageError } from "./
 import { fromHex, moduleProbe, type Probe, sendExpectProbe, tcpProbe } from "./health_check.ts";
 import { loadModule, moduleBase, type ModuleKind, moduleUrl, strategyFor } from "./modules.ts";
 import { AccessLog } from "./log.ts";
+import { fileURLToPath } from "node:url";
 import { Backend, Pool } from "./pool.ts";
 
 type Raw = Record<string, unknown>;
@@ -527,9 +528,12 @@ async function loadModules(
   await Promise.all(refs.map(async (ref) => {
     const path = ref.value;
     try {
-      // A URL already (a reload of a config laid over one): as it is.
-      const url = path.startsWith("file:") ? path : await moduleUrl(path, base);
-      if (typeCheck) await typeCheckModule(url);
+      // One of our versioned URLs already (the config in effect, laid over
+      // again): as it is. Anything else, a file: URL too, is read afresh.
+      const url = /^file:.*\?v=[0-9a-f]{16}$/.test(path)
+        ? path
+        : await moduleUrl(path.startsWith("file:") ? fileURLToPath(path) : path, base);
+      if (typeCheck) await typeCheckModule(url, ref.kind);
       await loadModule(url, ref.kind);
       ref.set(url);
     } catch (error) {
@@ -539,21 +543,35 @@ async function loadModules(
   return copy;
 }
 
-// `deno check` of a module, when this process may run it; otherwise a
-// module is only imported (which finds syntax errors, not type errors).
-async function typeCheckModule(url: string): Promise<void> {
+// A type check of a module against its contract (programmable.ts), by
+// `deno eval --check` of a line that only names its type (nothing of it
+// runs), when this process may run deno; otherwise a module is only
+// imported, which finds syntax errors, not type errors.
+async function typeCheckModule(url: string, kind: ModuleKind): Promise<void> {
   if (Deno.permissions.querySync({ name: "run", command: Deno.execPath() }).state !== "granted") {
     return;
   }
   const file = new URL(url);
   file.search = "";
-  const { code, stderr } = await new Deno.Command(Deno.execPath(), {
-    args: ["check", "--quiet", file.href],
+  const contract = { policy: "PolicyModule", check: "CheckModule", matcher: "MatchModule" }[kind];
+  const contracts = new URL("./programmable.ts", import.meta.url).href;
+  const code = `import type { ${contract} } from ${JSON.stringify(contracts)};\n` +
+    `type Module = typeof import(${JSON.stringify(file.href)});\n` +
+    `const fits = (module: Module): ${contract} => module;\nvoid fits;\n`;
+  const { code: exit, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--check", code],
     stdout: "null",
     stderr: "piped",
     env: { NO_COLOR: "1" },
   }).output();
-  if (code === 0) return;
-  const first = new TextDecoder().decode(stderr).split("\n").find((line) => /error/i.test(line));
-  throw new Error(`type check failed: ${first?.trim() ?? `deno check exited ${code}`}`);
+  if (exit === 0) return;
+  // The first error, and where it is (unless in the line above, which is ours).
+  const lines = new TextDecoder().decode(stderr).split("\n").map((line) => line.trim());
+  const at = lines.findIndex((line) => /ERROR/.test(line));
+  if (at < 0) throw new Error(`type check failed: deno exited ${exit}`);
+  const where = lines.slice(at + 1).find((line) => line.startsWith("at "));
+  const said = where === undefined || where.includes("$deno$eval")
+    ? lines[at]!
+    : `${lines[at]} (${where})`;
+  throw new Error(`type check failed: ${said.slice(0, 400)}`);
 }

@@ -43,13 +43,14 @@ export interface PickContext {
   readonly pool: string;
   /** The listener the client came in on. */
   readonly listener: string;
-  /** The client's address (the one its PROXY header named, when it sent one). */
+  /** The client's IP address, without its port (the one its PROXY header named, if any). */
   readonly client: { readonly address: string };
   /** The TLS server name, when a route read the ClientHello. */
   readonly sni: string | undefined;
   /**
    * The backends this attempt may go to: usable, not yet tried by this
-   * client, the backups only when no other is left. Never empty.
+   * client, the backups only when no other is left. Never empty; frozen
+   * (copy it to sort it).
    */
   readonly backends: readonly BackendView[];
   /** The module's own, per pool; it survives reloads (see {@linkcode PolicyModule.init}). */
@@ -107,7 +108,7 @@ export interface CheckModule {
 /** What a matcher is told. */
 export interface MatchContext {
   readonly listener: string;
-  /** The client's address (after any PROXY header). */
+  /** The client's IP address, without its port (after any PROXY header). */
   readonly client: { readonly address: string };
 }
 
