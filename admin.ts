@@ -20,6 +20,9 @@ import { REJECT_REASONS, type RejectReason } from "./events.ts";
 import { type Family, type Histogram, type Labels, renderMetrics } from "./metrics.ts";
 import type { Backend, Pool } from "./pool.ts";
 import { VERSION } from "./version.ts";
+import type { Clock } from "./clock.ts";
+import { type Dashboard, eventStream } from "./dashboard.ts";
+import { DASHBOARD_PAGE } from "./dashboard_page.ts";
 
 /** What the admin API and the metrics see of a listener, wherever it runs. */
 export interface ListenerStats {
@@ -277,6 +280,8 @@ export interface AdminOptions {
   changeBackends?: ChangeBackends;
   /** Evens out a pool's long-lived connections (admin_pools.ts, rebalance.ts). */
   rebalance?: Rebalance;
+  /** The live page at `/` and its stream at `/api/events` (dashboard.ts); off without it. */
+  dashboard?: { state: Dashboard; clock: Clock };
 }
 
 const ACTIONS = ["drain", "enable", "disable", "weight"] as const;
@@ -295,6 +300,25 @@ export function createAdminHandler(
     const parts = url.pathname.split("/").slice(1);
     // HEAD answers as GET does, without the body (the server drops it).
     const reading = request.method === "GET" || request.method === "HEAD";
+    if ((url.pathname === "/" || url.pathname === "/api/events") && options.dashboard) {
+      if (!reading) {
+        return json(405, { error: `use GET for ${url.pathname}` }, { allow: "GET, HEAD" });
+      }
+      if (url.pathname === "/") {
+        return new Response(DASHBOARD_PAGE, {
+          headers: {
+            "content-type": "text/html; charset=utf-8",
+            // Everything it needs is in the page: nothing from elsewhere may load.
+            "content-security-policy": "default-src 'self'; script-src 'unsafe-inline'; " +
+              "style-src 'unsafe-inline'; img-src 'self' data:",
+          },
+        });
+      }
+      const { state, clock } = options.dashboard;
+      return new Response(eventStream(state, clock), {
+        headers: { "content-type": "text/event-stream; charset=utf-8" },
+      });
+    }
     if (url.pathname === "/api/discovery") {
       if (!reading) {
         return json(405, { error: `use GET for ${url.pathname}` }, { allow: "GET, HEAD" });

@@ -182,6 +182,15 @@ export class AdminServer {
         response = errorResponse(500, "internal error");
       }
       deadline(this.#writeTimeoutMs);
+      if (isEventStream(response)) {
+        // A stream of events has no end: each write gets its own deadline,
+        // and no deadline runs while it waits for the next event.
+        await writeEventStream(conn, response, (on) => {
+          if (on) deadline(this.#writeTimeoutMs);
+          else this.#clock.clearTimer(timer);
+        });
+        return;
+      }
       await writeResponse(conn, request.method, response);
     } catch {
       // The client went away, or a deadline closed the connection.
@@ -289,6 +298,40 @@ function responseHead(status: number, headers: Iterable<[string, string]>, lengt
   }
   head += `content-length: ${length}\r\nconnection: close\r\n\r\n`;
   return encoder.encode(head);
+}
+
+function isEventStream(response: Response): boolean {
+  return response.body !== null &&
+    (response.headers.get("content-type") ?? "").startsWith("text/event-stream");
+}
+
+// Server-sent events (`GET /api/events`): the head without a length, then
+// each chunk as the handler's stream gives it, until it ends or the client
+// (or the server's close) does.
+async function writeEventStream(
+  conn: Deno.Conn,
+  response: Response,
+  writing: (on: boolean) => void,
+): Promise<void> {
+  let head = `HTTP/1.1 ${response.status} ${REASONS[response.status] ?? "Status"}\r\n`;
+  for (const [name, value] of response.headers) {
+    if (name === "content-length" || name === "connection") continue;
+    head += `${name}: ${value}\r\n`;
+  }
+  head += "cache-control: no-store\r\nconnection: close\r\n\r\n";
+  const reader = response.body!.getReader();
+  try {
+    await writeAll(conn, encoder.encode(head));
+    while (true) {
+      writing(false);
+      const { value, done } = await reader.read();
+      if (done) return;
+      writing(true);
+      await writeAll(conn, value);
+    }
+  } finally {
+    await reader.cancel().catch(() => {});
+  }
 }
 
 // A HEAD answer carries the headers, and the length, of the GET one.

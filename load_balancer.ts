@@ -130,6 +130,7 @@ async function run(args: readonly string[], sigusr1Warning: string | undefined):
   const runtime = new Runtime({
     flags,
     plan,
+    engine: (listener) => epoll && listener.tls === undefined ? "epoll" : "deno",
     host: (onEvent) => {
       const local = new LocalListeners({
         engine: new DenoEngine(canUseLibc() ? { reset: resetConnection } : {}),

@@ -49,6 +49,7 @@ import {
 import type { Pool } from "./pool.ts";
 import { LoadBalancer } from "./proxy.ts";
 import { Membership, type Overlay } from "./membership.ts";
+import { Dashboard } from "./dashboard.ts";
 import { readStateFile, writeStateFile } from "./state_file.ts";
 import { type RebalanceLine, rebalancePlan } from "./rebalance.ts";
 
@@ -113,6 +114,8 @@ export interface RuntimeOptions {
   plan: Plan;
   /** Where the listeners run; made from the access log's event sink. */
   host: (onEvent: (event: LoadBalancerEvent) => void) => ListenerHost;
+  /** Which engine a listener runs on, for the dashboard. @default {"deno"} */
+  engine?: (listener: ListenerConfig) => "epoll" | "deno";
   clock?: Clock;
 }
 
@@ -123,6 +126,9 @@ export class Runtime {
   readonly #clock: Clock;
   readonly #accessLog: AccessLog;
   readonly #onEvent: (event: LoadBalancerEvent) => void;
+  readonly #engine: (listener: ListenerConfig) => "epoll" | "deno";
+  /** What the admin port's live page shows (with the admin API only). */
+  #dashboard: Dashboard | undefined;
   #config: Config;
   #token: string | undefined;
   #pools = new Map<string, Pool>();
@@ -150,11 +156,23 @@ export class Runtime {
     this.#clock = options.clock ?? realClock;
     this.#config = options.plan.config;
     this.#file = options.plan.config;
+    this.#engine = options.engine ?? (() => "deno");
     this.#token = options.plan.token;
     this.#accessLog = options.plan.accessLog;
     const log = eventLogger(this.#accessLog);
     this.#onEvent = (event) => {
       log(event);
+      if (event.type === "backend-state") {
+        this.#dashboard?.note(
+          "backend",
+          `${event.backend} ${event.from} -> ${event.to}: ${event.why}`,
+        );
+      } else if (event.type === "rejected") {
+        this.#dashboard?.note(
+          "refused",
+          `listener ${event.listener}: ${event.count} client(s), ${event.reason}: ${event.detail}`,
+        );
+      }
       if (event.type === "policy-error") {
         this.#policyErrors.set(event.pool, (this.#policyErrors.get(event.pool) ?? 0) + 1);
       }
@@ -190,6 +208,20 @@ export class Runtime {
     this.#leftOut(overlay);
     if (this.#config.admin !== undefined) {
       const counts = () => ({ reloads: this.reloads, failures: this.reloadFailures });
+      this.#dashboard = new Dashboard({
+        listeners: () => this.#host.listeners(),
+        pools: () => [...this.#pools.values()],
+        describe: (name) => {
+          const listener = this.#config.listeners.find((l) => l.name === name);
+          const engine = listener === undefined ? "deno" : this.#engine(listener);
+          return {
+            ...(this.#bound.has(name) ? { address: this.#bound.get(name)! } : {}),
+            engine,
+            threads: engine === "epoll" ? this.#config.threads : 1,
+          };
+        },
+      }, this.#clock);
+      this.#dashboard.start();
       this.#admin = startAdmin(this.#config.admin.listen, {
         view: {
           listeners: () => this.#host.listeners(),
@@ -204,10 +236,14 @@ export class Runtime {
           },
         },
         token: () => this.#token,
-        audit: logDiagnostic,
+        audit: (message) => {
+          logDiagnostic(message);
+          this.#dashboard?.note("admin", message.replace(/^admin: /, ""));
+        },
         reopenLogs: () => this.reopenLogs(),
         changeBackends: (pool, change) => this.changeBackends(pool, change),
         rebalance: (pool, ratePerS) => this.rebalance(pool, ratePerS),
+        dashboard: { state: this.#dashboard, clock: this.#clock },
         changed: async (name) => {
           const pool = this.#pools.get(name);
           if (pool !== undefined) await this.#host.changed(pool);
@@ -443,6 +479,10 @@ export class Runtime {
   async #reload(why: string, options: { reread: boolean }): Promise<string | undefined> {
     const failed = (problem: string, more = 0) => {
       this.reloadFailures++;
+      this.#dashboard?.note(
+        "reload",
+        `${why}: failed, still running the previous config: ${problem}`,
+      );
       logDiagnostic(
         `reload (${why}) failed, still running the previous config: ${problem}` +
           (more > 0 ? ` (and ${more} more)` : ""),
@@ -543,6 +583,7 @@ export class Runtime {
       if (address !== undefined) this.#ready(listener, address);
     }
     this.reloads++;
+    this.#dashboard?.note("reload", why);
     const restart = needsRestart(previous, next);
     logDiagnostic(
       `reloaded (${why}): ${summarize(next)}` +
@@ -567,6 +608,7 @@ export class Runtime {
     );
     const cut = await this.#host.drain(drainMs);
     await Promise.all([...this.#pools.values()].map((pool) => pool.stop()));
+    this.#dashboard?.stop();
     await this.#admin?.close();
     this.#accessLog.flush();
     logDiagnostic(`stopped; ${cut} connection(s) cut at the drain timeout`);

@@ -1,0 +1,260 @@
+/**
+ * What the dashboard (`/` on the admin port, dashboard_page.ts) shows, kept
+ * on the main thread: once a second it samples every listener and backend
+ * into five minutes of history, remembers each backend's last checks and
+ * when its state last changed, and keeps the recent events. `GET
+ * /api/events` streams a snapshot of it all as server-sent events.
+ *
+ * Policy only: it reads counters the balancer keeps anyway.
+ *
+ * @module
+ */
+
+import type { Clock } from "./clock.ts";
+import type { Histogram } from "./metrics.ts";
+import type { Pool } from "./pool.ts";
+import { VERSION } from "./version.ts";
+
+/** Samples kept: one a second, five minutes. */
+const HISTORY = 300;
+/** Checks kept per backend, for the strip. */
+const CHECKS = 20;
+/** Recent events kept. */
+const EVENTS = 50;
+
+/** One recent event, for the page. */
+export interface DashboardEvent {
+  readonly at: string;
+  readonly kind: "backend" | "reload" | "refused" | "admin" | "discovery";
+  readonly text: string;
+}
+
+/** What the dashboard reads of a listener (the admin API's ListenerStats fit). */
+export interface ListenerView {
+  readonly name: string;
+  readonly pool: { readonly name: string };
+  readonly activeConnections: number;
+  readonly durations: Histogram;
+  readonly rejected: ReadonlyMap<string, number>;
+}
+
+/** What the dashboard reads of the running balancer. */
+export interface DashboardSource {
+  listeners(): readonly ListenerView[];
+  pools(): readonly Pool[];
+  /** Each listener's address and engine, by listener name. */
+  describe(name: string): { address?: string; engine: string; threads: number };
+}
+
+interface BackendTrack {
+  seenConnections: number;
+  seenFailures: number;
+  seenBytesIn: number;
+  seenBytesOut: number;
+  state: string;
+  since: number;
+  checks: { ok: boolean; at: number }[];
+  lastCheckAt: number | undefined;
+  connections: number[];
+  errors: number[];
+  rates: { connections: number; errors: number; bytesIn: number; bytesOut: number };
+}
+
+interface ListenerTrack {
+  seenAccepted: number;
+  accepted: number[];
+  rate: number;
+}
+
+/** The dashboard's state: history, checks, events; sampled on `clock`. */
+export class Dashboard {
+  readonly #source: DashboardSource;
+  readonly #clock: Clock;
+  readonly #backends = new Map<string, BackendTrack>();
+  readonly #listeners = new Map<string, ListenerTrack>();
+  readonly #events: DashboardEvent[] = [];
+  #timer: number | undefined;
+  #lastSample: number;
+
+  constructor(source: DashboardSource, clock: Clock) {
+    this.#source = source;
+    this.#clock = clock;
+    this.#lastSample = clock.now();
+  }
+
+  /** Samples once a second until {@linkcode stop}. */
+  start(): void {
+    const tick = () => {
+      this.sample();
+      this.#timer = this.#clock.setTimer(tick, 1000, { unref: true });
+    };
+    this.#timer = this.#clock.setTimer(tick, 1000, { unref: true });
+  }
+
+  stop(): void {
+    this.#clock.clearTimer(this.#timer);
+  }
+
+  /** Remembers an event for the page (newest first, the last fifty). */
+  note(kind: DashboardEvent["kind"], text: string): void {
+    this.#events.unshift({ at: new Date().toISOString(), kind, text });
+    this.#events.length = Math.min(this.#events.length, EVENTS);
+  }
+
+  /** Takes one sample of every counter (exposed for tests; the timer calls it). */
+  sample(): void {
+    const now = this.#clock.now();
+    const seconds = Math.max(0.001, (now - this.#lastSample) / 1000);
+    this.#lastSample = now;
+    const seen = new Set<string>();
+    for (const pool of this.#source.pools()) {
+      for (const backend of pool.backends) {
+        const key = `${pool.name} ${backend.name}`;
+        seen.add(key);
+        let track = this.#backends.get(key);
+        if (track === undefined) {
+          track = {
+            seenConnections: backend.connections + backend.active,
+            seenFailures: backend.connectFailures,
+            seenBytesIn: backend.bytesIn,
+            seenBytesOut: backend.bytesOut,
+            state: backend.state,
+            since: now,
+            checks: [],
+            lastCheckAt: undefined,
+            connections: [],
+            errors: [],
+            rates: { connections: 0, errors: 0, bytesIn: 0, bytesOut: 0 },
+          };
+          this.#backends.set(key, track);
+        }
+        // New connections: those that ended since, and those now open, less the open before.
+        const total = backend.connections + backend.active;
+        const started = Math.max(0, total - track.seenConnections);
+        const failed = Math.max(0, backend.connectFailures - track.seenFailures);
+        track.rates = {
+          connections: started / seconds,
+          errors: failed / seconds,
+          bytesIn: Math.max(0, backend.bytesIn - track.seenBytesIn) / seconds,
+          bytesOut: Math.max(0, backend.bytesOut - track.seenBytesOut) / seconds,
+        };
+        track.seenConnections = total;
+        track.seenFailures = backend.connectFailures;
+        track.seenBytesIn = backend.bytesIn;
+        track.seenBytesOut = backend.bytesOut;
+        push(track.connections, track.rates.connections);
+        push(track.errors, track.rates.errors);
+        if (backend.state !== track.state) {
+          track.state = backend.state;
+          track.since = now;
+        }
+        const check = backend.lastCheck;
+        if (check !== undefined && check.at.getTime() !== track.lastCheckAt) {
+          track.lastCheckAt = check.at.getTime();
+          track.checks.push({ ok: check.ok, at: track.lastCheckAt });
+          if (track.checks.length > CHECKS) track.checks.shift();
+        }
+      }
+    }
+    for (const key of this.#backends.keys()) if (!seen.has(key)) this.#backends.delete(key);
+    for (const listener of this.#source.listeners()) {
+      const accepted = listener.durations.count + listener.activeConnections;
+      let track = this.#listeners.get(listener.name);
+      if (track === undefined) {
+        track = { seenAccepted: accepted, accepted: [], rate: 0 };
+        this.#listeners.set(listener.name, track);
+      }
+      track.rate = Math.max(0, accepted - track.seenAccepted) / seconds;
+      track.seenAccepted = accepted;
+      push(track.accepted, track.rate);
+    }
+  }
+
+  /** Everything the page shows, as plain data. */
+  snapshot(): unknown {
+    const now = this.#clock.now();
+    return {
+      version: VERSION,
+      time: new Date().toISOString(),
+      listeners: this.#source.listeners().map((listener) => {
+        const track = this.#listeners.get(listener.name);
+        const where = this.#source.describe(listener.name);
+        return {
+          name: listener.name,
+          pool: listener.pool.name,
+          address: where.address ?? null,
+          engine: where.engine,
+          threads: where.threads,
+          active: listener.activeConnections,
+          accepted_per_s: round(track?.rate ?? 0),
+          refused: Object.fromEntries(listener.rejected),
+        };
+      }),
+      pools: this.#source.pools().map((pool) => ({
+        name: pool.name,
+        backends: pool.backends.map((backend) => {
+          const track = this.#backends.get(`${pool.name} ${backend.name}`);
+          return {
+            address: backend.name,
+            state: backend.state,
+            for_s: Math.round((now - (track?.since ?? now)) / 1000),
+            source: backend.source,
+            weight: backend.configuredWeight,
+            backup: backend.backup,
+            active: backend.active,
+            connections: backend.connections,
+            connections_per_s: round(track?.rates.connections ?? 0),
+            bytes_in_per_s: Math.round(track?.rates.bytesIn ?? 0),
+            bytes_out_per_s: Math.round(track?.rates.bytesOut ?? 0),
+            connect_ms: backend.connectMs === undefined ? null : round(backend.connectMs),
+            connect_failures: backend.connectFailures,
+            last_check: backend.lastCheck === undefined
+              ? null
+              : { ok: backend.lastCheck.ok, reason: backend.lastCheck.reason ?? null },
+            checks: (track?.checks ?? []).map((c) => c.ok),
+            history: {
+              connections_per_s: (track?.connections ?? []).map(round),
+              errors_per_s: (track?.errors ?? []).map(round),
+            },
+          };
+        }),
+      })),
+      events: this.#events,
+    };
+  }
+}
+
+/** How often a stream sends a snapshot. */
+const STREAM_EVERY_MS = 500;
+
+/**
+ * `GET /api/events`: a snapshot now and every half second, as server-sent
+ * events (`event: snapshot`), until the client goes. The browser's
+ * EventSource reconnects by itself (`retry:`), also across a restart.
+ */
+export function eventStream(dashboard: Dashboard, clock: Clock): ReadableStream<Uint8Array> {
+  const encoder = new TextEncoder();
+  let timer: number | undefined;
+  return new ReadableStream<Uint8Array>({
+    start(controller) {
+      const send = () => {
+        controller.enqueue(
+          encoder.encode(`event: snapshot\ndata: ${JSON.stringify(dashboard.snapshot())}\n\n`),
+        );
+        timer = clock.setTimer(send, STREAM_EVERY_MS, { unref: true });
+      };
+      controller.enqueue(encoder.encode("retry: 2000\n\n"));
+      send();
+    },
+    cancel() {
+      clock.clearTimer(timer);
+    },
+  });
+}
+
+function push(series: number[], value: number): void {
+  series.push(value);
+  if (series.length > HISTORY) series.shift();
+}
+
+const round = (value: number) => Math.round(value * 10) / 10;
