@@ -73,6 +73,8 @@ export class Dashboard {
   readonly #backends = new Map<string, BackendTrack>();
   readonly #listeners = new Map<string, ListenerTrack>();
   readonly #events: DashboardEvent[] = [];
+  // Failed connects by backend and cause (ECONNREFUSED, TimedOut, …).
+  readonly #causes = new Map<string, Map<string, number>>();
   #timer: number | undefined;
   #lastSample: number;
 
@@ -99,6 +101,14 @@ export class Dashboard {
   note(kind: DashboardEvent["kind"], text: string): void {
     this.#events.unshift({ at: new Date().toISOString(), kind, text });
     this.#events.length = Math.min(this.#events.length, EVENTS);
+  }
+
+  /** Counts a failed connect by its cause: the error's code, the part of `reason` before its colon. */
+  connectError(backend: string, reason: string): void {
+    const cause = /^([^:]+):/.exec(reason)?.[1] ?? reason.slice(0, 40);
+    let causes = this.#causes.get(backend);
+    if (causes === undefined) this.#causes.set(backend, causes = new Map());
+    causes.set(cause, (causes.get(cause) ?? 0) + 1);
   }
 
   /** Takes one sample of every counter (exposed for tests; the timer calls it). */
@@ -206,8 +216,12 @@ export class Dashboard {
             connections_per_s: round(track?.rates.connections ?? 0),
             bytes_in_per_s: Math.round(track?.rates.bytesIn ?? 0),
             bytes_out_per_s: Math.round(track?.rates.bytesOut ?? 0),
-            connect_ms: backend.connectMs === undefined ? null : round(backend.connectMs),
+            connect_ms: backend.connectTimes.length === 0 ? null : {
+              p50: round(percentile(backend.connectTimes, 0.5)),
+              p99: round(percentile(backend.connectTimes, 0.99)),
+            },
             connect_failures: backend.connectFailures,
+            errors_by_cause: Object.fromEntries(this.#causes.get(backend.name) ?? []),
             last_check: backend.lastCheck === undefined
               ? null
               : { ok: backend.lastCheck.ok, reason: backend.lastCheck.reason ?? null },
@@ -258,3 +272,9 @@ function push(series: number[], value: number): void {
 }
 
 const round = (value: number) => Math.round(value * 10) / 10;
+
+// The value below which a share `p` of `values` falls (nearest rank).
+function percentile(values: readonly number[], p: number): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.ceil(p * sorted.length) - 1)]!;
+}

@@ -81,6 +81,11 @@ function spark(connections, errors) {
     line(connections, "#0969da") + line(errors, "#cf222e") + "</svg>";
 }
 
+function causes(byCause) {
+  const list = Object.entries(byCause).map(([cause, n]) => escape(cause) + " " + n).join(", ");
+  return list === "" ? "" : ' <span class="since">(' + list + ")</span>";
+}
+
 function render(snapshot) {
   latest = snapshot;
   $("version").textContent = "version " + snapshot.version;
@@ -94,7 +99,8 @@ function render(snapshot) {
   $("pools").innerHTML = snapshot.pools.map((pool) =>
     '<section><h2>pool ' + escape(pool.name) + '</h2><div class="wrap"><table><thead><tr>' +
     "<th>backend</th><th>state</th><th>checks</th><th>source</th><th>weight</th><th>active</th>" +
-    "<th>connections</th><th>conn/s</th><th>in</th><th>out</th><th>connect</th><th>errors</th>" +
+    "<th>connections</th><th>conn/s</th><th>in</th><th>out</th><th>connect p50/p99</th>" +
+    "<th>errors</th>" +
     "<th>last 5 min</th><th></th></tr></thead><tbody>" +
     pool.backends.map((b) =>
       '<tr data-backend="' + escape(b.address) + '" data-pool="' + escape(pool.name) + '">' +
@@ -109,8 +115,10 @@ function render(snapshot) {
       '<td class="num" data-field="connections">' + b.connections + "</td>" +
       '<td class="num">' + b.connections_per_s + "</td>" +
       '<td class="num">' + rate(b.bytes_in_per_s) + '</td><td class="num">' + rate(b.bytes_out_per_s) +
-      '</td><td class="num">' + (b.connect_ms === null ? "–" : b.connect_ms + " ms") + "</td>" +
-      '<td class="num" title="failed connects">' + b.connect_failures + "</td>" +
+      '</td><td class="num" title="connect time, median and 99th percentile of the last 256">' +
+      (b.connect_ms === null ? "–" : b.connect_ms.p50 + " / " + b.connect_ms.p99 + " ms") + "</td>" +
+      '<td class="num" title="failed connects, by cause">' + b.connect_failures +
+      causes(b.errors_by_cause) + "</td>" +
       "<td>" + spark(b.history.connections_per_s, b.history.errors_per_s) + "</td><td>" +
       ["drain", "enable", "disable", "weight"].map((action) =>
         '<button data-action="' + action + '"' + (can ? "" : " disabled") + ">" + action +

@@ -82,3 +82,21 @@ Deno.test("eventStream(): a snapshot at once and every half second, until cancel
   await reader.cancel();
   assert.equal(clock.pending, 0, "no timer left behind");
 });
+
+Deno.test("Dashboard: connect time p50 and p99 over the last 256, failed connects by cause", () => {
+  const { one, dashboard, snapshot } = fixture();
+  assert.equal(snapshot().pools[0].backends[0].connect_ms, null);
+  for (let ms = 1; ms <= 300; ms++) one.recordConnectTime(ms);
+  assert.deepEqual(
+    snapshot().pools[0].backends[0].connect_ms,
+    { p50: 172, p99: 298 },
+    "45..300: the 128th and the 254th",
+  );
+  dashboard.connectError("127.0.0.1:5001", "ECONNREFUSED: Connection refused (os error 111)");
+  dashboard.connectError("127.0.0.1:5001", "ECONNREFUSED: Connection refused (os error 111)");
+  dashboard.connectError("127.0.0.1:5001", "TimedOut: no answer in 5000 ms");
+  assert.deepEqual(snapshot().pools[0].backends[0].errors_by_cause, {
+    ECONNREFUSED: 2,
+    TimedOut: 1,
+  });
+});

@@ -41,7 +41,13 @@ const FLUSH_AT_EVENTS = 512;
 /** A backend replica that keeps what it must report: connect outcomes and counts. */
 class ReplicaBackend extends Backend {
   connects: (true | string)[] = [];
+  timesToReport: number[] = [];
   reported = { connections: 0, bytesIn: 0, bytesOut: 0, connectFailures: 0 };
+
+  override recordConnectTime(ms: number): void {
+    this.timesToReport.push(ms);
+    super.recordConnectTime(ms);
+  }
 
   override recordConnect(ok: boolean, reason?: string): void {
     this.connects.push(ok ? true : reason ?? "connect failed");
@@ -246,8 +252,10 @@ function flush(): void {
         connectFailures: backend.connectFailures - reported.connectFailures,
         active: backend.active,
         connects: backend.connects,
+        connectTimes: backend.timesToReport,
       });
       backend.connects = [];
+      backend.timesToReport = [];
       backend.reported = {
         connections: backend.connections,
         bytesIn: backend.bytesIn,

@@ -103,7 +103,20 @@ pools:
           400,
           25,
         );
-        assert.equal(serverOf(await exchange(lb.port, "new\n")), "b", "new clients go to b");
+        // New clients go to b (once the data plane has heard: a client placed on a
+        // just before is cut, and tries again).
+        await until(
+          async () => {
+            try {
+              return serverOf(await exchange(lb!.port, "new\n")) === "b";
+            } catch {
+              return false;
+            }
+          },
+          "new clients go to b",
+          100,
+          20,
+        );
         if (onDown === "shutdown-sessions") {
           assert.equal(await ask(held, "after\n"), null, "the old primary's connection was closed");
           await lb.waitForLine("stdout", /end=backend-down/);

@@ -115,6 +115,8 @@ export interface BackendCounts {
   readonly active: number;
   /** Connect outcomes, in order, for the main thread's passive health: true ok, or why not. */
   readonly connects: readonly (true | string)[];
+  /** Connect times, in milliseconds, for the main thread's percentiles. */
+  readonly connectTimes: readonly number[];
 }
 
 /** Thread → main. A reply echoes its request's `id`; 0 is a thread's own report. */

@@ -162,7 +162,9 @@ export class Runtime {
     const log = eventLogger(this.#accessLog);
     this.#onEvent = (event) => {
       log(event);
-      if (event.type === "backend-state") {
+      if (event.type === "connect-error") {
+        this.#dashboard?.connectError(event.backend, event.reason);
+      } else if (event.type === "backend-state") {
         this.#dashboard?.note(
           "backend",
           `${event.backend} ${event.from} -> ${event.to}: ${event.why}`,

@@ -449,6 +449,7 @@ export class ThreadedListeners implements ListenerHost {
         if (outcome === true) backend.recordConnect(true);
         else backend.recordConnect(false, outcome);
       }
+      for (const ms of counts.connectTimes) backend.recordConnectTime(ms);
     }
     for (const item of batch.events) {
       if (!Array.isArray(item)) {
