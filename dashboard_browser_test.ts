@@ -9,7 +9,7 @@
 // narrower permissions do not allow.
 import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
-import { have } from "./test_peers.ts";
+import { freePort, have } from "./test_peers.ts";
 import {
   type BalancerProcess,
   exchange,
@@ -23,7 +23,7 @@ const CHROMIUM = "/usr/bin/chromium";
 const haveChromium = await have(CHROMIUM, "chromium");
 const TOKEN = "dashboard-token";
 
-async function balancer(dir: string, servers: TestServer[]) {
+async function balancer(dir: string, servers: TestServer[], adminPort?: number) {
   return await startBalancerWithAdmin(
     dir,
     `listeners:
@@ -36,6 +36,7 @@ pools:
     {
       token: TOKEN,
       permissions: ["--allow-net", "--allow-read", "--allow-env=LOG_TOKENS,LOG_STREAM"],
+      ...(adminPort === undefined ? {} : { adminPort }),
     },
   );
 }
@@ -94,7 +95,8 @@ Deno.test({
       ],
     });
     try {
-      const running = await balancer(dir, servers);
+      const adminPort = freePort();
+      const running = await balancer(dir, servers, adminPort);
       lb = running.lb;
       const page = await browser.newPage({ viewport: { width: 1280, height: 720 } });
       await page.goto(`${running.base}/`);
@@ -143,6 +145,13 @@ Deno.test({
       await page.setViewportSize({ width: 390, height: 800 });
       const wide = await page.evaluate("document.documentElement.scrollWidth") as number;
       assert.ok(wide <= 390, `the page is ${wide} px wide at 390`);
+
+      // The balancer restarts: the page says so, and comes back by itself.
+      await lb.close();
+      await page.locator("#live", { hasText: "reconnecting" }).waitFor({ timeout: 10_000 });
+      lb = (await balancer(dir, servers.slice(0, 1), adminPort)).lb;
+      await page.locator("#live", { hasText: "live" }).waitFor({ timeout: 10_000 });
+      await one!.locator('[data-field="state"]', { hasText: "up" }).waitFor({ timeout: 10_000 });
     } finally {
       await browser.close();
       await lb?.close();

@@ -582,13 +582,14 @@ export async function startBalancerProcess(
 export async function startBalancerWithAdmin(
   dir: string,
   config: string,
-  options: { token: string; permissions: string[] },
+  options: { token: string; permissions: string[]; adminPort?: number },
 ) {
   await Deno.writeTextFile(`${dir}/token`, options.token);
   const file = `${dir}/lb-${crypto.randomUUID()}.yaml`;
   await Deno.writeTextFile(
     file,
-    config + `admin: { listen: "127.0.0.1:0", token_file: ${dir}/token }\n`,
+    config +
+      `admin: { listen: "127.0.0.1:${options.adminPort ?? 0}", token_file: ${dir}/token }\n`,
   );
   const lb = await startBalancerProcess(["--config", file], {
     permissions: options.permissions,
