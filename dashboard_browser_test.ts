@@ -76,7 +76,7 @@ Deno.test("GET /api/events streams snapshots as server-sent events; GET / is the
 
 Deno.test({
   name:
-    "the dashboard in Chromium: both backends, a burst counted live, a backend down, drain with the token",
+    "the dashboard in Chromium: both backends, a burst counted live, a backend down, drain with the token, a restart",
   ignore: !haveChromium,
   fn: async () => {
     const servers = [startTaggedServer("1"), startTaggedServer("2")];
