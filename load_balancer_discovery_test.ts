@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { Dnsmasq, Etcd, have } from "./test_peers.ts";
 import {
   type BalancerProcess,
+  checkConfigFile,
   connectLoopback,
   exchange,
   exchangeFrom,
@@ -432,19 +433,7 @@ pools:
 });
 
 Deno.test("examples/discovery.yaml passes --check", async () => {
-  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--allow-read",
-      "--allow-env",
-      "load_balancer.ts",
-      "--config",
-      "examples/discovery.yaml",
-      "--check",
-    ],
-    cwd: new URL(".", import.meta.url).pathname,
-  }).output();
-  const said = new TextDecoder().decode(stdout) + new TextDecoder().decode(stderr);
+  const { code, said } = await checkConfigFile("examples/discovery.yaml");
   assert.equal(code, 0, said);
   assert.match(said, /web: source-hash over dns _echo\._tcp\.service\.test/);
 });

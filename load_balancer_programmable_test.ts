@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { have } from "./test_peers.ts";
 import {
   type BalancerProcess,
+  checkConfigFile,
   connectLoopback,
   exchange,
   readAll,
@@ -183,6 +184,16 @@ async function ask(conn: Deno.Conn, line: string): Promise<string | null> {
   }
 }
 
+/** The same, on a new connection of its own. */
+async function askNew(port: number, line: string): Promise<string | null> {
+  const conn = await connectLoopback(port);
+  try {
+    return await ask(conn, line);
+  } finally {
+    conn.close();
+  }
+}
+
 const redisPool = (ports: number[]) =>
   `listeners:
   - { name: cache, listen: "127.0.0.1:0", pool: cache }
@@ -225,12 +236,7 @@ Deno.test("checks/redis_primary.ts against a fake Redis: after a failover, shutd
     // The threads hear of the change a moment after the admin API shows it: a
     // client placed in between is cut too, and reconnects, as real ones do.
     await until(
-      async () => {
-        const fresh = await connectLoopback(lb!.port);
-        const answer = await ask(fresh, "PING\r\n");
-        fresh.close();
-        return answer === "+b\r\n";
-      },
+      async () => await askNew(lb!.port, "PING\r\n") === "+b\r\n",
       "a new client reaches b",
       100,
       20,
@@ -315,12 +321,7 @@ Deno.test({
       held.close();
       // Writes go to the new primary (once every thread has heard of the change).
       await until(
-        async () => {
-          const fresh = await connectLoopback(lb!.port);
-          const answer = await ask(fresh, "SET k 2\r\n");
-          fresh.close();
-          return answer === "+OK\r\n";
-        },
+        async () => await askNew(lb!.port, "SET k 2\r\n") === "+OK\r\n",
         "a write through the balancer",
         100,
         20,
@@ -349,21 +350,7 @@ pools:
     health: { check: { module: ./none.ts } }
 `,
     );
-    const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "--allow-read",
-        "--allow-env",
-        "--allow-run",
-        "load_balancer.ts",
-        "--config",
-        `${dir}/lb.yaml`,
-        "--check",
-      ],
-      cwd: ROOT,
-      env: { NO_COLOR: "1" },
-    }).output();
-    const said = new TextDecoder().decode(stdout) + new TextDecoder().decode(stderr);
+    const { code, said } = await checkConfigFile(`${dir}/lb.yaml`, ["--allow-run"]);
     assert.equal(code, 1, said);
     assert.match(said, /pools\.web\.balance\.module \.\/typo\.ts: type check failed: .*TS2322/);
     assert.match(
@@ -375,20 +362,7 @@ pools:
       `${dir}/typo.ts`,
       `export async function pick() { return undefined; }\n`,
     );
-    const again = await new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "--allow-read",
-        "--allow-env",
-        "load_balancer.ts",
-        "--config",
-        `${dir}/lb.yaml`,
-        "--check",
-      ],
-      cwd: ROOT,
-      env: { NO_COLOR: "1" },
-    }).output();
-    const told = new TextDecoder().decode(again.stdout) + new TextDecoder().decode(again.stderr);
+    const { said: told } = await checkConfigFile(`${dir}/lb.yaml`);
     assert.match(
       told,
       /pools\.web\.balance\.module \.\/typo\.ts: pick\(\) is async: a policy must decide at once/,
@@ -403,21 +377,7 @@ pools:
 });
 
 Deno.test("examples/programmable.yaml, which names every kind of module, passes --check", async () => {
-  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--allow-read",
-      "--allow-env",
-      "--allow-run",
-      "load_balancer.ts",
-      "--config",
-      "examples/programmable.yaml",
-      "--check",
-    ],
-    cwd: ROOT,
-    env: { NO_COLOR: "1" },
-  }).output();
-  const said = new TextDecoder().decode(stdout) + new TextDecoder().decode(stderr);
+  const { code, said } = await checkConfigFile("examples/programmable.yaml", ["--allow-run"]);
   assert.equal(code, 0, said);
   assert.match(said, /web: policy least_latency\.ts over/);
 });

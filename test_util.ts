@@ -618,6 +618,33 @@ export async function startBalancerWithAdmin(
   return { lb, base, call, backends };
 }
 
+/**
+ * `load_balancer.ts --config FILE --check` with `--allow-read --allow-env` and
+ * any `more` permissions: its exit code, and what it printed (stdout and
+ * stderr together).
+ */
+export async function checkConfigFile(
+  file: string,
+  more: string[] = [],
+): Promise<{ code: number; said: string }> {
+  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-read",
+      "--allow-env",
+      ...more,
+      "load_balancer.ts",
+      "--config",
+      file,
+      "--check",
+    ],
+    cwd: new URL(".", import.meta.url).pathname,
+    env: { NO_COLOR: "1" },
+  }).output();
+  const decoder = new TextDecoder();
+  return { code, said: decoder.decode(stdout) + decoder.decode(stderr) };
+}
+
 // --- Property tests (fuzzing) ---------------------------------------------
 
 /** Runs per property when `LB_FUZZ_RUNS` is not set: each property stays well under a second. */

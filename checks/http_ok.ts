@@ -14,6 +14,7 @@
  * @module
  */
 
+import { checkConn } from "../modules.ts";
 import type { CheckConn, CheckContext } from "../programmable.ts";
 
 /** The status of one `GET path` on `conn`. */
@@ -36,35 +37,10 @@ export async function check(conn: CheckConn, ctx: CheckContext): Promise<boolean
   const hostname = ctx.backend.replace(/^\[(.*)\]:\d+$/, "$1").replace(/:\d+$/, "");
   const other = await Deno.connect({ hostname, port, signal: ctx.signal } as Deno.ConnectOptions);
   try {
-    return isOk(await status(adapt(other), path, host));
+    return isOk(await status(checkConn(other, ctx.signal), path, host));
   } finally {
     other.close();
   }
 }
 
 const isOk = (code: number) => code >= 200 && code < 300;
-
-// A plain Deno connection as a CheckConn (for the second port).
-function adapt(conn: Deno.Conn): CheckConn {
-  const buffer = new Uint8Array(4096);
-  const read = async () => {
-    const n = await conn.read(buffer);
-    return n === null ? null : buffer.slice(0, n);
-  };
-  return {
-    async write(data) {
-      const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
-      for (let at = 0; at < bytes.length;) at += await conn.write(bytes.subarray(at));
-    },
-    read,
-    async readText(marker, limit = 64 * 1024) {
-      let text = "";
-      while (text.length < limit && (marker === undefined || !text.includes(marker))) {
-        const chunk = await read();
-        if (chunk === null) break;
-        text += new TextDecoder().decode(chunk);
-      }
-      return text;
-    },
-  };
-}
