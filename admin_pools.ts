@@ -4,9 +4,9 @@
  * adds one; `DELETE /api/pools/{pool}/backends/{address}` removes one (it
  * takes no new connection; those it has finish). Each applies like a reload
  * of that pool, and lasts across reloads of the file until the process
- * ends (runtime.ts). `POST /api/pools/{pool}/rebalance` with an optional
- * `{"rate_per_s": N}` (default 10) evens out its long-lived connections
- * (rebalance.ts).
+ * ends, or across restarts too with `state_file:` (runtime.ts, membership.ts).
+ * `POST /api/pools/{pool}/rebalance` with an optional `{"rate_per_s": N}`
+ * (default 10) evens out its long-lived connections (rebalance.ts).
  *
  * @module
  */

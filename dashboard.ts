@@ -167,6 +167,11 @@ export class Dashboard {
       }
     }
     for (const key of this.#backends.keys()) if (!seen.has(key)) this.#backends.delete(key);
+    // Causes are kept by address (a connect error names no pool): drop those of addresses gone.
+    const addresses = new Set([...seen].map((key) => key.slice(key.indexOf(" ") + 1)));
+    for (const address of this.#causes.keys()) {
+      if (!addresses.has(address)) this.#causes.delete(address);
+    }
     for (const listener of this.#source.listeners()) {
       const accepted = listener.durations.count + listener.activeConnections;
       let track = this.#listeners.get(listener.name);

@@ -216,7 +216,7 @@ async function handle(message: ToThread): Promise<void> {
       return;
     }
     case "recycle": {
-      const balancers = [...listeners.values()];
+      const balancers = [...listeners.values()].filter((b) => b.serves(message.pool));
       const rate = message.ratePerS / Math.max(1, balancers.length);
       for (const balancer of balancers) balancer.recycle(message.pool, message.fractions, rate);
       post({ id, type: "applied" });

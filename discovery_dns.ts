@@ -4,8 +4,8 @@
  * again every `interval_ms` with `Deno.resolveDns`.
  *
  * SRV: each record's target is resolved (A and AAAA, on the same name
- * server) to the addresses connected to; its weight (0-65535) becomes a
- * weight of 1-256; records of the lowest priority are the backends, the
+ * server) to the addresses connected to; weights (0-65535) are kept as
+ * they are up to 256, else all scaled down to fit (0 counts as 1); records of the lowest priority are the backends, the
  * others backups. `Deno.resolveDns` does not give record TTLs, so the
  * interval alone sets how often a name is asked again.
  *
@@ -95,6 +95,10 @@ export class DnsSource implements DiscoverySource {
   async #services(name: string): Promise<SourceReport> {
     const records = await this.#ask(name, "SRV");
     const first = Math.min(...records.map((r) => r.priority));
+    // SRV weights run to 65535, ours to 256: scaled down together when they
+    // must be, so their proportions stay.
+    const heaviest = Math.max(...records.map((r) => r.weight));
+    const scale = heaviest > 256 ? 256 / heaviest : 1;
     const backends = new Map<string, Discovered>();
     const unresolved: string[] = [];
     for (const record of records) {
@@ -111,7 +115,7 @@ export class DnsSource implements DiscoverySource {
         if (backends.has(address)) continue;
         backends.set(address, {
           address,
-          weight: Math.min(256, Math.max(1, record.weight)),
+          weight: Math.min(256, Math.max(1, Math.round(record.weight * scale))),
           backup: record.priority > first,
         });
       }

@@ -71,8 +71,10 @@ export class EtcdSource implements DiscoverySource {
         if (signal.aborted) break;
         report(this.#report());
         backoff = 0;
-        // A watch that ends cleanly (etcd restarting) is followed by a new read.
+        // A watch that ends cleanly (etcd restarting, a proxy's idle timeout)
+        // is followed by a new read, after a pause: never a tight loop.
         await this.#watch(revision + 1, () => report(this.#report()));
+        await sleep(this.#clock, RETRY_FIRST_MS, signal);
       } catch (error) {
         if (signal.aborted) break;
         report({ error: problemOf(error) });
@@ -97,9 +99,16 @@ export class EtcdSource implements DiscoverySource {
       key: base64(this.#prefix),
       range_end: base64(prefixEnd(this.#prefix)),
     }) as { header?: { revision?: string }; kvs?: { key: string; value?: string }[] };
+    // Read afresh, but a key whose value is broken now keeps its last good one.
+    const before = new Map(this.#values);
     this.#values.clear();
     this.#broken.clear();
-    for (const kv of answer.kvs ?? []) this.#put(kv.key, kv.value ?? "");
+    for (const kv of answer.kvs ?? []) {
+      this.#put(kv.key, kv.value ?? "");
+      const key = text(kv.key);
+      const kept = before.get(key);
+      if (this.#broken.has(key) && kept !== undefined) this.#values.set(key, kept);
+    }
     return Number(answer.header?.revision ?? 0);
   }
 

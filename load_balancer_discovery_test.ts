@@ -314,6 +314,17 @@ state_file: ${dir}/state.json
       assert.equal(drained.status, 200, JSON.stringify(drained.body));
       const saved = JSON.parse(await Deno.readTextFile(`${dir}/state.json`));
       assert.deepEqual(saved.pools.web.admin, { [`127.0.0.1:${one.port}`]: { state: "draining" } });
+      // Changes at once are saved one at a time: the file stays whole.
+      const twoAt = `/api/backends/web/${encodeURIComponent(`127.0.0.1:${two.port}`)}/weight`;
+      const answers = await Promise.all(
+        [2, 3, 4, 5, 6, 7, 8, 9].map((weight) => running.call("POST", twoAt, { weight })),
+      );
+      assert.ok(answers.every((a) => a.status === 200));
+      const after = JSON.parse(await Deno.readTextFile(`${dir}/state.json`));
+      const weight = after.pools.web.admin[`127.0.0.1:${two.port}`].weight;
+      assert.equal(weight, (await running.backends("web"))[1]!.weight, "the last change is saved");
+      const leftovers = [...Deno.readDirSync(dir)].filter((e) => e.name.endsWith(".tmp"));
+      assert.deepEqual(leftovers, []);
       // A reload of the file keeps the drain too, with a state file.
       lb.kill("SIGHUP");
       await lb.waitForLine("stderr", /reloaded \(SIGHUP\)/);

@@ -122,8 +122,8 @@ export interface PolicyCandidate extends Candidate {
   readonly connectMs: number | undefined;
 }
 
-// A pool's state object, kept per thread across reloads (by pool name), and
-// the module versions that were handed it.
+// A policy module's state object for a pool, kept per thread across reloads
+// (by pool and module file), and the versions of the module handed it.
 const states = new Map<string, { state: Record<string, unknown>; inited: Set<string> }>();
 
 /**
@@ -173,8 +173,10 @@ export class ModulePolicy<B extends PolicyCandidate> implements Strategy<B> {
       if (say) saidAt = at;
       onError(problem, say);
     };
-    let kept = states.get(pool);
-    if (kept === undefined) states.set(pool, kept = { state: {}, inited: new Set() });
+    // The module's own state: by pool and file, whatever version of it.
+    const key = `${pool} ${url.replace(/\?v=\w+$/, "")}`;
+    let kept = states.get(key);
+    if (kept === undefined) states.set(key, kept = { state: {}, inited: new Set() });
     this.#state = kept.state;
     if (!kept.inited.has(url)) {
       kept.inited.add(url);

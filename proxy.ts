@@ -68,6 +68,8 @@ interface Connection {
   shutdown?: "backend-removed" | "backend-down" | "rebalanced";
   /** When it was joined, on the clock (a rebalance closes the oldest first). */
   joinedAt?: number;
+  /** A rebalance has it down to be closed (a second one must not count it again). */
+  recycling?: boolean;
   seenActivity?: number;
   quietSince?: number;
 }
@@ -165,6 +167,7 @@ export class LoadBalancer {
     for (const connection of this.#connections) {
       const backend = connection.backend;
       if (connection.pool?.name !== pool || backend === undefined || connection.shutdown) continue;
+      if (connection.recycling) continue;
       if (!((fractions[backend.name] ?? 0) > 0)) continue;
       const list = byBackend.get(backend.name) ?? [];
       list.push(connection);
@@ -178,11 +181,17 @@ export class LoadBalancer {
     chosen.sort((a, b) => a.joinedAt! - b.joinedAt!);
     const gapMs = 1000 / ratePerS;
     chosen.forEach((connection, i) => {
-      this.#clock.setTimer(() => {
-        if (!this.#connections.has(connection) || connection.shutdown) return;
-        connection.shutdown = "rebalanced";
-        connection.cut();
-      }, (i + random()) * gapMs);
+      connection.recycling = true;
+      // Unref'd: a pending close never keeps a stopping process alive.
+      this.#clock.setTimer(
+        () => {
+          if (!this.#connections.has(connection) || connection.shutdown) return;
+          connection.shutdown = "rebalanced";
+          connection.cut();
+        },
+        (i + random()) * gapMs,
+        { unref: true },
+      );
     });
     return chosen.length;
   }
@@ -210,6 +219,12 @@ export class LoadBalancer {
       }
       connection.cut();
     }
+  }
+
+  /** Whether new connections may go to `pool` here: its own pool, or one its routes name. */
+  serves(pool: string): boolean {
+    return this.#pool.name === pool || (this.#edge?.settings.routes.some((r) => r.pool === pool) ??
+      false);
   }
 
   /** Where clients connect. */

@@ -257,6 +257,7 @@ export class Runtime {
     try {
       addresses = await this.#host.start(this.#config, this.#pools, (l) => this.#where(l));
     } catch (error) {
+      this.#dashboard?.stop();
       await this.#admin?.close();
       throw error;
     }
@@ -388,11 +389,18 @@ export class Runtime {
     for (const line of overlay.adminLeftOut) logDiagnostic(`admin API change left out: ${line}`);
   }
 
-  async #saveState(): Promise<void> {
-    const problem = await this.#writeState(this.#pools);
-    if (problem !== undefined) {
-      logDiagnostic(`state file ${this.#config.state_file}: cannot write it: ${problem}`);
-    }
+  // Saves one at a time, in order: two admin changes at once must not
+  // interleave their writes.
+  #saving: Promise<void> = Promise.resolve();
+
+  #saveState(): Promise<void> {
+    this.#saving = this.#saving.then(async () => {
+      const problem = await this.#writeState(this.#pools);
+      if (problem !== undefined) {
+        logDiagnostic(`state file ${this.#config.state_file}: cannot write it: ${problem}`);
+      }
+    });
+    return this.#saving;
   }
 
   // Writes the state file, if there is one; resolves with why it could not.
@@ -462,6 +470,13 @@ export class Runtime {
       if (problem === undefined) return;
       for (const [name, before] of pending) {
         const entry = this.#discoveries.get(name);
+        // A newer set came meanwhile: it gets its own reload; should that
+        // fail too, the set to go back to is still this one's `before`.
+        if (this.#discoveryPending.has(name)) {
+          this.#discoveryPending.set(name, before);
+          entry?.discovery.fail(`could not apply a set: ${problem}`);
+          continue;
+        }
         this.#members.discover(name, entry?.discovery.source.kind ?? "dns", before);
         entry?.discovery.reject(before, `could not apply it: ${problem}`);
       }
@@ -664,7 +679,7 @@ export class LocalListeners implements ListenerHost {
   }
 
   recycle(pool: string, fractions: Readonly<Record<string, number>>, ratePerS: number) {
-    const balancers = [...this.#running.values()];
+    const balancers = [...this.#running.values()].filter((b) => b.serves(pool));
     const rate = ratePerS / Math.max(1, balancers.length);
     for (const balancer of balancers) balancer.recycle(pool, fractions, rate);
     return Promise.resolve();

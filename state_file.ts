@@ -2,13 +2,15 @@
  * `state_file:` — what the admin API changed (backends added and removed,
  * drained, disabled, weights set by hand), written after every such change
  * and read at start, so a restart keeps it (as HAProxy's server-state-file
- * does). JSON, written to a temporary file and renamed over the old one: a
- * crash mid-write leaves the previous state, never half of one.
+ * does). JSON, written to a temporary file of its own, synced, and renamed
+ * over the old one: a crash mid-write leaves the previous state, never half
+ * of one. The balancer saves one change at a time.
  *
  * @module
  */
 
 import { z } from "zod";
+import { writeAll } from "./io.ts";
 import type { SavedState } from "./membership.ts";
 
 const addedSchema = z.strictObject({
@@ -66,9 +68,15 @@ export async function readStateFile(path: string): Promise<SavedState | undefine
 
 /** Writes `state` to `path` whole, or not at all. @throws {Error} */
 export async function writeStateFile(path: string, state: SavedState): Promise<void> {
-  const temporary = `${path}.tmp`;
+  const temporary = `${path}.${crypto.randomUUID().slice(0, 8)}.tmp`;
   try {
-    await Deno.writeTextFile(temporary, JSON.stringify(state, null, 2) + "\n");
+    const file = await Deno.open(temporary, { write: true, createNew: true });
+    try {
+      await writeAll(file, new TextEncoder().encode(JSON.stringify(state, null, 2) + "\n"));
+      await file.sync(); // on disk before it takes the name
+    } finally {
+      file.close();
+    }
     await Deno.rename(temporary, path);
   } catch (error) {
     await Deno.remove(temporary).catch(() => {});

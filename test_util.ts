@@ -614,6 +614,7 @@ export async function startBalancerWithAdmin(
       source: string;
       state: string;
       active: number;
+      weight: number;
     }[]).filter((b) => b.pool === pool);
   return { lb, base, call, backends };
 }
