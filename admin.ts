@@ -21,7 +21,7 @@ import { type Family, type Histogram, type Labels, renderMetrics } from "./metri
 import type { Backend, Pool } from "./pool.ts";
 import { VERSION } from "./version.ts";
 import type { Clock } from "./clock.ts";
-import { type Dashboard, eventStream } from "./dashboard.ts";
+import { type Dashboard, eventStream, MAX_STREAMS } from "./dashboard.ts";
 import { DASHBOARD_PAGE } from "./dashboard_page.ts";
 
 /** What the admin API and the metrics see of a listener, wherever it runs. */
@@ -315,7 +315,13 @@ export function createAdminHandler(
         });
       }
       const { state, clock } = options.dashboard;
-      return new Response(eventStream(state, clock), {
+      const stream = eventStream(state, clock);
+      if (stream === undefined) {
+        return json(503, {
+          error: `too many event streams open (${MAX_STREAMS}); close a dashboard tab`,
+        }, { "retry-after": "10" });
+      }
+      return new Response(stream, {
         headers: { "content-type": "text/event-stream; charset=utf-8" },
       });
     }

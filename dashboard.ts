@@ -77,6 +77,8 @@ export class Dashboard {
   readonly #causes = new Map<string, Map<string, number>>();
   #timer: number | undefined;
   #lastSample: number;
+  /** Event streams open now (see {@linkcode eventStream}). */
+  streams = 0;
 
   constructor(source: DashboardSource, clock: Clock) {
     this.#source = source;
@@ -243,6 +245,12 @@ export class Dashboard {
   }
 }
 
+/**
+ * Event streams open at once, at most: they last, and share the admin
+ * port's connection cap with the requests an operator needs in an emergency.
+ */
+export const MAX_STREAMS = 16;
+
 /** How often a stream sends a snapshot. */
 const STREAM_EVERY_MS = 500;
 
@@ -251,7 +259,12 @@ const STREAM_EVERY_MS = 500;
  * events (`event: snapshot`), until the client goes. The browser's
  * EventSource reconnects by itself (`retry:`), also across a restart.
  */
-export function eventStream(dashboard: Dashboard, clock: Clock): ReadableStream<Uint8Array> {
+export function eventStream(
+  dashboard: Dashboard,
+  clock: Clock,
+): ReadableStream<Uint8Array> | undefined {
+  if (dashboard.streams >= MAX_STREAMS) return undefined;
+  dashboard.streams++;
   const encoder = new TextEncoder();
   let timer: number | undefined;
   return new ReadableStream<Uint8Array>({
@@ -267,6 +280,7 @@ export function eventStream(dashboard: Dashboard, clock: Clock): ReadableStream<
     },
     cancel() {
       clock.clearTimer(timer);
+      dashboard.streams--;
     },
   });
 }

@@ -78,7 +78,8 @@ function spark(connections, errors) {
       (height - 1 - v * (height - 2) / top).toFixed(1)).join(" ") + '"/>';
   return '<svg class="spark" width="' + width + '" height="' + height + '" role="img" aria-label="' +
     "connections and errors per second, the last " + n + " s, at most " + top + '/s">' +
-    line(connections, "#0969da") + line(errors, "#cf222e") + "</svg>";
+    (errors.some((v) => v > 0) ? line(errors, "#cf222e") : "") + line(connections, "#0969da") +
+    "</svg>";
 }
 
 function causes(byCause) {
@@ -86,8 +87,27 @@ function causes(byCause) {
   return list === "" ? "" : ' <span class="since">(' + list + ")</span>";
 }
 
+// While the operator is pressing or has focused a button, or selected text, the page is not
+// redrawn (that would drop the click, the focus or the selection); it catches up after.
+// A button focused from the keyboard holds redraws for a few seconds at most.
+let pressing = false;
+let focusedAt = 0;
+document.addEventListener("focusin", () => { focusedAt = Date.now(); });
+function busy() {
+  const active = document.activeElement;
+  const focused = active !== null && active.closest && active.closest("#pools") !== null &&
+    Date.now() - focusedAt < 5000;
+  return pressing || focused || String(getSelection()).length > 0;
+}
+document.addEventListener("pointerdown", () => { pressing = true; });
+document.addEventListener("pointerup", () => {
+  pressing = false;
+  setTimeout(() => latest && !busy() && render(latest), 0);
+});
+
 function render(snapshot) {
   latest = snapshot;
+  if (busy()) return;
   $("version").textContent = "version " + snapshot.version;
   $("listeners").innerHTML = snapshot.listeners.map((l) =>
     "<tr><td>" + escape(l.name) + "</td><td>" + escape(l.address || "") + "</td><td>" +
@@ -98,15 +118,18 @@ function render(snapshot) {
   const can = token() !== "";
   $("pools").innerHTML = snapshot.pools.map((pool) =>
     '<section><h2>pool ' + escape(pool.name) + '</h2><div class="wrap"><table><thead><tr>' +
-    "<th>backend</th><th>state</th><th>checks</th><th>source</th><th>weight</th><th>active</th>" +
-    "<th>connections</th><th>conn/s</th><th>in</th><th>out</th><th>connect p50/p99</th>" +
-    "<th>errors</th>" +
-    "<th>last 5 min</th><th></th></tr></thead><tbody>" +
+    "<th>backend</th><th>state</th><th></th><th>checks</th><th>source</th><th>weight</th>" +
+    '<th>active</th><th title="connections that have ended">ended</th><th>conn/s</th>' +
+    '<th title="bytes of connections as they end">in</th><th title="bytes of connections as they end">out</th>' +
+    "<th>connect p50/p99</th><th>errors</th><th>last 5 min</th></tr></thead><tbody>" +
     pool.backends.map((b) =>
       '<tr data-backend="' + escape(b.address) + '" data-pool="' + escape(pool.name) + '">' +
       "<td>" + escape(b.address) + (b.backup ? " (backup)" : "") + "</td>" +
       '<td><span class="state ' + b.state + '" data-field="state">' + b.state +
-      '</span> <span class="since">for ' + since(b.for_s) + "</span></td>" +
+      '</span> <span class="since">for ' + since(b.for_s) + "</span></td><td>" +
+      ["drain", "enable", "disable", "weight"].map((action) =>
+        '<button data-action="' + action + '"' + (can ? "" : " disabled") + ">" + action +
+        "</button>").join(" ") + "</td>" +
       '<td><span class="checks" title="the last checks, oldest first">' +
       b.checks.map((ok) => '<i class="' + (ok ? "pass" : "fail") + '" title="' +
         (ok ? "passed" : "failed") + '"></i>').join("") + "</span></td>" +
@@ -119,13 +142,10 @@ function render(snapshot) {
       (b.connect_ms === null ? "–" : b.connect_ms.p50 + " / " + b.connect_ms.p99 + " ms") + "</td>" +
       '<td class="num" title="failed connects, by cause">' + b.connect_failures +
       causes(b.errors_by_cause) + "</td>" +
-      "<td>" + spark(b.history.connections_per_s, b.history.errors_per_s) + "</td><td>" +
-      ["drain", "enable", "disable", "weight"].map((action) =>
-        '<button data-action="' + action + '"' + (can ? "" : " disabled") + ">" + action +
-        "</button>").join(" ") +
-      "</td></tr>").join("") + "</tbody></table></div></section>").join("");
+      "<td>" + spark(b.history.connections_per_s, b.history.errors_per_s) + "</td>" +
+      "</tr>").join("") + "</tbody></table></div></section>").join("");
   $("events").innerHTML = snapshot.events.map((e) =>
-    '<li><time>' + escape(e.at.slice(11, 19)) + "</time>" + escape(e.kind) + ": " +
+    '<li><time title="' + escape(e.at) + '">' + escape(e.at.slice(11, 19)) + " UTC</time>" + escape(e.kind) + ": " +
     escape(e.text) + "</li>").join("") || "<li>nothing yet</li>";
 }
 
@@ -134,8 +154,12 @@ async function act(button) {
   const action = button.dataset.action;
   let body;
   if (action === "weight") {
-    const weight = prompt("New weight for " + row.dataset.backend + " (1-256)");
+    const weight = prompt("New weight for " + row.dataset.backend + " (a whole number 1-256)");
     if (weight === null) return;
+    if (!/^[0-9]+$/.test(weight.trim())) {
+      $("message").textContent = "weight: expected a whole number 1-256, got " + JSON.stringify(weight);
+      return;
+    }
     body = JSON.stringify({ weight: Number(weight) });
   }
   const path = "/api/backends/" + encodeURIComponent(row.dataset.pool) + "/" +
@@ -147,6 +171,7 @@ async function act(button) {
   });
   const answer = await response.json().catch(() => ({}));
   $("message").textContent = response.ok ? "" : action + ": " + (answer.error || response.status);
+  button.blur();
 }
 
 function showToken() {
@@ -198,6 +223,7 @@ export const DASHBOARD_PAGE = `<!doctype html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Load balancer</title>
+<link rel="icon" href="data:,">
 <style>${STYLE}</style>
 </head>
 <body>

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { parseHostPort } from "./address.ts";
-import { Dashboard, eventStream, type ListenerView } from "./dashboard.ts";
+import { Dashboard, eventStream, type ListenerView, MAX_STREAMS } from "./dashboard.ts";
 import { Histogram } from "./metrics.ts";
 import { Backend, Pool } from "./pool.ts";
 import { FakeClock } from "./test_util.ts";
@@ -73,7 +73,7 @@ Deno.test("Dashboard: the last checks as a strip, and recent events newest first
 
 Deno.test("eventStream(): a snapshot at once and every half second, until cancelled", async () => {
   const { clock, dashboard } = fixture();
-  const reader = eventStream(dashboard, clock).getReader();
+  const reader = eventStream(dashboard, clock)!.getReader();
   const text = async () => new TextDecoder().decode((await reader.read()).value);
   assert.equal(await text(), "retry: 2000\n\n");
   assert.match(await text(), /^event: snapshot\ndata: \{"version":/);
@@ -99,4 +99,19 @@ Deno.test("Dashboard: connect time p50 and p99 over the last 256, failed connect
     ECONNREFUSED: 2,
     TimedOut: 1,
   });
+});
+
+Deno.test("eventStream(): at most MAX_STREAMS at once; a closed one makes room", async () => {
+  const { clock, dashboard } = fixture();
+  const open = Array.from(
+    { length: MAX_STREAMS },
+    () => eventStream(dashboard, clock)!.getReader(),
+  );
+  assert.equal(eventStream(dashboard, clock), undefined, "one more is refused");
+  await open.pop()!.cancel();
+  const again = eventStream(dashboard, clock);
+  assert.ok(again !== undefined);
+  await Promise.all([...open.map((r) => r.cancel()), again.cancel()]);
+  assert.equal(dashboard.streams, 0);
+  assert.equal(clock.pending, 0);
 });

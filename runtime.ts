@@ -600,7 +600,7 @@ export class Runtime {
       if (address !== undefined) this.#ready(listener, address);
     }
     this.reloads++;
-    this.#dashboard?.note("reload", why);
+    this.#dashboard?.note("reload", `${why}: ${summarize(next)}`);
     const restart = needsRestart(previous, next);
     logDiagnostic(
       `reloaded (${why}): ${summarize(next)}` +
