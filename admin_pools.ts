@@ -13,12 +13,8 @@
 
 import type { RebalanceLine } from "./rebalance.ts";
 
-/** One change: a backend to add, or the address of one to remove. */
-export type BackendChange =
-  | {
-    readonly add: { readonly address: string; readonly weight?: number; readonly backup?: boolean };
-  }
-  | { readonly remove: string };
+import type { BackendChange } from "./membership.ts";
+export type { BackendChange };
 
 /** Starts a rebalance of a pool; resolves with its plan, or undefined when there is no such pool. */
 export type Rebalance = (

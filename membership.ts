@@ -11,10 +11,16 @@
  */
 
 import { formatHostPort, parseHostPort } from "./address.ts";
-import type { BackendChange } from "./admin_pools.ts";
 import { checkBackend, type Config, loopsBack, validateConfig } from "./config.ts";
 import type { Discovered } from "./discovery.ts";
 import type { Backend, BackendSource, Pool } from "./pool.ts";
+
+/** One change through the admin API: a backend to add, or the address of one to remove. */
+export type BackendChange =
+  | {
+    readonly add: { readonly address: string; readonly weight?: number; readonly backup?: boolean };
+  }
+  | { readonly remove: string };
 
 /** A backend the admin API added. */
 export interface AddedBackend {

@@ -26,7 +26,7 @@ import {
   type PoolConfig,
   socketsOverlap,
 } from "./config.ts";
-import type { BackendChange } from "./admin_pools.ts";
+import type { BackendChange } from "./membership.ts";
 import { type Discovered, type DiscoverySource, PoolDiscovery } from "./discovery.ts";
 import { DnsSource } from "./discovery_dns.ts";
 import { EtcdSource } from "./discovery_etcd.ts";
