@@ -11,9 +11,9 @@
  * @module
  */
 
+import type { BackendChange } from "./membership.ts";
 import type { RebalanceLine } from "./rebalance.ts";
 
-import type { BackendChange } from "./membership.ts";
 export type { BackendChange };
 
 /** Starts a rebalance of a pool; resolves with its plan, or undefined when there is no such pool. */
