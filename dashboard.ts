@@ -223,10 +223,7 @@ export class Dashboard {
             connections_per_s: round(track?.rates.connections ?? 0),
             bytes_in_per_s: Math.round(track?.rates.bytesIn ?? 0),
             bytes_out_per_s: Math.round(track?.rates.bytesOut ?? 0),
-            connect_ms: backend.connectTimes.length === 0 ? null : {
-              p50: round(percentile(backend.connectTimes, 0.5)),
-              p99: round(percentile(backend.connectTimes, 0.99)),
-            },
+            connect_ms: connectMs(backend.recentConnectTimes()),
             connect_failures: backend.connectFailures,
             errors_by_cause: Object.fromEntries(this.#causes.get(backend.name) ?? []),
             last_check: backend.lastCheck === undefined
@@ -291,6 +288,11 @@ function push(series: number[], value: number): void {
 }
 
 const round = (value: number) => Math.round(value * 10) / 10;
+
+function connectMs(times: number[]): { p50: number; p99: number } | null {
+  if (times.length === 0) return null;
+  return { p50: round(percentile(times, 0.5)), p99: round(percentile(times, 0.99)) };
+}
 
 // The value below which a share `p` of `values` falls (nearest rank).
 function percentile(values: readonly number[], p: number): number {

@@ -94,8 +94,9 @@ export class Backend implements Candidate {
   connectFailures = 0;
   /** Recent time to connect, in milliseconds: a moving average (policy modules see it). */
   connectMs: number | undefined;
-  /** The last connect times, in milliseconds, oldest first (at most 256), for percentiles. */
-  readonly connectTimes: number[] = [];
+  // The last connect times, in milliseconds, in a ring (recorded per connection: no shifting).
+  readonly #times = new Float64Array(256);
+  #timesRecorded = 0;
   /** The last active check: when, whether it passed, and why not. */
   lastCheck: { at: Date; ok: boolean; reason?: string } | undefined;
   /** How long active checks took, in seconds. */
@@ -177,8 +178,12 @@ export class Backend implements Candidate {
   /** Folds one connect's time into {@linkcode Backend.connectMs} (each new one weighs a fifth). */
   recordConnectTime(ms: number): void {
     this.connectMs = this.connectMs === undefined ? ms : this.connectMs + (ms - this.connectMs) / 5;
-    this.connectTimes.push(ms);
-    if (this.connectTimes.length > 256) this.connectTimes.shift();
+    this.#times[this.#timesRecorded++ % this.#times.length] = ms;
+  }
+
+  /** The last connect times, in milliseconds (at most 256, in no order), for percentiles. */
+  recentConnectTimes(): number[] {
+    return Array.from(this.#times.subarray(0, Math.min(this.#timesRecorded, this.#times.length)));
   }
 
   /** Notes that a client is about to try this backend while it is down (half-open). */
