@@ -15,6 +15,9 @@ import type { Histogram } from "./metrics.ts";
 import type { Pool } from "./pool.ts";
 import { VERSION } from "./version.ts";
 
+/** How a client ends when no backend served it (events.ts). */
+const FAILED_ENDS = new Set(["connect-failed", "no-backend", "queue-timeout", "queue-full"]);
+
 /** Samples kept: one a second, five minutes. */
 const HISTORY = 300;
 /** Checks kept per backend, for the strip. */
@@ -73,6 +76,8 @@ export class Dashboard {
   readonly #backends = new Map<string, BackendTrack>();
   readonly #listeners = new Map<string, ListenerTrack>();
   readonly #events: DashboardEvent[] = [];
+  // Clients each listener could not serve (no backend reached, or the queue), by listener.
+  readonly #failed = new Map<string, number>();
   // Failed connects by backend and cause (ECONNREFUSED, TimedOut, …).
   readonly #causes = new Map<string, Map<string, number>>();
   #timer: number | undefined;
@@ -103,6 +108,12 @@ export class Dashboard {
   note(kind: DashboardEvent["kind"], text: string): void {
     this.#events.unshift({ at: new Date().toISOString(), kind, text });
     this.#events.length = Math.min(this.#events.length, EVENTS);
+  }
+
+  /** Counts a client that ended; those no backend served count as failed for its listener. */
+  ended(listener: string, end: string): void {
+    if (!FAILED_ENDS.has(end)) return;
+    this.#failed.set(listener, (this.#failed.get(listener) ?? 0) + 1);
   }
 
   /** Counts a failed connect by its cause: the error's code, the part of `reason` before its colon. */
@@ -205,6 +216,7 @@ export class Dashboard {
           active: listener.activeConnections,
           accepted_per_s: round(track?.rate ?? 0),
           refused: Object.fromEntries(listener.rejected),
+          failed: this.#failed.get(listener.name) ?? 0,
         };
       }),
       pools: this.#source.pools().map((pool) => ({

@@ -114,7 +114,8 @@ function render(snapshot) {
     escape(l.engine) + (l.threads > 1 ? " × " + l.threads : "") + "</td><td>" + escape(l.pool) +
     '</td><td class="num" data-field="listener-active">' + l.active + '</td><td class="num">' +
     l.accepted_per_s + '</td><td class="num">' +
-    Object.values(l.refused).reduce((a, b) => a + b, 0) + "</td></tr>").join("");
+    Object.values(l.refused).reduce((a, b) => a + b, 0) + '</td><td class="num" data-field="failed">' +
+    l.failed + "</td></tr>").join("");
   const can = token() !== "";
   $("pools").innerHTML = snapshot.pools.map((pool) =>
     '<section><h2>pool ' + escape(pool.name) + '</h2><div class="wrap"><table><thead><tr>' +
@@ -239,7 +240,9 @@ export const DASHBOARD_PAGE = `<!doctype html>
 </header>
 <main>
   <section><h2>listeners</h2><div class="wrap"><table><thead><tr><th>name</th><th>address</th>
-    <th>engine</th><th>pool</th><th>active</th><th>accepted/s</th><th>refused</th></tr></thead>
+    <th>engine</th><th>pool</th><th>active</th><th>accepted/s</th>
+    <th title="closed at the front door: ACL, limits, PROXY header, no route">refused</th>
+    <th title="no backend could serve them: all down or failing, or the queue">failed</th></tr></thead>
     <tbody id="listeners"></tbody></table></div></section>
   <div id="pools"></div>
   <section><h2>recent events</h2><ul id="events"></ul></section>

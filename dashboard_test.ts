@@ -115,3 +115,11 @@ Deno.test("eventStream(): at most MAX_STREAMS at once; a closed one makes room",
   assert.equal(dashboard.streams, 0);
   assert.equal(clock.pending, 0);
 });
+
+Deno.test("Dashboard: clients no backend served count as failed for their listener", () => {
+  const { dashboard, snapshot } = fixture();
+  for (const end of ["client-fin", "no-backend", "connect-failed", "queue-full", "acl"]) {
+    dashboard.ended("main", end);
+  }
+  assert.equal(snapshot().listeners[0].failed, 3);
+});

@@ -162,7 +162,9 @@ export class Runtime {
     const log = eventLogger(this.#accessLog);
     this.#onEvent = (event) => {
       log(event);
-      if (event.type === "connect-error") {
+      if (event.type === "connection") {
+        this.#dashboard?.ended(event.record.listener, event.record.end);
+      } else if (event.type === "connect-error") {
         this.#dashboard?.connectError(event.backend, event.reason);
       } else if (event.type === "backend-state") {
         this.#dashboard?.note(
