@@ -9,9 +9,9 @@
  * Modules run inside the balancer, with its permissions: a module can do
  * whatever the `deno run` line allows. Load only code you trust.
  *
- * @example A policy: the backend with the fewest connections per weight.
+ * @example A policy: the backend with the fewest connections per weight
+ * (its module imports the type `PickContext` from this one).
  * ```ts
- * import type { PickContext } from "./programmable.ts";
  * export function pick(ctx: PickContext) {
  *   return ctx.backends.reduce((best, b) =>
  *     b.active / b.weight < best.active / best.weight ? b : best
