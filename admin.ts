@@ -16,24 +16,15 @@ import { formatHostPort, parseHostPort } from "./address.ts";
 import { type ChangeBackends, changeMembership, type Rebalance, rebalance } from "./admin_pools.ts";
 import { AdminServer } from "./admin_server.ts";
 import { describe, StartError } from "./errors.ts";
-import { REJECT_REASONS, type RejectReason } from "./events.ts";
-import { type Family, type Histogram, type Labels, renderMetrics } from "./metrics.ts";
+import { REJECT_REASONS } from "./events.ts";
+import { type Family, type Labels, type ListenerStats, renderMetrics } from "./metrics.ts";
+
+export type { ListenerStats };
 import type { Backend, Pool } from "./pool.ts";
 import { VERSION } from "./version.ts";
 import type { Clock } from "./clock.ts";
 import { type Dashboard, eventStream, MAX_STREAMS } from "./dashboard.ts";
 import { DASHBOARD_PAGE } from "./dashboard_page.ts";
-
-/** What the admin API and the metrics see of a listener, wherever it runs. */
-export interface ListenerStats {
-  readonly name: string;
-  readonly pool: { readonly name: string };
-  readonly activeConnections: number;
-  /** How long its connections lasted, in seconds. */
-  readonly durations: Histogram;
-  /** Clients it closed before dialling any backend, by reason (edge.ts). */
-  readonly rejected: ReadonlyMap<RejectReason, number>;
-}
 
 /** What the admin API can see of a running balancer. */
 export interface AdminView {

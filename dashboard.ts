@@ -11,7 +11,7 @@
  */
 
 import type { Clock } from "./clock.ts";
-import type { Histogram } from "./metrics.ts";
+import type { ListenerStats } from "./metrics.ts";
 import type { Pool } from "./pool.ts";
 import { VERSION } from "./version.ts";
 
@@ -32,18 +32,9 @@ export interface DashboardEvent {
   readonly text: string;
 }
 
-/** What the dashboard reads of a listener (the admin API's ListenerStats fit). */
-export interface ListenerView {
-  readonly name: string;
-  readonly pool: { readonly name: string };
-  readonly activeConnections: number;
-  readonly durations: Histogram;
-  readonly rejected: ReadonlyMap<string, number>;
-}
-
 /** What the dashboard reads of the running balancer. */
 export interface DashboardSource {
-  listeners(): readonly ListenerView[];
+  listeners(): readonly ListenerStats[];
   pools(): readonly Pool[];
   /** Each listener's address and engine, by listener name. */
   describe(name: string): { address?: string; engine: string; threads: number };

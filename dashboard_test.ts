@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { parseHostPort } from "./address.ts";
-import { Dashboard, eventStream, type ListenerView, MAX_STREAMS } from "./dashboard.ts";
-import { Histogram } from "./metrics.ts";
+import { Dashboard, eventStream, MAX_STREAMS } from "./dashboard.ts";
+import { Histogram, type ListenerStats } from "./metrics.ts";
 import { Backend, Pool } from "./pool.ts";
 import { FakeClock } from "./test_util.ts";
 
@@ -10,7 +10,7 @@ function fixture() {
   const one = new Backend(parseHostPort("127.0.0.1:5001"));
   const two = new Backend(parseHostPort("127.0.0.1:5002"));
   const pool = new Pool({ name: "web", backends: [one, two] });
-  const listener: ListenerView & { activeConnections: number } = {
+  const listener: ListenerStats & { activeConnections: number } = {
     name: "main",
     pool: { name: "web" },
     activeConnections: 0,

@@ -80,29 +80,14 @@ pools:
           },
         );
         lb = running.lb;
-        await until(
-          async () => {
-            const states = (await running.backends("db")).map((x) => x.state);
-            return states.join() === "up,down";
-          },
-          "a up, b down (a replica)",
-          400,
-          25,
-        );
+        const states = async () => (await running.backends("db")).map((x) => x.state).join();
+        await until(async () => await states() === "up,down", "a up, b down (a replica)", 400, 25);
         const held = await connectLoopback(lb.port);
         assert.equal(await ask(held, "before\n"), "a");
         // Fail over: b is promoted, a demoted.
         roles.a.primary = false;
         roles.b.primary = true;
-        await until(
-          async () => {
-            const states = (await running.backends("db")).map((x) => x.state);
-            return states.join() === "down,up";
-          },
-          "a down, b up",
-          400,
-          25,
-        );
+        await until(async () => await states() === "down,up", "a down, b up", 400, 25);
         // New clients go to b (once the data plane has heard: a client placed on a
         // just before is cut, and tries again).
         await until(

@@ -7,6 +7,19 @@
  * @module
  */
 
+import type { RejectReason } from "./events.ts";
+
+/** What the admin API, the metrics and the dashboard see of a listener, wherever it runs. */
+export interface ListenerStats {
+  readonly name: string;
+  readonly pool: { readonly name: string };
+  readonly activeConnections: number;
+  /** How long its connections lasted, in seconds. */
+  readonly durations: Histogram;
+  /** Clients it closed before dialling any backend, by reason (edge.ts). */
+  readonly rejected: ReadonlyMap<RejectReason, number>;
+}
+
 /** Upper bounds, in seconds, for connection durations. */
 export const DURATION_BUCKETS = [0.005, 0.025, 0.1, 0.5, 1, 5, 30, 120, 600, 3600];
 /** Upper bounds, in seconds, for health check durations. */

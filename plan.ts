@@ -150,6 +150,13 @@ export function edgeSettingsOf(listener: ListenerConfig): EdgeSettings | undefin
   return hasEdge(settings) ? settings : undefined;
 }
 
+/** Where a `discover:` block learns backends, in a few words: `dns NAME`, `etcd PREFIX`. */
+export function discoverySource(
+  discover: NonNullable<Config["pools"][string]["discover"]>,
+): string {
+  return discover.etcd !== undefined ? `etcd ${discover.prefix}` : `dns ${discover.dns}`;
+}
+
 /** A one-line summary of a valid configuration, for `--check`. */
 export function summarize(config: Config): string {
   const listeners = config.listeners.map((l) =>
@@ -159,10 +166,7 @@ export function summarize(config: Config): string {
   );
   // Each backend by address, so a reload's line shows what changed.
   const pools = Object.entries(config.pools).map(([name, pool]) => {
-    const discover = pool.discover;
-    const source = discover === undefined
-      ? []
-      : [discover.etcd !== undefined ? `etcd ${discover.prefix}` : `dns ${discover.dns}`];
+    const source = pool.discover === undefined ? [] : [discoverySource(pool.discover)];
     const members = [...pool.backends.map((b) => b.address), ...source];
     // A loaded module shows as its file's name, not its versioned URL.
     const balance = typeof pool.balance === "string"

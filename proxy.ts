@@ -588,7 +588,7 @@ export class LoadBalancer {
     connection.backend = backend;
     connection.joinedAt = this.#clock.now();
     connection.seenActivity = 0;
-    connection.quietSince = this.#clock.now();
+    connection.quietSince = connection.joinedAt;
     const result = await joined.result;
     backend!.active--;
     backend!.connections++;

@@ -39,6 +39,7 @@ import { type AccessLog, eventLogger, logDiagnostic } from "./log.ts";
 import {
   adminExposure,
   buildPools,
+  discoverySource,
   edgeSettingsOf,
   needsRestart,
   type Plan,
@@ -279,11 +280,7 @@ export class Runtime {
     const name = listenerPool(listener);
     const pool = this.#pools.get(name)!;
     const discover = this.#config.pools[name]?.discover;
-    const learned = discover === undefined ? [] : [
-      `more from ${
-        discover.etcd !== undefined ? `etcd ${discover.prefix}` : `dns ${discover.dns}`
-      }`,
-    ];
+    const learned = discover === undefined ? [] : [`more from ${discoverySource(discover)}`];
     const backends = [...pool.backends.map((b) => b.describe()), ...learned];
     logDiagnostic(`${READY}${address}; backends ${backends.join(", ") || "none"}`);
   }
