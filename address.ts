@@ -133,3 +133,17 @@ export function formatHostPort(address: HostPort): string {
     ? `[${address.hostname}]:${address.port}`
     : `${address.hostname}:${address.port}`;
 }
+
+/** What a listener's `listen` text starts with to take UDP datagrams instead of TCP connections. */
+export const UDP_SCHEME = "udp://";
+
+/**
+ * A listener's address and transport: `udp://HOST:PORT` listens for UDP,
+ * `HOST:PORT` (or `tcp://HOST:PORT`) for TCP. Port 0 is allowed.
+ * @throws {RangeError} as {@linkcode parseHostPort} does
+ */
+export function parseListen(text: string): { transport: "tcp" | "udp"; address: HostPort } {
+  const transport = text.startsWith(UDP_SCHEME) ? "udp" : "tcp";
+  const rest = text.replace(/^(udp|tcp):\/\//, "");
+  return { transport, address: parseHostPort(rest, { allowPortZero: true }) };
+}

@@ -12,7 +12,14 @@
 
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
-import { formatHostPort, type HostPort, isIpLiteral, isIpv4, parseHostPort } from "./address.ts";
+import {
+  formatHostPort,
+  type HostPort,
+  isIpLiteral,
+  isIpv4,
+  parseHostPort,
+  parseListen,
+} from "./address.ts";
 import { parseCidr } from "./cidr.ts";
 import { STRATEGY_NAMES } from "./balancer.ts";
 import { type Clock, realClock } from "./clock.ts";
@@ -253,9 +260,32 @@ const routeSchema = z.strictObject({
   pool: name("the name of a pool"),
 }, { error: "expected { match: { sni, alpn, source or prefix }, pool }" });
 
+/** A listener's `listen`: `HOST:PORT` for TCP, `udp://HOST:PORT` for UDP. */
+const listenAddress = z.string({ error: "expected HOST:PORT, or udp://HOST:PORT" }).superRefine(
+  (text, context) => {
+    try {
+      parseListen(text);
+    } catch (error) {
+      context.addIssue({ code: "custom", message: (error as Error).message });
+    }
+  },
+);
+
+const udpSchema = z.strictObject({
+  session_idle_ms: milliseconds(30000).describe(
+    "a client's flow is forgotten after this long without a datagram either way",
+  ),
+  responses: whole(0, 1_000_000, 0).describe(
+    "the flow ends after this many datagrams back from the backend (1 for DNS); 0 is no limit",
+  ),
+  max_sessions: whole(1, 10_000_000, 100000).describe(
+    "flows at most; the least recently used are dropped first",
+  ),
+}, { error: "expected { session_idle_ms, responses, max_sessions }" });
+
 const listenerSchema = z.strictObject({
   name: name("a name"),
-  listen: address({ allowPortZero: true }),
+  listen: listenAddress.describe("HOST:PORT for TCP; udp://HOST:PORT for UDP datagrams"),
   pool: name("the name of a pool").optional().describe(
     "where connections go; with routes, where those no route matches go (none: closed)",
   ),
@@ -295,6 +325,7 @@ const listenerSchema = z.strictObject({
   routes: z.array(routeSchema, { error: "expected a list of routes" }).default([]).describe(
     "the first route whose match holds picks the pool; bytes are forwarded unchanged",
   ),
+  udp: udpSchema.optional().describe("flows of a UDP listener (listen: udp://…)"),
 });
 
 /** The whole file. */
@@ -409,7 +440,7 @@ export const configSchema = z.strictObject({
       path: socket.path,
       message: `${JSON.stringify(socket.text)} overlaps ${formatPath(earlier.path)} ` +
         `${JSON.stringify(earlier.text)}: both would need port ${
-          parseHostPort(socket.text, { allowPortZero: true }).port
+          parseListen(socket.text).address.port
         } on the same address`,
     });
   });
@@ -447,6 +478,7 @@ export const configSchema = z.strictObject({
       });
     }
   });
+  checkUdp(config, context);
   if (config.threads > 1 && config.engine === "deno") {
     context.addIssue({
       code: "custom",
@@ -511,6 +543,76 @@ export const configSchema = z.strictObject({
     }
   }
 });
+
+// A UDP listener takes what UDP can carry; a pool serves one transport, and
+// a UDP pool's PROXY headers and checks have a UDP form.
+function checkUdp(config: z.output<typeof configSchema>, context: z.RefinementCtx): void {
+  const issue = (path: (string | number)[], message: string) =>
+    context.addIssue({ code: "custom", path, message });
+  const users = new Map<string, { transport: "tcp" | "udp"; listener: string }>();
+  config.listeners.forEach((listener, i) => {
+    let transport: "tcp" | "udp";
+    try {
+      transport = parseListen(listener.listen).transport;
+    } catch {
+      return; // reported on its own
+    }
+    if (transport === "tcp" && listener.udp !== undefined) {
+      issue(
+        ["listeners", i, "udp"],
+        "udp settings on a TCP listener: listen on udp://HOST:PORT, or leave udp out",
+      );
+    }
+    if (transport === "udp") {
+      const tcpOnly: [string, boolean][] = [
+        ["tls", listener.tls !== undefined],
+        ["accept_proxy", listener.accept_proxy],
+        ["accept_proxy_from", listener.accept_proxy_from !== undefined],
+        ["allow", listener.allow.length > 0],
+        ["deny", listener.deny.length > 0],
+        ["per_source", listener.per_source !== undefined],
+        ["routes", listener.routes.length > 0],
+      ];
+      for (const [key, given] of tcpOnly) {
+        if (!given) continue;
+        issue(
+          ["listeners", i, key],
+          `${key} is for TCP listeners; a UDP listener (${listener.listen}) does not take it yet`,
+        );
+      }
+    }
+    for (const pool of [listener.pool, ...listener.routes.map((r) => r.pool)]) {
+      if (pool === undefined) continue;
+      const other = users.get(pool);
+      if (other === undefined) users.set(pool, { transport, listener: listener.name });
+      else if (other.transport !== transport) {
+        issue(
+          ["listeners", i, "pool"],
+          `pool ${pool} already serves ${other.transport.toUpperCase()} listener ` +
+            `${other.listener}; a pool serves TCP or UDP, not both: give this listener its own pool`,
+        );
+      }
+    }
+  });
+  for (const [name, { transport }] of users) {
+    const pool = config.pools[name];
+    if (transport !== "udp" || pool === undefined) continue;
+    const v1 = "PROXY v1 has no UDP form: use v2 (each datagram then starts with a v2 header) " +
+      "or off";
+    if (pool.send_proxy === "v1") issue(["pools", name, "send_proxy"], v1);
+    pool.backends.forEach((backend, b) => {
+      if (backend.send_proxy === "v1") issue(["pools", name, "backends", b, "send_proxy"], v1);
+    });
+    const check = pool.health.check;
+    if (check === "tcp" || (typeof check === "object" && "module" in check)) {
+      issue(
+        ["pools", name, "health", "check"],
+        "a UDP pool is checked over UDP with { send: HEX, expect: HEX }; " +
+          `${check === "tcp" ? "tcp" : "a module"} checks a TCP port`,
+      );
+    }
+  }
+}
 
 // A pool needs backends from somewhere, and a discover block names one source.
 function checkDiscover(
@@ -608,8 +710,9 @@ export function listenerKey(listener: { listen: string; name: string }): string 
 export function socketsOverlap(a: string, b: string): boolean {
   let first: HostPort, second: HostPort;
   try {
-    first = parseHostPort(a, { allowPortZero: true });
-    second = parseHostPort(b, { allowPortZero: true });
+    const [x, y] = [parseListen(a), parseListen(b)];
+    if (x.transport !== y.transport) return false; // a UDP port and a TCP port are two things
+    [first, second] = [x.address, y.address];
   } catch {
     return false; // reported on its own
   }
@@ -651,7 +754,7 @@ function canonical(host: string): string {
 export function loopsBack(listen: string, backend: string): boolean {
   let from: HostPort, to: HostPort;
   try {
-    from = parseHostPort(listen, { allowPortZero: true });
+    from = parseListen(listen).address;
     to = parseHostPort(backend);
   } catch {
     return false;

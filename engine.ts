@@ -93,6 +93,55 @@ export interface Peeked {
   readonly failed: boolean;
 }
 
+/**
+ * Who sent a datagram to a listening socket, made by the engine when a flow
+ * starts; the listener hands it back to {@linkcode DatagramSocket.send} to
+ * answer. It may carry the engine's encoded form of the address.
+ */
+export interface DatagramPeer {
+  /** The flow's key: the same for every datagram from this address and port. */
+  readonly key: string | number;
+  readonly hostname: string;
+  readonly port: number;
+}
+
+/** A UDP socket: a listener's, or one dialled towards a backend for one flow. */
+export interface DatagramSocket {
+  /** Where it is bound (the port the kernel chose, for port 0). */
+  readonly address: HostPort;
+  /**
+   * Sends one datagram, whole: to `to` from a listening socket, to the
+   * backend from a dialled one. `bytes` may be reused once this returns.
+   * False when it was dropped (the kernel's buffer was full, …), as UDP may.
+   */
+  send(bytes: Uint8Array, to?: DatagramPeer): boolean;
+  /** Stops receiving and closes; nothing is called after this. */
+  close(): void;
+}
+
+/** A listening UDP socket. */
+export interface DatagramListener extends DatagramSocket {
+  /**
+   * Who sent the datagram being handled now: call only from inside
+   * `onDatagram`, when its key is new (a flow starts).
+   */
+  sender(): DatagramPeer;
+}
+
+/**
+ * What a listening UDP socket calls per datagram: its bytes (valid only
+ * during the call) and its sender's {@linkcode DatagramPeer.key}.
+ */
+export type OnDatagram = (bytes: Uint8Array, key: string | number) => void;
+
+/** What a dialled UDP socket calls: each datagram from the backend, and an error (ICMP). */
+export interface DatagramHandlers {
+  /** A datagram from the backend (`bytes` valid only during the call). */
+  readonly onDatagram: (bytes: Uint8Array) => void;
+  /** The backend cannot be reached (port unreachable, …); the socket stays open. */
+  readonly onError: (reason: string) => void;
+}
+
 /** An implementation of the seam. */
 export interface Engine {
   /** `deno` today. */
@@ -129,6 +178,20 @@ export interface Engine {
    * it is not counted in the client's bytes.
    */
   join(client: EngineConn, server: EngineConn, prefix?: Uint8Array): Joined;
+  /**
+   * Binds a UDP socket and calls `onDatagram` for every datagram it receives.
+   * @throws when the address cannot be bound
+   */
+  listenDatagrams(
+    address: HostPort,
+    options: { reusePort?: boolean },
+    onDatagram: OnDatagram,
+  ): DatagramListener;
+  /**
+   * A UDP socket of its own for one flow, sending to `address` only and
+   * taking datagrams from it only. @throws when no socket can be made
+   */
+  dialDatagrams(address: HostPort, handlers: DatagramHandlers): DatagramSocket;
   /** Closes a client that was never joined; `reset` sends a reset where the engine can. */
   close(conn: EngineConn, options?: { reset?: boolean }): Promise<void>;
 }

@@ -16,14 +16,19 @@ import { type BufferPool, defaultPools } from "./buffers.ts";
 import { type Clock, realClock } from "./clock.ts";
 import type {
   Attempt,
+  DatagramHandlers,
+  DatagramListener,
+  DatagramSocket,
   Engine,
   EngineConn,
   EngineListener,
   Joined,
+  OnDatagram,
   Peeked,
   TlsEngineListener,
   TlsMaterial,
 } from "./engine.ts";
+import { dialDatagrams, listenDatagrams } from "./engine_deno_udp.ts";
 import { TlsListener } from "./tls_listener.ts";
 import { closeQuietly } from "./errors.ts";
 
@@ -88,6 +93,18 @@ export class DenoEngine implements Engine {
     return listenerOf(
       Deno.listen({ ...address, ...(options.reusePort ? { reusePort: true } : {}) }),
     );
+  }
+
+  listenDatagrams(
+    address: HostPort,
+    options: { reusePort?: boolean },
+    onDatagram: OnDatagram,
+  ): DatagramListener {
+    return listenDatagrams(address, options, onDatagram);
+  }
+
+  dialDatagrams(address: HostPort, handlers: DatagramHandlers): DatagramSocket {
+    return dialDatagrams(address, handlers);
   }
 
   async listenTls(address: HostPort, material: TlsMaterial): Promise<TlsEngineListener> {

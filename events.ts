@@ -38,6 +38,11 @@ export type JoinEnd =
  * - `rebalanced`: closed by a rebalance of its pool, so that it reconnects;
  * - `queue-timeout`: every usable backend was at its limit for the whole
  *   queue timeout; `queue-full`: they were, and the queue was full too.
+ *
+ * A UDP flow ends as `idle-timeout`, `backend-down`, `backend-removed`,
+ * `drain-timeout`, `server-reset` (its backend's port was unreachable), or:
+ * - `responses`: it had the replies its listener allows (`udp.responses`);
+ * - `table-full`: it was the least recently used when the table was full.
  */
 export type ConnectionEnd =
   | Exclude<JoinEnd, "aborted">
@@ -49,7 +54,9 @@ export type ConnectionEnd =
   | "backend-down"
   | "rebalanced"
   | "queue-timeout"
-  | "queue-full";
+  | "queue-full"
+  | "responses"
+  | "table-full";
 
 /**
  * Why a listener closed a client before dialling any backend (edge.ts):

@@ -9,6 +9,58 @@
 
 import type { RejectReason } from "./events.ts";
 
+/** Why a UDP flow was dropped: the table was full, no backend could take it, it was idle, no socket. */
+export const FLOW_DROPS = ["table-full", "no-backend", "idle", "socket-error"] as const;
+/** One of {@linkcode FLOW_DROPS}. */
+export type FlowDrop = typeof FLOW_DROPS[number];
+
+/** A UDP listener's counts: plain numbers, so threads can send them as they are. */
+export interface UdpCounts {
+  /** Datagrams and bytes from clients (sent on to backends). */
+  datagramsIn: number;
+  bytesIn: number;
+  /** Datagrams and bytes from backends (sent back to clients). */
+  datagramsOut: number;
+  bytesOut: number;
+  /** Datagrams the kernel would not take (its buffer full): dropped, as UDP may. */
+  sendErrors: number;
+  /** Flows dropped, by cause. */
+  dropped: Record<FlowDrop, number>;
+  /** Datagrams to and from each backend, by `POOL BACKEND`. */
+  backends: Record<
+    string,
+    { pool: string; backend: string; datagramsIn: number; datagramsOut: number }
+  >;
+}
+
+/** Counts of nothing yet. */
+export function emptyUdpCounts(): UdpCounts {
+  return {
+    datagramsIn: 0,
+    bytesIn: 0,
+    datagramsOut: 0,
+    bytesOut: 0,
+    sendErrors: 0,
+    dropped: { "table-full": 0, "no-backend": 0, idle: 0, "socket-error": 0 },
+    backends: {},
+  };
+}
+
+/** Adds `more` to `into` (a thread's batch to the sum, or `-1` × what was reported). */
+export function addUdpCounts(into: UdpCounts, more: UdpCounts, sign: 1 | -1 = 1): void {
+  into.datagramsIn += sign * more.datagramsIn;
+  into.bytesIn += sign * more.bytesIn;
+  into.datagramsOut += sign * more.datagramsOut;
+  into.bytesOut += sign * more.bytesOut;
+  into.sendErrors += sign * more.sendErrors;
+  for (const cause of FLOW_DROPS) into.dropped[cause] += sign * more.dropped[cause];
+  for (const [key, entry] of Object.entries(more.backends)) {
+    const mine = into.backends[key] ??= { ...entry, datagramsIn: 0, datagramsOut: 0 };
+    mine.datagramsIn += sign * entry.datagramsIn;
+    mine.datagramsOut += sign * entry.datagramsOut;
+  }
+}
+
 /** What the admin API, the metrics and the dashboard see of a listener, wherever it runs. */
 export interface ListenerStats {
   readonly name: string;
@@ -18,6 +70,8 @@ export interface ListenerStats {
   readonly durations: Histogram;
   /** Clients it closed before dialling any backend, by reason (edge.ts). */
   readonly rejected: ReadonlyMap<RejectReason, number>;
+  /** A UDP listener's datagram and flow counts. */
+  readonly udp?: UdpCounts;
 }
 
 /** Upper bounds, in seconds, for connection durations. */

@@ -348,15 +348,23 @@ export function encodeProxyV1(source: HostPort, destination: HostPort): Uint8Arr
 /**
  * The version 2 header announcing a relayed TCP connection (command PROXY,
  * STREAM) from `source` to `destination`, without TLVs: IPv4 when both are
- * IPv4, else IPv6, with an IPv4 side written as `::ffff:a.b.c.d`.
+ * IPv4, else IPv6, with an IPv4 side written as `::ffff:a.b.c.d`. With
+ * `transport: "udp"`, a UDP flow (DGRAM): the header each of its datagrams
+ * starts with.
  *
  * @throws {RangeError} when a hostname is not an IP address or a port is not
  * an integer 0-65535
  */
-export function encodeProxyV2(source: HostPort, destination: HostPort): Uint8Array {
+export function encodeProxyV2(
+  source: HostPort,
+  destination: HostPort,
+  transport: "tcp" | "udp" = "tcp",
+): Uint8Array {
   const pair = addressPair(source, destination);
   const size = pair.source.length;
-  const header = v2Fixed(0x20 | COMMAND_PROXY, pair.family === 4 ? 0x11 : 0x21, 2 * size + 4);
+  const protocol = transport === "udp" ? 0x2 : 0x1;
+  const family = pair.family === 4 ? 0x10 : 0x20;
+  const header = v2Fixed(0x20 | COMMAND_PROXY, family | protocol, 2 * size + 4);
   header.set(pair.source, V2_FIXED_LENGTH);
   header.set(pair.destination, V2_FIXED_LENGTH + size);
   const ports = new DataView(header.buffer, V2_FIXED_LENGTH + 2 * size);

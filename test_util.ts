@@ -203,6 +203,136 @@ export function startTaggedServer(id: string): TestServer {
   return startServer((conn) => answerLines(conn, id));
 }
 
+/** A UDP server on loopback: what it received (bytes and from where) and its socket. */
+export interface UdpTestServer {
+  readonly address: HostPort;
+  readonly port: number;
+  /** Every datagram it received, in order, with its sender. */
+  readonly received: { bytes: Uint8Array; from: Deno.NetAddr }[];
+  close(): Promise<void>;
+}
+
+/**
+ * A UDP backend: answers each datagram with `answer(bytes)` (one datagram
+ * each, none for an empty list), by default `[Server ID] ` and the bytes.
+ */
+export function startUdpServer(
+  id: string,
+  answer: (bytes: Uint8Array) => Uint8Array[] = (bytes) => [tagged(id, bytes)],
+  where: { hostname?: string; port?: number } = {},
+): UdpTestServer {
+  const conn = Deno.listenDatagram({ hostname: "127.0.0.1", port: 0, ...where, transport: "udp" });
+  const received: { bytes: Uint8Array; from: Deno.NetAddr }[] = [];
+  let closed = false;
+  const serving = (async () => {
+    while (!closed) {
+      let datagram: [Uint8Array, Deno.Addr];
+      try {
+        datagram = await conn.receive();
+      } catch {
+        if (closed) return;
+        continue;
+      }
+      const from = datagram[1] as Deno.NetAddr;
+      received.push({ bytes: datagram[0], from });
+      for (const reply of answer(datagram[0])) await conn.send(reply, from).catch(() => {});
+    }
+  })();
+  const { hostname, port } = conn.addr as Deno.NetAddr;
+  return {
+    address: { hostname, port },
+    port,
+    received,
+    async close() {
+      closed = true;
+      conn.close();
+      await serving;
+    },
+  };
+}
+
+/** `[Server ID] ` followed by `bytes`: what a lab UDP backend answers. */
+export function tagged(id: string, bytes: Uint8Array): Uint8Array {
+  const tag = new TextEncoder().encode(`[Server ${id}] `);
+  const out = new Uint8Array(tag.length + bytes.length);
+  out.set(tag);
+  out.set(bytes, tag.length);
+  return out;
+}
+
+/** A UDP client on loopback that sends to `port` and collects what comes back. */
+export class UdpTestClient {
+  readonly #conn: Deno.DatagramConn;
+  readonly #to: Deno.NetAddr;
+  readonly #waiting: PromiseWithResolvers<[Uint8Array, Deno.NetAddr]>[] = [];
+  readonly #queued: [Uint8Array, Deno.NetAddr][] = [];
+  #closed = false;
+  readonly #receiving: Promise<void>;
+
+  constructor(port: number, options: { hostname?: string; to?: string } = {}) {
+    this.#conn = Deno.listenDatagram({
+      hostname: options.hostname ?? "127.0.0.1",
+      port: 0,
+      transport: "udp",
+    });
+    this.#to = { transport: "udp", hostname: options.to ?? "127.0.0.1", port };
+    this.#receiving = this.#receiveAll();
+  }
+
+  async #receiveAll(): Promise<void> {
+    while (!this.#closed) {
+      let datagram: [Uint8Array, Deno.Addr];
+      try {
+        datagram = await this.#conn.receive();
+      } catch {
+        if (this.#closed) return;
+        continue;
+      }
+      const item: [Uint8Array, Deno.NetAddr] = [datagram[0], datagram[1] as Deno.NetAddr];
+      const waiter = this.#waiting.shift();
+      if (waiter) waiter.resolve(item);
+      else this.#queued.push(item);
+    }
+  }
+
+  /** This client's own address. */
+  get address(): Deno.NetAddr {
+    return this.#conn.addr as Deno.NetAddr;
+  }
+
+  async send(bytes: Uint8Array | string): Promise<void> {
+    const data = typeof bytes === "string" ? new TextEncoder().encode(bytes) : bytes;
+    await this.#conn.send(data, this.#to);
+  }
+
+  /** The next datagram that arrives, and who sent it; rejects if none comes within `ms`. */
+  receive(ms = 5000): Promise<[Uint8Array, Deno.NetAddr]> {
+    const queued = this.#queued.shift();
+    if (queued) return Promise.resolve(queued);
+    const waiter = Promise.withResolvers<[Uint8Array, Deno.NetAddr]>();
+    this.#waiting.push(waiter);
+    const timer = setTimeout(() => {
+      const at = this.#waiting.indexOf(waiter);
+      if (at >= 0) this.#waiting.splice(at, 1);
+      waiter.reject(new Error(`no datagram came back within ${ms} ms`));
+    }, ms);
+    return waiter.promise.finally(() => clearTimeout(timer));
+  }
+
+  /** Sends `text` and returns the answer as text. */
+  async ask(text: string): Promise<string> {
+    await this.send(text);
+    return new TextDecoder().decode((await this.receive())[0]);
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    this.#conn.close();
+    await this.#receiving;
+    for (const waiter of this.#waiting.splice(0)) waiter.reject(new Error("closed"));
+  }
+}
+
 /** A port on 127.0.0.1 where nothing listens: connects to it are refused. */
 export function refusingAddress(): HostPort {
   const listener = listenLoopback();

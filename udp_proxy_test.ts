@@ -1,0 +1,316 @@
+import assert from "node:assert/strict";
+import type { HostPort } from "./address.ts";
+import { createStrategy } from "./balancer.ts";
+import type { Clock } from "./clock.ts";
+import { DenoEngine } from "./engine_deno.ts";
+import { EpollEngine } from "./engine_epoll.ts";
+import type { LoadBalancerEvent } from "./events.ts";
+import { Backend, Pool } from "./pool.ts";
+import { parseProxyHeader } from "./proxy_protocol.ts";
+import {
+  accessRecords,
+  FakeClock,
+  seededBytes,
+  serverOf,
+  startUdpServer,
+  TEST_ENGINE,
+  UdpTestClient,
+  type UdpTestServer,
+  until,
+} from "./test_util.ts";
+import { UdpBalancer, type UdpSettings } from "./udp_proxy.ts";
+
+const text = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
+
+interface Running {
+  balancer: UdpBalancer;
+  pool: Pool;
+  port: number;
+  events: LoadBalancerEvent[];
+  backends: Backend[];
+  close(): Promise<void>;
+}
+
+/** A UDP listener on 127.0.0.1 over `servers`, on the engine under test. */
+function startUdp(
+  servers: readonly (UdpTestServer | HostPort)[],
+  options: {
+    settings?: Partial<UdpSettings>;
+    clock?: Clock;
+    balance?: "round-robin" | "source-hash";
+    sendProxy?: "v2";
+    onDown?: "shutdown-sessions";
+  } = {},
+): Running {
+  const events: LoadBalancerEvent[] = [];
+  const backends = servers.map((s) => {
+    const backend = new Backend("address" in s ? s.address : s);
+    if (options.sendProxy) backend.sendProxy = options.sendProxy;
+    return backend;
+  });
+  const pool = new Pool({
+    backends,
+    strategy: createStrategy(options.balance ?? "round-robin"),
+    ...(options.onDown ? { settings: { onDown: options.onDown } } : {}),
+  });
+  const epoll = TEST_ENGINE === "epoll" ? new EpollEngine() : undefined;
+  const balancer = new UdpBalancer({
+    address: { hostname: "127.0.0.1", port: 0 },
+    engine: epoll ?? new DenoEngine(),
+    pool,
+    ...(options.settings ? { settings: options.settings } : {}),
+    ...(options.clock ? { clock: options.clock } : {}),
+    onEvent: (event) => events.push(event),
+  });
+  return {
+    balancer,
+    pool,
+    port: balancer.address.port,
+    events,
+    backends,
+    async close() {
+      await balancer.shutdown(0);
+      await epoll?.dispose();
+    },
+  };
+}
+
+Deno.test("udp: a DNS-style query gets its one answer from the listener's address, and the flow ends", async () => {
+  const server = startUdpServer("1");
+  const lb = startUdp([server], { settings: { responses: 1 } });
+  const client = new UdpTestClient(lb.port);
+  try {
+    await client.send("query 1");
+    const [answer, from] = await client.receive();
+    assert.equal(text(answer), "[Server 1] query 1");
+    assert.equal(from.port, lb.port, "the answer comes from the address the client sent to");
+    await until(() => lb.balancer.activeConnections === 0, "the flow ended after one answer");
+    const [record] = accessRecords(lb.events);
+    assert.equal(record?.end, "responses");
+    assert.equal(record?.client, `127.0.0.1:${client.address.port}`);
+    assert.equal(record?.bytesIn, 7);
+    assert.equal(record?.bytesOut, 18);
+    assert.equal(lb.balancer.udp.datagramsIn, 1);
+    assert.equal(lb.balancer.udp.datagramsOut, 1);
+    assert.equal(lb.backends[0]!.connections, 1);
+    assert.equal(lb.backends[0]!.active, 0);
+  } finally {
+    await client.close();
+    await lb.close();
+    await server.close();
+  }
+});
+
+Deno.test("udp: datagrams keep their boundaries and bytes exactly, both ways, 0 to 65507 bytes", async () => {
+  const server = startUdpServer("echo", (bytes) => [bytes]);
+  const lb = startUdp([server]);
+  const client = new UdpTestClient(lb.port);
+  try {
+    for (const [size, seed] of [[0, 1], [1, 2], [1400, 3], [9000, 4], [65507, 5]] as const) {
+      const sent = seededBytes(size, seed);
+      await client.send(sent);
+      const [back] = await client.receive();
+      assert.equal(back.length, size, `a ${size}-byte datagram came back whole`);
+      assert.deepEqual(back, sent);
+    }
+    const received = server.received.map((d) => d.bytes.length);
+    assert.deepEqual(received, [0, 1, 1400, 9000, 65507], "nothing merged or split on the way");
+    assert.equal(lb.balancer.activeConnections, 1, "one client, one flow");
+  } finally {
+    await client.close();
+    await lb.close();
+    await server.close();
+  }
+});
+
+Deno.test("udp: flows are placed round robin, and every datagram of a flow goes to its backend", async () => {
+  const servers = [startUdpServer("1"), startUdpServer("2")];
+  const lb = startUdp(servers);
+  const clients = [0, 1, 2, 3].map(() => new UdpTestClient(lb.port));
+  try {
+    const placed: string[] = [];
+    for (const client of clients) placed.push(serverOf(await client.ask("hello")));
+    assert.deepEqual(placed, ["1", "2", "1", "2"]);
+    for (let round = 0; round < 3; round++) {
+      for (const [i, client] of clients.entries()) {
+        assert.equal(serverOf(await client.ask(`again ${round}`)), placed[i]);
+      }
+    }
+    // Each backend saw each of its flows from one socket of the balancer's.
+    for (const server of servers) {
+      const sources = new Set(server.received.map((d) => d.from.port));
+      assert.equal(sources.size, 2, "two flows, a socket each");
+    }
+  } finally {
+    await Promise.all(clients.map((c) => c.close()));
+    await lb.close();
+    await Promise.all(servers.map((s) => s.close()));
+  }
+});
+
+Deno.test("udp: a long-lived flow carries many datagrams each way, replies to the right client", async () => {
+  // The backend answers each datagram twice: a flow is not a request and an answer.
+  const server = startUdpServer("1", (bytes) => [bytes, bytes]);
+  const lb = startUdp([server]);
+  const a = new UdpTestClient(lb.port);
+  const b = new UdpTestClient(lb.port);
+  try {
+    for (let i = 0; i < 50; i++) {
+      await a.send(`a${i}`);
+      await b.send(`b${i}`);
+      for (const [client, name] of [[a, "a"], [b, "b"]] as const) {
+        assert.equal(text((await client.receive())[0]), `${name}${i}`);
+        assert.equal(text((await client.receive())[0]), `${name}${i}`);
+      }
+    }
+    assert.equal(lb.balancer.udp.datagramsIn, 100);
+    assert.equal(lb.balancer.udp.datagramsOut, 200);
+    assert.equal(lb.balancer.activeConnections, 2);
+  } finally {
+    await a.close();
+    await b.close();
+    await lb.close();
+    await server.close();
+  }
+});
+
+Deno.test("udp: a flow quiet for session_idle_ms ends, on the clock, and is counted as idle", async () => {
+  const clock = new FakeClock();
+  const server = startUdpServer("1");
+  const lb = startUdp([server], { clock, settings: { sessionIdleMs: 1000 } });
+  const client = new UdpTestClient(lb.port);
+  try {
+    await client.ask("one");
+    await clock.tick(900);
+    await client.ask("two"); // activity: the flow's silence starts again
+    await clock.tick(900);
+    assert.equal(lb.balancer.activeConnections, 1, "not idle yet: 900 ms since its last datagram");
+    await clock.tick(400);
+    assert.equal(lb.balancer.activeConnections, 0);
+    assert.equal(lb.balancer.udp.dropped.idle, 1);
+    assert.equal(accessRecords(lb.events)[0]?.end, "idle-timeout");
+    // The client's next datagram starts a new flow.
+    assert.equal(serverOf(await client.ask("three")), "1");
+    assert.equal(lb.balancer.activeConnections, 1);
+  } finally {
+    await client.close();
+    await lb.close();
+    await server.close();
+  }
+});
+
+Deno.test("udp: max_sessions bounds the table; the least recently used flow goes first", async () => {
+  const server = startUdpServer("1");
+  const lb = startUdp([server], { settings: { maxSessions: 2 } });
+  const clients = [0, 1, 2].map(() => new UdpTestClient(lb.port));
+  const [a, b, c] = clients as [UdpTestClient, UdpTestClient, UdpTestClient];
+  try {
+    await a.ask("a");
+    await b.ask("b");
+    await a.ask("a again"); // now b is the least recently used
+    await c.ask("c");
+    assert.equal(lb.balancer.activeConnections, 2);
+    assert.equal(lb.balancer.udp.dropped["table-full"], 1);
+    const [evicted] = accessRecords(lb.events);
+    assert.equal(evicted?.end, "table-full");
+    assert.equal(evicted?.client, `127.0.0.1:${b.address.port}`);
+  } finally {
+    await Promise.all(clients.map((cl) => cl.close()));
+    await lb.close();
+    await server.close();
+  }
+});
+
+Deno.test("udp: a backend down takes no new flows, and its flows move at their next datagram", async () => {
+  const servers = [startUdpServer("1"), startUdpServer("2")];
+  const lb = startUdp(servers);
+  const client = new UdpTestClient(lb.port);
+  try {
+    assert.equal(serverOf(await client.ask("x")), "1");
+    lb.backends[0]!.adminState = "disabled";
+    assert.equal(serverOf(await client.ask("y")), "2", "moved to the backend that is left");
+    const [moved] = accessRecords(lb.events);
+    assert.equal(moved?.end, "backend-down");
+    lb.backends[1]!.adminState = "disabled";
+    await client.send("z");
+    await until(() => lb.balancer.udp.dropped["no-backend"] === 1, "dropped: no backend");
+    assert.equal(lb.balancer.activeConnections, 0);
+  } finally {
+    await client.close();
+    await lb.close();
+    await Promise.all(servers.map((s) => s.close()));
+  }
+});
+
+Deno.test("udp: with send_proxy v2, every datagram to the backend starts with a v2 UDP header naming the client", async () => {
+  const server = startUdpServer("1", () => [new TextEncoder().encode("ok")]);
+  const lb = startUdp([server], { sendProxy: "v2" });
+  const client = new UdpTestClient(lb.port);
+  try {
+    for (const payload of ["first", "second"]) {
+      assert.equal(await client.ask(payload), "ok");
+    }
+    assert.equal(server.received.length, 2);
+    for (const [i, { bytes }] of server.received.entries()) {
+      const parsed = parseProxyHeader(bytes);
+      assert.equal(parsed.state, "done");
+      if (parsed.state !== "done") continue;
+      assert.equal(bytes[13], 0x12, "UDP over IPv4");
+      assert.deepEqual(parsed.header.source, {
+        hostname: "127.0.0.1",
+        port: client.address.port,
+      });
+      assert.deepEqual(parsed.header.destination, { hostname: "127.0.0.1", port: lb.port });
+      assert.equal(text(bytes.subarray(parsed.length)), ["first", "second"][i]);
+    }
+  } finally {
+    await client.close();
+    await lb.close();
+    await server.close();
+  }
+});
+
+Deno.test("udp: source-hash keeps a client address on one backend across flows", async () => {
+  const servers = [startUdpServer("1"), startUdpServer("2"), startUdpServer("3")];
+  const lb = startUdp(servers, { balance: "source-hash", settings: { responses: 1 } });
+  try {
+    const seen = new Set<string>();
+    for (let i = 0; i < 4; i++) {
+      const client = new UdpTestClient(lb.port);
+      seen.add(serverOf(await client.ask("q")));
+      await client.close();
+    }
+    assert.equal(seen.size, 1, "one client address, one backend, whatever its port");
+  } finally {
+    await lb.close();
+    await Promise.all(servers.map((s) => s.close()));
+  }
+});
+
+Deno.test("udp: shutdown lets open flows finish within the drain timeout, then cuts the rest", async () => {
+  const clock = new FakeClock();
+  const server = startUdpServer("1");
+  const lb = startUdp([server], { clock });
+  const client = new UdpTestClient(lb.port);
+  const late = new UdpTestClient(lb.port);
+  try {
+    await client.ask("open");
+    const stopping = lb.balancer.shutdown(5000);
+    await late.send("new flow while draining");
+    await client.send("old flow goes on");
+    assert.equal(text((await client.receive())[0]), "[Server 1] old flow goes on");
+    await clock.tick(5000);
+    assert.deepEqual(await stopping, { cut: 1 });
+    assert.equal(accessRecords(lb.events)[0]?.end, "drain-timeout");
+    assert.equal(
+      server.received.filter((d) => text(d.bytes).startsWith("new flow")).length,
+      0,
+      "no new flow while draining",
+    );
+  } finally {
+    await client.close();
+    await late.close();
+    await lb.close();
+    await server.close();
+  }
+});
