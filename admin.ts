@@ -17,7 +17,14 @@ import { type ChangeBackends, changeMembership, type Rebalance, rebalance } from
 import { AdminServer } from "./admin_server.ts";
 import { describe, StartError } from "./errors.ts";
 import { REJECT_REASONS } from "./events.ts";
-import { type Family, type Labels, type ListenerStats, renderMetrics } from "./metrics.ts";
+import {
+  type Family,
+  FLOW_DROPS,
+  type Labels,
+  type ListenerStats,
+  renderMetrics,
+  type UdpCounts,
+} from "./metrics.ts";
 
 export type { ListenerStats };
 import type { Backend, Pool } from "./pool.ts";
@@ -184,6 +191,7 @@ export function metricsText(view: AdminView): string {
       type: "histogram",
       samples: balancers.map((b, i) => [perListener[i]!, b.durations]),
     },
+    ...udpFamilies(balancers),
     {
       name: "lb_reloads_total",
       help: "Configuration reloads done.",
@@ -198,6 +206,65 @@ export function metricsText(view: AdminView): string {
     },
   ];
   return renderMetrics(families);
+}
+
+// A UDP listener's datagrams, bytes and flows; none without UDP listeners.
+function udpFamilies(balancers: readonly ListenerStats[]): Family[] {
+  const udp = balancers.flatMap((b) => b.udp === undefined ? [] : [{ listener: b.name, ...b.udp }]);
+  if (udp.length === 0) return [];
+  const eachWay = (
+    count: (u: UdpCounts, direction: "in" | "out") => number,
+  ): [Labels, number][] =>
+    udp.flatMap((u) =>
+      (["in", "out"] as const).map((direction): [Labels, number] => [
+        { listener: u.listener, direction },
+        count(u, direction),
+      ])
+    );
+  return [
+    {
+      name: "lb_udp_datagrams_total",
+      help: "Datagrams through a UDP listener: in from clients, out back to them.",
+      type: "counter",
+      samples: eachWay((u, d) => d === "in" ? u.datagramsIn : u.datagramsOut),
+    },
+    {
+      name: "lb_udp_bytes_total",
+      help: "Bytes of datagrams through a UDP listener: in from clients, out back to them.",
+      type: "counter",
+      samples: eachWay((u, d) => d === "in" ? u.bytesIn : u.bytesOut),
+    },
+    {
+      name: "lb_udp_backend_datagrams_total",
+      help: "Datagrams a UDP listener sent to each backend (in) and had back from it (out).",
+      type: "counter",
+      samples: udp.flatMap((u) =>
+        Object.values(u.backends).flatMap((b) =>
+          (["in", "out"] as const).map((direction): [Labels, number] => [
+            { listener: u.listener, pool: b.pool, backend: b.backend, direction },
+            direction === "in" ? b.datagramsIn : b.datagramsOut,
+          ])
+        )
+      ),
+    },
+    {
+      name: "lb_udp_flows_dropped_total",
+      help: "UDP flows dropped: table-full (evicted), no-backend, idle (timed out), socket-error.",
+      type: "counter",
+      samples: udp.flatMap((u) =>
+        FLOW_DROPS.map((cause): [Labels, number] => [
+          { listener: u.listener, cause },
+          u.dropped[cause],
+        ])
+      ),
+    },
+    {
+      name: "lb_udp_send_errors_total",
+      help: "Datagrams the kernel would not take (its buffer full), dropped.",
+      type: "counter",
+      samples: udp.map((u) => [{ listener: u.listener }, u.sendErrors]),
+    },
+  ];
 }
 
 /** One backend as `GET /api/backends` shows it. */

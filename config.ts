@@ -563,6 +563,13 @@ function checkUdp(config: z.output<typeof configSchema>, context: z.RefinementCt
         "udp settings on a TCP listener: listen on udp://HOST:PORT, or leave udp out",
       );
     }
+    if (transport === "udp" && config.workers > 1) {
+      issue(
+        ["workers"],
+        `workers ${config.workers} with UDP listener ${listener.name}: not supported; ` +
+          "use threads (epoll engine) for more cores",
+      );
+    }
     if (transport === "udp") {
       const tcpOnly: [string, boolean][] = [
         ["tls", listener.tls !== undefined],

@@ -12,7 +12,7 @@
  * @module
  */
 
-import { formatHostPort, parseHostPort } from "./address.ts";
+import { formatHostPort, parseHostPort, parseListen, UDP_SCHEME } from "./address.ts";
 import { EpollEngine } from "./engine_epoll.ts";
 import { EpollLoop } from "./epoll_loop.ts";
 import { Edge } from "./edge.ts";
@@ -31,7 +31,9 @@ import {
   type PoolSnapshot,
   type ToThread,
 } from "./protocol.ts";
+import { addUdpCounts, type UdpCounts } from "./metrics.ts";
 import { LoadBalancer } from "./proxy.ts";
+import { UdpBalancer } from "./udp_proxy.ts";
 
 /** Reports flush at least this often while there is something to say. */
 const FLUSH_EVERY_MS = 100;
@@ -72,7 +74,9 @@ let sent: Int32Array | undefined;
 let handling: Promise<void> = Promise.resolve();
 const events: (LoadBalancerEvent | PackedRecord)[] = [];
 let pools = new Map<string, Pool>();
-let listeners = new Map<string, LoadBalancer>();
+let listeners = new Map<string, LoadBalancer | UdpBalancer>();
+/** What each UDP listener had counted at the last batch. */
+const udpReported = new WeakMap<UdpBalancer, UdpCounts>();
 let finished = false;
 let flushTimer: number | undefined;
 
@@ -143,21 +147,42 @@ async function handle(message: ToThread): Promise<void> {
       // Modules first, so that nothing waits on an import once connections flow.
       await loop.outside(() => loadModules(message));
       const next = new Map(message.pools.map((p) => [p.name, poolOf(p, pools.get(p.name))]));
-      const bound = new Map<string, LoadBalancer>();
+      const bound = new Map<string, LoadBalancer | UdpBalancer>();
       try {
         for (const spec of message.listeners) {
           const running = listeners.get(spec.listen);
           const pool = next.get(spec.pool)!;
+          if (spec.udp !== undefined) {
+            if (running instanceof UdpBalancer) {
+              running.reconfigure({ pool, settings: spec.udp });
+              bound.set(spec.listen, running);
+              continue;
+            }
+            bound.set(
+              spec.listen,
+              new UdpBalancer({
+                name: spec.name,
+                address: parseListen(spec.listen).address,
+                reusePort: true,
+                engine,
+                pool,
+                settings: spec.udp,
+                clock: loop,
+                onEvent,
+              }),
+            );
+            continue;
+          }
           const front = {
             routePools: next,
             ...(spec.edge ? { edge: new Edge(spec.edge, loop, running?.edge) } : {}),
           };
-          if (running !== undefined) {
+          if (running instanceof LoadBalancer) {
             running.reconfigure({ pool, maxConnections: spec.maxconn, ...front });
             bound.set(spec.listen, running);
             continue;
           }
-          const socket = engine.listen(parseHostPort(spec.listen, { allowPortZero: true }), {
+          const socket = engine.listen(parseListen(spec.listen).address, {
             reusePort: true,
           });
           const balancer = new LoadBalancer({
@@ -191,7 +216,9 @@ async function handle(message: ToThread): Promise<void> {
       post({
         id,
         type: "listening",
-        addresses: message.listeners.map((spec) => formatHostPort(bound.get(spec.listen)!.address)),
+        addresses: message.listeners.map((spec) =>
+          (spec.udp ? UDP_SCHEME : "") + formatHostPort(bound.get(spec.listen)!.address)
+        ),
       });
       return;
     }
@@ -265,8 +292,18 @@ function flush(): void {
     }
   }
   const active: Record<string, number> = {};
-  for (const balancer of listeners.values()) active[balancer.name] = balancer.activeConnections;
-  post({ id: 0, type: "batch", events: events.splice(0), backends, active });
+  const udp: Record<string, UdpCounts> = {};
+  for (const balancer of listeners.values()) {
+    active[balancer.name] = balancer.activeConnections;
+    if (!(balancer instanceof UdpBalancer)) continue;
+    // What was counted since the last batch.
+    const delta = structuredClone(balancer.udp);
+    const before = udpReported.get(balancer);
+    if (before !== undefined) addUdpCounts(delta, before, -1);
+    udp[balancer.name] = delta;
+    udpReported.set(balancer, structuredClone(balancer.udp));
+  }
+  post({ id: 0, type: "batch", events: events.splice(0), backends, active, udp });
 }
 
 // Counters that change without an event (a connection opening) are

@@ -91,7 +91,7 @@ export const SETTINGS: readonly FlagSpec[] = [
     key: ["listen"],
     read: String,
     help: "where clients connect; 0.0.0.0:PORT or [::]:PORT for all interfaces, " +
-      "port 0 for any free port (printed at start)",
+      "port 0 for any free port (printed at start); udp://HOST:PORT for UDP datagrams",
   },
   {
     name: "backend",

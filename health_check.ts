@@ -136,6 +136,45 @@ export function sendExpectProbe(send: Uint8Array, expect: Uint8Array, timeoutMs:
 }
 
 /**
+ * Healthy when a datagram `send` to the backend's UDP port is answered,
+ * within `timeoutMs`, by a datagram from it that starts with `expect`.
+ * (UDP has no connection: silence and a closed port both fail, the latter
+ * only by timing out.)
+ */
+export function udpProbe(send: Uint8Array, expect: Uint8Array, timeoutMs: number): Probe {
+  return async (address) => {
+    const wildcard = address.hostname.includes(":") ? "::" : "0.0.0.0";
+    let conn: Deno.DatagramConn;
+    try {
+      conn = Deno.listenDatagram({ hostname: wildcard, port: 0, transport: "udp" });
+    } catch (error) {
+      return describe(error);
+    }
+    const timer = setTimeout(() => closeQuietly(conn), timeoutMs);
+    try {
+      await conn.send(send, { transport: "udp", ...address });
+      while (true) {
+        const [reply, from] = await conn.receive();
+        const peer = from as Deno.NetAddr;
+        if (peer.port !== address.port) continue;
+        const head = reply.subarray(0, expect.length);
+        if (head.length === expect.length && head.every((byte, i) => byte === expect[i])) {
+          return undefined;
+        }
+        return `reply did not start with the expected bytes (got ${hex(head)})`;
+      }
+    } catch (error) {
+      return (error instanceof Deno.errors.BadResource || error instanceof Deno.errors.Interrupted)
+        ? `no reply within ${timeoutMs} ms`
+        : describe(error);
+    } finally {
+      clearTimeout(timer);
+      closeQuietly(conn);
+    }
+  };
+}
+
+/**
  * Healthy when the check module at `url` (loaded already) says so about a
  * connection to the backend, within `timeoutMs`.
  */

@@ -12,7 +12,7 @@
  * @module
  */
 
-import { formatHostPort, isLoopbackHost, parseHostPort } from "./address.ts";
+import { formatHostPort, isLoopbackHost, parseHostPort, UDP_SCHEME } from "./address.ts";
 import { type Clock, realClock } from "./clock.ts";
 import {
   type Config,
@@ -27,11 +27,19 @@ import { describe } from "./errors.ts";
 import { tlsProblem } from "./tls_listener.ts";
 import type { LoadBalancerEvent } from "./events.ts";
 import { type FlagSpec, givenText, type LoadBalancerFlags, UsageError } from "./flags.ts";
-import { fromHex, moduleProbe, type Probe, sendExpectProbe, tcpProbe } from "./health_check.ts";
+import {
+  fromHex,
+  moduleProbe,
+  type Probe,
+  sendExpectProbe,
+  tcpProbe,
+  udpProbe,
+} from "./health_check.ts";
 import { loadModule, moduleBase, type ModuleKind, moduleUrl, strategyFor } from "./modules.ts";
 import { AccessLog } from "./log.ts";
 import { fileURLToPath } from "node:url";
 import { Backend, Pool } from "./pool.ts";
+import { DEFAULT_UDP, type UdpSettings } from "./udp_proxy.ts";
 
 type Raw = Record<string, unknown>;
 
@@ -123,6 +131,16 @@ export async function resolveConfig(flags: LoadBalancerFlags): Promise<Config> {
 /** A listener's settings as the config file gives them. */
 type ListenerConfig = Config["listeners"][number];
 
+/** A UDP listener's flow settings (udp_proxy.ts), or undefined for a TCP listener. */
+export function udpSettingsOf(listener: ListenerConfig): UdpSettings | undefined {
+  if (!listener.listen.startsWith(UDP_SCHEME)) return undefined;
+  return {
+    sessionIdleMs: listener.udp?.session_idle_ms ?? DEFAULT_UDP.sessionIdleMs,
+    responses: listener.udp?.responses ?? DEFAULT_UDP.responses,
+    maxSessions: listener.udp?.max_sessions ?? DEFAULT_UDP.maxSessions,
+  };
+}
+
 /** A listener's front door (edge.ts) as plain data, or undefined when it has none. */
 export function edgeSettingsOf(listener: ListenerConfig): EdgeSettings | undefined {
   const perSource = listener.per_source;
@@ -194,6 +212,10 @@ export function buildPools(
   } = {},
 ): Map<string, Pool> {
   const pools = new Map<string, Pool>();
+  // A pool a UDP listener sends to is checked over UDP (config.ts allows no mix).
+  const udpPools = new Set(
+    config.listeners.filter((l) => l.listen.startsWith(UDP_SCHEME)).map((l) => l.pool),
+  );
   for (const [name, pool] of Object.entries(config.pools)) {
     const kept = new Map((options.previous?.get(name)?.backends ?? []).map((b) => [b.name, b]));
     const backends = pool.backends.map((spec) => {
@@ -243,7 +265,7 @@ export function buildPools(
           backoffMaxMs: pool.health.backoff_max_ms,
           slowStartMs: pool.health.slow_start_ms,
         },
-        healthCheck: healthCheckOf(pool.health),
+        healthCheck: healthCheckOf(pool.health, udpPools.has(name) ? "udp" : "tcp"),
         ...(options.clock ? { clock: options.clock } : {}),
         ...(options.onEvent ? { onEvent: options.onEvent } : {}),
       }),
@@ -254,9 +276,14 @@ export function buildPools(
 
 function healthCheckOf(
   health: Config["pools"][string]["health"],
+  transport: "tcp" | "udp",
 ): { probe: Probe; intervalMs: number } | undefined {
   const check = health.check;
   if (check === undefined) return undefined;
+  if (transport === "udp" && typeof check === "object" && "send" in check) {
+    const probe = udpProbe(fromHex(check.send), fromHex(check.expect), health.timeout_ms);
+    return { probe, intervalMs: health.interval_ms };
+  }
   const probe = check === "tcp"
     ? tcpProbe(health.timeout_ms)
     : "module" in check

@@ -16,7 +16,9 @@ import type { StrategyName } from "./balancer.ts";
 import type { EdgeSettings } from "./edge.ts";
 import type { AccessRecord, ConnectionEnd, LoadBalancerEvent } from "./events.ts";
 import type { Health, HealthSettings } from "./health.ts";
+import type { UdpCounts } from "./metrics.ts";
 import type { PoolSettings, SendProxy } from "./pool.ts";
+import type { UdpSettings } from "./udp_proxy.ts";
 
 /** A backend as the threads are told of it. */
 export interface BackendSnapshot {
@@ -55,6 +57,8 @@ export interface ListenerSnapshot {
   readonly maxconn: number;
   /** Its front door (PROXY header, ACLs, per-source limits, routes), if any. */
   readonly edge: EdgeSettings | undefined;
+  /** A UDP listener's flow settings (its share of `max_sessions`); undefined for TCP. */
+  readonly udp?: UdpSettings;
 }
 
 /** Main → thread. Each carries an `id` that its reply echoes. */
@@ -137,6 +141,8 @@ export type FromThreadBody =
     readonly backends: readonly BackendCounts[];
     /** Client connections in progress, per listener name. */
     readonly active: Readonly<Record<string, number>>;
+    /** UDP listeners' counts since the last batch, per listener name. */
+    readonly udp: Readonly<Record<string, UdpCounts>>;
   }
   /** The backends of the last `backends` message are in place. */
   | { readonly type: "applied" }

@@ -13,7 +13,7 @@
  * @module
  */
 
-import { formatHostPort, parseHostPort } from "./address.ts";
+import { formatHostPort, parseHostPort, parseListen, UDP_SCHEME } from "./address.ts";
 import { adminUrl, type ListenerStats, startAdmin } from "./admin.ts";
 import type { AdminServer } from "./admin_server.ts";
 import { type Clock, realClock } from "./clock.ts";
@@ -46,9 +46,11 @@ import {
   prepare,
   resolveConfig,
   summarize,
+  udpSettingsOf,
 } from "./plan.ts";
 import type { Pool } from "./pool.ts";
 import { LoadBalancer } from "./proxy.ts";
+import { UdpBalancer } from "./udp_proxy.ts";
 import { Membership, type Overlay } from "./membership.ts";
 import { Dashboard } from "./dashboard.ts";
 import { readStateFile, writeStateFile } from "./state_file.ts";
@@ -645,7 +647,7 @@ export class LocalListeners implements ListenerHost {
   /** Bind with SO_REUSEPORT (a `--workers` worker shares its port with its siblings). */
   readonly #reusePort: boolean;
   /** The listeners, by the address they listen on: a reload keeps every address it still lists. */
-  readonly #running = new Map<string, LoadBalancer>();
+  readonly #running = new Map<string, LoadBalancer | UdpBalancer>();
   /** The listeners that terminate TLS, by key: a reload hands them a new certificate. */
   readonly #tls = new Map<string, TlsEngineListener>();
 
@@ -692,9 +694,11 @@ export class LocalListeners implements ListenerHost {
   }
 
   async start(config: Config, pools: ReadonlyMap<string, Pool>, where: Where): Promise<string[]> {
-    const sockets: EngineListener[] = [];
+    const sockets: (EngineListener | UdpBalancer)[] = [];
     try {
-      for (const listener of config.listeners) sockets.push(await this.#bind(listener, where));
+      for (const listener of config.listeners) {
+        sockets.push(await this.#bind(listener, where, pools));
+      }
     } catch (error) {
       for (const socket of sockets) closeQuietly(socket);
       throw error;
@@ -716,11 +720,11 @@ export class LocalListeners implements ListenerHost {
         materials.set(listenerKey(listener), readTls(listener.tls));
       }
     }
-    const fresh = new Map<string, EngineListener>();
+    const fresh = new Map<string, EngineListener | UdpBalancer>();
     for (const listener of config.listeners) {
       if (this.#running.has(listenerKey(listener))) continue;
       try {
-        fresh.set(listenerKey(listener), await this.#bind(listener, where));
+        fresh.set(listenerKey(listener), await this.#bind(listener, where, pools));
       } catch (error) {
         for (const socket of fresh.values()) closeQuietly(socket);
         throw error;
@@ -736,6 +740,11 @@ export class LocalListeners implements ListenerHost {
           listenerKey(listener),
           this.#serve(fresh.get(listenerKey(listener))!, listener, pools),
         );
+      } else if (balancer instanceof UdpBalancer) {
+        balancer.reconfigure({
+          pool: pools.get(listenerPool(listener))!,
+          settings: udpSettingsOf(listener) ?? {},
+        });
       } else {
         balancer.reconfigure({
           pool: pools.get(listenerPool(listener))!,
@@ -779,9 +788,27 @@ export class LocalListeners implements ListenerHost {
     };
   }
 
-  async #bind(listener: ListenerConfig, where: Where): Promise<EngineListener> {
-    const address = parseHostPort(listener.listen, { allowPortZero: true });
+  async #bind(
+    listener: ListenerConfig,
+    where: Where,
+    pools: ReadonlyMap<string, Pool>,
+  ): Promise<EngineListener | UdpBalancer> {
+    const { address } = parseListen(listener.listen);
     try {
+      const udp = udpSettingsOf(listener);
+      if (udp !== undefined) {
+        // A UDP listener is its socket: it takes datagrams from the moment it is bound.
+        return new UdpBalancer({
+          name: listener.name,
+          address,
+          reusePort: this.#reusePort,
+          engine: this.#engine,
+          pool: pools.get(listenerPool(listener))!,
+          settings: udp,
+          clock: this.#clock,
+          onEvent: this.#onEvent,
+        });
+      }
       if (listener.tls === undefined) {
         return this.#engine.listen(address, { reusePort: this.#reusePort });
       }
@@ -804,7 +831,15 @@ export class LocalListeners implements ListenerHost {
     this.#tls.get(listenerKey(listener))?.setGate(gate);
   }
 
-  #serve(socket: EngineListener, listener: ListenerConfig, pools: ReadonlyMap<string, Pool>) {
+  #serve(
+    socket: EngineListener | UdpBalancer,
+    listener: ListenerConfig,
+    pools: ReadonlyMap<string, Pool>,
+  ) {
+    if (socket instanceof UdpBalancer) {
+      this.#running.set(listenerKey(listener), socket);
+      return `${UDP_SCHEME}${formatHostPort(socket.address)}`;
+    }
     const balancer = new LoadBalancer({
       name: listener.name,
       listener: socket,

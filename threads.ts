@@ -17,15 +17,22 @@
  * @module
  */
 
-import { formatHostPort, parseHostPort } from "./address.ts";
+import { formatHostPort, parseHostPort, parseListen, UDP_SCHEME } from "./address.ts";
 import type { ListenerStats } from "./admin.ts";
 import { type Config, listenerKey, listenerPool } from "./config.ts";
 import { describe, StartError } from "./errors.ts";
 import { isRejectReason, type LoadBalancerEvent, type RejectReason } from "./events.ts";
-import { edgeSettingsOf } from "./plan.ts";
+import { edgeSettingsOf, udpSettingsOf } from "./plan.ts";
 import { shiftHealth } from "./health.ts";
 import { Sys } from "./libc.ts";
-import { DURATION_BUCKETS, Histogram } from "./metrics.ts";
+import {
+  addUdpCounts,
+  DURATION_BUCKETS,
+  emptyUdpCounts,
+  Histogram,
+  type UdpCounts,
+} from "./metrics.ts";
+import type { UdpSettings } from "./udp_proxy.ts";
 import type { Pool } from "./pool.ts";
 import {
   type FromThread,
@@ -64,8 +71,16 @@ class ThreadedListener implements ListenerStats {
   readonly durations = new Histogram(DURATION_BUCKETS);
   readonly rejected = new Map<RejectReason, number>();
   pool: { name: string };
-  constructor(readonly name: string, pool: string, readonly threads: readonly Thread[]) {
+  /** A UDP listener's counts, summed over the threads' batches. */
+  readonly udp: UdpCounts | undefined;
+  constructor(
+    readonly name: string,
+    pool: string,
+    readonly threads: readonly Thread[],
+    udp: boolean,
+  ) {
     this.pool = { name: pool };
+    this.udp = udp ? emptyUdpCounts() : undefined;
   }
   get activeConnections(): number {
     return this.threads.reduce((sum, thread) => sum + (thread.active[this.name] ?? 0), 0);
@@ -208,15 +223,18 @@ export class ThreadedListeners implements ListenerHost {
   ): Map<string, string> {
     const bound = new Map<string, string>();
     for (const listener of listeners) {
-      const address = parseHostPort(listener.listen, { allowPortZero: true });
+      const { transport, address } = parseListen(listener.listen);
+      const scheme = transport === "udp" ? UDP_SCHEME : "";
       if (!this.#probeFirst) {
-        bound.set(listenerKey(listener), formatHostPort(address));
+        bound.set(listenerKey(listener), scheme + formatHostPort(address));
         continue;
       }
       try {
-        const probe = Deno.listen({ hostname: address.hostname, port: address.port });
+        const probe = transport === "udp"
+          ? Deno.listenDatagram({ hostname: address.hostname, port: address.port, transport })
+          : Deno.listen({ hostname: address.hostname, port: address.port });
         // The address as bound: a host name resolved, port 0 made concrete.
-        bound.set(listenerKey(listener), formatHostPort(probe.addr));
+        bound.set(listenerKey(listener), scheme + formatHostPort(probe.addr as Deno.NetAddr));
         probe.close();
       } catch (error) {
         throw fail(`${where(listener)} ${listener.listen}: ${describe(error)}`);
@@ -344,9 +362,13 @@ export class ThreadedListeners implements ListenerHost {
     this.#bound = new Map(bound);
     const stats = new Map<string, ThreadedListener>();
     for (const listener of config.listeners) {
+      const udp = udpSettingsOf(listener) !== undefined;
+      // A listener that changed between TCP and UDP starts its counts again.
       const kept = this.#stats.get(listener.name);
       const pool = listenerPool(listener);
-      const stat = kept ?? new ThreadedListener(listener.name, pool, this.#threads);
+      const stat = kept !== undefined && (kept.udp !== undefined) === udp
+        ? kept
+        : new ThreadedListener(listener.name, pool, this.#threads, udp);
       stat.pool = { name: pool };
       stats.set(listener.name, stat);
     }
@@ -367,10 +389,18 @@ export class ThreadedListeners implements ListenerHost {
         pool: listenerPool(listener),
         maxconn: Math.max(1, Math.ceil(listener.maxconn / this.#count)),
         edge: edgeSettingsOf(listener),
+        ...this.#udpShare(listener),
       })),
       pools: [...pools.values()].map((pool) => this.#snapshot(pool, config)),
       drainTimeoutMs: drainMs,
     };
+  }
+
+  // A UDP listener's settings, with each thread's share of max_sessions.
+  #udpShare(listener: ListenerConfig): { udp?: UdpSettings } {
+    const udp = udpSettingsOf(listener);
+    if (udp === undefined) return {};
+    return { udp: { ...udp, maxSessions: Math.max(1, Math.ceil(udp.maxSessions / this.#count)) } };
   }
 
   #snapshot(pool: Pool, config: Config): PoolSnapshot {
@@ -434,6 +464,10 @@ export class ThreadedListeners implements ListenerHost {
 
   #batch(thread: Thread, batch: Extract<FromThread, { type: "batch" }>): void {
     thread.active = batch.active;
+    for (const [name, counts] of Object.entries(batch.udp)) {
+      const sum = this.#stats.get(name)?.udp;
+      if (sum !== undefined) addUdpCounts(sum, counts);
+    }
     for (const counts of batch.backends) {
       const backend = this.#pools.get(counts.pool)?.backends.find((b) => b.name === counts.address);
       if (backend === undefined) continue;

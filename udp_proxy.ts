@@ -247,6 +247,11 @@ export class UdpBalancer {
     return { cut };
   }
 
+  /** Ends every flow and closes the socket at once (a start or reload that failed). */
+  close(): void {
+    this.shutdown(0);
+  }
+
   // A datagram from a client: find or make its flow, send it on.
   #fromClient(bytes: Uint8Array, key: string | number): void {
     const counts = this.udp;

@@ -1,0 +1,295 @@
+/**
+ * UDP listeners in the balancer process, on the engine under test: DNS-style
+ * queries, a long flow, a flood from many sources with the table bounded,
+ * health checked over UDP, metrics, and a reload; `--threads 2` on epoll.
+ */
+
+import assert from "node:assert/strict";
+import {
+  checkConfigFile,
+  serverOf,
+  startBalancerWithAdmin,
+  startUdpServer,
+  TEST_ENGINE,
+  UdpTestClient,
+  type UdpTestServer,
+  until,
+} from "./test_util.ts";
+
+const PERMISSIONS = ["--allow-net", "--allow-read", "--allow-env"];
+const TOKEN = "udp-test-token";
+
+function udpConfig(
+  servers: readonly UdpTestServer[],
+  options: { udp?: string; pool?: string; top?: string } = {},
+): string {
+  return `${options.top ?? ""}listeners:
+  - name: dns
+    listen: udp://127.0.0.1:0
+    pool: dns
+${options.udp ? `    udp: ${options.udp}\n` : ""}pools:
+  dns:
+${options.pool ?? ""}    backends:
+${servers.map((s) => `      - { address: 127.0.0.1:${s.port} }`).join("\n")}
+`;
+}
+
+/** A metric's value from /metrics text, by its name and labels as written. */
+function metric(text: string, series: string): number {
+  const line = text.split("\n").find((l) => l.startsWith(series + " "));
+  return line === undefined ? NaN : Number(line.slice(series.length + 1));
+}
+
+Deno.test("udp process: DNS-style queries alternate between backends, each answered to its client", async () => {
+  const dir = await Deno.makeTempDir();
+  const servers = [startUdpServer("1"), startUdpServer("2")];
+  const { lb, call, backends } = await startBalancerWithAdmin(
+    dir,
+    udpConfig(servers, { udp: "{ responses: 1 }" }),
+    { token: TOKEN, permissions: PERMISSIONS },
+  );
+  const clients: UdpTestClient[] = [];
+  try {
+    const answers: string[] = [];
+    for (let i = 0; i < 6; i++) {
+      const client = new UdpTestClient(lb.port);
+      clients.push(client);
+      const answer = await client.ask(`query ${i}`);
+      assert.match(answer, new RegExp(`^\\[Server \\d\\] query ${i}$`));
+      answers.push(serverOf(answer));
+    }
+    assert.deepEqual(answers, ["1", "2", "1", "2", "1", "2"]);
+    // Each flow ended at its one answer.
+    await until(async () => {
+      const text = (await call("GET", "/metrics")).body as string;
+      return metric(text, 'lb_connections_active{listener="dns",pool="dns"}') === 0;
+    }, "every flow ended after its answer", 500, 20);
+    // A data-plane thread reports its counts in batches: wait for the last.
+    let text = "";
+    await until(async () => {
+      text = (await call("GET", "/metrics")).body as string;
+      return metric(text, 'lb_udp_datagrams_total{listener="dns",direction="out"}') === 6;
+    }, "six answers counted", 500, 20);
+    assert.equal(metric(text, 'lb_udp_datagrams_total{listener="dns",direction="in"}'), 6);
+    assert.equal(metric(text, 'lb_udp_datagrams_total{listener="dns",direction="out"}'), 6);
+    assert.equal(
+      metric(
+        text,
+        `lb_udp_backend_datagrams_total{listener="dns",pool="dns",backend="127.0.0.1:${
+          servers[0]!.port
+        }",direction="in"}`,
+      ),
+      3,
+    );
+    await until(
+      () => lb.stdout.filter((l) => l.includes("end=responses")).length === 6,
+      "an access line per flow",
+      500,
+      20,
+    );
+  } finally {
+    await Promise.all(clients.map((c) => c.close()));
+    await lb.close();
+    await Promise.all(servers.map((s) => s.close()));
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("udp process: a flood from many sources is answered, with the flow table bounded", async () => {
+  const dir = await Deno.makeTempDir();
+  const servers = [startUdpServer("1"), startUdpServer("2")];
+  const { lb, call, backends } = await startBalancerWithAdmin(
+    dir,
+    udpConfig(servers, { udp: "{ max_sessions: 20 }" }),
+    { token: TOKEN, permissions: PERMISSIONS },
+  );
+  const clients = Array.from({ length: 100 }, () => new UdpTestClient(lb.port));
+  try {
+    // 100 flows through a table of 20, ten at once: the flows waiting for
+    // their answer are always the most recent, so only answered ones go.
+    for (let wave = 0; wave < 10; wave++) {
+      const group = clients.slice(wave * 10, wave * 10 + 10);
+      const answers = await Promise.all(group.map((client, i) => client.ask(`from ${i}`)));
+      answers.forEach((answer, i) => assert.match(answer, new RegExp(`^\\[Server \\d\\] from ${i}$`)));
+    }
+    let text = "";
+    await until(async () => {
+      text = (await call("GET", "/metrics")).body as string;
+      return metric(text, 'lb_udp_datagrams_total{listener="dns",direction="out"}') === 100;
+    }, "every answer counted", 500, 20);
+    const active = metric(text, 'lb_connections_active{listener="dns",pool="dns"}');
+    assert.ok(active <= 20, `at most 20 flows at once, got ${active}`);
+    const evicted = metric(text, 'lb_udp_flows_dropped_total{listener="dns",cause="table-full"}');
+    assert.equal(active + evicted, 100, "each flow is open or was dropped for room");
+  } finally {
+    await Promise.all(clients.map((c) => c.close()));
+    await lb.close();
+    await Promise.all(servers.map((s) => s.close()));
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("udp process: a backend that fails its UDP check takes no flows", async () => {
+  const dir = await Deno.makeTempDir();
+  // Server 2 answers data but not the check; the check expects "pong".
+  const pong = new TextEncoder().encode("pong");
+  const healthy = startUdpServer("1", (bytes) =>
+    new TextDecoder().decode(bytes) === "ping"
+      ? [pong]
+      : [new TextEncoder().encode(`[Server 1] ${new TextDecoder().decode(bytes)}`)]);
+  const failing = startUdpServer("2", (bytes) =>
+    new TextDecoder().decode(bytes) === "ping"
+      ? []
+      : [new TextEncoder().encode(`[Server 2] ${new TextDecoder().decode(bytes)}`)]);
+  const health = "    health:\n      check: { send: \"70696e67\", expect: \"706f6e67\" }\n" +
+    "      interval_ms: 50\n      timeout_ms: 100\n      fall: 1\n      rise: 1\n";
+  const { lb, call, backends } = await startBalancerWithAdmin(
+    dir,
+    udpConfig([healthy, failing], { pool: health, udp: "{ responses: 1 }" }),
+    { token: TOKEN, permissions: PERMISSIONS },
+  );
+  try {
+    await until(async () => {
+      const states = (await backends("dns")).map((b) => b.state);
+      return states[0] === "up" && states[1] === "down";
+    }, "server 2 marked down by its UDP check", 1000, 20);
+    const ask = async (text: string) => {
+      const client = new UdpTestClient(lb.port);
+      try {
+        return serverOf(await client.ask(text));
+      } finally {
+        await client.close();
+      }
+    };
+    // Data-plane threads hear of the change a moment after the main thread.
+    await until(async () => await ask("first") === "1", "a flow placed on server 1", 200, 20);
+    for (let i = 0; i < 6; i++) assert.equal(await ask(`q${i}`), "1");
+  } finally {
+    await lb.close();
+    await healthy.close();
+    await failing.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("udp process: a reload moves new flows to a new backend set and keeps the listener", async () => {
+  const dir = await Deno.makeTempDir();
+  const servers = [startUdpServer("1"), startUdpServer("2")];
+  const { lb, call, backends } = await startBalancerWithAdmin(
+    dir,
+    udpConfig([servers[0]!], { udp: "{ responses: 1 }" }),
+    { token: TOKEN, permissions: PERMISSIONS },
+  );
+  try {
+    const first = new UdpTestClient(lb.port);
+    assert.equal(serverOf(await first.ask("before")), "1");
+    await first.close();
+    const file = [...Deno.readDirSync(dir)].find((e) => e.name.startsWith("lb-"))!.name;
+    const text = Deno.readTextFileSync(`${dir}/${file}`)
+      .replace(`127.0.0.1:${servers[0]!.port}`, `127.0.0.1:${servers[1]!.port}`);
+    Deno.writeTextFileSync(`${dir}/${file}`, text);
+    lb.kill("SIGHUP");
+    await lb.waitForLine("stderr", /reload/);
+    await until(async () => {
+      const client = new UdpTestClient(lb.port);
+      try {
+        return serverOf(await client.ask("after")) === "2";
+      } finally {
+        await client.close();
+      }
+    }, "new flows go to server 2", 200, 20);
+  } finally {
+    await lb.close();
+    await Promise.all(servers.map((s) => s.close()));
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test({
+  name: "udp process: with --threads 2, every client's flow is answered on its own backend",
+  ignore: TEST_ENGINE !== "epoll",
+  fn: async () => {
+    const dir = await Deno.makeTempDir();
+    const servers = [startUdpServer("1"), startUdpServer("2")];
+    const { lb, call, backends } = await startBalancerWithAdmin(
+      dir,
+      udpConfig(servers, { top: "threads: 2\n" }),
+      { token: TOKEN, permissions: PERMISSIONS },
+    );
+    const clients = Array.from({ length: 40 }, () => new UdpTestClient(lb.port));
+    try {
+      const first = await Promise.all(clients.map((c, i) => c.ask(`hello ${i}`)));
+      for (let round = 0; round < 3; round++) {
+        const again = await Promise.all(clients.map((c, i) => c.ask(`again ${i}`)));
+        again.forEach((answer, i) => {
+          assert.equal(serverOf(answer), serverOf(first[i]!), "a flow stays on its backend");
+          assert.ok(answer.endsWith(`again ${i}`));
+        });
+      }
+      await until(async () => {
+        const text = (await call("GET", "/metrics")).body as string;
+        return metric(text, 'lb_udp_datagrams_total{listener="dns",direction="in"}') === 160;
+      }, "both threads' counts summed", 500, 20);
+    } finally {
+      await Promise.all(clients.map((c) => c.close()));
+      await lb.close();
+      await Promise.all(servers.map((s) => s.close()));
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test("udp config: what a UDP listener cannot take is named, with what to do instead", async () => {
+  const cases: [string, RegExp][] = [
+    [
+      "listeners: [{ name: a, listen: 'udp://127.0.0.1:5353', pool: p, tls: { cert: c, key: k } }]\n" +
+      "pools: { p: { backends: [{ address: 127.0.0.1:5301 }] } }\n",
+      /listeners\[0\]\.tls: tls is for TCP listeners/,
+    ],
+    [
+      "listeners: [{ name: a, listen: '127.0.0.1:5353', pool: p, udp: { responses: 1 } }]\n" +
+      "pools: { p: { backends: [{ address: 127.0.0.1:5301 }] } }\n",
+      /listeners\[0\]\.udp: udp settings on a TCP listener/,
+    ],
+    [
+      "listeners: [{ name: a, listen: 'udp://127.0.0.1:5353', pool: p }]\n" +
+      "pools: { p: { send_proxy: v1, backends: [{ address: 127.0.0.1:5301 }] } }\n",
+      /pools\.p\.send_proxy: PROXY v1 has no UDP form/,
+    ],
+    [
+      "listeners: [{ name: a, listen: 'udp://127.0.0.1:5353', pool: p }]\n" +
+      "pools: { p: { health: { check: tcp }, backends: [{ address: 127.0.0.1:5301 }] } }\n",
+      /pools\.p\.health\.check: a UDP pool is checked over UDP/,
+    ],
+    [
+      "listeners:\n  - { name: a, listen: 'udp://127.0.0.1:5353', pool: p }\n" +
+      "  - { name: b, listen: '127.0.0.1:5353', pool: p }\n" +
+      "pools: { p: { backends: [{ address: 127.0.0.1:5301 }] } }\n",
+      /listeners\[1\]\.pool: pool p already serves UDP listener a/,
+    ],
+    [
+      "listeners: [{ name: a, listen: 'udp://127.0.0.1:5353', pool: p, udp: { max_sessions: 0 } }]\n" +
+      "pools: { p: { backends: [{ address: 127.0.0.1:5301 }] } }\n",
+      /listeners\[0\]\.udp\.max_sessions: expected a whole number 1-10000000/,
+    ],
+  ];
+  const dir = await Deno.makeTempDir();
+  const check = async (config: string) => {
+    const file = `${dir}/${crypto.randomUUID()}.yaml`;
+    await Deno.writeTextFile(file, config);
+    return await checkConfigFile(file);
+  };
+  for (const [config, expected] of cases) {
+    const { code, said } = await check(config);
+    assert.equal(code, 1, said);
+    assert.match(said, expected);
+  }
+  // A TCP and a UDP listener on the same port are two sockets, and fine.
+  const both = "listeners:\n  - { name: a, listen: 'udp://127.0.0.1:5353', pool: u }\n" +
+    "  - { name: b, listen: '127.0.0.1:5353', pool: t }\n" +
+    "pools:\n  u: { backends: [{ address: 127.0.0.1:5301 }] }\n" +
+    "  t: { backends: [{ address: 127.0.0.1:5301 }] }\n";
+  const { code, said } = await check(both);
+  assert.equal(code, 0, said);
+  await Deno.remove(dir, { recursive: true });
+});
