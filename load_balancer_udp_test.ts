@@ -60,16 +60,26 @@ Deno.test("udp process: DNS-style queries alternate between backends, each answe
     }
     assert.deepEqual(answers, ["1", "2", "1", "2", "1", "2"]);
     // Each flow ended at its one answer.
-    await until(async () => {
-      const text = (await call("GET", "/metrics")).body as string;
-      return metric(text, 'lb_connections_active{listener="dns",pool="dns"}') === 0;
-    }, "every flow ended after its answer", 500, 20);
+    await until(
+      async () => {
+        const text = (await call("GET", "/metrics")).body as string;
+        return metric(text, 'lb_connections_active{listener="dns",pool="dns"}') === 0;
+      },
+      "every flow ended after its answer",
+      500,
+      20,
+    );
     // A data-plane thread reports its counts in batches: wait for the last.
     let text = "";
-    await until(async () => {
-      text = (await call("GET", "/metrics")).body as string;
-      return metric(text, 'lb_udp_datagrams_total{listener="dns",direction="out"}') === 6;
-    }, "six answers counted", 500, 20);
+    await until(
+      async () => {
+        text = (await call("GET", "/metrics")).body as string;
+        return metric(text, 'lb_udp_datagrams_total{listener="dns",direction="out"}') === 6;
+      },
+      "six answers counted",
+      500,
+      20,
+    );
     assert.equal(metric(text, 'lb_udp_datagrams_total{listener="dns",direction="in"}'), 6);
     assert.equal(metric(text, 'lb_udp_datagrams_total{listener="dns",direction="out"}'), 6);
     assert.equal(
@@ -110,13 +120,20 @@ Deno.test("udp process: a flood from many sources is answered, with the flow tab
     for (let wave = 0; wave < 10; wave++) {
       const group = clients.slice(wave * 10, wave * 10 + 10);
       const answers = await Promise.all(group.map((client, i) => client.ask(`from ${i}`)));
-      answers.forEach((answer, i) => assert.match(answer, new RegExp(`^\\[Server \\d\\] from ${i}$`)));
+      answers.forEach((answer, i) =>
+        assert.match(answer, new RegExp(`^\\[Server \\d\\] from ${i}$`))
+      );
     }
     let text = "";
-    await until(async () => {
-      text = (await call("GET", "/metrics")).body as string;
-      return metric(text, 'lb_udp_datagrams_total{listener="dns",direction="out"}') === 100;
-    }, "every answer counted", 500, 20);
+    await until(
+      async () => {
+        text = (await call("GET", "/metrics")).body as string;
+        return metric(text, 'lb_udp_datagrams_total{listener="dns",direction="out"}') === 100;
+      },
+      "every answer counted",
+      500,
+      20,
+    );
     const active = metric(text, 'lb_connections_active{listener="dns",pool="dns"}');
     assert.ok(active <= 20, `at most 20 flows at once, got ${active}`);
     const evicted = metric(text, 'lb_udp_flows_dropped_total{listener="dns",cause="table-full"}');
@@ -133,15 +150,21 @@ Deno.test("udp process: a backend that fails its UDP check takes no flows", asyn
   const dir = await Deno.makeTempDir();
   // Server 2 answers data but not the check; the check expects "pong".
   const pong = new TextEncoder().encode("pong");
-  const healthy = startUdpServer("1", (bytes) =>
-    new TextDecoder().decode(bytes) === "ping"
-      ? [pong]
-      : [new TextEncoder().encode(`[Server 1] ${new TextDecoder().decode(bytes)}`)]);
-  const failing = startUdpServer("2", (bytes) =>
-    new TextDecoder().decode(bytes) === "ping"
-      ? []
-      : [new TextEncoder().encode(`[Server 2] ${new TextDecoder().decode(bytes)}`)]);
-  const health = "    health:\n      check: { send: \"70696e67\", expect: \"706f6e67\" }\n" +
+  const healthy = startUdpServer(
+    "1",
+    (bytes) =>
+      new TextDecoder().decode(bytes) === "ping"
+        ? [pong]
+        : [new TextEncoder().encode(`[Server 1] ${new TextDecoder().decode(bytes)}`)],
+  );
+  const failing = startUdpServer(
+    "2",
+    (bytes) =>
+      new TextDecoder().decode(bytes) === "ping"
+        ? []
+        : [new TextEncoder().encode(`[Server 2] ${new TextDecoder().decode(bytes)}`)],
+  );
+  const health = '    health:\n      check: { send: "70696e67", expect: "706f6e67" }\n' +
     "      interval_ms: 50\n      timeout_ms: 100\n      fall: 1\n      rise: 1\n";
   const { lb, call, backends } = await startBalancerWithAdmin(
     dir,
@@ -149,10 +172,15 @@ Deno.test("udp process: a backend that fails its UDP check takes no flows", asyn
     { token: TOKEN, permissions: PERMISSIONS },
   );
   try {
-    await until(async () => {
-      const states = (await backends("dns")).map((b) => b.state);
-      return states[0] === "up" && states[1] === "down";
-    }, "server 2 marked down by its UDP check", 1000, 20);
+    await until(
+      async () => {
+        const states = (await backends("dns")).map((b) => b.state);
+        return states[0] === "up" && states[1] === "down";
+      },
+      "server 2 marked down by its UDP check",
+      1000,
+      20,
+    );
     const ask = async (text: string) => {
       const client = new UdpTestClient(lb.port);
       try {
@@ -190,14 +218,19 @@ Deno.test("udp process: a reload moves new flows to a new backend set and keeps 
     Deno.writeTextFileSync(`${dir}/${file}`, text);
     lb.kill("SIGHUP");
     await lb.waitForLine("stderr", /reload/);
-    await until(async () => {
-      const client = new UdpTestClient(lb.port);
-      try {
-        return serverOf(await client.ask("after")) === "2";
-      } finally {
-        await client.close();
-      }
-    }, "new flows go to server 2", 200, 20);
+    await until(
+      async () => {
+        const client = new UdpTestClient(lb.port);
+        try {
+          return serverOf(await client.ask("after")) === "2";
+        } finally {
+          await client.close();
+        }
+      },
+      "new flows go to server 2",
+      200,
+      20,
+    );
   } finally {
     await lb.close();
     await Promise.all(servers.map((s) => s.close()));
@@ -226,10 +259,15 @@ Deno.test({
           assert.ok(answer.endsWith(`again ${i}`));
         });
       }
-      await until(async () => {
-        const text = (await call("GET", "/metrics")).body as string;
-        return metric(text, 'lb_udp_datagrams_total{listener="dns",direction="in"}') === 160;
-      }, "both threads' counts summed", 500, 20);
+      await until(
+        async () => {
+          const text = (await call("GET", "/metrics")).body as string;
+          return metric(text, 'lb_udp_datagrams_total{listener="dns",direction="in"}') === 160;
+        },
+        "both threads' counts summed",
+        500,
+        20,
+      );
     } finally {
       await Promise.all(clients.map((c) => c.close()));
       await lb.close();
@@ -292,4 +330,10 @@ Deno.test("udp config: what a UDP listener cannot take is named, with what to do
   const { code, said } = await check(both);
   assert.equal(code, 0, said);
   await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("examples/udp.yaml passes --check", async () => {
+  const { code, said } = await checkConfigFile("examples/udp.yaml");
+  assert.equal(code, 0, said);
+  assert.match(said, /dns on udp:\/\/127\.0\.0\.1:5353/);
 });
