@@ -24,13 +24,18 @@ import type { Clock } from "./clock.ts";
 import { EarlyBytes } from "./early.ts";
 import type {
   Attempt,
+  DatagramHandlers,
+  DatagramListener,
+  DatagramSocket,
   Engine,
   EngineConn,
   EngineListener,
   Joined,
   JoinResult,
+  OnDatagram,
   Peeked,
 } from "./engine.ts";
+import { dialDatagrams, listenDatagrams } from "./engine_epoll_udp.ts";
 import { EpollLoop, type Handler, SCRATCH_BYTES } from "./epoll_loop.ts";
 import type { JoinEnd } from "./events.ts";
 import {
@@ -607,6 +612,25 @@ export class EpollEngine implements Engine {
 
   join(client: EngineConn, server: EngineConn, prefix?: Uint8Array): Joined {
     return new EpollJoin(this.#loop, this.#clock, client as EpollConn, server as EpollConn, prefix);
+  }
+
+  listenDatagrams(
+    address: HostPort,
+    options: { reusePort?: boolean },
+    onDatagram: OnDatagram,
+  ): DatagramListener {
+    return listenDatagrams(this.#loop, address, options, onDatagram);
+  }
+
+  dialDatagrams(address: HostPort, handlers: DatagramHandlers): DatagramSocket {
+    // Encoded once per backend address, as for dial(); there is no lookup
+    // here (the seam is synchronous): a host name throws.
+    let target = this.#targets.get(address);
+    if (target === undefined) {
+      target = targetOf(address.hostname, address.port);
+      this.#targets.set(address, target);
+    }
+    return dialDatagrams(this.#loop, target, handlers);
   }
 
   close(conn: EngineConn, options: { reset?: boolean } = {}): Promise<void> {

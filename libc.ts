@@ -19,8 +19,9 @@
  * with `connect(fd, AF_UNSPEC)`, which makes Linux send a reset (RST) and
  * leaves the descriptor for Deno to close as usual.
  *
- * **The epoll engine's system calls** (engine_epoll.ts): sockets, epoll,
- * eventfd, `errno`, and the struct layouts they take. Conventions, for
+ * **The epoll engine's system calls** (engine_epoll.ts, and
+ * engine_epoll_udp.ts for UDP): sockets, epoll, eventfd, `recvmmsg` and
+ * `sendmmsg`, `errno`, and the struct layouts they take. Conventions, for
  * speed and safety: every result is an `i32` (a 64-bit result would come
  * back as a BigInt, an allocation); a failed call returns `-errno`; every
  * pointer handed to libc comes from a buffer allocated once and kept
@@ -51,6 +52,7 @@ export const SOCKADDR_IN6_BYTES = 28;
 
 // Socket and epoll constants (Linux, x86_64 and aarch64 alike).
 export const SOCK_STREAM = 1;
+export const SOCK_DGRAM = 2;
 export const SOCK_NONBLOCK = 0o4000;
 export const SOCK_CLOEXEC = 0o2000000;
 export const SOL_SOCKET = 1;
@@ -78,6 +80,8 @@ export const EAGAIN = 11;
 export const ENFILE = 23;
 export const EMFILE = 24;
 export const EPIPE = 32;
+export const EMSGSIZE = 90;
+export const EAFNOSUPPORT = 97;
 export const EADDRINUSE = 98;
 export const ECONNABORTED = 103;
 export const ECONNRESET = 104;
@@ -86,6 +90,7 @@ export const ECONNREFUSED = 111;
 export const EINPROGRESS = 115;
 export const EADDRNOTAVAIL = 99;
 export const ENETUNREACH = 101;
+export const ENOBUFS = 105;
 export const EHOSTUNREACH = 113;
 
 /** Names of the errno values a message may need. */
@@ -96,6 +101,8 @@ export const ERRNO_NAMES: Record<number, string> = {
   [ENFILE]: "ENFILE",
   [EMFILE]: "EMFILE",
   [EPIPE]: "EPIPE",
+  [EMSGSIZE]: "EMSGSIZE",
+  [EAFNOSUPPORT]: "EAFNOSUPPORT",
   [EADDRINUSE]: "EADDRINUSE",
   [ECONNABORTED]: "ECONNABORTED",
   [ECONNRESET]: "ECONNRESET",
@@ -104,6 +111,7 @@ export const ERRNO_NAMES: Record<number, string> = {
   [EINPROGRESS]: "EINPROGRESS",
   [EADDRNOTAVAIL]: "EADDRNOTAVAIL",
   [ENETUNREACH]: "ENETUNREACH",
+  [ENOBUFS]: "ENOBUFS",
   [EHOSTUNREACH]: "EHOSTUNREACH",
 };
 
@@ -151,6 +159,131 @@ export function encodeLinger(into: Uint8Array, on: boolean, seconds: number): vo
   view.setInt32(4, seconds, true);
 }
 
+/** `struct iovec { void *iov_base; size_t iov_len; }`: 16 bytes (LP64: x86_64 and aarch64). */
+export const IOVEC_BYTES = 16;
+/**
+ * `struct msghdr` (LP64): `msg_name` (a pointer) at 0, `msg_namelen` (u32)
+ * at 8, `msg_iov` at 16, `msg_iovlen` (size_t) at 24, `msg_control` at 32,
+ * `msg_controllen` at 40, `msg_flags` (int) at 48; 56 bytes with padding.
+ */
+export const MSGHDR_BYTES = 56;
+/** `struct mmsghdr { struct msghdr msg_hdr; unsigned msg_len; }`: `msg_len` at 56; 64 bytes. */
+export const MMSGHDR_BYTES = 64;
+const MSG_NAME = 0;
+const MSG_NAMELEN = 8;
+const MSG_IOV = 16;
+const MSG_IOVLEN = 24;
+const MSG_FLAGS = 48;
+const MSG_LEN = MSGHDR_BYTES;
+const IOV_BASE = 0;
+const IOV_LEN = 8;
+/** Room for each message's address in a {@linkcode MessageBatch}: a `sockaddr_in6` (28), rounded up. */
+export const NAME_BYTES = 32;
+/** `MSG_TRUNC` in `msg_flags`: the datagram was longer than its buffer. */
+export const MSG_TRUNC = 0x20;
+
+/**
+ * A vector of `struct mmsghdr` for `recvmmsg` and `sendmmsg`, with all it
+ * points at: per message one `iovec`, {@linkcode NAME_BYTES} of address in
+ * `names`, and a stretch of `data`. Everything is allocated once and the
+ * pointers between the parts are written once, so a call per batch only
+ * changes lengths (and, to send, where each message's bytes start); the
+ * object keeps every part referenced while libc may use it.
+ */
+export class MessageBatch {
+  /** Messages it holds at most. */
+  readonly size: number;
+  /** The messages' addresses, message `i`'s at `i * NAME_BYTES`. */
+  readonly names: Uint8Array;
+  /** Where the messages' bytes live (see {@linkcode MessageBatch.setBuffer}). */
+  readonly data: Uint8Array;
+  /** The `mmsghdr` array itself, message `i`'s at `i * MMSGHDR_BYTES` (for tests). */
+  readonly headers: Uint8Array;
+  readonly #headerView: DataView;
+  readonly #iovecs: Uint8Array;
+  readonly #iovecView: DataView;
+  /** A pointer to each message's header: a call may start at any of them. */
+  readonly #at: Deno.PointerValue[];
+  // The address of `data`, as two u32 halves: message buffers are set
+  // without a BigInt per message.
+  readonly #dataLow: number;
+  readonly #dataHigh: number;
+
+  constructor(size: number, dataBytes: number) {
+    this.size = size;
+    this.names = new Uint8Array(size * NAME_BYTES);
+    this.data = new Uint8Array(dataBytes);
+    this.headers = new Uint8Array(size * MMSGHDR_BYTES);
+    this.#headerView = new DataView(this.headers.buffer);
+    this.#iovecs = new Uint8Array(size * IOVEC_BYTES);
+    this.#iovecView = new DataView(this.#iovecs.buffer);
+    const headers = Deno.UnsafePointer.of(this.headers)!;
+    this.#at = Array.from(
+      { length: size },
+      (_, i) => Deno.UnsafePointer.offset(headers, i * MMSGHDR_BYTES),
+    );
+    const data = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(this.data)));
+    this.#dataLow = Number(data & 0xffffffffn);
+    this.#dataHigh = Number(data >> 32n);
+    const names = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(this.names)));
+    const iovecs = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(this.#iovecs)));
+    for (let i = 0; i < size; i++) {
+      const at = i * MMSGHDR_BYTES;
+      const view = this.#headerView;
+      view.setBigUint64(at + MSG_NAME, names + BigInt(i * NAME_BYTES), true);
+      view.setUint32(at + MSG_NAMELEN, NAME_BYTES, true);
+      view.setBigUint64(at + MSG_IOV, iovecs + BigInt(i * IOVEC_BYTES), true);
+      view.setBigUint64(at + MSG_IOVLEN, 1n, true);
+      // msg_control, msg_controllen, msg_flags and msg_len stay 0.
+    }
+  }
+
+  /** The first message's header: what `recvmmsg` and `sendmmsg` take. */
+  get pointer(): Deno.PointerValue {
+    return this.#at[0]!;
+  }
+
+  /** Message `index`'s header: a call that starts there (`sendmmsg` after a failed message). */
+  at(index: number): Deno.PointerValue {
+    return this.#at[index]!;
+  }
+
+  /** Points message `index`'s iovec at `length` bytes of `data` from `offset`. */
+  setBuffer(index: number, offset: number, length: number): void {
+    const at = index * IOVEC_BYTES;
+    const low = this.#dataLow + offset;
+    const view = this.#iovecView;
+    view.setUint32(at + IOV_BASE, low >>> 0, true);
+    view.setUint32(at + IOV_BASE + 4, this.#dataHigh + (low > 0xffffffff ? 1 : 0), true);
+    view.setUint32(at + IOV_LEN, length, true);
+    view.setUint32(at + IOV_LEN + 4, 0, true);
+  }
+
+  /**
+   * Sets message `index`'s `msg_namelen`: the room for the sender's address
+   * before `recvmmsg` (which writes back the length it used), or the length
+   * of the address in `names` to send to.
+   */
+  setNameLength(index: number, length: number): void {
+    this.#headerView.setUint32(index * MMSGHDR_BYTES + MSG_NAMELEN, length, true);
+  }
+
+  /** Message `index`'s `msg_namelen`. */
+  nameLength(index: number): number {
+    return this.#headerView.getUint32(index * MMSGHDR_BYTES + MSG_NAMELEN, true);
+  }
+
+  /** The bytes message `index` carried (`msg_len`), once a call has returned it. */
+  messageLength(index: number): number {
+    return this.#headerView.getUint32(index * MMSGHDR_BYTES + MSG_LEN, true);
+  }
+
+  /** Message `index`'s `msg_flags` after `recvmmsg` ({@linkcode MSG_TRUNC}, …). */
+  messageFlags(index: number): number {
+    return this.#headerView.getInt32(index * MMSGHDR_BYTES + MSG_FLAGS, true);
+  }
+}
+
 const SYMBOLS = {
   // sighandler_t signal(int signum, sighandler_t handler): returns the previous handler.
   signal: { parameters: ["i32", "pointer"], result: "pointer" },
@@ -186,6 +319,12 @@ const SYMBOLS = {
   connect: { parameters: ["i32", "pointer", "u32"], result: "i32" },
   // int fcntl(int fd, int cmd, ...)
   fcntl: { parameters: ["i32", "i32"], result: "i32" },
+  // ssize_t send(int fd, const void *buf, size_t len, int flags): one datagram on a connected socket.
+  send: { parameters: ["i32", "pointer", "u32", "i32"], result: "i32" },
+  // int recvmmsg(int fd, struct mmsghdr *msgvec, unsigned vlen, int flags, struct timespec *timeout)
+  recvmmsg: { parameters: ["i32", "pointer", "u32", "i32", "pointer"], result: "i32" },
+  // int sendmmsg(int fd, struct mmsghdr *msgvec, unsigned vlen, int flags)
+  sendmmsg: { parameters: ["i32", "pointer", "u32", "i32"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** Whether this process may call libc: Linux, and `--allow-ffi` granted. */
@@ -434,9 +573,9 @@ export class Sys {
     return value < 0 ? -this.#errno[0]! : value;
   }
 
-  /** A nonblocking TCP socket for `family` (AF_INET or AF_INET6). */
-  socket(family: number): number {
-    return this.#result(this.#c.socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  /** A nonblocking socket for `family` (AF_INET or AF_INET6): TCP, or `SOCK_DGRAM` for UDP. */
+  socket(family: number, type: number = SOCK_STREAM): number {
+    return this.#result(this.#c.socket(family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   }
 
   /** Sets an int option (SO_REUSEADDR, TCP_NODELAY, …). */
@@ -512,6 +651,30 @@ export class Sys {
 
   write(fd: number, from: Deno.PointerValue, length: number): number {
     return this.#result(this.#c.write(fd, from, length));
+  }
+
+  /** Sends one datagram of `length` bytes on a connected UDP socket. */
+  send(fd: number, from: Deno.PointerValue, length: number): number {
+    return this.#result(this.#c.send(fd, from, length, 0));
+  }
+
+  /**
+   * Receives up to `count` datagrams into `batch`, without waiting: how many
+   * came (then {@linkcode MessageBatch.messageLength} of each), or `-EAGAIN`
+   * when none waits. An error (ICMP, on a connected socket) comes back
+   * alone, ahead of the datagrams behind it.
+   */
+  recvmmsg(fd: number, batch: MessageBatch, count: number): number {
+    return this.#result(this.#c.recvmmsg(fd, batch.pointer, count, 0, null));
+  }
+
+  /**
+   * Sends `count` datagrams of `batch` from message `from` on: how many
+   * went (they go in order; the first that fails stops the call), or
+   * `-errno` when the first could not.
+   */
+  sendmmsg(fd: number, batch: MessageBatch, from: number, count: number): number {
+    return this.#result(this.#c.sendmmsg(fd, batch.at(from), count, 0));
   }
 
   shutdownWrite(fd: number): number {
