@@ -18,7 +18,9 @@ const ENTRY_POINTS = [
 /** Implementations of the seam (engine.ts) and what only they may use. */
 const ENGINE_ONLY = [
   "engine_deno.ts",
+  "engine_deno_udp.ts",
   "engine_epoll.ts",
+  "engine_epoll_udp.ts",
   "epoll_loop.ts",
   "bridge.ts",
   "libc.ts",
@@ -32,6 +34,7 @@ const POLICY = [
   "queue.ts",
   "pool.ts",
   "proxy.ts",
+  "udp_proxy.ts",
   "log.ts",
   "metrics.ts",
   "admin.ts",

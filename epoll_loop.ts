@@ -68,6 +68,8 @@ export class EpollLoop implements Clock {
   readonly epfd: number;
   readonly #wakeFd: number;
   readonly #handlers: (Handler | undefined)[] = [];
+  /** Called around each batch of events (the UDP engine sends its queued replies after one). */
+  readonly #brackets: { begin: () => void; end: () => void }[] = [];
   /** What each descriptor is watched for; {@linkcode PARKED} while out of the set. */
   readonly #interest: number[] = [];
   readonly #generations: number[] = [];
@@ -353,17 +355,32 @@ export class EpollLoop implements Clock {
     this.#running = undefined;
   }
 
+  /**
+   * Calls `begin` before the handlers of every batch of events run, and
+   * `end` after them: work the handlers queue (UDP replies to many clients)
+   * leaves once per batch.
+   */
+  bracket(begin: () => void, end: () => void): void {
+    this.#brackets.push({ begin, end });
+  }
+
   /** Hands each of `count` events in `view` to its descriptor's handler. @internal (tests) */
   dispatch(view: DataView, count: number): void {
-    for (let i = 0; i < count; i++) {
-      const fd = epollFd(view, i);
-      if (fd === this.#wakeFd) {
-        this.sys.drain(this.#wakeFd);
-        continue;
+    const brackets = this.#brackets;
+    for (let b = 0; b < brackets.length; b++) brackets[b]!.begin();
+    try {
+      for (let i = 0; i < count; i++) {
+        const fd = epollFd(view, i);
+        if (fd === this.#wakeFd) {
+          this.sys.drain(this.#wakeFd);
+          continue;
+        }
+        // Closed, or closed and reused, earlier in this batch: not for its new owner.
+        if (epollGeneration(view, i) !== this.#generations[fd]) continue;
+        this.#handlers[fd]?.onEvents(epollEvents(view, i));
       }
-      // Closed, or closed and reused, earlier in this batch: not for its new owner.
-      if (epollGeneration(view, i) !== this.#generations[fd]) continue;
-      this.#handlers[fd]?.onEvents(epollEvents(view, i));
+    } finally {
+      for (let b = 0; b < brackets.length; b++) brackets[b]!.end();
     }
   }
 
