@@ -44,11 +44,11 @@ export function listenDatagrams(
   options: { reusePort?: boolean },
   onDatagram: OnDatagram,
 ): DatagramListener {
-  const conn = listenDatagram({
-    ...address,
-    transport: "udp",
-    ...(options.reusePort ? { reuseAddress: true } : {}),
-  });
+  // Deno's UDP sockets have no SO_REUSEPORT (its `reuseAddress` would let
+  // another program share the port silently); config.ts refuses `workers`
+  // with a UDP listener, the one case that would ask.
+  if (options.reusePort) throw new Error("the deno engine cannot share a UDP port (SO_REUSEPORT)");
+  const conn = listenDatagram({ ...address, transport: "udp" });
   const bound = conn.addr as Deno.NetAddr;
   let closed = false;
   let current: Deno.NetAddr | undefined;
