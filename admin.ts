@@ -23,6 +23,7 @@ import {
   type Labels,
   type ListenerStats,
   renderMetrics,
+  type UdpBackendCounts,
   type UdpCounts,
 } from "./metrics.ts";
 
@@ -210,7 +211,9 @@ export function metricsText(view: AdminView): string {
 
 // A UDP listener's datagrams, bytes and flows; none without UDP listeners.
 function udpFamilies(balancers: readonly ListenerStats[]): Family[] {
-  const udp = balancers.flatMap((b) => b.udp === undefined ? [] : [{ listener: b.name, ...b.udp }]);
+  const udp = balancers.flatMap((b) =>
+    b.udp === undefined ? [] : [{ listener: b.name, active: b.activeConnections, ...b.udp }]
+  );
   if (udp.length === 0) return [];
   const eachWay = (
     count: (u: UdpCounts, direction: "in" | "out") => number,
@@ -220,6 +223,17 @@ function udpFamilies(balancers: readonly ListenerStats[]): Family[] {
         { listener: u.listener, direction },
         count(u, direction),
       ])
+    );
+  const perBackend = (
+    count: (b: UdpBackendCounts, direction: "in" | "out") => number,
+  ): [Labels, number][] =>
+    udp.flatMap((u) =>
+      Object.values(u.backends).flatMap((b) =>
+        (["in", "out"] as const).map((direction): [Labels, number] => [
+          { listener: u.listener, pool: b.pool, backend: b.backend, direction },
+          count(b, direction),
+        ])
+      )
     );
   return [
     {
@@ -238,14 +252,19 @@ function udpFamilies(balancers: readonly ListenerStats[]): Family[] {
       name: "lb_udp_backend_datagrams_total",
       help: "Datagrams a UDP listener sent to each backend (in) and had back from it (out).",
       type: "counter",
-      samples: udp.flatMap((u) =>
-        Object.values(u.backends).flatMap((b) =>
-          (["in", "out"] as const).map((direction): [Labels, number] => [
-            { listener: u.listener, pool: b.pool, backend: b.backend, direction },
-            direction === "in" ? b.datagramsIn : b.datagramsOut,
-          ])
-        )
-      ),
+      samples: perBackend((b, d) => d === "in" ? b.datagramsIn : b.datagramsOut),
+    },
+    {
+      name: "lb_udp_backend_bytes_total",
+      help: "Bytes of datagrams a UDP listener sent to each backend (in) and had back (out).",
+      type: "counter",
+      samples: perBackend((b, d) => d === "in" ? b.bytesIn : b.bytesOut),
+    },
+    {
+      name: "lb_udp_flows_active",
+      help: "UDP flows open (a client's address and port, placed on a backend).",
+      type: "gauge",
+      samples: udp.map((u) => [{ listener: u.listener }, u.active]),
     },
     {
       name: "lb_udp_flows_dropped_total",

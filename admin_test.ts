@@ -3,6 +3,8 @@ import { type AdminView, createAdminHandler, tokenMatches } from "./admin.ts";
 import { eachLine } from "./io.ts";
 import {
   exchange,
+  HAVE_PROMTOOL,
+  promtoolCheck,
   runScript,
   startBalancer,
   startBalancerProcess,
@@ -28,9 +30,7 @@ const post = (path: string, options: { token?: string; body?: string } = {}) =>
     body: options.body,
   });
 
-const promtool = await new Deno.Command("bash", { args: ["-c", "command -v promtool"] }).output();
-const havePromtool = promtool.code === 0;
-if (!havePromtool) {
+if (!HAVE_PROMTOOL) {
   console.log(
     "promtool not found (apt-get install prometheus): the metrics parser test is skipped",
   );
@@ -88,7 +88,7 @@ Deno.test("GET /metrics: every metric, counting what happened", async () => {
 
 Deno.test({
   name: "promtool accepts /metrics",
-  ignore: !havePromtool,
+  ignore: !HAVE_PROMTOOL,
   async fn() {
     const one = startTaggedServer("1");
     const lb = startBalancer([one.address]);
@@ -98,17 +98,7 @@ Deno.test({
       const text = await (await createAdminHandler({ view: viewOf(lb) })(
         new Request("http://admin/metrics"),
       )).text();
-      const child = new Deno.Command("promtool", {
-        args: ["check", "metrics"],
-        stdin: "piped",
-        stdout: "piped",
-        stderr: "piped",
-      }).spawn();
-      const writer = child.stdin.getWriter();
-      await writer.write(new TextEncoder().encode(text));
-      await writer.close();
-      const { code, stdout, stderr } = await child.output();
-      const said = new TextDecoder().decode(stdout) + new TextDecoder().decode(stderr);
+      const { code, said } = await promtoolCheck(text);
       assert.equal(code, 0, said);
       assert.equal(said.trim(), "", said); // no lint complaints either
     } finally {

@@ -7,6 +7,8 @@
 import assert from "node:assert/strict";
 import {
   checkConfigFile,
+  HAVE_PROMTOOL,
+  promtoolCheck,
   serverOf,
   startBalancerWithAdmin,
   startUdpServer,
@@ -81,6 +83,13 @@ Deno.test("udp process: DNS-style queries alternate between backends, each answe
       20,
     );
     assert.equal(metric(text, 'lb_udp_datagrams_total{listener="dns",direction="in"}'), 6);
+    assert.equal(metric(text, 'lb_udp_bytes_total{listener="dns",direction="in"}'), 6 * 7);
+    assert.equal(metric(text, 'lb_udp_flows_dropped_total{listener="dns",cause="no-backend"}'), 0);
+    if (HAVE_PROMTOOL) {
+      const { code, said } = await promtoolCheck(text);
+      assert.equal(code, 0, said);
+      assert.equal(said.trim(), "", said);
+    }
     assert.equal(metric(text, 'lb_udp_datagrams_total{listener="dns",direction="out"}'), 6);
     assert.equal(
       metric(

@@ -26,11 +26,18 @@ export interface UdpCounts {
   sendErrors: number;
   /** Flows dropped, by cause. */
   dropped: Record<FlowDrop, number>;
-  /** Datagrams to and from each backend, by `POOL BACKEND`. */
-  backends: Record<
-    string,
-    { pool: string; backend: string; datagramsIn: number; datagramsOut: number }
-  >;
+  /** Datagrams and bytes to (`In`) and from (`Out`) each backend, by `POOL BACKEND`. */
+  backends: Record<string, UdpBackendCounts>;
+}
+
+/** What a UDP listener sent one backend, and had back from it. */
+export interface UdpBackendCounts {
+  pool: string;
+  backend: string;
+  datagramsIn: number;
+  datagramsOut: number;
+  bytesIn: number;
+  bytesOut: number;
 }
 
 /** Counts of nothing yet. */
@@ -55,9 +62,17 @@ export function addUdpCounts(into: UdpCounts, more: UdpCounts, sign: 1 | -1 = 1)
   into.sendErrors += sign * more.sendErrors;
   for (const cause of FLOW_DROPS) into.dropped[cause] += sign * more.dropped[cause];
   for (const [key, entry] of Object.entries(more.backends)) {
-    const mine = into.backends[key] ??= { ...entry, datagramsIn: 0, datagramsOut: 0 };
+    const mine = into.backends[key] ??= {
+      ...entry,
+      datagramsIn: 0,
+      datagramsOut: 0,
+      bytesIn: 0,
+      bytesOut: 0,
+    };
     mine.datagramsIn += sign * entry.datagramsIn;
     mine.datagramsOut += sign * entry.datagramsOut;
+    mine.bytesIn += sign * entry.bytesIn;
+    mine.bytesOut += sign * entry.bytesOut;
   }
 }
 

@@ -333,6 +333,25 @@ export class UdpTestClient {
   }
 }
 
+/** Whether `promtool` (Debian's prometheus package) is installed; tests that need it skip without. */
+export const HAVE_PROMTOOL =
+  (await new Deno.Command("bash", { args: ["-c", "command -v promtool"] }).output()).code === 0;
+
+/** What `promtool check metrics` says of `text`: its exit code and output. */
+export async function promtoolCheck(text: string): Promise<{ code: number; said: string }> {
+  const child = new Deno.Command("promtool", {
+    args: ["check", "metrics"],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const writer = child.stdin.getWriter();
+  await writer.write(new TextEncoder().encode(text));
+  await writer.close();
+  const { code, stdout, stderr } = await child.output();
+  return { code, said: new TextDecoder().decode(stdout) + new TextDecoder().decode(stderr) };
+}
+
 /** A port on 127.0.0.1 where nothing listens: connects to it are refused. */
 export function refusingAddress(): HostPort {
   const listener = listenLoopback();

@@ -30,6 +30,7 @@ import {
   emptyUdpCounts,
   type FlowDrop,
   Histogram,
+  type UdpBackendCounts,
   type UdpCounts,
 } from "./metrics.ts";
 import type { Backend, Pool } from "./pool.ts";
@@ -84,7 +85,7 @@ interface Flow {
   lastSeen: number;
   replies: number;
   /** Its backend's datagram counts under this listener. */
-  readonly counts: { datagramsIn: number; datagramsOut: number };
+  readonly counts: UdpBackendCounts;
   bytesIn: number;
   bytesOut: number;
   ended: boolean;
@@ -281,6 +282,7 @@ export class UdpBalancer {
     }
     flow.bytesIn += bytes.length;
     flow.counts.datagramsIn++;
+    flow.counts.bytesIn += bytes.length;
   }
 
   // A new flow from the datagram being handled, or undefined (dropped, counted).
@@ -352,6 +354,7 @@ export class UdpBalancer {
     counts.datagramsOut++;
     counts.bytesOut += bytes.length;
     flow.counts.datagramsOut++;
+    flow.counts.bytesOut += bytes.length;
     flow.bytesOut += bytes.length;
     flow.lastSeen = this.#clock.now();
     this.#flows.delete(flow.key);
@@ -446,7 +449,14 @@ function perBackend(counts: UdpCounts, pool: Pool, backend: Backend) {
   const key = `${pool.name} ${backend.name}`;
   let entry = counts.backends[key];
   if (entry === undefined) {
-    entry = { pool: pool.name, backend: backend.name, datagramsIn: 0, datagramsOut: 0 };
+    entry = {
+      pool: pool.name,
+      backend: backend.name,
+      datagramsIn: 0,
+      datagramsOut: 0,
+      bytesIn: 0,
+      bytesOut: 0,
+    };
     counts.backends[key] = entry;
   }
   return entry;
