@@ -45,7 +45,7 @@ function metric(text: string, series: string): number {
 Deno.test("udp process: DNS-style queries alternate between backends, each answered to its client", async () => {
   const dir = await Deno.makeTempDir();
   const servers = [startUdpServer("1"), startUdpServer("2")];
-  const { lb, call, backends } = await startBalancerWithAdmin(
+  const { lb, call } = await startBalancerWithAdmin(
     dir,
     udpConfig(servers, { udp: "{ responses: 1 }" }),
     { token: TOKEN, permissions: PERMISSIONS },
@@ -117,7 +117,7 @@ Deno.test("udp process: DNS-style queries alternate between backends, each answe
 Deno.test("udp process: a flood from many sources is answered, with the flow table bounded", async () => {
   const dir = await Deno.makeTempDir();
   const servers = [startUdpServer("1"), startUdpServer("2")];
-  const { lb, call, backends } = await startBalancerWithAdmin(
+  const { lb, call } = await startBalancerWithAdmin(
     dir,
     udpConfig(servers, { udp: "{ max_sessions: 20 }" }),
     { token: TOKEN, permissions: PERMISSIONS },
@@ -175,7 +175,7 @@ Deno.test("udp process: a backend that fails its UDP check takes no flows", asyn
   );
   const health = '    health:\n      check: { send: "70696e67", expect: "706f6e67" }\n' +
     "      interval_ms: 50\n      timeout_ms: 100\n      fall: 1\n      rise: 1\n";
-  const { lb, call, backends } = await startBalancerWithAdmin(
+  const { lb, backends } = await startBalancerWithAdmin(
     dir,
     udpConfig([healthy, failing], { pool: health, udp: "{ responses: 1 }" }),
     { token: TOKEN, permissions: PERMISSIONS },
@@ -212,7 +212,7 @@ Deno.test("udp process: a backend that fails its UDP check takes no flows", asyn
 Deno.test("udp process: a reload moves new flows to a new backend set and keeps the listener", async () => {
   const dir = await Deno.makeTempDir();
   const servers = [startUdpServer("1"), startUdpServer("2")];
-  const { lb, call, backends } = await startBalancerWithAdmin(
+  const { lb } = await startBalancerWithAdmin(
     dir,
     udpConfig([servers[0]!], { udp: "{ responses: 1 }" }),
     { token: TOKEN, permissions: PERMISSIONS },
@@ -253,7 +253,7 @@ Deno.test({
   fn: async () => {
     const dir = await Deno.makeTempDir();
     const servers = [startUdpServer("1"), startUdpServer("2")];
-    const { lb, call, backends } = await startBalancerWithAdmin(
+    const { lb, call } = await startBalancerWithAdmin(
       dir,
       udpConfig(servers, { top: "threads: 2\n" }),
       { token: TOKEN, permissions: PERMISSIONS },

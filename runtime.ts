@@ -13,7 +13,7 @@
  * @module
  */
 
-import { formatHostPort, parseHostPort, parseListen, UDP_SCHEME } from "./address.ts";
+import { formatHostPort, parseListen, UDP_SCHEME } from "./address.ts";
 import { adminUrl, type ListenerStats, startAdmin } from "./admin.ts";
 import type { AdminServer } from "./admin_server.ts";
 import { type Clock, realClock } from "./clock.ts";

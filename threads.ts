@@ -17,7 +17,7 @@
  * @module
  */
 
-import { formatHostPort, parseHostPort, parseListen, UDP_SCHEME } from "./address.ts";
+import { formatHostPort, parseListen, UDP_SCHEME } from "./address.ts";
 import type { ListenerStats } from "./admin.ts";
 import { type Config, listenerKey, listenerPool } from "./config.ts";
 import { describe, StartError } from "./errors.ts";
