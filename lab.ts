@@ -3,7 +3,8 @@
  * `backend.ts` runs it from the command line; tests start it in-process.
  *
  * A last line without a newline is answered when the client ends its
- * stream; then the backend ends its own.
+ * stream; then the backend ends its own. Over UDP, every datagram is
+ * answered with one datagram: the same tag, then the datagram's bytes.
  *
  * @module
  */
@@ -72,4 +73,41 @@ export async function serveBackend(
     done.finally(() => connections.delete(done));
   }
   await Promise.all(connections);
+}
+
+/** The largest UDP payload over IPv4; a bigger datagram cannot be received whole. */
+const MAX_DATAGRAM_BYTES = 65507;
+
+/**
+ * Answers every datagram `socket` receives with one datagram to its sender:
+ * `[Server ID] ` and then the datagram's bytes, raw (no line splitting, no
+ * newline added), until the socket is closed. A reply that cannot be sent
+ * (too big with the tag, the sender gone) is dropped, as UDP may.
+ */
+export async function answerDatagrams(socket: Deno.DatagramConn, id: string): Promise<void> {
+  const prefix = new TextEncoder().encode(`[Server ${id}] `);
+  const buffer = new Uint8Array(MAX_DATAGRAM_BYTES);
+  // Sends are not awaited one by one, so a flood is answered as it comes;
+  // each reply is its own buffer, and all are settled before this returns.
+  const sending = new Set<Promise<unknown>>();
+  while (true) {
+    let datagram: Uint8Array;
+    let sender: Deno.Addr;
+    try {
+      [datagram, sender] = await socket.receive(buffer);
+    } catch (error) {
+      if (error instanceof Deno.errors.BadResource || error instanceof Deno.errors.Interrupted) {
+        break; // The socket was closed.
+      }
+      continue; // One datagram failed (an ICMP error, …); keep answering.
+    }
+    const reply = new Uint8Array(prefix.length + datagram.length);
+    reply.set(prefix);
+    reply.set(datagram, prefix.length);
+    const sent: Promise<unknown> = socket.send(reply, sender).catch(() => {
+      // Dropped: the same as a datagram lost on the way.
+    }).finally(() => sending.delete(sent));
+    sending.add(sent);
+  }
+  await Promise.all(sending);
 }
