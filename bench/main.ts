@@ -3,21 +3,35 @@
  * and the NGINX stream module, measured in one run on loopback.
  *
  * The proxy under test runs alone on core 0; the load generators (wrk,
- * iperf3), the backends and this script share core 1. Each proxy's own CPU
- * time (utime + stime of its process, from /proc) is divided by the work
- * done: the least noisy figure. Every load is repeated and reported as the
- * median with its spread; the headline is the ratio to HAProxy.
+ * iperf3, udp_flood.ts), the backends and this script share core 1. Each
+ * proxy's own CPU time (utime + stime of its process, from /proc) is divided
+ * by the work done: the least noisy figure. Every load is repeated and
+ * reported as the median with its spread; the headline is the ratio to
+ * HAProxy.
+ *
+ * The UDP load (`udp`) floods two `backend.ts --udp` echo backends from 64
+ * client flows through NGINX stream's UDP proxy and through this balancer
+ * (and directly), every reply checked; HAProxy does not balance UDP
+ * (haproxy#62), so there its ratio is to NGINX (and to direct).
  *
  * Flags: `--quick` (one short run of each, about a minute), `--runs N`,
  * `--seconds N` (per load), `--only lb,haproxy,nginx,direct` (targets),
- * `--loads requests,connections,throughput,idle`.
+ * `--loads requests,connections,throughput,idle,udp`.
  *
  * @module
  */
 
 import { parseArgs } from "node:util";
-import { parseIperf3, parseWrk } from "./parse.ts";
-import { haproxyConfig, nginxHttpBackendConfig, nginxStreamConfig } from "./peers.ts";
+import { readyPort } from "../events.ts";
+import { parseIperf3, parseUdpFlood, parseWrk } from "./parse.ts";
+import {
+  balancerUdpConfig,
+  haproxyConfig,
+  nginxHttpBackendConfig,
+  nginxStreamConfig,
+  nginxStreamUdpConfig,
+  type UdpFlowSetup,
+} from "./peers.ts";
 import { cpuSeconds, rssKiB } from "./proc.ts";
 import {
   type FigureKey,
@@ -29,6 +43,7 @@ import {
   renderTable,
   type Target,
   TARGETS,
+  udpRatios,
 } from "./report.ts";
 
 const here = new URL(".", import.meta.url).pathname;
@@ -37,8 +52,18 @@ const resultsDir = `${here}results`;
 const NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so";
 const PROXY_CORE = "0";
 /** The loads, by the names `--loads` takes. */
-const LOAD_NAMES = ["requests", "connections", "throughput", "idle"];
+const LOAD_NAMES = ["requests", "connections", "throughput", "idle", "udp"];
 const LOAD_CORE = "1";
+/** The targets the UDP load runs: HAProxy does not balance UDP (haproxy#62). */
+const UDP_TARGETS: readonly Target[] = ["direct", "lb", "lbDeno", "nginx"];
+/**
+ * How NGINX and this balancer keep a UDP flow: the same for both, so they do
+ * the same work per datagram. Flows last until idle (not `responses: 1`,
+ * DNS-style): the generator's 64 sockets are long-lived flows, and NGINX with
+ * `proxy_responses 1` ends a session whenever its replies catch up with its
+ * requests and opens a new one (to the next backend) for the next datagram.
+ */
+const UDP_FLOWS: UdpFlowSetup = { responses: 0, idleMs: 30_000 };
 
 interface Settings {
   loads: string[];
@@ -48,6 +73,12 @@ interface Settings {
   warmUpSeconds: number;
   idleConnections: number;
   wrkConnections: number;
+  /** Client sockets (flows) of the UDP generator. */
+  udpSockets: number;
+  /** Datagrams each UDP client socket keeps unanswered at once. */
+  udpInFlight: number;
+  /** Bytes per UDP datagram sent (the reply adds the backend's tag). */
+  udpDatagramBytes: number;
   targets: Target[];
 }
 
@@ -109,11 +140,17 @@ async function installed(program: string): Promise<boolean> {
   return code === 0;
 }
 
-/** Waits until something listens on 127.0.0.1:port, without connecting to it. */
-async function listening(port: number, started: Started, timeoutMs = 10_000): Promise<void> {
+/** Waits until something listens on 127.0.0.1:port (TCP, or UDP), without connecting to it. */
+async function listening(
+  port: number,
+  started: Started,
+  timeoutMs = 10_000,
+  transport: "tcp" | "udp" = "tcp",
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
+  const which = transport === "tcp" ? "-Hltn" : "-Hlun";
   while (Date.now() < deadline) {
-    const out = await new Deno.Command("ss", { args: ["-Hltn", `sport = :${port}`] }).output();
+    const out = await new Deno.Command("ss", { args: [which, `sport = :${port}`] }).output();
     if (new TextDecoder().decode(out.stdout).trim() !== "") return;
     await sleep(50);
   }
@@ -131,6 +168,32 @@ function freePort(): number {
   const port = listener.addr.port;
   listener.close();
   return port;
+}
+
+function freeUdpPort(): number {
+  const socket = Deno.listenDatagram({ hostname: "127.0.0.1", port: 0, transport: "udp" });
+  const port = (socket.addr as Deno.NetAddr).port;
+  socket.close();
+  return port;
+}
+
+/** The port a program we started names in its readiness line (events.ts), once it does. */
+async function readyPortOf(started: Started, timeoutMs = 10_000): Promise<number> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    let log = "";
+    try {
+      log = await Deno.readTextFile(started.log);
+    } catch {
+      // Not written yet.
+    }
+    for (const line of log.split("\n")) {
+      const port = readyPort(line);
+      if (port !== undefined) return port;
+    }
+    await sleep(50);
+  }
+  throw new Error(`${started.name}: no readiness line in ${timeoutMs} ms`);
 }
 
 function sleep(ms: number): Promise<void> {
@@ -253,6 +316,54 @@ async function logged(started: Started, pattern: RegExp, timeoutMs = 10_000): Pr
   throw new Error(`${started.name}: no line matching ${pattern} in ${timeoutMs} ms`);
 }
 
+/**
+ * Starts `target` as a UDP proxy in front of `backendPorts`: NGINX stream's
+ * UDP proxy, or this balancer with a config file (a UDP listener has no flag).
+ */
+async function startUdpProxy(
+  target: "lb" | "lbDeno" | "nginx",
+  backendPorts: number[],
+  tag: string,
+): Promise<Proxy> {
+  const port = freeUdpPort();
+  const setup = { listenPort: port, backendPorts };
+  let process: Started;
+  if (target === "nginx") {
+    const dir = await Deno.makeTempDir({ prefix: "bench-nginx-udp-" });
+    const config = `${dir}/nginx.conf`;
+    await Deno.writeTextFile(
+      config,
+      nginxStreamUdpConfig(setup, UDP_FLOWS, dir, NGINX_STREAM_MODULE),
+    );
+    process = start(`nginx-${tag}`, PROXY_CORE, ["nginx", "-e", `${dir}/error.log`, "-c", config]);
+  } else {
+    const config = `${resultsDir}/${target}-${tag}.yaml`;
+    await Deno.writeTextFile(config, balancerUdpConfig(setup, UDP_FLOWS));
+    // As the TCP loads run it, with what reading a config file needs.
+    process = start(`${target}-${tag}`, PROXY_CORE, [
+      Deno.execPath(),
+      "run",
+      "--allow-net",
+      "--allow-run",
+      "--unstable-net",
+      "--allow-ffi",
+      "--allow-read",
+      "--allow-env=LOG_TOKENS,LOG_STREAM",
+      `${root}load_balancer.ts`,
+      ...(target === "lbDeno" ? ["--engine", "deno"] : []),
+      "--config",
+      config,
+    ]);
+  }
+  await listening(port, process, 10_000, "udp");
+  return {
+    port,
+    cpuSeconds: () => Promise.resolve(cpuSeconds(process.pid)),
+    rssKiB: () => Promise.resolve(rssKiB(process.pid)),
+    stop: () => process.stop(),
+  };
+}
+
 // ---------------------------------------------------------------- loads
 
 interface Backends {
@@ -260,6 +371,8 @@ interface Backends {
   /** The same HTTP backends, reading a PROXY header first (for lbProxyV2). */
   proxyHttpPorts: number[];
   iperfPort: number;
+  /** Two `backend.ts --udp` echo backends (empty without the UDP load). */
+  udpPorts: number[];
 }
 
 type FloorMode = "copy" | "hold";
@@ -424,6 +537,73 @@ function idleLoad(settings: Settings): Measure {
   };
 }
 
+/**
+ * The UDP load: `udp_flood.ts` from many client flows, each keeping a few
+ * datagrams in flight, through the proxy to two tagged-echo backends (or to
+ * the backends directly, its sockets spread over both). Every reply is
+ * checked; one wrong reply fails the measurement.
+ */
+function udpLoad(settings: Settings): Measure {
+  return async (target, backends, tag) => {
+    if (!UDP_TARGETS.includes(target) || backends.udpPorts.length === 0) return {};
+    const flood = (seconds: number, ports: number[]) =>
+      run([
+        Deno.execPath(),
+        "run",
+        "--allow-net",
+        "--unstable-net",
+        `${here}udp_flood.ts`,
+        "--seconds",
+        String(seconds),
+        "--sockets",
+        String(settings.udpSockets),
+        "--in-flight",
+        String(settings.udpInFlight),
+        "--size",
+        String(settings.udpDatagramBytes),
+        ...ports.flatMap((port) => ["--target", `127.0.0.1:${port}`]),
+      ]);
+    const proxy = target === "direct" ? undefined : await startUdpProxy(
+      target as "lb" | "lbDeno" | "nginx",
+      backends.udpPorts,
+      tag,
+    );
+    try {
+      const ports = proxy === undefined ? backends.udpPorts : [proxy.port];
+      // As for wrk: the same load, unmeasured, first.
+      await flood(settings.warmUpSeconds, ports);
+      const before = proxy === undefined ? 0 : await proxy.cpuSeconds();
+      const output = await flood(settings.seconds, ports);
+      const cpuUs = proxy === undefined ? undefined : (await proxy.cpuSeconds() - before) * 1e6;
+      const result = parseUdpFlood(output);
+      if (result.mismatched > 0) {
+        throw new Error(
+          `${result.mismatched} replies were not the echo of what was sent: ${output}`,
+        );
+      }
+      if (result.received === 0) throw new Error(`no datagram was answered: ${output}`);
+      if (Object.keys(result.servers).length < backends.udpPorts.length) {
+        throw new Error(`not every backend answered: ${output}`);
+      }
+      if (result.lost > 0) {
+        // UDP may drop (a slow proxy's socket buffer fills): said, not failed.
+        console.log(
+          `  ${tag}: ${result.lost} of ${result.sent} datagrams had no reply within a second` +
+            (result.late > 0 ? ` (${result.late} came later)` : ""),
+        );
+      }
+      // Every reply the proxy carried, those after the window too.
+      const answered = result.received + result.drained;
+      return {
+        udpDatagramsPerSecond: result.received / result.seconds,
+        ...(cpuUs === undefined ? {} : { cpuUsPerDatagram: cpuUs / answered }),
+      };
+    } finally {
+      await proxy?.stop();
+    }
+  };
+}
+
 // ---------------------------------------------------------------- the run
 
 async function machine() {
@@ -497,6 +677,9 @@ function parseSettings(args: string[]): Settings {
     warmUpSeconds: quick ? 1 : 2,
     idleConnections: quick ? 500 : 2000,
     wrkConnections: 50,
+    udpSockets: 64,
+    udpInFlight: 4,
+    udpDatagramBytes: 64,
     targets,
   };
 }
@@ -593,9 +776,30 @@ async function main(args: string[]): Promise<number> {
     servers.push(iperfServer);
     await listening(iperfPort, iperfServer);
   }
-  const backends = { httpPorts, proxyHttpPorts, iperfPort };
-
   const wanted = (name: string) => settings.loads.includes(name);
+  const udpPorts: number[] = [];
+  if (wanted("udp")) {
+    // The lab's own backend, answering each datagram with its tag and the bytes.
+    for (const id of ["1", "2"]) {
+      const backend = start(`udp-backend-${id}`, LOAD_CORE, [
+        Deno.execPath(),
+        "run",
+        "--allow-net",
+        "--unstable-net",
+        `${root}backend.ts`,
+        "0",
+        id,
+        "--udp",
+      ]);
+      servers.push(backend);
+      udpPorts.push(await readyPortOf(backend));
+    }
+    if (settings.targets.includes("haproxy")) {
+      console.log("HAProxy does not balance UDP (haproxy#62): the UDP load has no HAProxy row.");
+    }
+  }
+  const backends = { httpPorts, proxyHttpPorts, iperfPort, udpPorts };
+
   const loads: [string, Measure][] = [];
   if (requestLoads && wanted("requests")) {
     loads.push(["kept-alive requests", wrkLoad(settings, false)]);
@@ -608,6 +812,7 @@ async function main(args: string[]): Promise<number> {
     loads.push(["four-stream throughput", iperfLoad(settings, 4)]);
   }
   if (wanted("idle")) loads.push(["idle connections", idleLoad(settings)]);
+  if (wanted("udp")) loads.push(["udp datagrams", udpLoad(settings)]);
   const measurements: Measurements = {};
   const errors: string[] = [];
   try {
@@ -648,17 +853,23 @@ async function main(args: string[]): Promise<number> {
     for (const server of servers) await server.stop();
   }
 
-  const table = renderTable(measurements, settings.targets);
+  // UDP is compared with NGINX: HAProxy does not do it.
+  const references: Target[] = wanted("udp") ? ["haproxy", "nginx"] : ["haproxy"];
+  const table = renderTable(measurements, settings.targets, references);
   console.log(`\n${table}\n`);
   const ratios = ratiosToHaproxy(measurements);
   // The floor says how much of the distance is Deno's own: no proxy built on
   // Deno.listen/Deno.connect costs less than it.
   const floorRatios = ratiosBetween(measurements, "floor", "haproxy");
   const aboveFloor = ratiosBetween(measurements, "lb", "floor");
+  const udpToNginx = udpRatios(measurements, "nginx");
+  const udpToDirect = udpRatios(measurements, "direct");
   const headlines: [string, Partial<Record<FigureKey, number>>][] = [
     ["Headline, this LB ÷ HAProxy from this run (medians):", ratios],
     ["Deno's floor (a minimal Deno proxy) ÷ HAProxy:", floorRatios],
     ["This LB ÷ Deno's floor:", aboveFloor],
+    ["UDP, this LB ÷ NGINX stream (HAProxy does not balance UDP):", udpToNginx],
+    ["UDP, this LB ÷ direct:", udpToDirect],
   ];
   for (const [title, values] of headlines) {
     if (Object.keys(values).length === 0) continue;
@@ -688,6 +899,8 @@ async function main(args: string[]): Promise<number> {
     denoFloorRatiosToHaproxy: floorRatios,
     ratiosToDenoFloor: aboveFloor,
     idleKiBAboveDenoFloor: aboveFloorKiB,
+    udpRatiosToNginx: udpToNginx,
+    udpRatiosToDirect: udpToDirect,
     errors,
   };
   const stamp = report.machine.date.replaceAll(":", "-");
@@ -697,7 +910,11 @@ async function main(args: string[]): Promise<number> {
     `${resultsDir}/latest.md`,
     `Measured ${report.machine.date} on ${report.machine.cpu}, ${report.machine.cores} cores, ` +
       `Linux ${report.machine.kernel}, Deno ${report.machine.deno}; ${report.machine.haproxy}; ` +
-      `${report.machine.nginx}. Medians of ${settings.runs} run(s) (min–max).\n\n${table}\n`,
+      `${report.machine.nginx}. Medians of ${settings.runs} run(s) (min–max).\n\n${table}\n` +
+      (wanted("udp")
+        ? "\nHAProxy does not balance UDP (haproxy#62): the UDP rows have no HAProxy figures, " +
+          "and their ratio is to NGINX stream.\n"
+        : ""),
   );
   console.log(`\nWrote ${resultsDir}/latest.json and latest.md.`);
   if (errors.length > 0) console.error(`bench: ${errors.length} measurement(s) failed; see above.`);

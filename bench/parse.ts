@@ -1,9 +1,12 @@
 /**
- * Reading what the load generators print: wrk's text report and iperf3's
- * JSON. Pure functions, tested in `parse_test.ts` against real output.
+ * Reading what the load generators print: wrk's text report, iperf3's JSON
+ * and our UDP generator's JSON (udp_flood.ts). Pure functions, tested in
+ * `parse_test.ts` against real output.
  *
  * @module
  */
+
+import type { FloodReport } from "./udp_flood.ts";
 
 /** What one wrk run measured. */
 export interface WrkResult {
@@ -82,4 +85,33 @@ export function parseIperf3(json: string): number {
   const bits = report.end?.sum_received?.bits_per_second;
   if (typeof bits !== "number") throw new Error("iperf3: no end.sum_received.bits_per_second");
   return bits / 1e9;
+}
+
+/** Parses the JSON line `udp_flood.ts` prints. @throws {Error} naming what is missing. */
+export function parseUdpFlood(json: string): FloodReport {
+  let report: Record<string, unknown>;
+  try {
+    report = JSON.parse(json.trim().split("\n").at(-1) ?? "");
+  } catch {
+    throw new Error(`udp_flood: output is not JSON: ${json.slice(0, 200)}`);
+  }
+  const counts = [
+    "sent",
+    "received",
+    "drained",
+    "mismatched",
+    "lost",
+    "late",
+    "seconds",
+  ] as const;
+  for (const key of counts) {
+    if (typeof report[key] !== "number") {
+      throw new Error(`udp_flood: no number ${key} in ${JSON.stringify(report)}`);
+    }
+  }
+  const servers = report.servers;
+  if (typeof servers !== "object" || servers === null) {
+    throw new Error(`udp_flood: no servers in ${JSON.stringify(report)}`);
+  }
+  return report as unknown as FloodReport;
 }

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { parseIperf3, parseWrk } from "./parse.ts";
+import { parseIperf3, parseUdpFlood, parseWrk } from "./parse.ts";
 import { parseCpuSeconds, parseRssKiB } from "./proc.ts";
 
 // Real output of `wrk -t1 -c50 -d2s --latency` on this project's machine.
@@ -88,4 +88,22 @@ Deno.test("parseRssKiB() reads VmRSS", () => {
     2036,
   );
   assert.throws(() => parseRssKiB("Name:\tcat\n"), /no VmRSS/);
+});
+
+Deno.test("parseUdpFlood() reads the generator's JSON line, and says what is missing", () => {
+  // Real output of `udp_flood.ts --seconds 2` against two `backend.ts --udp`.
+  const line = '{"sent":45251,"received":44995,"drained":256,"mismatched":0,"lost":0,' +
+    '"late":0,"seconds":2,"servers":{"1":22712,"2":22539}}';
+  assert.deepEqual(parseUdpFlood(`${line}\n`), {
+    sent: 45251,
+    received: 44995,
+    drained: 256,
+    mismatched: 0,
+    lost: 0,
+    late: 0,
+    seconds: 2,
+    servers: { "1": 22712, "2": 22539 },
+  });
+  assert.throws(() => parseUdpFlood('{"sent":1}'), /udp_flood: no number received/);
+  assert.throws(() => parseUdpFlood("udp_flood: --size 9"), /udp_flood: output is not JSON/);
 });

@@ -1,8 +1,9 @@
 /**
  * Configuration for the programs the benchmark runs beside us: HAProxy and
  * the NGINX stream module as proxies to compare with, and NGINX's HTTP module
- * as the tiny backend for request/response loads. Pure text; the caller
- * writes it to a file.
+ * as the tiny backend for request/response loads; and the config file our
+ * balancer takes for the UDP load (a UDP listener has no flag). Pure text;
+ * the caller writes it to a file.
  *
  * @module
  */
@@ -65,6 +66,59 @@ ${backendPorts.map((port) => `    server 127.0.0.1:${port};`).join("\n")}
     proxy_pass pool;
   }
 }
+`;
+}
+
+/**
+ * How a UDP proxy in the bench treats a client's flow, the same for NGINX and
+ * for us, so both do the same work per datagram.
+ */
+export interface UdpFlowSetup {
+  /** Replies per client datagram after which the flow ends; 0: never (until idle). */
+  responses: number;
+  /** Silence after which a flow is forgotten, in milliseconds. */
+  idleMs: number;
+}
+
+/**
+ * The NGINX stream module's UDP proxy, one worker, round robin over the
+ * backends: `proxy_responses` ends a session once every datagram has had
+ * that many replies (left out for 0: a session lasts until `proxy_timeout`).
+ */
+export function nginxStreamUdpConfig(
+  { listenPort, backendPorts }: ProxySetup,
+  { responses, idleMs }: UdpFlowSetup,
+  dir: string,
+  modulePath: string,
+): string {
+  return `load_module ${modulePath};
+${nginxPreamble(dir)}
+stream {
+  upstream pool {
+${backendPorts.map((port) => `    server 127.0.0.1:${port};`).join("\n")}
+  }
+  server {
+    listen 127.0.0.1:${listenPort} udp;
+    proxy_pass pool;
+${responses > 0 ? `    proxy_responses ${responses};\n` : ""}    proxy_timeout ${idleMs}ms;
+  }
+}
+`;
+}
+
+/** This balancer's config file for the UDP load: one UDP listener, one pool, round robin. */
+export function balancerUdpConfig(
+  { listenPort, backendPorts }: ProxySetup,
+  { responses, idleMs }: UdpFlowSetup,
+): string {
+  return `listeners:
+  - name: udp
+    listen: udp://127.0.0.1:${listenPort}
+    pool: udp
+    udp: { session_idle_ms: ${idleMs}, responses: ${responses}, max_sessions: 100000 }
+pools:
+  udp:
+    backends: [${backendPorts.map((port) => `{ address: 127.0.0.1:${port} }`).join(", ")}]
 `;
 }
 

@@ -1,7 +1,8 @@
 /**
  * The benchmark's figures and how they are reported: medians with their
  * spread, side by side per target, with the ratio to HAProxy measured in the
- * same run as the headline. Pure; tested in `report_test.ts`.
+ * same run as the headline (for UDP, which HAProxy does not do, the ratio to
+ * NGINX stream). Pure; tested in `report_test.ts`.
  *
  * @module
  */
@@ -78,9 +79,27 @@ export const FIGURES = {
     lowerIsBetter: true,
     digits: 1,
   },
+  cpuUsPerDatagram: {
+    label: "proxy CPU per UDP datagram and its reply",
+    unit: "µs",
+    lowerIsBetter: true,
+    digits: 1,
+  },
+  udpDatagramsPerSecond: {
+    label: "UDP datagrams answered per second",
+    unit: "dgram/s",
+    lowerIsBetter: false,
+    digits: 0,
+  },
 } as const satisfies Record<string, Figure>;
 /** The name of a figure. */
 export type FigureKey = keyof typeof FIGURES;
+
+/**
+ * The UDP load's figures. HAProxy does not balance UDP (haproxy#62), so
+ * these are compared with NGINX stream's UDP proxy and with direct.
+ */
+export const UDP_FIGURES: readonly FigureKey[] = ["cpuUsPerDatagram", "udpDatagramsPerSecond"];
 
 /** Every run's value of every figure, per target. */
 export type Measurements = Partial<Record<Target, Partial<Record<FigureKey, number[]>>>>;
@@ -117,6 +136,15 @@ export function ratiosToHaproxy(measurements: Measurements): Partial<Record<Figu
   return ratiosBetween(measurements, "lb", "haproxy");
 }
 
+/** This LB's medians of the UDP figures divided by `reference`'s (NGINX stream, or direct). */
+export function udpRatios(
+  measurements: Measurements,
+  reference: Target,
+): Partial<Record<FigureKey, number>> {
+  const all = ratiosBetween(measurements, "lb", reference);
+  return Object.fromEntries(UDP_FIGURES.flatMap((key) => key in all ? [[key, all[key]]] : []));
+}
+
 function formatNumber(value: number, digits: number): string {
   return value.toLocaleString("en-US", {
     minimumFractionDigits: digits,
@@ -134,19 +162,33 @@ export function formatCell(values: number[] | undefined, digits: number): string
   })`;
 }
 
-/** The results as a Markdown table: one row per figure, one column per target, then the ratio. */
-export function renderTable(measurements: Measurements, targets: readonly Target[]): string {
-  const ratios = ratiosToHaproxy(measurements);
-  const header = ["figure", ...targets.map((t) => TARGETS[t]), "this LB ÷ HAProxy"];
+/**
+ * The results as a Markdown table: one row per figure, one column per
+ * target, then this LB's ratio to each of `references` (HAProxy; and NGINX
+ * stream when there are UDP figures, which HAProxy has none of).
+ */
+export function renderTable(
+  measurements: Measurements,
+  targets: readonly Target[],
+  references: readonly Target[] = ["haproxy"],
+): string {
+  const ratios = references.map((reference) => ratiosBetween(measurements, "lb", reference));
+  const header = [
+    "figure",
+    ...targets.map((t) => TARGETS[t]),
+    ...references.map((reference) => `this LB ÷ ${TARGETS[reference]}`),
+  ];
   const rows = [header, header.map(() => "---")];
   for (const [key, figure] of Object.entries(FIGURES) as [FigureKey, Figure][]) {
     const cells = targets.map((t) => formatCell(measurements[t]?.[key], figure.digits));
     if (cells.every((cell) => cell === "–")) continue;
-    const r = ratios[key];
-    const verdict = r === undefined
-      ? "–"
-      : `${r.toFixed(2)}× (${figure.lowerIsBetter ? "lower" : "higher"} is better)`;
-    rows.push([`${figure.label}, ${figure.unit}`, ...cells, verdict]);
+    const verdicts = ratios.map((byFigure) => {
+      const r = byFigure[key];
+      return r === undefined
+        ? "–"
+        : `${r.toFixed(2)}× (${figure.lowerIsBetter ? "lower" : "higher"} is better)`;
+    });
+    rows.push([`${figure.label}, ${figure.unit}`, ...cells, ...verdicts]);
   }
   return rows.map((row) => `| ${row.join(" | ")} |`).join("\n");
 }

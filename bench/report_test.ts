@@ -5,6 +5,7 @@ import {
   ratiosBetween,
   ratiosToHaproxy,
   renderTable,
+  udpRatios,
 } from "./report.ts";
 import { median, ratio, summarize } from "./stats.ts";
 
@@ -60,6 +61,46 @@ Deno.test("renderTable() has a row per measured figure and the ratio to HAProxy"
       "| --- | --- | --- | --- | --- |",
       "| proxy CPU per kept-alive request, µs | – | 12.0 (11.0–13.0) | 8.0 (8.0–8.0) | 1.50× (lower is better) |",
       "| one-stream throughput, Gbit/s | 41.00 (40.00–42.00) | 23.00 (22.00–24.00) | 20.00 (20.00–20.00) | 1.15× (higher is better) |",
+    ].join("\n"),
+  );
+});
+
+const withUdp: Measurements = {
+  direct: { udpDatagramsPerSecond: [20000, 22000, 21000], throughputOneStreamGbps: [40] },
+  lb: {
+    cpuUsPerDatagram: [30, 33, 36],
+    udpDatagramsPerSecond: [18000, 19000, 17000],
+    cpuUsPerRequest: [12],
+  },
+  nginx: {
+    cpuUsPerDatagram: [22, 20, 24],
+    udpDatagramsPerSecond: [20000, 20000, 20000],
+    cpuUsPerRequest: [10],
+  },
+  haproxy: { cpuUsPerRequest: [8] },
+};
+
+Deno.test("udpRatios() divides this LB's UDP medians by NGINX's or direct's, and nothing else", () => {
+  assert.deepEqual(udpRatios(withUdp, "nginx"), {
+    cpuUsPerDatagram: 1.5,
+    udpDatagramsPerSecond: 0.9,
+  });
+  // Direct has no proxy, so no CPU figure: only the rate compares.
+  assert.deepEqual(udpRatios(withUdp, "direct"), { udpDatagramsPerSecond: 18000 / 21000 });
+  assert.deepEqual(udpRatios({ lb: { cpuUsPerRequest: [1] } }, "nginx"), {});
+});
+
+Deno.test("renderTable() adds a column per reference; HAProxy's UDP cells stay empty", () => {
+  const table = renderTable(withUdp, ["direct", "lb", "haproxy", "nginx"], ["haproxy", "nginx"]);
+  assert.equal(
+    table,
+    [
+      "| figure | direct | this LB, epoll engine | HAProxy | NGINX stream | this LB ÷ HAProxy | this LB ÷ NGINX stream |",
+      "| --- | --- | --- | --- | --- | --- | --- |",
+      "| proxy CPU per kept-alive request, µs | – | 12.0 | 8.0 | 10.0 | 1.50× (lower is better) | 1.20× (lower is better) |",
+      "| one-stream throughput, Gbit/s | 40.00 | – | – | – | – | – |",
+      "| proxy CPU per UDP datagram and its reply, µs | – | 33.0 (30.0–36.0) | – | 22.0 (20.0–24.0) | – | 1.50× (lower is better) |",
+      "| UDP datagrams answered per second, dgram/s | 21,000 (20,000–22,000) | 18,000 (17,000–19,000) | – | 20,000 (20,000–20,000) | – | 0.90× (higher is better) |",
     ].join("\n"),
   );
 });
