@@ -139,11 +139,34 @@ export const UDP_SCHEME = "udp://";
 
 /**
  * A listener's address and transport: `udp://HOST:PORT` listens for UDP,
- * `HOST:PORT` (or `tcp://HOST:PORT`) for TCP. Port 0 is allowed.
+ * `HOST:PORT` for TCP (one spelling each, so a reload knows a listener
+ * again). Port 0 is allowed.
  * @throws {RangeError} as {@linkcode parseHostPort} does
  */
 export function parseListen(text: string): { transport: "tcp" | "udp"; address: HostPort } {
-  const transport = text.startsWith(UDP_SCHEME) ? "udp" : "tcp";
-  const rest = text.replace(/^(udp|tcp):\/\//, "");
-  return { transport, address: parseHostPort(rest, { allowPortZero: true }) };
+  const udp = text.startsWith(UDP_SCHEME);
+  const rest = udp ? text.slice(UDP_SCHEME.length) : text;
+  return {
+    transport: udp ? "udp" : "tcp",
+    address: parseHostPort(rest, { allowPortZero: true }),
+  };
+}
+
+/**
+ * A host as the kernel sees it: IPv6 in one spelling, and an IPv4-mapped
+ * IPv6 address (`::ffff:127.0.0.1`) as the IPv4 address it is. Anything
+ * else (IPv4, a name) as it is.
+ */
+export function canonicalHost(host: string): string {
+  if (!host.includes(":")) return host;
+  let text: string;
+  try {
+    text = new URL(`http://[${host}]/`).hostname.slice(1, -1);
+  } catch {
+    return host;
+  }
+  const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(text);
+  if (!mapped) return text;
+  const [high, low] = [parseInt(mapped[1]!, 16), parseInt(mapped[2]!, 16)];
+  return [high >> 8, high & 255, low >> 8, low & 255].join(".");
 }

@@ -13,6 +13,7 @@
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
 import {
+  canonicalHost,
   formatHostPort,
   type HostPort,
   isIpLiteral,
@@ -23,6 +24,7 @@ import {
 import { parseCidr } from "./cidr.ts";
 import { STRATEGY_NAMES } from "./balancer.ts";
 import { type Clock, realClock } from "./clock.ts";
+import { DEFAULT_UDP } from "./udp_proxy.ts";
 
 const MAX_MS = 2_147_483_647;
 
@@ -87,7 +89,7 @@ const backendAddress = address().superRefine((text, context) => {
     return; // reported by address()
   }
   // In any spelling: `[0::0]`, `[::ffff:0.0.0.0]` and `000.0.0.0` are wildcards too.
-  const kernel = canonical(host);
+  const kernel = canonicalHost(host);
   const address = isIpv4(kernel) ? kernel.split(".").map(Number).join(".") : kernel;
   if (address === "0.0.0.0" || address === "::" || address === "255.255.255.255") {
     context.addIssue({
@@ -272,13 +274,13 @@ const listenAddress = z.string({ error: "expected HOST:PORT, or udp://HOST:PORT"
 );
 
 const udpSchema = z.strictObject({
-  session_idle_ms: milliseconds(30000).describe(
+  session_idle_ms: milliseconds(DEFAULT_UDP.sessionIdleMs).describe(
     "a client's flow is forgotten after this long without a datagram either way",
   ),
-  responses: whole(0, 1_000_000, 0).describe(
+  responses: whole(0, 1_000_000, DEFAULT_UDP.responses).describe(
     "the flow ends after this many datagrams back from the backend (1 for DNS); 0 is no limit",
   ),
-  max_sessions: whole(1, 10_000_000, 100000).describe(
+  max_sessions: whole(1, 10_000_000, DEFAULT_UDP.maxSessions).describe(
     "flows at most; the least recently used are dropped first",
   ),
 }, { error: "expected { session_idle_ms, responses, max_sessions }" });
@@ -609,6 +611,19 @@ function checkUdp(config: z.output<typeof configSchema>, context: z.RefinementCt
     if (pool.send_proxy === "v1") issue(["pools", name, "send_proxy"], v1);
     pool.backends.forEach((backend, b) => {
       if (backend.send_proxy === "v1") issue(["pools", name, "backends", b, "send_proxy"], v1);
+      let host: string;
+      try {
+        host = parseHostPort(backend.address).hostname;
+      } catch {
+        return; // reported on its own
+      }
+      if (!isIpLiteral(host)) {
+        issue(
+          ["pools", name, "backends", b, "address"],
+          `a UDP backend needs an IP address (its replies are matched by address): ` +
+            `got ${JSON.stringify(backend.address)}`,
+        );
+      }
     });
     const check = pool.health.check;
     if (check === "tcp" || (typeof check === "object" && "module" in check)) {
@@ -724,7 +739,7 @@ export function socketsOverlap(a: string, b: string): boolean {
     return false; // reported on its own
   }
   if (first.port === 0 || first.port !== second.port) return false;
-  return hostsOverlap(canonical(first.hostname), canonical(second.hostname));
+  return hostsOverlap(canonicalHost(first.hostname), canonicalHost(second.hostname));
 }
 
 function hostsOverlap(a: string, b: string): boolean {
@@ -733,24 +748,6 @@ function hostsOverlap(a: string, b: string): boolean {
     wide === "::" || (wide === "0.0.0.0" && !other.includes(":"));
   const isName = (host: string) => !isIpLiteral(host);
   return a === b || covers(a, b) || covers(b, a) || isName(a) || isName(b);
-}
-
-/**
- * A host as the kernel sees it: IPv6 in one spelling, and an IPv4-mapped
- * IPv6 address (`::ffff:127.0.0.1`) as the IPv4 address it is.
- */
-function canonical(host: string): string {
-  if (!host.includes(":")) return host;
-  let text: string;
-  try {
-    text = new URL(`http://[${host}]/`).hostname.slice(1, -1);
-  } catch {
-    return host;
-  }
-  const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(text);
-  if (!mapped) return text;
-  const [high, low] = [parseInt(mapped[1]!, 16), parseInt(mapped[2]!, 16)];
-  return [high >> 8, high & 255, low >> 8, low & 255].join(".");
 }
 
 /**
@@ -767,7 +764,7 @@ export function loopsBack(listen: string, backend: string): boolean {
     return false;
   }
   if (from.port !== to.port) return false;
-  const [l, b] = [canonical(from.hostname), canonical(to.hostname)];
+  const [l, b] = [canonicalHost(from.hostname), canonicalHost(to.hostname)];
   const local = b === "localhost" || b === "::1" || b.startsWith("127.");
   if (l === b) return true;
   if (l === "::") return local;

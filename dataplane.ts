@@ -200,7 +200,10 @@ async function handle(message: ToThread): Promise<void> {
         }
       } catch (error) {
         for (const [listen, balancer] of bound) {
-          if (!listeners.has(listen)) await balancer.stopAccepting();
+          if (listeners.has(listen)) continue;
+          // A UDP socket bound for nothing must not stay in its port's group.
+          if (balancer instanceof UdpBalancer) balancer.close();
+          else await balancer.stopAccepting();
         }
         return post({ id, type: "failed", message: describe(error) });
       }
@@ -309,7 +312,7 @@ function flush(): void {
 // Counters that change without an event (a connection opening) are
 // reported too, while anything is open.
 function tick(): void {
-  if (!finished && [...listeners.values()].some((b) => b.activeConnections > 0)) {
+  if (!finished && [...listeners.values()].some((b) => b.activeConnections > 0 || udpMoved(b))) {
     flushTimer ??= loop.setTimer(flush, FLUSH_EVERY_MS);
   }
   if (!finished) loop.setTimer(tick, FLUSH_EVERY_MS);
@@ -329,6 +332,16 @@ await loop.runOwned(() => finished, () => {
 });
 await loop.dispose().catch(() => {});
 scope.close();
+
+// Whether a UDP listener counted something since the last batch (datagrams
+// dropped with no flow open change nothing else).
+function udpMoved(balancer: LoadBalancer | UdpBalancer): boolean {
+  if (!(balancer instanceof UdpBalancer)) return false;
+  const before = udpReported.get(balancer);
+  const now = balancer.udp;
+  return before === undefined || now.datagramsIn !== before.datagramsIn ||
+    now.datagramsOut !== before.datagramsOut;
+}
 
 // Imports the policy and matcher modules a configure message names (the main
 // thread checked each already: an error here is a bug, reported as such).

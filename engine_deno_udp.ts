@@ -11,7 +11,7 @@
  * @module
  */
 
-import type { HostPort } from "./address.ts";
+import { canonicalHost, type HostPort } from "./address.ts";
 import type {
   DatagramHandlers,
   DatagramListener,
@@ -62,6 +62,7 @@ export function listenDatagrams(
         if (closed) return;
         continue; // an ICMP error for an earlier send; the socket goes on
       }
+      if (closed) return; // closed while this one was on its way: nothing is called after close
       const from = received[1] as Deno.NetAddr;
       current = from;
       currentKey = `${from.hostname}:${from.port}`;
@@ -70,11 +71,14 @@ export function listenDatagrams(
     }
   })();
   return {
-    address: { hostname: address.hostname, port: bound.port },
+    // The address as bound (a name resolved): a PROXY header names it.
+    address: { hostname: bound.hostname, port: bound.port },
     sender(): DatagramPeer {
       if (current === undefined) throw new Error("sender() outside onDatagram");
       return new DenoPeer(currentKey, current.hostname, current.port);
     },
+    // True when handed to Deno: whether the kernel took it is known only
+    // later, so a send the kernel refuses is not counted on this engine.
     send(bytes: Uint8Array, to?: DatagramPeer): boolean {
       if (closed || !(to instanceof DenoPeer)) return false;
       // A copy: the send completes later, and the caller may reuse `bytes` at once.
@@ -95,6 +99,7 @@ export function dialDatagrams(address: HostPort, handlers: DatagramHandlers): Da
   const conn = listenDatagram({ hostname: wildcard, port: 0, transport: "udp" });
   const bound = conn.addr as Deno.NetAddr;
   const to: Deno.NetAddr = { transport: "udp", ...address };
+  const expected = canonicalHost(address.hostname);
   let closed = false;
   (async () => {
     while (!closed) {
@@ -106,8 +111,9 @@ export function dialDatagrams(address: HostPort, handlers: DatagramHandlers): Da
         handlers.onError(error instanceof Error ? error.message : String(error));
         continue;
       }
+      if (closed) return;
       const from = received[1] as Deno.NetAddr;
-      if (from.port !== address.port || !sameHost(from.hostname, address.hostname)) continue;
+      if (from.port !== address.port || canonicalHost(from.hostname) !== expected) continue;
       handlers.onDatagram(received[0]);
     }
   })();
@@ -124,9 +130,4 @@ export function dialDatagrams(address: HostPort, handlers: DatagramHandlers): Da
       conn.close();
     },
   };
-}
-
-// The same host, whether Deno writes an IPv4-mapped address or not.
-function sameHost(a: string, b: string): boolean {
-  return a === b || a === `::ffff:${b}` || b === `::ffff:${a}`;
 }

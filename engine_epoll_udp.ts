@@ -68,6 +68,7 @@ import {
   SO_REUSEPORT,
   SOCK_DGRAM,
   SOCKADDR_IN6_BYTES,
+  sockaddrKey,
   SOL_SOCKET,
   type Sys,
 } from "./libc.ts";
@@ -224,38 +225,6 @@ function ioOf(loop: EpollLoop): DatagramIo {
   return io;
 }
 
-/**
- * A sender's key from its address at `at` in `names`: for IPv4 the address
- * times 65536 plus the port (a number below 2^48, exact); for IPv6 the
- * eight groups, the port and the scope as one short string of UTF-16 code
- * units (opaque: compared, never shown).
- */
-function keyOf(names: Uint8Array, at: number): string | number {
-  const port = (names[at + 2]! << 8) | names[at + 3]!;
-  if (names[at] === AF_INET) {
-    const address = ((names[at + 4]! * 256 + names[at + 5]!) * 256 + names[at + 6]!) * 256 +
-      names[at + 7]!;
-    return address * 65536 + port;
-  }
-  return String.fromCharCode(
-    bigEndian16(names, at + 8),
-    bigEndian16(names, at + 10),
-    bigEndian16(names, at + 12),
-    bigEndian16(names, at + 14),
-    bigEndian16(names, at + 16),
-    bigEndian16(names, at + 18),
-    bigEndian16(names, at + 20),
-    bigEndian16(names, at + 22),
-    port,
-    bigEndian16(names, at + 24), // the scope (link-local addresses)
-    bigEndian16(names, at + 26),
-  );
-}
-
-function bigEndian16(bytes: Uint8Array, at: number): number {
-  return (bytes[at]! << 8) | bytes[at + 1]!;
-}
-
 /** What an error on a dialled socket is called: `refused` (port unreachable), or the errno's name. */
 function reasonOf(negative: number): string {
   if (negative === -ECONNREFUSED) return "refused";
@@ -315,7 +284,7 @@ export class EpollDatagramListener implements DatagramListener, Handler {
       }
       for (let i = 0; i < count; i++) {
         if (this.#closed) return;
-        const key = keyOf(names, i * NAME_BYTES);
+        const key = sockaddrKey(names, i * NAME_BYTES);
         this.#current = i;
         this.#currentKey = key;
         this.#onDatagram(io.datagram(i), key);

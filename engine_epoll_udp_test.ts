@@ -393,10 +393,9 @@ Deno.test({
       // Two in a row: the second send may meet the error of the first. It
       // is reported all the same (after the send returned, never inside it).
       socket.send(encoder.encode("again"));
-      const second = socket.send(encoder.encode("and again"));
+      socket.send(encoder.encode("and again"));
       await until(() => errors.length > 1, "the next error");
       assert.ok(errors.every((reason) => reason === "refused"), errors.join());
-      assert.equal(typeof second, "boolean");
     } finally {
       socket.close();
       await engine.dispose();

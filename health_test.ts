@@ -16,8 +16,17 @@ import {
   HealthChecker,
   sendExpectProbe,
   tcpProbe,
+  udpProbe,
 } from "./health_check.ts";
-import { FakeClock, refusingAddress, silentAddress, startServer, writeAll } from "./test_util.ts";
+import {
+  FakeClock,
+  refusingAddress,
+  silentAddress,
+  startServer,
+  startUdpServer,
+  until,
+  writeAll,
+} from "./test_util.ts";
 
 const settings = { ...DEFAULT_HEALTH, rise: 2, fall: 3, backoffBaseMs: 1000, backoffMaxMs: 5000 };
 
@@ -210,5 +219,43 @@ Deno.test("sendExpectProbe: healthy only when the reply starts with the expected
     );
   } finally {
     await server.close();
+  }
+});
+
+Deno.test("udpProbe: healthy only when the backend's own reply starts with the expected bytes", async () => {
+  const encode = (text: string) => new TextEncoder().encode(text);
+  const server = startUdpServer("1", (bytes) => {
+    const asked = new TextDecoder().decode(bytes);
+    return asked === "ping" ? [encode("pong!")] : asked === "quiet" ? [] : [encode("what?")];
+  });
+  // Asked on one port, it answers "pong!" from another: not the backend's reply.
+  const other = Deno.listenDatagram({ hostname: "127.0.0.1", port: 0, transport: "udp" });
+  const impostor = startUdpServer("2", () => []);
+  const answering = (async () => {
+    await until(() => impostor.received.length > 0, "the probe asked the impostor");
+    await other.send(encode("pong!"), impostor.received[0]!.from);
+  })();
+  try {
+    const [ping, pong] = [encode("ping"), encode("pong")];
+    assert.equal(await udpProbe(ping, pong, 1000)(server.address), undefined);
+    assert.equal(
+      await udpProbe(encode("nonsense"), pong, 1000)(server.address),
+      "reply did not start with the expected bytes (got 77686174)",
+    );
+    // Silence fails at the probe's own timeout: the behaviour under test.
+    assert.equal(
+      await udpProbe(encode("quiet"), pong, 100)(server.address),
+      "no reply within 100 ms",
+    );
+    assert.equal(
+      await udpProbe(ping, pong, 100)(impostor.address),
+      "no reply within 100 ms",
+      "nothing from the port asked",
+    );
+    await answering;
+  } finally {
+    await server.close();
+    await impostor.close();
+    other.close();
   }
 });

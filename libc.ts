@@ -407,6 +407,36 @@ export function decodeSockaddr(bytes: Uint8Array): SocketAddress | undefined {
   return undefined;
 }
 
+/**
+ * A key for the `struct sockaddr_in`/`sockaddr_in6` at `at` in `bytes`, the
+ * same for the same address and port, read without allocating for IPv4:
+ * the address times 65536 plus the port (below 2^48, exact). IPv6: the eight
+ * groups, the port and the 32-bit scope as one short string of UTF-16 code
+ * units (opaque: compared, never shown).
+ */
+export function sockaddrKey(bytes: Uint8Array, at: number): string | number {
+  const port = (bytes[at + 2]! << 8) | bytes[at + 3]!;
+  if ((bytes[at]! | (bytes[at + 1]! << 8)) === AF_INET) {
+    const address = ((bytes[at + 4]! * 256 + bytes[at + 5]!) * 256 + bytes[at + 6]!) * 256 +
+      bytes[at + 7]!;
+    return address * 65536 + port;
+  }
+  const group = (offset: number) => (bytes[at + offset]! << 8) | bytes[at + offset + 1]!;
+  return String.fromCharCode(
+    group(8),
+    group(10),
+    group(12),
+    group(14),
+    group(16),
+    group(18),
+    group(20),
+    group(22),
+    port,
+    group(24),
+    group(26),
+  );
+}
+
 /** Writes `address` as a `struct sockaddr_in`/`sockaddr_in6` into `into`; returns its length. */
 export function encodeSockaddr(address: { hostname: string; port: number }, into: Uint8Array) {
   into.fill(0);

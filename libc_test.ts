@@ -28,6 +28,7 @@ import {
   SOCK_DGRAM,
   SOCKADDR_IN6_BYTES,
   SOCKADDR_IN_BYTES,
+  sockaddrKey,
   Sys,
 } from "./libc.ts";
 import { listenLoopback, until } from "./test_util.ts";
@@ -42,6 +43,33 @@ Deno.test("struct sockaddr_in: family (host order) at 0, port (network order) at
     [AF_INET, 0, 0x13, 0x89, 127, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0],
   );
   assert.deepEqual(decodeSockaddr(bytes), { family: AF_INET, hostname: "127.0.0.2", port: 5001 });
+});
+
+Deno.test("sockaddrKey: one key per address and port, read from either struct where it lies", () => {
+  const bytes = new Uint8Array(256);
+  const keyAt = (hostname: string, port: number, at = 0) => {
+    encodeSockaddr({ hostname, port }, bytes.subarray(at, at + 128));
+    return sockaddrKey(bytes, at);
+  };
+  assert.equal(keyAt("127.0.0.1", 5353), 0x7f000001 * 65536 + 5353);
+  assert.equal(keyAt("255.255.255.255", 65535), 2 ** 48 - 1, "the largest IPv4 key is exact");
+  assert.equal(keyAt("10.0.0.1", 1, 64), keyAt("10.0.0.1", 1), "the same where it lies");
+  const keys = [
+    keyAt("10.0.0.1", 1),
+    keyAt("10.0.0.1", 2),
+    keyAt("10.0.0.2", 1),
+    keyAt("::1", 1),
+    keyAt("::1", 2),
+    keyAt("::2", 1),
+    keyAt("2001:db8::1", 1),
+  ];
+  assert.equal(new Set(keys).size, keys.length, "different addresses or ports, different keys");
+  assert.equal(keyAt("0:0:0:0:0:0:0:1", 1), keyAt("::1", 1), "two spellings, one key");
+  // The scope (at 24) tells link-local neighbours on two interfaces apart.
+  encodeSockaddr({ hostname: "fe80::1", port: 1 }, bytes);
+  const plain = sockaddrKey(bytes, 0);
+  bytes[24] = 2;
+  assert.notEqual(sockaddrKey(bytes, 0), plain);
 });
 
 Deno.test("struct sockaddr_in6: family at 0, port at 2, flow info at 4, address at 8, scope at 24", () => {

@@ -166,15 +166,16 @@ Deno.test("udp process: a backend that fails its UDP check takes no flows", asyn
         ? [pong]
         : [new TextEncoder().encode(`[Server 1] ${new TextDecoder().decode(bytes)}`)],
   );
+  // It answers the check wrongly (not silence: a failure that needs no timeout).
   const failing = startUdpServer(
     "2",
     (bytes) =>
       new TextDecoder().decode(bytes) === "ping"
-        ? []
+        ? [new TextEncoder().encode("nope")]
         : [new TextEncoder().encode(`[Server 2] ${new TextDecoder().decode(bytes)}`)],
   );
   const health = '    health:\n      check: { send: "70696e67", expect: "706f6e67" }\n' +
-    "      interval_ms: 50\n      timeout_ms: 100\n      fall: 1\n      rise: 1\n";
+    "      interval_ms: 50\n      timeout_ms: 2000\n      fall: 1\n      rise: 1\n";
   const { lb, backends } = await startBalancerWithAdmin(
     dir,
     udpConfig([healthy, failing], { pool: health, udp: "{ responses: 1 }" }),
@@ -313,6 +314,11 @@ Deno.test("udp config: what a UDP listener cannot take is named, with what to do
       "  - { name: b, listen: '127.0.0.1:5353', pool: p }\n" +
       "pools: { p: { backends: [{ address: 127.0.0.1:5301 }] } }\n",
       /listeners\[1\]\.pool: pool p already serves UDP listener a/,
+    ],
+    [
+      "listeners: [{ name: a, listen: 'udp://127.0.0.1:5353', pool: p }]\n" +
+      "pools: { p: { backends: [{ address: localhost:5301 }] } }\n",
+      /pools\.p\.backends\[0\]\.address: a UDP backend needs an IP address/,
     ],
     [
       "listeners: [{ name: a, listen: 'udp://127.0.0.1:5353', pool: p, udp: { max_sessions: 0 } }]\n" +

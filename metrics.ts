@@ -9,8 +9,12 @@
 
 import type { RejectReason } from "./events.ts";
 
-/** Why a UDP flow was dropped: the table was full, no backend could take it, it was idle, no socket. */
-export const FLOW_DROPS = ["table-full", "no-backend", "idle", "socket-error"] as const;
+/**
+ * Why a UDP flow was dropped: the table was full, no backend could take it,
+ * it was idle, no socket could be made for it, or the listener was draining
+ * (a new client's datagram).
+ */
+export const FLOW_DROPS = ["table-full", "no-backend", "idle", "socket-error", "draining"] as const;
 /** One of {@linkcode FLOW_DROPS}. */
 export type FlowDrop = typeof FLOW_DROPS[number];
 
@@ -48,7 +52,7 @@ export function emptyUdpCounts(): UdpCounts {
     datagramsOut: 0,
     bytesOut: 0,
     sendErrors: 0,
-    dropped: { "table-full": 0, "no-backend": 0, idle: 0, "socket-error": 0 },
+    dropped: { "table-full": 0, "no-backend": 0, idle: 0, "socket-error": 0, draining: 0 },
     backends: {},
   };
 }

@@ -758,11 +758,12 @@ export class LocalListeners implements ListenerHost {
       if (config.listeners.some((l) => listenerKey(l) === address)) continue;
       this.#running.delete(address);
       this.#tls.delete(address);
+      const scheme = balancer instanceof UdpBalancer ? UDP_SCHEME : "";
       balancer.shutdown(drainMs).then(({ cut }) =>
         logDiagnostic(
-          `stopped listening on ${
-            formatHostPort(balancer.address)
-          }; ${cut} connection(s) cut at the drain timeout`,
+          `stopped listening on ${scheme}${formatHostPort(balancer.address)}; ${cut} ${
+            scheme ? "flow(s)" : "connection(s)"
+          } cut at the drain timeout`,
         )
       );
     }

@@ -9,8 +9,11 @@
  * flow they answer. Every later datagram of the flow goes to that backend,
  * whole, until the flow ends: after `session_idle_ms` without a datagram
  * either way, after `responses` replies, when the table is full and it is the
- * least recently used, or at the next datagram once its backend is down,
- * disabled or gone (the datagram then starts a new flow elsewhere).
+ * least recently used, or at its next datagram once its backend is down or
+ * disabled (that datagram then starts a new flow elsewhere). A backend that
+ * is draining, full, or removed from the pool keeps its flows, as it keeps
+ * its TCP connections (`on_remove: close` and `on_down: shutdown-sessions`
+ * end them at once instead).
  *
  * The engine moves datagrams (engine.ts: `listenDatagrams`,
  * `dialDatagrams`); this module decides where they go and counts them. A
@@ -20,7 +23,7 @@
  * @module
  */
 
-import type { HostPort } from "./address.ts";
+import { formatHostPort, type HostPort } from "./address.ts";
 import { type Clock, realClock } from "./clock.ts";
 import type { DatagramListener, DatagramPeer, DatagramSocket, Engine } from "./engine.ts";
 import { describe } from "./errors.ts";
@@ -78,7 +81,7 @@ interface Flow {
   readonly peer: DatagramPeer;
   readonly backend: Backend;
   readonly pool: Pool;
-  socket: DatagramSocket | undefined;
+  readonly socket: DatagramSocket;
   /** The PROXY v2 header each datagram to the backend starts with, if it takes one. */
   readonly header: Uint8Array | undefined;
   readonly startedAt: number;
@@ -147,7 +150,13 @@ export class UdpBalancer {
     this.#socket = this.#engine.listenDatagrams(
       options.address,
       { reusePort: options.reusePort ?? false },
-      (bytes, key) => this.#fromClient(bytes, key),
+      (bytes, key) => {
+        try {
+          this.#fromClient(bytes, key);
+        } catch (error) {
+          this.#internalError(error);
+        }
+      },
     );
   }
 
@@ -180,8 +189,9 @@ export class UdpBalancer {
   reconfigure(options: { pool: Pool; settings?: Partial<UdpSettings> }): void {
     this.#pool = options.pool;
     this.#settings = { ...DEFAULT_UDP, ...options.settings };
-    while (this.#flows.size > this.#settings.maxSessions) this.#evictOldest();
+    // Flows the pool no longer wants go first, then the oldest beyond a smaller table.
     this.closeUnwanted();
+    while (this.#flows.size > this.#settings.maxSessions) this.#evictOldest();
   }
 
   /**
@@ -197,7 +207,7 @@ export class UdpBalancer {
       const settings = this.#pool.settings;
       if (current === undefined) {
         if (settings.onRemove === "close") this.#end(flow, "backend-removed");
-      } else if (!current.usable && settings.onDown === "shutdown-sessions") {
+      } else if (isDown(current) && settings.onDown === "shutdown-sessions") {
         this.#end(flow, "backend-down");
       }
     }
@@ -250,7 +260,8 @@ export class UdpBalancer {
 
   /** Ends every flow and closes the socket at once (a start or reload that failed). */
   close(): void {
-    this.shutdown(0);
+    // With no drain time nothing is awaited: every flow and the socket close now.
+    void this.shutdown(0);
   }
 
   // A datagram from a client: find or make its flow, send it on.
@@ -259,7 +270,7 @@ export class UdpBalancer {
     counts.datagramsIn++;
     counts.bytesIn += bytes.length;
     let flow = this.#flows.get(key);
-    if (flow !== undefined && !flow.backend.usable) {
+    if (flow !== undefined && isDown(flow.backend)) {
       this.#end(flow, "backend-down");
       flow = undefined;
     }
@@ -276,7 +287,7 @@ export class UdpBalancer {
       this.#scratch.set(bytes, flow.header.length);
       datagram = this.#scratch.subarray(0, flow.header.length + bytes.length);
     }
-    if (!flow.socket!.send(datagram)) {
+    if (!flow.socket.send(datagram)) {
       counts.sendErrors++;
       return;
     }
@@ -287,7 +298,10 @@ export class UdpBalancer {
 
   // A new flow from the datagram being handled, or undefined (dropped, counted).
   #open(key: string | number): Flow | undefined {
-    if (this.#stopped) return undefined;
+    if (this.#stopped) {
+      this.#drop("draining");
+      return undefined;
+    }
     const peer = this.#socket.sender();
     const pool = this.#pool;
     const backend = pool.strategy.pick(pool.backends, {
@@ -302,15 +316,45 @@ export class UdpBalancer {
     if (this.#flows.size >= this.#settings.maxSessions) this.#evictOldest();
     const now = this.#clock.now();
     let header: Uint8Array | undefined;
-    if (backend.sendProxy === "v2") {
-      header = encodeProxyV2(peer, this.#socket.address, "udp");
+    let socket: DatagramSocket;
+    try {
+      // The destination is the address the listener is bound to (a wildcard
+      // one names 0.0.0.0 or ::: which local address a datagram reached is not read).
+      if (backend.sendProxy === "v2") header = encodeProxyV2(peer, this.#socket.address, "udp");
+      socket = this.#engine.dialDatagrams(backend.address, {
+        onDatagram: (reply) => {
+          try {
+            this.#fromBackend(flow, reply);
+          } catch (error) {
+            this.#internalError(error);
+          }
+        },
+        onError: (reason) => {
+          try {
+            this.#backendFailed(flow, reason);
+          } catch (error) {
+            this.#internalError(error);
+          }
+        },
+      });
+    } catch (error) {
+      this.#drop("socket-error");
+      this.#emit({
+        type: "connect-error",
+        client: formatHostPort(peer),
+        backend: backend.name,
+        reason: describe(error),
+      });
+      return undefined;
     }
+    // A backend marked down is tried again by one flow after its backoff.
+    if (backend.health.state === "down") backend.startTrial();
     const flow: Flow = {
       key,
       peer,
       backend,
       pool,
-      socket: undefined,
+      socket,
       header,
       startedAt: now,
       lastSeen: now,
@@ -320,21 +364,6 @@ export class UdpBalancer {
       bytesOut: 0,
       ended: false,
     };
-    try {
-      flow.socket = this.#engine.dialDatagrams(backend.address, {
-        onDatagram: (reply) => this.#fromBackend(flow, reply),
-        onError: (reason) => this.#backendFailed(flow, reason),
-      });
-    } catch (error) {
-      this.#drop("socket-error");
-      this.#emit({
-        type: "connect-error",
-        client: `${peer.hostname}:${peer.port}`,
-        backend: backend.name,
-        reason: describe(error),
-      });
-      return undefined;
-    }
     backend.active++;
     this.#flows.set(key, flow);
     this.#sweeper ??= this.#clock.setTimer(() => this.#sweep(), this.#sweepEveryMs(), {
@@ -359,7 +388,8 @@ export class UdpBalancer {
     flow.lastSeen = this.#clock.now();
     this.#flows.delete(flow.key);
     this.#flows.set(flow.key, flow);
-    flow.replies++;
+    // The backend answers: for passive health, a connect that worked (once per flow).
+    if (flow.replies++ === 0) flow.backend.recordConnect(true);
     const limit = this.#settings.responses;
     if (limit > 0 && flow.replies >= limit) this.#end(flow, "responses");
   }
@@ -367,14 +397,21 @@ export class UdpBalancer {
   // The backend's port is closed (ICMP): the flow ends, and passive health hears of it.
   #backendFailed(flow: Flow, reason: string): void {
     if (flow.ended) return;
+    flow.backend.connectFailures++;
     flow.backend.recordConnect(false, reason);
     this.#emit({
       type: "connect-error",
-      client: `${flow.peer.hostname}:${flow.peer.port}`,
+      client: formatHostPort(flow.peer),
       backend: flow.backend.name,
       reason,
     });
     this.#end(flow, "server-reset");
+  }
+
+  // A bug met handling one datagram: said, and that datagram alone is lost
+  // (the engine's receive loop, and every other flow, go on).
+  #internalError(error: unknown): void {
+    this.#emit({ type: "internal-error", client: "-", reason: `udp ${describe(error)}` });
   }
 
   #evictOldest(): void {
@@ -393,7 +430,7 @@ export class UdpBalancer {
     flow.ended = true;
     this.#flows.delete(flow.key);
     try {
-      flow.socket?.close();
+      flow.socket.close();
     } catch {
       // Closed already.
     }
@@ -409,7 +446,7 @@ export class UdpBalancer {
       record: {
         time: new Date(),
         listener: this.name,
-        client: `${formatHost(flow.peer.hostname)}:${flow.peer.port}`,
+        client: formatHostPort(flow.peer),
         backend: backend.name,
         bytesIn: flow.bytesIn,
         bytesOut: flow.bytesOut,
@@ -431,7 +468,8 @@ export class UdpBalancer {
       this.#drop("idle");
       this.#end(flow, "idle-timeout");
     }
-    if (this.#flows.size > 0 && !this.#stopped) {
+    // Draining too: a flow that goes quiet ends, and the drain with it.
+    if (this.#flows.size > 0) {
       this.#sweeper = this.#clock.setTimer(() => this.#sweep(), this.#sweepEveryMs(), {
         unref: true,
       });
@@ -462,6 +500,8 @@ function perBackend(counts: UdpCounts, pool: Pool, backend: Backend) {
   return entry;
 }
 
-function formatHost(host: string): string {
-  return host.includes(":") ? `[${host}]` : host;
+// Down by health, or disabled: its flows move. Draining or full is not
+// down: those take no new flows but keep the ones they have.
+function isDown(backend: Backend): boolean {
+  return backend.health.state === "down" || backend.adminState === "disabled";
 }

@@ -1,10 +1,11 @@
 import assert from "node:assert/strict";
 import type { HostPort } from "./address.ts";
-import { createStrategy } from "./balancer.ts";
+import { createStrategy, type Strategy } from "./balancer.ts";
 import type { Clock } from "./clock.ts";
 import { DenoEngine } from "./engine_deno.ts";
 import { EpollEngine } from "./engine_epoll.ts";
 import type { LoadBalancerEvent } from "./events.ts";
+import type { HealthSettings } from "./health.ts";
 import { Backend, Pool } from "./pool.ts";
 import { parseProxyHeader } from "./proxy_protocol.ts";
 import {
@@ -38,8 +39,11 @@ function startUdp(
     settings?: Partial<UdpSettings>;
     clock?: Clock;
     balance?: "round-robin" | "source-hash";
+    strategy?: Strategy<Backend>;
     sendProxy?: "v2";
     onDown?: "shutdown-sessions";
+    health?: HealthSettings;
+    hostname?: string;
   } = {},
 ): Running {
   const events: LoadBalancerEvent[] = [];
@@ -50,12 +54,16 @@ function startUdp(
   });
   const pool = new Pool({
     backends,
-    strategy: createStrategy(options.balance ?? "round-robin"),
+    strategy: options.strategy ?? createStrategy(options.balance ?? "round-robin"),
     ...(options.onDown ? { settings: { onDown: options.onDown } } : {}),
+    ...(options.health ? { health: options.health } : {}),
+    ...(options.clock ? { clock: options.clock } : {}),
   });
-  const epoll = TEST_ENGINE === "epoll" ? new EpollEngine() : undefined;
+  const epoll = TEST_ENGINE === "epoll"
+    ? new EpollEngine(options.clock ? { clock: options.clock } : {})
+    : undefined;
   const balancer = new UdpBalancer({
-    address: { hostname: "127.0.0.1", port: 0 },
+    address: { hostname: options.hostname ?? "127.0.0.1", port: 0 },
     engine: epoll ?? new DenoEngine(),
     pool,
     ...(options.settings ? { settings: options.settings } : {}),
@@ -299,6 +307,8 @@ Deno.test("udp: shutdown lets open flows finish within the drain timeout, then c
     await late.send("new flow while draining");
     await client.send("old flow goes on");
     assert.equal(text((await client.receive())[0]), "[Server 1] old flow goes on");
+    assert.equal(lb.balancer.udp.datagramsIn, 3, "the new client's datagram came in");
+    assert.equal(lb.balancer.udp.dropped.draining, 1, "and was dropped: no new flow");
     await clock.tick(5000);
     assert.deepEqual(await stopping, { cut: 1 });
     assert.equal(accessRecords(lb.events)[0]?.end, "drain-timeout");
@@ -313,4 +323,159 @@ Deno.test("udp: shutdown lets open flows finish within the drain timeout, then c
     await lb.close();
     await server.close();
   }
+});
+
+Deno.test("udp: a drain ends as soon as the open flows go idle, not at the drain timeout", async () => {
+  const clock = new FakeClock();
+  const server = startUdpServer("1");
+  const lb = startUdp([server], { clock, settings: { sessionIdleMs: 1000 } });
+  const client = new UdpTestClient(lb.port);
+  try {
+    await client.ask("open");
+    let done: { cut: number } | undefined;
+    lb.balancer.shutdown(60_000).then((result) => done = result);
+    await clock.tick(1500);
+    assert.deepEqual(done, { cut: 0 }, "drained when the flow went idle, 1.5 s in");
+    assert.equal(accessRecords(lb.events)[0]?.end, "idle-timeout");
+  } finally {
+    await client.close();
+    await lb.close();
+    await server.close();
+  }
+});
+
+Deno.test("udp: a backend that is draining or full keeps its flows; only down or disabled moves them", async () => {
+  const servers = [startUdpServer("1"), startUdpServer("2")];
+  const lb = startUdp(servers);
+  const client = new UdpTestClient(lb.port);
+  const other = new UdpTestClient(lb.port);
+  try {
+    assert.equal(serverOf(await client.ask("a")), "1");
+    lb.backends[0]!.adminState = "draining";
+    assert.equal(serverOf(await client.ask("b")), "1", "a draining backend keeps its flow");
+    assert.equal(serverOf(await other.ask("c")), "2", "and takes no new one");
+    lb.backends[0]!.adminState = "enabled";
+    lb.backends[0]!.maxConnections = 1; // its one flow fills it
+    assert.equal(serverOf(await client.ask("d")), "1", "a full backend keeps its flow");
+    const sources = new Set(servers[0]!.received.map((d) => d.from.port));
+    assert.equal(sources.size, 1, "one flow, one socket: never reopened");
+    assert.equal(accessRecords(lb.events).length, 0, "no flow ended");
+  } finally {
+    await client.close();
+    await other.close();
+    await lb.close();
+    await Promise.all(servers.map((s) => s.close()));
+  }
+});
+
+Deno.test("udp: a reload that removes a backend with on_remove: close ends its flows; a smaller table evicts", async () => {
+  const servers = [startUdpServer("1"), startUdpServer("2")];
+  const lb = startUdp(servers);
+  const clients = [0, 1, 2, 3].map(() => new UdpTestClient(lb.port));
+  try {
+    for (const client of clients) await client.ask("hi");
+    assert.equal(lb.balancer.activeConnections, 4);
+    const kept = lb.backends[1]!;
+    const pool = new Pool({ backends: [kept], settings: { onRemove: "close" } });
+    lb.balancer.reconfigure({ pool, settings: { maxSessions: 1 } });
+    const ends = accessRecords(lb.events).map((r) => r.end).sort();
+    assert.deepEqual(ends, ["backend-removed", "backend-removed", "table-full"]);
+    assert.equal(lb.balancer.activeConnections, 1);
+    assert.equal(serverOf(await clients[0]!.ask("again")), "2");
+  } finally {
+    await Promise.all(clients.map((c) => c.close()));
+    await lb.close();
+    await Promise.all(servers.map((s) => s.close()));
+  }
+});
+
+Deno.test("udp: a bug met on one datagram is reported; the next datagram is served", async () => {
+  const server = startUdpServer("1");
+  let calls = 0;
+  const flaky: Strategy<Backend> = {
+    pick(backends) {
+      if (calls++ === 0) throw new Error("a strategy's bug");
+      return backends[0];
+    },
+  };
+  const lb = startUdp([server], { strategy: flaky });
+  const client = new UdpTestClient(lb.port);
+  try {
+    await client.send("lost");
+    await until(
+      () => lb.events.some((e) => e.type === "internal-error"),
+      "the bug reported as an internal error",
+    );
+    assert.equal(await client.ask("served"), "[Server 1] served");
+  } finally {
+    await client.close();
+    await lb.close();
+    await server.close();
+  }
+});
+
+Deno.test("udp: an IPv6 client's flow, its log address in brackets, its PROXY v2 header UDP over IPv6", async () => {
+  let server: UdpTestServer;
+  try {
+    server = startUdpServer("6", () => [new TextEncoder().encode("ok")], { hostname: "::1" });
+  } catch (error) {
+    console.log(`IPv6 loopback not available (${error}): skipped`);
+    return;
+  }
+  const lb = startUdp([server], { sendProxy: "v2", hostname: "::1", settings: { responses: 1 } });
+  const client = new UdpTestClient(lb.port, { hostname: "::1", to: "::1" });
+  try {
+    assert.equal(await client.ask("six"), "ok");
+    const bytes = server.received[0]!.bytes;
+    assert.equal(bytes[13], 0x22, "UDP over IPv6");
+    const parsed = parseProxyHeader(bytes);
+    assert.equal(parsed.state, "done");
+    if (parsed.state === "done") {
+      assert.deepEqual(parsed.header.source, { hostname: "::1", port: client.address.port });
+    }
+    await until(() => accessRecords(lb.events).length === 1, "the flow ended at its answer");
+    assert.equal(accessRecords(lb.events)[0]?.client, `[::1]:${client.address.port}`);
+  } finally {
+    await client.close();
+    await lb.close();
+    await server.close();
+  }
+});
+
+Deno.test({
+  name:
+    "udp: a closed backend port (ICMP) ends the flow, counts a failed connect; a later reply brings it back",
+  // Only a connected socket hears of ICMP errors: the epoll engine's.
+  ignore: TEST_ENGINE !== "epoll",
+  fn: async () => {
+    const clock = new FakeClock();
+    const closed = startUdpServer("1");
+    const port = closed.port;
+    await closed.close();
+    const lb = startUdp([{ hostname: "127.0.0.1", port }], {
+      clock,
+      health: { rise: 1, fall: 1, backoffBaseMs: 1000, backoffMaxMs: 1000, slowStartMs: 0 },
+    });
+    const client = new UdpTestClient(lb.port);
+    let revived: UdpTestServer | undefined;
+    try {
+      await client.send("anyone?");
+      await until(() => accessRecords(lb.events).length === 1, "the flow ended");
+      assert.equal(accessRecords(lb.events)[0]?.end, "server-reset");
+      const backend = lb.backends[0]!;
+      assert.equal(backend.connectFailures, 1);
+      assert.equal(backend.health.state, "down", "fall 1: down after one failure");
+      await client.send("while down");
+      await until(() => lb.balancer.udp.dropped["no-backend"] === 1, "no flow for a down backend");
+      // Its port answers again; after the backoff one flow may try it.
+      revived = startUdpServer("1", undefined, { port });
+      await clock.tick(1000);
+      assert.equal(await client.ask("back?"), "[Server 1] back?");
+      assert.equal(backend.health.state, "up", "a reply is a connect that worked");
+    } finally {
+      await client.close();
+      await lb.close();
+      await revived?.close();
+    }
+  },
 });
