@@ -22,8 +22,12 @@ const linux = Deno.build.os === "linux";
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
-/** `promise`, or a failure naming `what` once `ms` have passed. */
-async function within<T>(promise: Promise<T>, what: string, ms = 5000): Promise<T> {
+/**
+ * `promise`, or a failure naming `what` once `ms` have passed: a guard that
+ * turns a datagram that never comes into a message instead of a hang, not a
+ * bound on how fast anything must be.
+ */
+async function within<T>(promise: Promise<T>, what: string, ms = 30_000): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   const late = new Promise<never>((_, reject) => {
     timer = setTimeout(() => reject(new Error(`no ${what} within ${ms} ms`)), ms);

@@ -305,8 +305,12 @@ export class UdpTestClient {
     await this.#conn.send(data, this.#to);
   }
 
-  /** The next datagram that arrives, and who sent it; rejects if none comes within `ms`. */
-  receive(ms = 5000): Promise<[Uint8Array, Deno.NetAddr]> {
+  /**
+   * The next datagram that arrives, and who sent it. Rejects if none comes
+   * within `ms`: a guard against a hang (UDP says nothing of a datagram
+   * lost), not a bound on speed.
+   */
+  receive(ms = 30_000): Promise<[Uint8Array, Deno.NetAddr]> {
     const queued = this.#queued.shift();
     if (queued) return Promise.resolve(queued);
     const waiter = Promise.withResolvers<[Uint8Array, Deno.NetAddr]>();
