@@ -268,8 +268,8 @@ function udpFamilies(balancers: readonly ListenerStats[]): Family[] {
     },
     {
       name: "lb_udp_flows_dropped_total",
-      help:
-        "UDP flows dropped: table-full (evicted), no-backend, idle (timed out), socket-error, draining.",
+      help: "UDP flows ended for room (table-full) or silence (idle), and new clients' " +
+        "datagrams refused (no-backend, full, socket-error, draining).",
       type: "counter",
       samples: udp.flatMap((u) =>
         FLOW_DROPS.map((cause): [Labels, number] => [

@@ -20,6 +20,7 @@ import {
   isIpv4,
   parseHostPort,
   parseListen,
+  UDP_SCHEME,
 } from "./address.ts";
 import { parseCidr } from "./cidr.ts";
 import { STRATEGY_NAMES } from "./balancer.ts";
@@ -265,6 +266,15 @@ const routeSchema = z.strictObject({
 /** A listener's `listen`: `HOST:PORT` for TCP, `udp://HOST:PORT` for UDP. */
 const listenAddress = z.string({ error: "expected HOST:PORT, or udp://HOST:PORT" }).superRefine(
   (text, context) => {
+    // A scheme other than udp:// (tcp://, UDP://, udp:HOST) would read as a bad IPv6 address.
+    const scheme = /^[a-z][a-z0-9+.-]*:\/\//i.test(text) || /^udp:/i.test(text);
+    if (scheme && !text.startsWith(UDP_SCHEME)) {
+      context.addIssue({
+        code: "custom",
+        message: `expected HOST:PORT for TCP, or udp://HOST:PORT (lowercase) for UDP`,
+      });
+      return;
+    }
     try {
       parseListen(text);
     } catch (error) {

@@ -589,7 +589,9 @@ export function usage(): string {
   return `Usage: deno run --allow-net load_balancer.ts [flags]
 
 Accepts TCP connections and hands each one, round robin, to a backend,
-copying bytes both ways until both sides are done.
+copying bytes both ways until both sides are done; with --listen
+udp://HOST:PORT, UDP datagrams, each client's flow kept on one backend (its
+udp: settings are set in a config file).
 
 Settings (each is also a key of the config file, with the same default):
 ${table(rows)}

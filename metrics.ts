@@ -10,11 +10,19 @@
 import type { RejectReason } from "./events.ts";
 
 /**
- * Why a UDP flow was dropped: the table was full, no backend could take it,
- * it was idle, no socket could be made for it, or the listener was draining
- * (a new client's datagram).
+ * Why a UDP flow was dropped. Flows that were open: `table-full` (the least
+ * recently used, for room), `idle`. A new client's datagram refused:
+ * `no-backend` (none up), `full` (every usable backend at its
+ * `maxconn_per_backend`), `socket-error` (no socket for it), `draining`.
  */
-export const FLOW_DROPS = ["table-full", "no-backend", "idle", "socket-error", "draining"] as const;
+export const FLOW_DROPS = [
+  "table-full",
+  "idle",
+  "no-backend",
+  "full",
+  "socket-error",
+  "draining",
+] as const;
 /** One of {@linkcode FLOW_DROPS}. */
 export type FlowDrop = typeof FLOW_DROPS[number];
 
@@ -52,7 +60,14 @@ export function emptyUdpCounts(): UdpCounts {
     datagramsOut: 0,
     bytesOut: 0,
     sendErrors: 0,
-    dropped: { "table-full": 0, "no-backend": 0, idle: 0, "socket-error": 0, draining: 0 },
+    dropped: {
+      "table-full": 0,
+      idle: 0,
+      "no-backend": 0,
+      full: 0,
+      "socket-error": 0,
+      draining: 0,
+    },
     backends: {},
   };
 }

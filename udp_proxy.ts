@@ -310,7 +310,8 @@ export class UdpBalancer {
       listener: this.name,
     });
     if (backend === undefined) {
-      this.#drop("no-backend");
+      // Every usable backend at its maxconn_per_backend (flows do not queue), or none up.
+      this.#drop(pool.hasRoomLater(NOTHING_TRIED) ? "full" : "no-backend");
       return undefined;
     }
     if (this.#flows.size >= this.#settings.maxSessions) this.#evictOldest();

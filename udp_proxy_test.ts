@@ -360,6 +360,13 @@ Deno.test("udp: a backend that is draining or full keeps its flows; only down or
     const sources = new Set(servers[0]!.received.map((d) => d.from.port));
     assert.equal(sources.size, 1, "one flow, one socket: never reopened");
     assert.equal(accessRecords(lb.events).length, 0, "no flow ended");
+    // Both full: a new client's datagram is refused as such (flows do not queue).
+    lb.backends[1]!.maxConnections = 1;
+    const third = new UdpTestClient(lb.port);
+    await third.send("no room");
+    await until(() => lb.balancer.udp.dropped.full === 1, "refused: every backend full");
+    assert.equal(lb.balancer.udp.dropped["no-backend"], 0);
+    await third.close();
   } finally {
     await client.close();
     await other.close();
