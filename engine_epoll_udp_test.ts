@@ -39,6 +39,28 @@ async function within<T>(promise: Promise<T>, what: string, ms = 30_000): Promis
   }
 }
 
+/**
+ * Each client sends `I.0` … `I.4` (all before the loop looks), then every
+ * reply is collected: each client must get its own five back, in order.
+ */
+async function fiveRoundsEach(
+  clients: { send(text: string): void; receive(): string | undefined }[],
+) {
+  for (let round = 0; round < 5; round++) {
+    for (const [i, client] of clients.entries()) client.send(`${i}.${round}`);
+  }
+  const got = clients.map(() => [] as string[]);
+  await until(() => {
+    clients.forEach((client, i) => {
+      for (let reply = client.receive(); reply !== undefined; reply = client.receive()) {
+        got[i]!.push(reply);
+      }
+    });
+    return got.every((replies) => replies.length === 5);
+  }, `${clients.length * 5} replies`);
+  got.forEach((replies, i) => assert.deepEqual(replies, [0, 1, 2, 3, 4].map((r) => `${i}.${r}`)));
+}
+
 /** A UDP socket of Deno's on `hostname`, port 0. */
 function udpSocket(hostname = "127.0.0.1"): Deno.DatagramConn {
   return Deno.listenDatagram({ hostname, port: 0, transport: "udp" });
@@ -314,21 +336,7 @@ Deno.test({
     const clients = Array.from({ length: 20 }, () => rawClient(sys, listener.address.port));
     try {
       // All sent before the loop can look (this thread runs its handlers).
-      for (let round = 0; round < 5; round++) {
-        for (const [i, client] of clients.entries()) client.send(`${i}.${round}`);
-      }
-      const got = clients.map(() => [] as string[]);
-      await until(() => {
-        clients.forEach((client, i) => {
-          for (let reply = client.receive(); reply !== undefined; reply = client.receive()) {
-            got[i]!.push(reply);
-          }
-        });
-        return got.every((replies) => replies.length === 5);
-      }, "100 replies");
-      got.forEach((replies, i) =>
-        assert.deepEqual(replies, [0, 1, 2, 3, 4].map((r) => `${i}.${r}`))
-      );
+      await fiveRoundsEach(clients);
       // 32 at a time: 4 calls each way for 100, if all were waiting at once.
       assert.ok(listener.receiveCalls <= 8, `${listener.receiveCalls} recvmmsg calls`);
       assert.ok(listener.sendCalls <= 8, `${listener.sendCalls} sendmmsg calls`);
@@ -351,21 +359,7 @@ Deno.test({
     const lb = relay(engine, echo.address);
     const clients = Array.from({ length: 20 }, () => rawClient(sys, lb.listener.address.port));
     try {
-      for (let round = 0; round < 5; round++) {
-        for (const [i, client] of clients.entries()) client.send(`${i}.${round}`);
-      }
-      const got = clients.map(() => [] as string[]);
-      await until(() => {
-        clients.forEach((client, i) => {
-          for (let reply = client.receive(); reply !== undefined; reply = client.receive()) {
-            got[i]!.push(reply);
-          }
-        });
-        return got.every((replies) => replies.length === 5);
-      }, "100 replies");
-      got.forEach((replies, i) =>
-        assert.deepEqual(replies, [0, 1, 2, 3, 4].map((r) => `${i}.${r}`))
-      );
+      await fiveRoundsEach(clients);
       assert.equal(lb.flows.size, 20);
       assert.deepEqual(lb.errors, []);
     } finally {

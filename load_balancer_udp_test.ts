@@ -42,47 +42,84 @@ function metric(text: string, series: string): number {
   return line === undefined ? NaN : Number(line.slice(series.length + 1));
 }
 
-Deno.test("udp process: DNS-style queries alternate between backends, each answered to its client", async () => {
+type Running = Awaited<ReturnType<typeof startBalancerWithAdmin>>;
+
+/**
+ * A balancer process on `config` (admin API on), handed to `body`; it, the
+ * servers and its folder are gone after, whatever happened.
+ */
+async function withBalancer(
+  config: string,
+  servers: readonly UdpTestServer[],
+  body: (running: Running & { dir: string }) => Promise<void>,
+): Promise<void> {
   const dir = await Deno.makeTempDir();
-  const servers = [startUdpServer("1"), startUdpServer("2")];
-  const { lb, call } = await startBalancerWithAdmin(
-    dir,
-    udpConfig(servers, { udp: "{ responses: 1 }" }),
-    { token: TOKEN, permissions: PERMISSIONS },
-  );
-  const clients: UdpTestClient[] = [];
   try {
+    const running = await startBalancerWithAdmin(dir, config, {
+      token: TOKEN,
+      permissions: PERMISSIONS,
+    });
+    try {
+      await body({ ...running, dir });
+    } finally {
+      await running.lb.close();
+    }
+  } finally {
+    await Promise.all(servers.map((s) => s.close()));
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/**
+ * /metrics once `series` reads `value`: a data-plane thread reports its
+ * counts in batches, so the last may come a moment after the datagrams.
+ */
+async function metricsOnce(
+  call: Running["call"],
+  series: string,
+  value: number,
+): Promise<string> {
+  let text = "";
+  await until(
+    async () => {
+      text = (await call("GET", "/metrics")).body as string;
+      return metric(text, series) === value;
+    },
+    `${series} ${value}`,
+    500,
+    20,
+  );
+  return text;
+}
+
+/** A new client's one question, answered: which server answered. */
+async function askOnce(port: number, text: string): Promise<string> {
+  const client = new UdpTestClient(port);
+  try {
+    return serverOf(await client.ask(text));
+  } finally {
+    await client.close();
+  }
+}
+
+const DATAGRAMS_IN = 'lb_udp_datagrams_total{listener="dns",direction="in"}';
+const DATAGRAMS_OUT = 'lb_udp_datagrams_total{listener="dns",direction="out"}';
+
+Deno.test("udp process: DNS-style queries alternate between backends, each answered to its client", async () => {
+  const servers = [startUdpServer("1"), startUdpServer("2")];
+  const config = udpConfig(servers, { udp: "{ responses: 1 }" });
+  await withBalancer(config, servers, async ({ lb, call }) => {
     const answers: string[] = [];
     for (let i = 0; i < 6; i++) {
       const client = new UdpTestClient(lb.port);
-      clients.push(client);
       const answer = await client.ask(`query ${i}`);
+      await client.close();
       assert.match(answer, new RegExp(`^\\[Server \\d\\] query ${i}$`));
       answers.push(serverOf(answer));
     }
     assert.deepEqual(answers, ["1", "2", "1", "2", "1", "2"]);
-    // Each flow ended at its one answer.
-    await until(
-      async () => {
-        const text = (await call("GET", "/metrics")).body as string;
-        return metric(text, 'lb_connections_active{listener="dns",pool="dns"}') === 0;
-      },
-      "every flow ended after its answer",
-      500,
-      20,
-    );
-    // A data-plane thread reports its counts in batches: wait for the last.
-    let text = "";
-    await until(
-      async () => {
-        text = (await call("GET", "/metrics")).body as string;
-        return metric(text, 'lb_udp_datagrams_total{listener="dns",direction="out"}') === 6;
-      },
-      "six answers counted",
-      500,
-      20,
-    );
-    assert.equal(metric(text, 'lb_udp_datagrams_total{listener="dns",direction="in"}'), 6);
+    const text = await metricsOnce(call, DATAGRAMS_OUT, 6);
+    assert.equal(metric(text, DATAGRAMS_IN), 6);
     assert.equal(metric(text, 'lb_udp_bytes_total{listener="dns",direction="in"}'), 6 * 7);
     assert.equal(metric(text, 'lb_udp_flows_dropped_total{listener="dns",cause="no-backend"}'), 0);
     if (HAVE_PROMTOOL) {
@@ -90,98 +127,70 @@ Deno.test("udp process: DNS-style queries alternate between backends, each answe
       assert.equal(code, 0, said);
       assert.equal(said.trim(), "", said);
     }
-    assert.equal(metric(text, 'lb_udp_datagrams_total{listener="dns",direction="out"}'), 6);
+    const backend1 = `backend="127.0.0.1:${servers[0]!.port}"`;
     assert.equal(
       metric(
         text,
-        `lb_udp_backend_datagrams_total{listener="dns",pool="dns",backend="127.0.0.1:${
-          servers[0]!.port
-        }",direction="in"}`,
+        `lb_udp_backend_datagrams_total{listener="dns",pool="dns",${backend1},direction="in"}`,
       ),
       3,
     );
+    // Each flow ended at its one answer, and says so in the access log.
+    await metricsOnce(call, 'lb_connections_active{listener="dns",pool="dns"}', 0);
     await until(
       () => lb.stdout.filter((l) => l.includes("end=responses")).length === 6,
       "an access line per flow",
       500,
       20,
     );
-  } finally {
-    await Promise.all(clients.map((c) => c.close()));
-    await lb.close();
-    await Promise.all(servers.map((s) => s.close()));
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("udp process: a flood from many sources is answered, with the flow table bounded", async () => {
-  const dir = await Deno.makeTempDir();
   const servers = [startUdpServer("1"), startUdpServer("2")];
-  const { lb, call } = await startBalancerWithAdmin(
-    dir,
-    udpConfig(servers, { udp: "{ max_sessions: 20 }" }),
-    { token: TOKEN, permissions: PERMISSIONS },
-  );
-  const clients = Array.from({ length: 100 }, () => new UdpTestClient(lb.port));
-  try {
-    // 100 flows through a table of 20, ten at once: the flows waiting for
-    // their answer are always the most recent, so only answered ones go.
-    for (let wave = 0; wave < 10; wave++) {
-      const group = clients.slice(wave * 10, wave * 10 + 10);
-      const answers = await Promise.all(group.map((client, i) => client.ask(`from ${i}`)));
-      answers.forEach((answer, i) =>
-        assert.match(answer, new RegExp(`^\\[Server \\d\\] from ${i}$`))
-      );
+  const config = udpConfig(servers, { udp: "{ max_sessions: 20 }" });
+  await withBalancer(config, servers, async ({ lb, call }) => {
+    const clients = Array.from({ length: 100 }, () => new UdpTestClient(lb.port));
+    try {
+      // 100 flows through a table of 20, ten at once: the flows waiting for
+      // their answer are always the most recent, so only answered ones go.
+      for (let wave = 0; wave < 10; wave++) {
+        const group = clients.slice(wave * 10, wave * 10 + 10);
+        const answers = await Promise.all(group.map((client, i) => client.ask(`from ${i}`)));
+        answers.forEach((answer, i) =>
+          assert.match(answer, new RegExp(`^\\[Server \\d\\] from ${i}$`))
+        );
+      }
+    } finally {
+      await Promise.all(clients.map((c) => c.close()));
     }
-    let text = "";
-    await until(
-      async () => {
-        text = (await call("GET", "/metrics")).body as string;
-        return metric(text, 'lb_udp_datagrams_total{listener="dns",direction="out"}') === 100;
-      },
-      "every answer counted",
-      500,
-      20,
-    );
-    const active = metric(text, 'lb_connections_active{listener="dns",pool="dns"}');
+    const text = await metricsOnce(call, DATAGRAMS_OUT, 100);
+    const active = metric(text, 'lb_udp_flows_active{listener="dns"}');
     assert.ok(active <= 20, `at most 20 flows at once, got ${active}`);
     const evicted = metric(text, 'lb_udp_flows_dropped_total{listener="dns",cause="table-full"}');
     assert.equal(active + evicted, 100, "each flow is open or was dropped for room");
-  } finally {
-    await Promise.all(clients.map((c) => c.close()));
-    await lb.close();
-    await Promise.all(servers.map((s) => s.close()));
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("udp process: a backend that fails its UDP check takes no flows", async () => {
-  const dir = await Deno.makeTempDir();
-  // Server 2 answers data but not the check; the check expects "pong".
-  const pong = new TextEncoder().encode("pong");
+  const encode = (text: string) => new TextEncoder().encode(text);
+  const decode = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
+  // The check sends "ping" and expects "pong". Server 2 answers it wrongly
+  // (not silence: a failure that needs no timeout); both answer data.
   const healthy = startUdpServer(
     "1",
     (bytes) =>
-      new TextDecoder().decode(bytes) === "ping"
-        ? [pong]
-        : [new TextEncoder().encode(`[Server 1] ${new TextDecoder().decode(bytes)}`)],
+      decode(bytes) === "ping" ? [encode("pong")] : [encode(`[Server 1] ${decode(bytes)}`)],
   );
-  // It answers the check wrongly (not silence: a failure that needs no timeout).
   const failing = startUdpServer(
     "2",
     (bytes) =>
-      new TextDecoder().decode(bytes) === "ping"
-        ? [new TextEncoder().encode("nope")]
-        : [new TextEncoder().encode(`[Server 2] ${new TextDecoder().decode(bytes)}`)],
+      decode(bytes) === "ping" ? [encode("nope")] : [encode(`[Server 2] ${decode(bytes)}`)],
   );
   const health = '    health:\n      check: { send: "70696e67", expect: "706f6e67" }\n' +
     "      interval_ms: 50\n      timeout_ms: 2000\n      fall: 1\n      rise: 1\n";
-  const { lb, backends } = await startBalancerWithAdmin(
-    dir,
-    udpConfig([healthy, failing], { pool: health, udp: "{ responses: 1 }" }),
-    { token: TOKEN, permissions: PERMISSIONS },
-  );
-  try {
+  const config = udpConfig([healthy, failing], { pool: health, udp: "{ responses: 1 }" });
+  await withBalancer(config, [healthy, failing], async ({ lb, backends }) => {
     await until(
       async () => {
         const states = (await backends("dns")).map((b) => b.state);
@@ -191,37 +200,17 @@ Deno.test("udp process: a backend that fails its UDP check takes no flows", asyn
       1000,
       20,
     );
-    const ask = async (text: string) => {
-      const client = new UdpTestClient(lb.port);
-      try {
-        return serverOf(await client.ask(text));
-      } finally {
-        await client.close();
-      }
-    };
     // Data-plane threads hear of the change a moment after the main thread.
-    await until(async () => await ask("first") === "1", "a flow placed on server 1", 200, 20);
-    for (let i = 0; i < 6; i++) assert.equal(await ask(`q${i}`), "1");
-  } finally {
-    await lb.close();
-    await healthy.close();
-    await failing.close();
-    await Deno.remove(dir, { recursive: true });
-  }
+    await until(async () => await askOnce(lb.port, "first") === "1", "a flow on server 1", 200, 20);
+    for (let i = 0; i < 6; i++) assert.equal(await askOnce(lb.port, `q${i}`), "1");
+  });
 });
 
 Deno.test("udp process: a reload moves new flows to a new backend set and keeps the listener", async () => {
-  const dir = await Deno.makeTempDir();
   const servers = [startUdpServer("1"), startUdpServer("2")];
-  const { lb } = await startBalancerWithAdmin(
-    dir,
-    udpConfig([servers[0]!], { udp: "{ responses: 1 }" }),
-    { token: TOKEN, permissions: PERMISSIONS },
-  );
-  try {
-    const first = new UdpTestClient(lb.port);
-    assert.equal(serverOf(await first.ask("before")), "1");
-    await first.close();
+  const config = udpConfig([servers[0]!], { udp: "{ responses: 1 }" });
+  await withBalancer(config, servers, async ({ lb, dir }) => {
+    assert.equal(await askOnce(lb.port, "before"), "1");
     const file = [...Deno.readDirSync(dir)].find((e) => e.name.startsWith("lb-"))!.name;
     const text = Deno.readTextFileSync(`${dir}/${file}`)
       .replace(`127.0.0.1:${servers[0]!.port}`, `127.0.0.1:${servers[1]!.port}`);
@@ -229,61 +218,36 @@ Deno.test("udp process: a reload moves new flows to a new backend set and keeps 
     lb.kill("SIGHUP");
     await lb.waitForLine("stderr", /reload/);
     await until(
-      async () => {
-        const client = new UdpTestClient(lb.port);
-        try {
-          return serverOf(await client.ask("after")) === "2";
-        } finally {
-          await client.close();
-        }
-      },
+      async () => await askOnce(lb.port, "after") === "2",
       "new flows go to server 2",
       200,
       20,
     );
-  } finally {
-    await lb.close();
-    await Promise.all(servers.map((s) => s.close()));
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test({
   name: "udp process: with --threads 2, every client's flow is answered on its own backend",
   ignore: TEST_ENGINE !== "epoll",
   fn: async () => {
-    const dir = await Deno.makeTempDir();
     const servers = [startUdpServer("1"), startUdpServer("2")];
-    const { lb, call } = await startBalancerWithAdmin(
-      dir,
-      udpConfig(servers, { top: "threads: 2\n" }),
-      { token: TOKEN, permissions: PERMISSIONS },
-    );
-    const clients = Array.from({ length: 40 }, () => new UdpTestClient(lb.port));
-    try {
-      const first = await Promise.all(clients.map((c, i) => c.ask(`hello ${i}`)));
-      for (let round = 0; round < 3; round++) {
-        const again = await Promise.all(clients.map((c, i) => c.ask(`again ${i}`)));
-        again.forEach((answer, i) => {
-          assert.equal(serverOf(answer), serverOf(first[i]!), "a flow stays on its backend");
-          assert.ok(answer.endsWith(`again ${i}`));
-        });
+    const config = udpConfig(servers, { top: "threads: 2\n" });
+    await withBalancer(config, servers, async ({ lb, call }) => {
+      const clients = Array.from({ length: 40 }, () => new UdpTestClient(lb.port));
+      try {
+        const first = await Promise.all(clients.map((c, i) => c.ask(`hello ${i}`)));
+        for (let round = 0; round < 3; round++) {
+          const again = await Promise.all(clients.map((c, i) => c.ask(`again ${i}`)));
+          again.forEach((answer, i) => {
+            assert.equal(serverOf(answer), serverOf(first[i]!), "a flow stays on its backend");
+            assert.ok(answer.endsWith(`again ${i}`));
+          });
+        }
+      } finally {
+        await Promise.all(clients.map((c) => c.close()));
       }
-      await until(
-        async () => {
-          const text = (await call("GET", "/metrics")).body as string;
-          return metric(text, 'lb_udp_datagrams_total{listener="dns",direction="in"}') === 160;
-        },
-        "both threads' counts summed",
-        500,
-        20,
-      );
-    } finally {
-      await Promise.all(clients.map((c) => c.close()));
-      await lb.close();
-      await Promise.all(servers.map((s) => s.close()));
-      await Deno.remove(dir, { recursive: true });
-    }
+      await metricsOnce(call, DATAGRAMS_IN, 160); // both threads' counts, summed
+    });
   },
 });
 
