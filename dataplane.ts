@@ -75,6 +75,8 @@ let handling: Promise<void> = Promise.resolve();
 const events: (LoadBalancerEvent | PackedRecord)[] = [];
 let pools = new Map<string, Pool>();
 let listeners = new Map<string, LoadBalancer | UdpBalancer>();
+/** Listeners a reload removed, still draining. */
+const retiring = new Set<LoadBalancer | UdpBalancer>();
 /** What each UDP listener had counted at the last batch. */
 const udpReported = new WeakMap<UdpBalancer, UdpCounts>();
 let finished = false;
@@ -213,7 +215,9 @@ async function handle(message: ToThread): Promise<void> {
       pools = next;
       listeners = bound;
       for (const [listen, balancer] of oldListeners) {
-        if (!bound.has(listen)) balancer.shutdown(message.drainTimeoutMs);
+        if (bound.has(listen)) continue;
+        retiring.add(balancer);
+        balancer.shutdown(message.drainTimeoutMs).then(() => retiring.delete(balancer));
       }
       for (const pool of oldPools.values()) await pool.stop();
       post({
@@ -253,7 +257,8 @@ async function handle(message: ToThread): Promise<void> {
       return;
     }
     case "drain": {
-      const balancers = [...listeners.values()];
+      // Listeners a reload removed, still draining, drain within this time too.
+      const balancers = [...listeners.values(), ...retiring];
       await Promise.all(balancers.map((b) => b.stopAccepting()));
       const results = await Promise.all(balancers.map((b) => b.shutdown(message.timeoutMs)));
       for (const pool of pools.values()) await pool.stop();

@@ -9,6 +9,7 @@ import {
   serverOf,
   startBalancerProcess,
   startTaggedServer,
+  until,
   writeAll,
 } from "./test_util.ts";
 
@@ -268,5 +269,50 @@ Deno.test("a reload that widens a listener on the same port says it needs a rest
     await lb.close();
     await Deno.remove(file);
     await a.close();
+  }
+});
+
+Deno.test("SIGTERM after a reload removed a listener drains that listener's connections too", async () => {
+  const dir = await Deno.makeTempDir();
+  const backend = startTaggedServer("1");
+  const [kept, removed] = [freePort(), freePort()];
+  const file = `${dir}/lb.yaml`;
+  await Deno.writeTextFile(
+    file,
+    config([["kept", kept, [backend.port]], ["removed", removed, [backend.port]]]) +
+      "drain_timeout_ms: 60000\n",
+  );
+  const lb = await startBalancerProcess(["--config", file], {
+    permissions: PERMISSIONS,
+    listen: false,
+  });
+  let held: Deno.TcpConn | undefined;
+  try {
+    held = await connectLoopback(removed);
+    assert.equal(await ask(held, "hi"), "[Server 1] hi\n");
+    // Removed with a long drain; then the drain timeout shortened by another reload.
+    const keptOnly = config([["kept", kept, [backend.port]]]);
+    await Deno.writeTextFile(file, keptOnly + "drain_timeout_ms: 60000\n");
+    lb.kill("SIGHUP");
+    await lb.waitForLine("stderr", /reloaded/);
+    await Deno.writeTextFile(file, keptOnly + "drain_timeout_ms: 300\n");
+    lb.kill("SIGHUP");
+    await until(
+      () => lb.stderr.filter((l) => /reloaded/.test(l)).length === 2,
+      "the second reload",
+    );
+    lb.kill("SIGTERM");
+    // The held connection drains with the rest: cut at the (new) drain
+    // timeout, with its access line, not dropped by an exit under it.
+    assert.equal((await lb.status).code, 0);
+    assert.ok(
+      lb.stdout.some((line) => /listener=removed .*end=drain-timeout/.test(line)),
+      lb.stdout.join("\n"),
+    );
+  } finally {
+    held?.close();
+    await lb.close();
+    await backend.close();
+    await Deno.remove(dir, { recursive: true });
   }
 });

@@ -650,6 +650,8 @@ export class LocalListeners implements ListenerHost {
   readonly #running = new Map<string, LoadBalancer | UdpBalancer>();
   /** The listeners that terminate TLS, by key: a reload hands them a new certificate. */
   readonly #tls = new Map<string, TlsEngineListener>();
+  /** Listeners a reload removed, still draining: a shutdown waits for them too. */
+  readonly #retiring = new Set<LoadBalancer | UdpBalancer>();
 
   constructor(options: {
     engine: Engine;
@@ -664,7 +666,10 @@ export class LocalListeners implements ListenerHost {
   }
 
   get activeConnections(): number {
-    return [...this.#running.values()].reduce((sum, b) => sum + b.activeConnections, 0);
+    return [...this.#running.values(), ...this.#retiring].reduce(
+      (sum, b) => sum + b.activeConnections,
+      0,
+    );
   }
 
   get terminatesTls(): boolean {
@@ -759,13 +764,15 @@ export class LocalListeners implements ListenerHost {
       this.#running.delete(address);
       this.#tls.delete(address);
       const scheme = balancer instanceof UdpBalancer ? UDP_SCHEME : "";
-      balancer.shutdown(drainMs).then(({ cut }) =>
+      this.#retiring.add(balancer);
+      balancer.shutdown(drainMs).then(({ cut }) => {
+        this.#retiring.delete(balancer);
         logDiagnostic(
           `stopped listening on ${scheme}${formatHostPort(balancer.address)}; ${cut} ${
             scheme ? "flow(s)" : "connection(s)"
           } cut at the drain timeout`,
-        )
-      );
+        );
+      });
     }
     return added;
   }
@@ -775,7 +782,10 @@ export class LocalListeners implements ListenerHost {
   }
 
   async drain(drainMs: number): Promise<number> {
-    const results = await Promise.all([...this.#running.values()].map((b) => b.shutdown(drainMs)));
+    // Listeners a reload removed drain too, within this drain's time: a
+    // shutdown never exits under their connections without a word for them.
+    const all = [...this.#running.values(), ...this.#retiring];
+    const results = await Promise.all(all.map((b) => b.shutdown(drainMs)));
     return results.reduce((sum, r) => sum + r.cut, 0);
   }
 
