@@ -226,6 +226,26 @@ Deno.test("udp process: a reload moves new flows to a new backend set and keeps 
   });
 });
 
+Deno.test("udp process: the admin API adds and removes UDP backends; a host name is refused, saying why", async () => {
+  const servers = [startUdpServer("1"), startUdpServer("2")];
+  const config = udpConfig([servers[0]!], { udp: "{ responses: 1 }" });
+  await withBalancer(config, servers, async ({ lb, call }) => {
+    const named = await call("POST", "/api/pools/dns/backends", { address: "localhost:5301" });
+    assert.equal(named.status, 400);
+    assert.match(named.body.error, /a UDP backend needs an IP address/);
+    const added = await call("POST", "/api/pools/dns/backends", {
+      address: `127.0.0.1:${servers[1]!.port}`,
+    });
+    assert.equal(added.status, 200, JSON.stringify(added.body));
+    const removed = await call(
+      "DELETE",
+      `/api/pools/dns/backends/${encodeURIComponent(`127.0.0.1:${servers[0]!.port}`)}`,
+    );
+    assert.equal(removed.status, 200, JSON.stringify(removed.body));
+    await until(async () => await askOnce(lb.port, "now") === "2", "flows go to server 2", 200, 20);
+  });
+});
+
 Deno.test({
   name: "udp process: with --threads 2, every client's flow is answered on its own backend",
   ignore: TEST_ENGINE !== "epoll",

@@ -10,7 +10,7 @@
  * @module
  */
 
-import { formatHostPort, parseHostPort } from "./address.ts";
+import { formatHostPort, isIpLiteral, parseHostPort, UDP_SCHEME } from "./address.ts";
 import { checkBackend, type Config, loopsBack, validateConfig } from "./config.ts";
 import type { Discovered } from "./discovery.ts";
 import type { Backend, BackendSource, Pool } from "./pool.ts";
@@ -270,6 +270,14 @@ function unusable(
     if (uses && loopsBack(listen, backend.address)) {
       return `${backend.address}: listener ${listener.name}'s own address (${listen}): ` +
         `every connection would loop back into the balancer`;
+    }
+    // A UDP flow's replies are matched by the address they come from.
+    if (uses && listener.listen.startsWith(UDP_SCHEME)) {
+      const host = parseHostPort(backend.address).hostname;
+      if (!isIpLiteral(host)) {
+        return `${JSON.stringify(backend.address)}: a UDP backend needs an IP address ` +
+          `(pool ${pool} serves UDP listener ${listener.name})`;
+      }
     }
   }
   return undefined;
