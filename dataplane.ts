@@ -75,8 +75,8 @@ let handling: Promise<void> = Promise.resolve();
 const events: (LoadBalancerEvent | PackedRecord)[] = [];
 let pools = new Map<string, Pool>();
 let listeners = new Map<string, LoadBalancer | UdpBalancer>();
-/** Listeners a reload removed, still draining. */
-const retiring = new Set<LoadBalancer | UdpBalancer>();
+/** TCP listeners a reload removed, still draining. */
+const retiring = new Set<LoadBalancer>();
 /** What each UDP listener had counted at the last batch. */
 const udpReported = new WeakMap<UdpBalancer, UdpCounts>();
 let finished = false;
@@ -216,6 +216,11 @@ async function handle(message: ToThread): Promise<void> {
       listeners = bound;
       for (const [listen, balancer] of oldListeners) {
         if (bound.has(listen)) continue;
+        // A removed UDP listener closes at once, freeing its port (runtime.ts says why).
+        if (balancer instanceof UdpBalancer) {
+          balancer.shutdown(0);
+          continue;
+        }
         retiring.add(balancer);
         balancer.shutdown(message.drainTimeoutMs).then(() => retiring.delete(balancer));
       }
@@ -301,8 +306,12 @@ function flush(): void {
   }
   const active: Record<string, number> = {};
   const udp: Record<string, UdpCounts> = {};
+  // A removed listener still draining counts under its name too.
+  for (const balancer of retiring) {
+    active[balancer.name] = (active[balancer.name] ?? 0) + balancer.activeConnections;
+  }
   for (const balancer of listeners.values()) {
-    active[balancer.name] = balancer.activeConnections;
+    active[balancer.name] = (active[balancer.name] ?? 0) + balancer.activeConnections;
     if (!(balancer instanceof UdpBalancer)) continue;
     // What was counted since the last batch.
     const delta = structuredClone(balancer.udp);
@@ -317,7 +326,8 @@ function flush(): void {
 // Counters that change without an event (a connection opening) are
 // reported too, while anything is open.
 function tick(): void {
-  if (!finished && [...listeners.values()].some((b) => b.activeConnections > 0 || udpMoved(b))) {
+  const open = (b: LoadBalancer | UdpBalancer) => b.activeConnections > 0 || udpMoved(b);
+  if (!finished && ([...listeners.values()].some(open) || [...retiring].some(open))) {
     flushTimer ??= loop.setTimer(flush, FLUSH_EVERY_MS);
   }
   if (!finished) loop.setTimer(tick, FLUSH_EVERY_MS);

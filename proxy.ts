@@ -113,6 +113,10 @@ export class LoadBalancer {
   // Resolved when a connection ends, for an accept loop waiting at maxConnections.
   #roomFreed: PromiseWithResolvers<void> | undefined;
   #serving: Promise<void> | undefined;
+  // Once shutting down: its outcome, and what ends the drain early.
+  #shutdown:
+    | { done: Promise<{ cut: number }>; timeUp: PromiseWithResolvers<"timeout"> }
+    | undefined;
 
   constructor(options: LoadBalancerOptions) {
     this.#listener = options.listener;
@@ -283,8 +287,27 @@ export class LoadBalancer {
    * left, each reported as `drain-timeout`. Resolves with how many were cut.
    */
   async shutdown(drainTimeoutMs: number): Promise<{ cut: number }> {
+    // Called again while it drains (a shutdown after a reload removed this
+    // listener): the same drain, ending at the earlier of the two deadlines.
+    if (this.#shutdown !== undefined) {
+      const { done, timeUp } = this.#shutdown;
+      const timer = this.#clock.setTimer(() => timeUp.resolve("timeout"), drainTimeoutMs);
+      const result = await done;
+      this.#clock.clearTimer(timer);
+      return result;
+    }
+    const timeUp = Promise.withResolvers<"timeout">();
+    const done = Promise.withResolvers<{ cut: number }>();
+    this.#shutdown = { done: done.promise, timeUp };
+    done.resolve(this.#drain(drainTimeoutMs, timeUp));
+    return await done.promise;
+  }
+
+  async #drain(
+    drainTimeoutMs: number,
+    timedOut: PromiseWithResolvers<"timeout">,
+  ): Promise<{ cut: number }> {
     await this.stopAccepting();
-    const timedOut = Promise.withResolvers<"timeout">();
     const timer = this.#clock.setTimer(() => timedOut.resolve("timeout"), drainTimeoutMs);
     const outcome = await Promise.race([this.#allDone(), timedOut.promise]);
     this.#clock.clearTimer(timer);

@@ -651,7 +651,7 @@ export class LocalListeners implements ListenerHost {
   /** The listeners that terminate TLS, by key: a reload hands them a new certificate. */
   readonly #tls = new Map<string, TlsEngineListener>();
   /** Listeners a reload removed, still draining: a shutdown waits for them too. */
-  readonly #retiring = new Set<LoadBalancer | UdpBalancer>();
+  readonly #retiring = new Set<LoadBalancer>();
 
   constructor(options: {
     engine: Engine;
@@ -763,14 +763,25 @@ export class LocalListeners implements ListenerHost {
       if (config.listeners.some((l) => listenerKey(l) === address)) continue;
       this.#running.delete(address);
       this.#tls.delete(address);
-      const scheme = balancer instanceof UdpBalancer ? UDP_SCHEME : "";
+      if (balancer instanceof UdpBalancer) {
+        // Its flows' replies leave through its socket, which would hold the
+        // port for the whole drain: a removed UDP listener closes at once.
+        balancer.shutdown(0).then(({ cut }) =>
+          logDiagnostic(
+            `stopped listening on ${UDP_SCHEME}${
+              formatHostPort(balancer.address)
+            }; ${cut} flow(s) ended with it`,
+          )
+        );
+        continue;
+      }
       this.#retiring.add(balancer);
       balancer.shutdown(drainMs).then(({ cut }) => {
         this.#retiring.delete(balancer);
         logDiagnostic(
-          `stopped listening on ${scheme}${formatHostPort(balancer.address)}; ${cut} ${
-            scheme ? "flow(s)" : "connection(s)"
-          } cut at the drain timeout`,
+          `stopped listening on ${
+            formatHostPort(balancer.address)
+          }; ${cut} connection(s) cut at the drain timeout`,
         );
       });
     }
