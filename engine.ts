@@ -126,6 +126,11 @@ export interface DatagramListener extends DatagramSocket {
    * `onDatagram`, when its key is new (a flow starts).
    */
   sender(): DatagramPeer;
+  /**
+   * Sends that {@linkcode DatagramSocket.send} took but the kernel refused
+   * later (an engine that sends in batches); absent where an engine cannot tell.
+   */
+  readonly droppedSends?: number;
 }
 
 /**

@@ -87,6 +87,8 @@ interface Flow {
   readonly startedAt: number;
   lastSeen: number;
   replies: number;
+  /** It is its backend's trial after a backoff: it decides whether the backend is up again. */
+  trial: boolean;
   /** Its backend's datagram counts under this listener. */
   readonly counts: UdpBackendCounts;
   bytesIn: number;
@@ -118,8 +120,9 @@ export class UdpBalancer {
   readonly durations = new Histogram(DURATION_BUCKETS);
   /** UDP listeners refuse nobody at a front door (they have none yet). */
   readonly rejected: ReadonlyMap<RejectReason, number> = new Map();
-  /** Datagrams and bytes each way, flows dropped by cause, per backend. */
-  readonly udp: UdpCounts = emptyUdpCounts();
+  readonly #counts: UdpCounts = emptyUdpCounts();
+  // Sends refused at once; the engine counts those its batch sends lost later.
+  #sendErrors = 0;
   readonly #engine: Engine;
   readonly #clock: Clock;
   readonly #emit: (event: LoadBalancerEvent) => void;
@@ -158,6 +161,12 @@ export class UdpBalancer {
         }
       },
     );
+  }
+
+  /** Datagrams and bytes each way, flows dropped by cause, per backend. */
+  get udp(): UdpCounts {
+    this.#counts.sendErrors = this.#sendErrors + (this.#socket.droppedSends ?? 0);
+    return this.#counts;
   }
 
   /** Where clients send. */
@@ -207,7 +216,7 @@ export class UdpBalancer {
       const settings = this.#pool.settings;
       if (current === undefined) {
         if (settings.onRemove === "close") this.#end(flow, "backend-removed");
-      } else if (isDown(current) && settings.onDown === "shutdown-sessions") {
+      } else if (!flow.trial && isDown(current) && settings.onDown === "shutdown-sessions") {
         this.#end(flow, "backend-down");
       }
     }
@@ -266,11 +275,12 @@ export class UdpBalancer {
 
   // A datagram from a client: find or make its flow, send it on.
   #fromClient(bytes: Uint8Array, key: string | number): void {
-    const counts = this.udp;
+    const counts = this.#counts;
     counts.datagramsIn++;
     counts.bytesIn += bytes.length;
     let flow = this.#flows.get(key);
-    if (flow !== undefined && isDown(flow.backend)) {
+    // A trial flow stays on its backend, which is down until the trial decides.
+    if (flow !== undefined && !flow.trial && isDown(flow.backend)) {
       this.#end(flow, "backend-down");
       flow = undefined;
     }
@@ -288,7 +298,7 @@ export class UdpBalancer {
       datagram = this.#scratch.subarray(0, flow.header.length + bytes.length);
     }
     if (!flow.socket.send(datagram)) {
-      counts.sendErrors++;
+      this.#sendErrors++;
       return;
     }
     flow.bytesIn += bytes.length;
@@ -349,7 +359,8 @@ export class UdpBalancer {
       return undefined;
     }
     // A backend marked down is tried again by one flow after its backoff.
-    if (backend.health.state === "down") backend.startTrial();
+    const trial = backend.health.state === "down";
+    if (trial) backend.startTrial();
     const flow: Flow = {
       key,
       peer,
@@ -360,7 +371,8 @@ export class UdpBalancer {
       startedAt: now,
       lastSeen: now,
       replies: 0,
-      counts: perBackend(this.udp, pool, backend),
+      trial,
+      counts: perBackend(this.#counts, pool, backend),
       bytesIn: 0,
       bytesOut: 0,
       ended: false,
@@ -376,9 +388,9 @@ export class UdpBalancer {
   // A reply: back to the flow's client, from the listener's address.
   #fromBackend(flow: Flow, bytes: Uint8Array): void {
     if (flow.ended) return;
-    const counts = this.udp;
+    const counts = this.#counts;
     if (!this.#socket.send(bytes, flow.peer)) {
-      counts.sendErrors++;
+      this.#sendErrors++;
       return;
     }
     counts.datagramsOut++;
@@ -423,12 +435,18 @@ export class UdpBalancer {
   }
 
   #drop(cause: FlowDrop): void {
-    this.udp.dropped[cause]++;
+    this.#counts.dropped[cause]++;
   }
 
   #end(flow: Flow, end: FlowEnd): void {
     if (flow.ended) return;
     flow.ended = true;
+    // A trial that ends with no reply and no ICMP error: UDP cannot tell a
+    // silent backend from a one-way protocol (syslog), so it counts as a
+    // connect that worked, as a TCP connect would (active checks say more).
+    if (flow.trial && flow.replies === 0 && end !== "server-reset") {
+      flow.backend.recordConnect(true);
+    }
     this.#flows.delete(flow.key);
     try {
       flow.socket.close();

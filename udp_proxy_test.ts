@@ -486,3 +486,36 @@ Deno.test({
     }
   },
 });
+
+Deno.test("udp: a trial flow with no reply and no ICMP error brings its backend back when it ends; its own datagrams stay on it", async () => {
+  const clock = new FakeClock();
+  // A one-way backend (syslog-like): it takes datagrams and never answers.
+  const quiet = startUdpServer("1", () => []);
+  const lb = startUdp([quiet], {
+    clock,
+    settings: { sessionIdleMs: 1000 },
+    health: { rise: 1, fall: 1, backoffBaseMs: 500, backoffMaxMs: 500, slowStartMs: 0 },
+  });
+  const client = new UdpTestClient(lb.port);
+  try {
+    const backend = lb.backends[0]!;
+    backend.recordConnect(false, "refused"); // as an ICMP error would
+    assert.equal(backend.health.state, "down");
+    await client.send("while down");
+    await until(() => lb.balancer.udp.dropped["no-backend"] === 1, "no flow while down");
+    await clock.tick(500); // the backoff: one trial flow may go
+    await client.send("trial 1");
+    await until(() => quiet.received.length === 1, "the trial's first datagram");
+    assert.equal(backend.health.trial, true);
+    await client.send("trial 2"); // the backend is still down: the trial flow keeps it
+    await until(() => quiet.received.length === 2, "the trial's second datagram");
+    assert.equal(accessRecords(lb.events).length, 0, "not ended as backend-down");
+    await clock.tick(1500); // silence: the flow ends, with no ICMP error
+    assert.equal(accessRecords(lb.events)[0]?.end, "idle-timeout");
+    assert.equal(backend.health.state, "up", "a quiet trial is a connect that worked");
+  } finally {
+    await client.close();
+    await lb.close();
+    await quiet.close();
+  }
+});
