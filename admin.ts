@@ -238,7 +238,7 @@ function udpFamilies(balancers: readonly ListenerStats[]): Family[] {
   return [
     {
       name: "lb_udp_datagrams_total",
-      help: "Datagrams through a UDP listener: in from clients, out back to them.",
+      help: "Datagrams at a UDP listener: in from clients (dropped ones too), out back to them.",
       type: "counter",
       samples: eachWay((u, d) => d === "in" ? u.datagramsIn : u.datagramsOut),
     },

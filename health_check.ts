@@ -7,7 +7,7 @@
  * @module
  */
 
-import { formatHostPort, type HostPort } from "./address.ts";
+import { canonicalHost, formatHostPort, type HostPort } from "./address.ts";
 import { type Clock, realClock } from "./clock.ts";
 import { closeQuietly, describe, isOutOfDescriptors } from "./errors.ts";
 import { type Health, nextCheckIn } from "./health.ts";
@@ -156,7 +156,8 @@ export function udpProbe(send: Uint8Array, expect: Uint8Array, timeoutMs: number
       while (true) {
         const [reply, from] = await conn.receive();
         const peer = from as Deno.NetAddr;
-        if (peer.port !== address.port) continue;
+        const backend = canonicalHost(address.hostname);
+        if (peer.port !== address.port || canonicalHost(peer.hostname) !== backend) continue;
         const head = reply.subarray(0, expect.length);
         if (head.length === expect.length && head.every((byte, i) => byte === expect[i])) {
           return undefined;

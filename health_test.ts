@@ -247,9 +247,10 @@ Deno.test("udpProbe: healthy only when the backend's own reply starts with the e
       await udpProbe(encode("quiet"), pong, 100)(server.address),
       "no reply within 100 ms",
     );
+    // Long enough for the impostor's answer to arrive first and be ignored.
     assert.equal(
-      await udpProbe(ping, pong, 100)(impostor.address),
-      "no reply within 100 ms",
+      await udpProbe(ping, pong, 1000)(impostor.address),
+      "no reply within 1000 ms",
       "nothing from the port asked",
     );
     await answering;

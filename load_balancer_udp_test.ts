@@ -102,6 +102,14 @@ async function askOnce(port: number, text: string): Promise<string> {
   }
 }
 
+/** A UDP port on 127.0.0.1 that was free a moment ago. */
+function freeUdpPort(): number {
+  const socket = Deno.listenDatagram({ hostname: "127.0.0.1", port: 0, transport: "udp" });
+  const port = (socket.addr as Deno.NetAddr).port;
+  socket.close();
+  return port;
+}
+
 const DATAGRAMS_IN = 'lb_udp_datagrams_total{listener="dns",direction="in"}';
 const DATAGRAMS_OUT = 'lb_udp_datagrams_total{listener="dns",direction="out"}';
 
@@ -223,6 +231,40 @@ Deno.test("udp process: a reload moves new flows to a new backend set and keeps 
       200,
       20,
     );
+  });
+});
+
+Deno.test("udp process: a UDP listener a reload removes closes at once, and the next reload can bind its port again", async () => {
+  const servers = [startUdpServer("1")];
+  const port = freeUdpPort();
+  const withListener = udpConfig(servers).replace("udp://127.0.0.1:0", `udp://127.0.0.1:${port}`);
+  // The TCP listener keeps the process up while the UDP one comes and goes.
+  const tcpOnly = `listeners:\n  - { name: t, listen: "127.0.0.1:0", pool: t }\n` +
+    `pools:\n  t: { backends: [{ address: "127.0.0.1:9" }] }\n`;
+  const both = withListener.replace(
+    "listeners:\n",
+    `listeners:\n  - { name: t, listen: "127.0.0.1:0", pool: t }\n`,
+  )
+    .replace("pools:\n", `pools:\n  t: { backends: [{ address: "127.0.0.1:9" }] }\n`);
+  await withBalancer(both + "drain_timeout_ms: 60000\n", servers, async ({ lb, dir }) => {
+    const file = [...Deno.readDirSync(dir)].find((e) => e.name.startsWith("lb-"))!.name;
+    const admin = (await Deno.readTextFile(`${dir}/${file}`)).split("\n").filter((l) =>
+      l.startsWith("admin:")
+    ).join("\n");
+    const client = new UdpTestClient(port);
+    assert.equal(serverOf(await client.ask("open")), "1");
+    await Deno.writeTextFile(`${dir}/${file}`, `${tcpOnly}drain_timeout_ms: 60000\n${admin}\n`);
+    lb.kill("SIGHUP");
+    await lb.waitForLine("stderr", /reloaded/);
+    await Deno.writeTextFile(`${dir}/${file}`, `${both}drain_timeout_ms: 60000\n${admin}\n`);
+    lb.kill("SIGHUP");
+    await until(
+      () => lb.stderr.filter((l) => /reloaded/.test(l)).length === 2,
+      "the second reload",
+    );
+    assert.ok(!lb.stderr.some((l) => /EADDRINUSE|in use/.test(l)), lb.stderr.join("\n"));
+    assert.equal(serverOf(await client.ask("again")), "1", "served on the same port again");
+    await client.close();
   });
 });
 

@@ -28,13 +28,16 @@ export type FlowDrop = typeof FLOW_DROPS[number];
 
 /** A UDP listener's counts: plain numbers, so threads can send them as they are. */
 export interface UdpCounts {
-  /** Datagrams and bytes from clients (sent on to backends). */
+  /** Datagrams and bytes from clients, those then dropped included. */
   datagramsIn: number;
   bytesIn: number;
   /** Datagrams and bytes from backends (sent back to clients). */
   datagramsOut: number;
   bytesOut: number;
-  /** Datagrams the kernel would not take (its buffer full): dropped, as UDP may. */
+  /**
+   * Datagrams the kernel would not take (its buffer full): dropped, as UDP
+   * may. On the deno engine, whose sends complete later, none are seen.
+   */
   sendErrors: number;
   /** Flows dropped, by cause. */
   dropped: Record<FlowDrop, number>;
