@@ -400,6 +400,14 @@ export function decodeSockaddr(bytes: Uint8Array): SocketAddress | undefined {
     return { family, hostname: `${bytes[4]}.${bytes[5]}.${bytes[6]}.${bytes[7]}`, port };
   }
   if (family === AF_INET6) {
+    // An IPv4 client of a dual-stack socket (::ffff:0:0/96): written as Deno writes it.
+    if (isMapped(bytes)) {
+      return {
+        family,
+        hostname: `::ffff:${bytes[20]}.${bytes[21]}.${bytes[22]}.${bytes[23]}`,
+        port,
+      };
+    }
     const groups: string[] = [];
     for (let i = 8; i < 24; i += 2) groups.push(((bytes[i]! << 8) | bytes[i + 1]!).toString(16));
     return { family, hostname: canonicalHost(groups.join(":")), port };
@@ -435,6 +443,12 @@ export function sockaddrKey(bytes: Uint8Array, at: number): string | number {
     group(24),
     group(26),
   );
+}
+
+// Ten zero bytes, then two of 0xff, from the address's start at 8.
+function isMapped(bytes: Uint8Array): boolean {
+  for (let i = 8; i < 18; i++) if (bytes[i] !== 0) return false;
+  return bytes[18] === 0xff && bytes[19] === 0xff;
 }
 
 /** Writes `address` as a `struct sockaddr_in`/`sockaddr_in6` into `into`; returns its length. */

@@ -88,6 +88,11 @@ Deno.test("struct sockaddr_in6: family at 0, port at 2, flow info at 4, address 
   // Two spellings of one address decode alike.
   encodeSockaddr({ hostname: "0:0:0:0:0:0:0:1", port: 2 }, bytes);
   assert.equal(decodeSockaddr(bytes)?.hostname, "::1");
+  // An IPv4 client of a dual-stack socket reads as Deno writes it, on either engine.
+  encodeSockaddr({ hostname: "::ffff:127.0.0.1", port: 3 }, bytes);
+  assert.equal(decodeSockaddr(bytes)?.hostname, "::ffff:127.0.0.1");
+  encodeSockaddr({ hostname: "::fffe:7f00:1", port: 3 }, bytes);
+  assert.equal(decodeSockaddr(bytes)?.hostname, "::fffe:7f00:1", "not mapped: as it is");
 });
 
 Deno.test("decodeSockaddr() leaves other families alone", () => {

@@ -519,3 +519,25 @@ Deno.test("udp: a trial flow with no reply and no ICMP error brings its backend 
     await quiet.close();
   }
 });
+
+Deno.test("udp: an IPv4 client of a dual-stack listener is named alike on both engines", async () => {
+  const server = startUdpServer("1");
+  let lb: Running;
+  try {
+    lb = startUdp([server], { hostname: "::", settings: { responses: 1 } });
+  } catch (error) {
+    console.log(`no dual-stack [::] socket here (${error}): skipped`);
+    await server.close();
+    return;
+  }
+  const client = new UdpTestClient(lb.port);
+  try {
+    assert.equal(await client.ask("v4"), "[Server 1] v4");
+    await until(() => accessRecords(lb.events).length === 1, "the flow ended at its answer");
+    assert.equal(accessRecords(lb.events)[0]?.client, `[::ffff:127.0.0.1]:${client.address.port}`);
+  } finally {
+    await client.close();
+    await lb.close();
+    await server.close();
+  }
+});
