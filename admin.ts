@@ -192,7 +192,7 @@ export function metricsText(view: AdminView): string {
       type: "histogram",
       samples: balancers.map((b, i) => [perListener[i]!, b.durations]),
     },
-    ...udpFamilies(balancers),
+    ...udpFamilies(balancers, pools),
     {
       name: "lb_reloads_total",
       help: "Configuration reloads done.",
@@ -210,7 +210,10 @@ export function metricsText(view: AdminView): string {
 }
 
 // A UDP listener's datagrams, bytes and flows; none without UDP listeners.
-function udpFamilies(balancers: readonly ListenerStats[]): Family[] {
+// Per-backend series only for backends in a pool now: one that left (a
+// reload, discovery) stops being shown, as a gone target's series does.
+function udpFamilies(balancers: readonly ListenerStats[], pools: readonly Pool[]): Family[] {
+  const present = new Set(pools.flatMap((p) => p.backends.map((b) => `${p.name} ${b.name}`)));
   const udp = balancers.flatMap((b) =>
     b.udp === undefined ? [] : [{ listener: b.name, active: b.activeConnections, ...b.udp }]
   );
@@ -224,11 +227,13 @@ function udpFamilies(balancers: readonly ListenerStats[]): Family[] {
         count(u, direction),
       ])
     );
+  const shown = (u: UdpCounts) =>
+    Object.values(u.backends).filter((b) => present.has(`${b.pool} ${b.backend}`));
   const perBackend = (
     count: (b: UdpBackendCounts, direction: "in" | "out") => number,
   ): [Labels, number][] =>
     udp.flatMap((u) =>
-      Object.values(u.backends).flatMap((b) =>
+      shown(u).flatMap((b) =>
         (["in", "out"] as const).map((direction): [Labels, number] => [
           { listener: u.listener, pool: b.pool, backend: b.backend, direction },
           count(b, direction),

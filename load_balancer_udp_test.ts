@@ -272,6 +272,7 @@ Deno.test("udp process: the admin API adds and removes UDP backends; a host name
   const servers = [startUdpServer("1"), startUdpServer("2")];
   const config = udpConfig([servers[0]!], { udp: "{ responses: 1 }" });
   await withBalancer(config, servers, async ({ lb, call }) => {
+    assert.equal(await askOnce(lb.port, "first"), "1"); // server 1 has counts now
     const named = await call("POST", "/api/pools/dns/backends", { address: "localhost:5301" });
     assert.equal(named.status, 400);
     assert.match(named.body.error, /a UDP backend needs an IP address/);
@@ -285,6 +286,19 @@ Deno.test("udp process: the admin API adds and removes UDP backends; a host name
     );
     assert.equal(removed.status, 200, JSON.stringify(removed.body));
     await until(async () => await askOnce(lb.port, "now") === "2", "flows go to server 2", 200, 20);
+    // A backend that left the pool is no longer shown per backend; the one in it is.
+    const series = (port: number) =>
+      `lb_udp_backend_datagrams_total{listener="dns",pool="dns",backend="127.0.0.1:${port}",direction="in"}`;
+    await until(
+      async () => {
+        const text = (await call("GET", "/metrics")).body as string;
+        return metric(text, series(servers[1]!.port)) >= 1 &&
+          Number.isNaN(metric(text, series(servers[0]!.port)));
+      },
+      "server 2's series shown, server 1's gone",
+      500,
+      20,
+    );
   });
 });
 
