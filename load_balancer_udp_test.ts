@@ -96,7 +96,9 @@ async function metricsOnce(
 async function askOnce(port: number, text: string): Promise<string> {
   const client = new UdpTestClient(port);
   try {
-    return serverOf(await client.ask(text));
+    const answer = await client.ask(text);
+    assert.ok(answer.endsWith(` ${text}`), `${JSON.stringify(answer)} answers ${text}`);
+    return serverOf(answer);
   } finally {
     await client.close();
   }

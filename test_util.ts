@@ -260,7 +260,10 @@ export function tagged(id: string, bytes: Uint8Array): Uint8Array {
   return out;
 }
 
-/** A UDP client on loopback that sends to `port` and collects what comes back. */
+/**
+ * A UDP client on loopback that sends to `port` and collects what comes back
+ * from there (and from nowhere else).
+ */
 export class UdpTestClient {
   readonly #conn: Deno.DatagramConn;
   readonly #to: Deno.NetAddr;
@@ -289,6 +292,9 @@ export class UdpTestClient {
         continue;
       }
       const item: [Uint8Array, Deno.NetAddr] = [datagram[0], datagram[1] as Deno.NetAddr];
+      // Only what the address it sends to sends back: a datagram late for an
+      // earlier socket on this port (test files run side by side) is not ours.
+      if (item[1].port !== this.#to.port) continue;
       const waiter = this.#waiting.shift();
       if (waiter) waiter.resolve(item);
       else this.#queued.push(item);
