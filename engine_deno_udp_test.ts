@@ -1,17 +1,13 @@
 import assert from "node:assert/strict";
 import { dialDatagrams, listenDatagrams } from "./engine_deno_udp.ts";
-import { startUdpServer, until } from "./test_util.ts";
+import { startUdpServer, udpLoopback, until } from "./test_util.ts";
 
 const encode = (text: string) => new TextEncoder().encode(text);
 const decode = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
 
-function udpSocket(): Deno.DatagramConn {
-  return Deno.listenDatagram({ hostname: "127.0.0.1", port: 0, transport: "udp" });
-}
-
 Deno.test("deno engine: a flow's socket takes datagrams from its backend only", async () => {
   const backend = startUdpServer("1");
-  const stranger = udpSocket();
+  const stranger = udpLoopback();
   const got: string[] = [];
   const socket = dialDatagrams(backend.address, {
     onDatagram: (bytes) => got.push(decode(bytes)),
@@ -40,7 +36,7 @@ Deno.test("deno engine: a listener's peers are kept for replies; nothing is call
     seen.push(`${key} ${decode(bytes)}`);
     listener.send(encode(`back: ${decode(bytes)}`), listener.sender());
   });
-  const client = udpSocket();
+  const client = udpLoopback();
   const to: Deno.NetAddr = { transport: "udp", hostname: "127.0.0.1", port: listener.address.port };
   try {
     assert.equal(listener.address.hostname, "127.0.0.1", "the address as bound");

@@ -16,7 +16,7 @@ import { EpollEngine } from "./engine_epoll.ts";
 import type { EpollDatagramListener } from "./engine_epoll_udp.ts";
 import { EpollLoop } from "./epoll_loop.ts";
 import { AF_INET, EAGAIN, SOCK_DGRAM, Sys } from "./libc.ts";
-import { until } from "./test_util.ts";
+import { udpLoopback, until } from "./test_util.ts";
 
 const linux = Deno.build.os === "linux";
 const encoder = new TextEncoder();
@@ -61,18 +61,13 @@ async function fiveRoundsEach(
   got.forEach((replies, i) => assert.deepEqual(replies, [0, 1, 2, 3, 4].map((r) => `${i}.${r}`)));
 }
 
-/** A UDP socket of Deno's on `hostname`, port 0. */
-function udpSocket(hostname = "127.0.0.1"): Deno.DatagramConn {
-  return Deno.listenDatagram({ hostname, port: 0, transport: "udp" });
-}
-
 function portOf(conn: Deno.DatagramConn): number {
   return (conn.addr as Deno.NetAddr).port;
 }
 
 /** A backend that answers each datagram with the same bytes. */
 function startEcho(hostname = "127.0.0.1") {
-  const conn = udpSocket(hostname);
+  const conn = udpLoopback(hostname);
   let closed = false;
   const serving = (async () => {
     while (!closed) {
@@ -159,7 +154,7 @@ function pattern(size: number, seed: number): Uint8Array {
 /** Whether this machine can bind a UDP socket on ::1. */
 function hasIpv6(): boolean {
   try {
-    udpSocket("::1").close();
+    udpLoopback("::1").close();
     return true;
   } catch {
     return false;
@@ -172,7 +167,7 @@ async function sizesRoundTrip(hostname: string): Promise<void> {
   const engine = new EpollEngine({ loop: new EpollLoop() });
   const echo = startEcho(hostname);
   const lb = relay(engine, echo.address, hostname);
-  const client = udpSocket(hostname);
+  const client = udpLoopback(hostname);
   try {
     const to: Deno.NetAddr = { transport: "udp", hostname, port: lb.listener.address.port };
     const sent = [0, 1, 1400, 65507].map((size, i) => pattern(size, i));
@@ -221,7 +216,7 @@ Deno.test({
       });
       return listener;
     });
-    const clients = [udpSocket("127.0.0.1"), udpSocket("::1")];
+    const clients = [udpLoopback("127.0.0.1"), udpLoopback("::1")];
     try {
       const to = (i: number): Deno.NetAddr => ({
         transport: "udp",
@@ -256,8 +251,8 @@ Deno.test({
     const listener = engine.listenDatagrams({ hostname: "127.0.0.1", port: 0 }, {}, (_, key) => {
       seen.push({ key, peer: listener.sender() });
     });
-    const a = udpSocket();
-    const b = udpSocket();
+    const a = udpLoopback();
+    const b = udpLoopback();
     try {
       const to: Deno.NetAddr = {
         transport: "udp",
@@ -291,7 +286,7 @@ Deno.test({
     const engine = new EpollEngine({ loop: new EpollLoop() });
     const echo = startEcho();
     const lb = relay(engine, echo.address);
-    const clients = [udpSocket(), udpSocket()];
+    const clients = [udpLoopback(), udpLoopback()];
     try {
       const to: Deno.NetAddr = {
         transport: "udp",
@@ -376,7 +371,7 @@ Deno.test({
   ignore: !linux,
   fn: async () => {
     const engine = new EpollEngine({ loop: new EpollLoop() });
-    const gone = udpSocket();
+    const gone = udpLoopback();
     const closed: HostPort = { hostname: "127.0.0.1", port: portOf(gone) };
     gone.close();
     const errors: string[] = [];
@@ -532,7 +527,7 @@ Deno.test({
     const listener = engine.listenDatagrams({ hostname: "127.0.0.1", port: 0 }, {}, () => {
       peer = listener.sender();
     });
-    const client = udpSocket();
+    const client = udpLoopback();
     try {
       const to: Deno.NetAddr = {
         transport: "udp",

@@ -153,10 +153,10 @@ export function udpProbe(send: Uint8Array, expect: Uint8Array, timeoutMs: number
     const timer = setTimeout(() => closeQuietly(conn), timeoutMs);
     try {
       await conn.send(send, { transport: "udp", ...address });
+      const backend = canonicalHost(address.hostname);
       while (true) {
         const [reply, from] = await conn.receive();
         const peer = from as Deno.NetAddr;
-        const backend = canonicalHost(address.hostname);
         if (peer.port !== address.port || canonicalHost(peer.hostname) !== backend) continue;
         const head = reply.subarray(0, expect.length);
         if (head.length === expect.length && head.every((byte, i) => byte === expect[i])) {

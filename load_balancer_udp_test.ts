@@ -13,6 +13,7 @@ import {
   startBalancerWithAdmin,
   startUdpServer,
   TEST_ENGINE,
+  udpLoopback,
   UdpTestClient,
   type UdpTestServer,
   until,
@@ -106,7 +107,7 @@ async function askOnce(port: number, text: string): Promise<string> {
 
 /** A UDP port on 127.0.0.1 that was free a moment ago. */
 function freeUdpPort(): number {
-  const socket = Deno.listenDatagram({ hostname: "127.0.0.1", port: 0, transport: "udp" });
+  const socket = udpLoopback();
   const port = (socket.addr as Deno.NetAddr).port;
   socket.close();
   return port;

@@ -203,6 +203,11 @@ export function startTaggedServer(id: string): TestServer {
   return startServer((conn) => answerLines(conn, id));
 }
 
+/** A UDP socket of Deno's on a loopback address (127.0.0.1 unless told), port 0. */
+export function udpLoopback(hostname = "127.0.0.1"): Deno.DatagramConn {
+  return Deno.listenDatagram({ hostname, port: 0, transport: "udp" });
+}
+
 /** A UDP server on loopback: what it received (bytes and from where) and its socket. */
 export interface UdpTestServer {
   readonly address: HostPort;
