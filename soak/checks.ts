@@ -10,7 +10,7 @@
 
 import type { StreamResult } from "./client.ts";
 import type { Finding, JoinedRecord } from "./join.ts";
-import { type Check, type Sample, slopePerMinute } from "./report.ts";
+import type { Check, Sample } from "./report.ts";
 
 /** A span of Unix ms; `to` is Infinity while it is still open. */
 export interface Window {
@@ -214,28 +214,50 @@ export function checkDescriptorsBack(before: number, after: number, slack: numbe
 }
 
 /**
- * Resident memory did not grow over the second half: its least-squares
- * slope stays under `bound` (a share of its mean per minute).
+ * Resident memory did not grow over the second half. A collected heap's RSS
+ * is a sawtooth (it grows in steps and comes back when the collector gives
+ * pages back), so a line fitted through it says more about where the teeth
+ * fall than about a leak. What a leak moves is the high-water mark: the
+ * highest RSS over the last quarter may be at most `boundPerMinute` (a share,
+ * per minute) above the highest over the second quarter, for the half a
+ * run between them.
  */
 export function checkMemoryFlat(
   samples: readonly Sample[],
   runSeconds: number,
-  bound: number,
+  boundPerMinute: number,
   shortRun: boolean,
 ): Check {
-  const secondHalf = samples.filter((s) => s.t >= runSeconds / 2);
-  const slope = slopePerMinute(secondHalf.map((s) => s.t), secondHalf.map((s) => s.rssKiB));
+  const between = (from: number, to: number) =>
+    samples.filter((s) => s.t >= from && s.t < to).map((s) => s.rssKiB);
+  const early = between(runSeconds * 0.25, runSeconds * 0.5);
+  const late = between(runSeconds * 0.75, runSeconds + 1);
   const name = "memory flat over the second half";
-  if (secondHalf.length < 3) {
-    return { name, ok: false, detail: `${secondHalf.length} samples in the second half` };
+  if (early.length < 3 || late.length < 3) {
+    return {
+      name,
+      ok: false,
+      detail: `${early.length} and ${late.length} samples in the second and last quarters`,
+    };
   }
+  const before = Math.max(...early);
+  const after = Math.max(...late);
+  const allowed = boundPerMinute * (runSeconds / 2) / 60;
+  const span = (from: number, to: number) => `${Math.round(from)}–${Math.round(to)} s`;
   return {
     name,
-    ok: slope < bound,
-    detail: `RSS slope ${(slope * 100).toFixed(2)}% per minute (under ${bound * 100}% per minute` +
-      `${shortRun ? ", for a short run" : ""}); ${mib(secondHalf[0]?.rssKiB)} → ` +
-      `${mib(secondHalf.at(-1)?.rssKiB)} MiB`,
+    ok: after <= before * (1 + allowed),
+    detail: `highest RSS ${mib(before)} MiB over ${span(runSeconds * 0.25, runSeconds * 0.5)}, ` +
+      `${mib(after)} MiB over ${span(runSeconds * 0.75, runSeconds)} ` +
+      `(${after > before ? "+" : ""}${percent((after - before) / before)}); bound: ${
+        percent(boundPerMinute)
+      } a minute` +
+      `${shortRun ? " for a short run" : ""}, ${percent(allowed)} over the half a run between`,
   };
+}
+
+function percent(share: number): string {
+  return `${(share * 100).toFixed(1)}%`;
 }
 
 function mib(kib: number | undefined): number {

@@ -6,6 +6,7 @@ import {
   checkDrained,
   checkEveryKindServed,
   checkFinalRound,
+  checkMemoryFlat,
   checkNoneLost,
   checkNoneRefused,
   checkReloads,
@@ -137,6 +138,33 @@ Deno.test("checkDescriptorsFlat(): medians of the third and last quarter, within
   assert.equal(checkDescriptorsFlat(samples(long), 60, [{ from: 46, to: 56 }]).ok, true);
   // Too few samples to judge.
   assert.equal(checkDescriptorsFlat(samples(() => 100, 10), 60, []).ok, false);
+});
+
+function rss(kib: (t: number) => number, seconds = 600): Sample[] {
+  return Array.from({ length: seconds / 4 }, (_, i) => {
+    const t = i * 4;
+    return { t, fds: 100, rssKiB: kib(t), rate: 0 };
+  });
+}
+
+Deno.test("checkMemoryFlat(): the last quarter's highest RSS within the bound of the second quarter's", () => {
+  const MIB = 1024;
+  // A sawtooth whose teeth fall anywhere but whose peaks stay put: ok, even
+  // when the second half starts in a trough (a fitted line would climb).
+  const saw = (t: number) => (t < 300 ? 150 : 100 + ((t - 300) % 150) / 3) * MIB;
+  assert.equal(checkMemoryFlat(rss(saw), 600, 0.01, false).ok, true);
+  // A leak of 2 MiB a minute on 100 MiB: 9% over five minutes, past 1% a minute.
+  const leak = checkMemoryFlat(rss((t) => (100 + t / 30) * MIB), 600, 0.01, false);
+  assert.equal(leak.ok, false);
+  assert.match(
+    leak.detail,
+    /highest RSS 110 MiB over 150–300 s, 120 MiB over 450–600 s \(\+9\.\d%\)/,
+  );
+  assert.match(leak.detail, /bound: 1\.0% a minute, 5\.0% over the half a run between/);
+  // The same leak over a one-minute run is within a short run's bound.
+  assert.equal(checkMemoryFlat(rss((t) => (100 + t / 30) * MIB, 60), 60, 1, true).ok, true);
+  // Too few samples to judge.
+  assert.equal(checkMemoryFlat(rss(() => 100 * MIB, 8), 8, 0.01, false).ok, false);
 });
 
 const at = (ms: number) => new Date(ms).toISOString();

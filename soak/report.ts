@@ -52,29 +52,6 @@ export interface SoakReport {
   balancerLog: string[];
 }
 
-/**
- * The least-squares slope of `values` over `times` (seconds), per minute, as
- * a share of their mean: 0.01 is 1% per minute. 0 for fewer than two points.
- */
-export function slopePerMinute(times: readonly number[], values: readonly number[]): number {
-  const n = Math.min(times.length, values.length);
-  if (n < 2) return 0;
-  let meanT = 0;
-  let meanV = 0;
-  for (let i = 0; i < n; i++) {
-    meanT += times[i]! / n;
-    meanV += values[i]! / n;
-  }
-  let covariance = 0;
-  let variance = 0;
-  for (let i = 0; i < n; i++) {
-    covariance += (times[i]! - meanT) * (values[i]! - meanV);
-    variance += (times[i]! - meanT) ** 2;
-  }
-  if (variance === 0 || meanV === 0) return 0;
-  return (covariance / variance) * 60 / meanV;
-}
-
 /** Whether every check passed. */
 export function passed(report: SoakReport): boolean {
   return report.checks.every((check) => check.ok);

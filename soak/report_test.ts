@@ -1,15 +1,5 @@
 import assert from "node:assert/strict";
-import { renderMarkdown, renderSvg, slopePerMinute, type SoakReport } from "./report.ts";
-
-Deno.test("slopePerMinute() is the least-squares slope per minute as a share of the mean", () => {
-  // 100 → 110 over 60 s, mean 105: 10/105 per minute.
-  const times = [0, 15, 30, 45, 60];
-  assert.ok(Math.abs(slopePerMinute(times, [100, 102.5, 105, 107.5, 110]) - 10 / 105) < 1e-9);
-  assert.equal(slopePerMinute(times, [50, 50, 50, 50, 50]), 0);
-  assert.ok(slopePerMinute(times, [110, 100, 110, 100, 110]) === 0);
-  assert.ok(slopePerMinute([0, 60], [200, 100]) < 0);
-  assert.equal(slopePerMinute([5], [1]), 0);
-});
+import { renderMarkdown, renderSvg, type SoakReport } from "./report.ts";
 
 function report(ok: boolean): SoakReport {
   return {

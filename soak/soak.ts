@@ -56,8 +56,8 @@ const FD_SLACK = 4;
 // A run of a minute or two is mostly warm-up (the heap grows until the
 // collector settles on a size): its bound catches only a gross leak; the
 // 10-minute runs in docs/soak/ judge flatness.
-const SLOPE_BOUND = 0.01;
-const SLOPE_BOUND_SHORT = 1;
+const MEMORY_BOUND = 0.01;
+const MEMORY_BOUND_SHORT = 1;
 // No fault starts in the load's last seconds: it ends calm.
 const CALM_END_MS = 8_000;
 const HELD_ACROSS_SIGTERM = 5;
@@ -388,7 +388,7 @@ class SoakRun {
       checkMemoryFlat(
         report.samples,
         runSeconds,
-        this.#shortRun ? SLOPE_BOUND_SHORT : SLOPE_BOUND,
+        this.#shortRun ? MEMORY_BOUND_SHORT : MEMORY_BOUND,
         this.#shortRun,
       ),
       checkDescriptorsFlat(report.samples, runSeconds, burstSpans),
