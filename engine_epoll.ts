@@ -142,21 +142,36 @@ class EpollConn implements EngineConn, Handler {
   }
 }
 
-/** One direction of a join: what waits to be written to `to`, and how the source ended. */
-interface Direction {
-  readonly from: EpollConn;
-  readonly to: EpollConn;
-  readonly fromSide: "client" | "server";
-  readonly toSide: "client" | "server";
+/**
+ * One direction of a join: what waits to be written to `to`, and how the
+ * source ended. It takes the events of `from`, its source, for the join
+ * (a field each, rather than a closure per side: a join is held for as long
+ * as its connection lasts).
+ */
+class Direction implements Handler {
   /** Bytes read from `from`, not yet written to `to`. */
   pending: Uint8Array | undefined;
   /** `from` has ended its stream. */
-  ended: boolean;
+  ended = false;
   /** The end has been passed on to `to`. */
-  shut: boolean;
-  bytes: number;
+  shut = false;
+  bytes = 0;
   /** What the next read takes (see {@linkcode SMALL_READ}). */
-  readSize: number;
+  readSize = SCRATCH_BYTES;
+  /** The other direction of the join. */
+  reverse!: Direction;
+
+  constructor(
+    readonly join: EpollJoin,
+    readonly from: EpollConn,
+    readonly to: EpollConn,
+    readonly fromSide: "client" | "server",
+    readonly toSide: "client" | "server",
+  ) {}
+
+  onEvents(events: number): void {
+    this.join.onEvents(this, events);
+  }
 }
 
 /** Two connections joined by the epoll engine. */
@@ -184,12 +199,14 @@ class EpollJoin implements Joined {
     const { promise, resolve } = Promise.withResolvers<JoinResult>();
     this.result = promise;
     this.#resolve = resolve;
-    this.#up = direction(client, server, "client", "server");
-    this.#down = direction(server, client, "server", "client");
+    this.#up = new Direction(this, client, server, "client", "server");
+    this.#down = new Direction(this, server, client, "server", "client");
+    this.#up.reverse = this.#down;
+    this.#down.reverse = this.#up;
     const early = client.early;
     client.early = undefined;
-    client.owner = { onEvents: (events) => this.#onEvents(this.#up, this.#down, events) };
-    server.owner = { onEvents: (events) => this.#onEvents(this.#down, this.#up, events) };
+    client.owner = this.#up;
+    server.owner = this.#down;
     // Our own prefix (a PROXY header) first, not counted as the client's;
     // then what the client sent while we dialled. One write for both: a
     // write is a packet and a wake-up of the backend, the dearest part of a
@@ -206,9 +223,10 @@ class EpollJoin implements Joined {
     this.#fail(why);
   }
 
-  // Events on `out.from` (readable) and on `into.to === out.from` (writable).
-  #onEvents(out: Direction, into: Direction, events: number): void {
+  /** Events on `out.from`: readable for `out`, writable for the reverse direction. */
+  onEvents(out: Direction, events: number): void {
     if (this.#done) return;
+    const into = out.reverse;
     if ((events & EPOLLOUT) !== 0 && into.pending !== undefined) {
       if (!this.#flush(into)) return;
     }
@@ -311,7 +329,7 @@ class EpollJoin implements Joined {
   }
 
   #passEnd(d: Direction): boolean {
-    const other = d === this.#up ? this.#down : this.#up;
+    const other = d.reverse;
     if (other.ended && other.pending === undefined) {
       this.#finish();
       return false;
@@ -371,25 +389,6 @@ class EpollJoin implements Joined {
   #settle(end: JoinEnd): void {
     this.#resolve({ bytesFromClient: this.#up.bytes, bytesFromServer: this.#down.bytes, end });
   }
-}
-
-function direction(
-  from: EpollConn,
-  to: EpollConn,
-  fromSide: "client" | "server",
-  toSide: "client" | "server",
-): Direction {
-  return {
-    from,
-    to,
-    fromSide,
-    toSide,
-    pending: undefined,
-    ended: false,
-    shut: false,
-    bytes: 0,
-    readSize: SCRATCH_BYTES,
-  };
 }
 
 /** A listening socket of the epoll engine. */
