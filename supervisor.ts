@@ -67,6 +67,16 @@ interface Slot {
   restartTimer?: number;
 }
 
+/**
+ * The V8 flags `deno task lb` runs the balancer with (deno.json), given to
+ * every worker too. A semi-space (half of V8's young generation) of at most
+ * 1 MiB: by default a burst of allocation grows the young generation to as
+ * much as 62 MiB (measured on Deno 2.9.6), and the process keeps it. Idle
+ * connections cost about 4 KiB each instead of 7, with no change in CPU per
+ * request or per connection that the bench can see (docs/benchmark.md).
+ */
+export const V8_FLAGS = "--v8-flags=--max-semi-space-size=1";
+
 /** Runs the supervisor until its workers have all exited; resolves with the exit code. */
 export async function supervise(options: SupervisorOptions): Promise<number> {
   if (Deno.build.os !== "linux") {
@@ -118,6 +128,7 @@ export async function supervise(options: SupervisorOptions): Promise<number> {
     const child = new Deno.Command(Deno.execPath(), {
       args: [
         "run",
+        V8_FLAGS,
         "--allow-net",
         "--unstable-net",
         ...(options.permissions ?? []),

@@ -14,6 +14,7 @@ import {
   TEST_ENGINE,
   writeAll,
 } from "./test_util.ts";
+import { V8_FLAGS } from "./supervisor.ts";
 
 /** The supervisor's worker processes, by pid. */
 async function workersOf(supervisorPid: number): Promise<number[]> {
@@ -26,7 +27,13 @@ Deno.test("--workers 2 runs two processes, both listening on one port, and traff
   const echo = startEchoServer();
   const lb = await startBalancerProcess(["--backend", `127.0.0.1:${echo.port}`, "--workers", "2"]);
   try {
-    assert.equal((await workersOf(lb.pid)).length, 2);
+    const workers = await workersOf(lb.pid);
+    assert.equal(workers.length, 2);
+    // Each runs with the V8 flags `deno task lb` runs the balancer with.
+    for (const pid of workers) {
+      const args = (await Deno.readTextFile(`/proc/${pid}/cmdline`)).split("\0");
+      assert.ok(args.includes(V8_FLAGS), args.join(" "));
+    }
     for (let i = 0; i < 40; i++) assert.equal(await exchange(lb.port, `hello ${i}`), `hello ${i}`);
     // Both workers said where they listen: the same port.
     const listening = lb.stderr.filter((line) => / listening on .*; backends/.test(line));
@@ -310,4 +317,9 @@ ${extra}pools:
     await echo.close();
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("deno task lb runs the balancer with the V8 flags its workers get", async () => {
+  const deno = JSON.parse(await Deno.readTextFile(new URL("./deno.json", import.meta.url)));
+  assert.ok((deno.tasks.lb as string).split(" ").includes(V8_FLAGS), deno.tasks.lb);
 });

@@ -57,6 +57,12 @@ const LOAD_CORE = "1";
 /** The targets the UDP load runs: HAProxy does not balance UDP (haproxy#62). */
 const UDP_TARGETS: readonly Target[] = ["direct", "lb", "lbDeno", "nginx"];
 /**
+ * The V8 flags of `deno task lb` (deno.json): the balancer is measured as
+ * it is run, whichever engine.
+ */
+const LB_V8_FLAGS = (JSON.parse(Deno.readTextFileSync(`${root}deno.json`)).tasks.lb as string)
+  .split(" ").filter((word) => word.startsWith("--v8-flags="));
+/**
  * How NGINX and this balancer keep a UDP flow: the same for both, so they do
  * the same work per datagram. Flows last until idle (not `responses: 1`,
  * DNS-style): the generator's 64 sockets are long-lived flows, and NGINX with
@@ -249,6 +255,7 @@ async function startProxy(
     process = start(`${target}-${tag}`, PROXY_CORE, [
       Deno.execPath(),
       "run",
+      ...LB_V8_FLAGS,
       "--allow-net",
       "--allow-run",
       "--unstable-net",
@@ -343,6 +350,7 @@ async function startUdpProxy(
     process = start(`${target}-${tag}`, PROXY_CORE, [
       Deno.execPath(),
       "run",
+      ...LB_V8_FLAGS,
       "--allow-net",
       "--allow-run",
       "--unstable-net",
