@@ -410,11 +410,8 @@ class EpollListener implements EngineListener, Handler {
     if (this.#closed) return Promise.reject(new Deno.errors.BadResource("listener closed"));
     // Speculative: a connection already waiting is taken without a round trip through epoll.
     const conn = this.#take();
-    if (conn instanceof Error) {
-      if ((conn as { code?: string }).code !== "EAGAIN") return Promise.reject(conn);
-    } else {
-      return Promise.resolve(conn);
-    }
+    if (conn instanceof Error) return Promise.reject(conn);
+    if (conn !== undefined) return Promise.resolve(conn);
     this.#waiting = Promise.withResolvers<EngineConn>();
     this.#loop.modify(this.#fd, EPOLLIN);
     return this.#waiting.promise;
@@ -424,7 +421,7 @@ class EpollListener implements EngineListener, Handler {
     const waiting = this.#waiting;
     if (waiting === undefined) return this.#loop.modify(this.#fd, 0);
     const conn = this.#take();
-    if (conn instanceof Error && (conn as { code?: string }).code === "EAGAIN") return;
+    if (conn === undefined) return;
     this.#waiting = undefined;
     // Interest stays on: the accept loop asks again at once, as a rule. An
     // event that finds nobody asking (at maxconn) turns it off, above.
@@ -432,9 +429,12 @@ class EpollListener implements EngineListener, Handler {
     else waiting.resolve(conn);
   }
 
-  #take(): EpollConn | Error {
+  // The next waiting client; undefined when there is none (EAGAIN, the
+  // common case under load: no Error is made for it, as one costs a stack).
+  #take(): EpollConn | Error | undefined {
     const { sys } = this.#loop;
     const fd = sys.accept(this.#fd);
+    if (fd === -EAGAIN) return undefined;
     if (fd < 0) {
       // A client that reset before we took it: as Deno says it.
       if (fd === -ECONNABORTED) return new Deno.errors.ConnectionAborted("accept: ECONNABORTED");
