@@ -273,3 +273,16 @@ Deno.test("what parseArgs refuses is named as it was given", () => {
     );
   }
 });
+
+Deno.test("a flag that set part of a key a listener refuses is named, not the key's config path", async () => {
+  const udp = ["--listen", "udp://127.0.0.1:5353"];
+  assert.equal(
+    await messageOf([...udp, "--tls-cert", "c.pem", "--tls-key", "k.pem"]),
+    "--tls-cert c.pem: tls is for TCP listeners; a UDP listener (udp://127.0.0.1:5353) " +
+      "does not take it yet",
+  );
+  assert.match(
+    await messageOf([...udp, "--per-source-maxconn", "5"]),
+    /^--per-source-maxconn 5: per_source is for TCP listeners/,
+  );
+});

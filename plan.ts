@@ -114,7 +114,15 @@ export async function resolveConfig(flags: LoadBalancerFlags): Promise<Config> {
     // A problem at a key a flag set is the flag's: say it with the flag and its text.
     let fromFlags = false;
     const problems = error.issues.map((issue) => {
-      const index = paths.findIndex((path) => samePath(issue.path, path));
+      // At or inside the key a flag set; else about the object it set a key
+      // of (`tls` for --tls-cert), but never about the listener or pool as a whole.
+      let index = paths.findIndex((path) => samePath(issue.path, path));
+      if (index < 0) {
+        index = paths.findIndex((path, i) =>
+          issue.path.length > path.length - flags.settings[i]!.spec.key.length &&
+          samePath(path, issue.path)
+        );
+      }
       if (index < 0) {
         return `${flags.config ?? "command line"}: ${formatPath(issue.path)}: ${issue.message}`;
       }
