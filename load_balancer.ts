@@ -156,8 +156,9 @@ async function run(args: readonly string[], sigusr1Warning: string | undefined):
         ? `engine epoll, ${threads} thread(s) (auto: Linux, --allow-ffi granted)${tlsOnDeno}`
         : `engine deno (auto: ${epollUnavailable()})`,
     );
-  } else if (tlsOnDeno) {
-    logDiagnostic(`engine epoll, ${threads} thread(s)${tlsOnDeno}`);
+  } else {
+    // Asked for by name: said anyway, so every log names the engine it ran on.
+    logDiagnostic(epoll ? `engine epoll, ${threads} thread(s)${tlsOnDeno}` : "engine deno");
   }
   if (sigusr1Warning !== undefined) logDiagnostic(sigusr1Warning);
   signals.serving(runtime);

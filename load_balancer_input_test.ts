@@ -89,6 +89,8 @@ Deno.test({
     ]);
     try {
       await lb.waitForLine("stderr", /warning: SIGUSR1 would open a debugger .*--allow-ffi/);
+      // An engine asked for by name is said too, as auto's choice is.
+      await lb.waitForLine("stderr", / load_balancer: engine deno$/);
     } finally {
       await lb.close();
       await echo.close();
