@@ -22,6 +22,7 @@ import type { Probe } from "./health_check.ts";
 import { eachLine, writeAll } from "./io.ts";
 import { Backend, Pool } from "./pool.ts";
 import { LoadBalancer } from "./proxy.ts";
+import { V8_FLAGS } from "./supervisor.ts";
 
 export { closeQuietly, writeAll };
 
@@ -624,6 +625,7 @@ export interface BalancerProcess {
 
 /**
  * Starts `deno run --allow-net load_balancer.ts --listen 127.0.0.1:0 ARGS`
+ * (with `deno task lb`'s V8 flags)
  * and waits until it listens (with `--workers`, until every worker does).
  * With `maxOpenFiles`, it runs under that descriptor limit (`ulimit -n`).
  */
@@ -644,7 +646,8 @@ export async function startBalancerProcess(
       ? [`--allow-read=${new URL(".", import.meta.url).pathname}`]
       : []),
   ];
-  const deno = [Deno.execPath(), "run", ...permissions, "load_balancer.ts"];
+  // With the V8 flags `deno task lb` runs it with (the soak measures its memory).
+  const deno = [Deno.execPath(), "run", V8_FLAGS, ...permissions, "load_balancer.ts"];
   const listen = options.listen === false ? [] : ["--listen", "127.0.0.1:0"];
   // The tests read access lines as text; piped, the default would be JSON.
   const format = args.includes("--log-format") ? [] : ["--log-format", "text"];
