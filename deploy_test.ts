@@ -2,6 +2,7 @@
 // (skipped, saying so, where it is not), with the paths it assumes pointed at
 // this checkout and this Deno.
 import assert from "node:assert/strict";
+import { V8_FLAGS } from "./supervisor.ts";
 import { have } from "./test_peers.ts";
 
 const ROOT = new URL(".", import.meta.url).pathname.replace(/\/$/, "");
@@ -23,7 +24,7 @@ Deno.test("deploy/lb.service: the keys an operator relies on", async () => {
   assert.ok(Number(values("TimeoutStopSec")[0]) * 1000 > 30_000);
   // The permissions the balancer asks for, and the file it runs.
   const start = values("ExecStart")[0]!;
-  for (const flag of ["--allow-net", "--allow-ffi", "--unstable-net", "--cached-only"]) {
+  for (const flag of ["--allow-net", "--allow-ffi", "--unstable-net", "--cached-only", V8_FLAGS]) {
     assert.ok(start.includes(flag), flag);
   }
   assert.match(start, /\/opt\/lb\/load_balancer\.ts --config \/etc\/lb\/lb\.yaml$/);

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { configDefaults, type ConfigError } from "./config.ts";
+import { configDefaults, ConfigError } from "./config.ts";
 import {
   formatDefault,
   type LoadBalancerFlags,
@@ -285,4 +285,26 @@ Deno.test("a flag that set part of a key a listener refuses is named, not the ke
     await messageOf([...udp, "--per-source-maxconn", "5"]),
     /^--per-source-maxconn 5: per_source is for TCP listeners/,
   );
+});
+
+Deno.test("a mistake in an object the file has stays the file's, whatever flag set a key in it", async () => {
+  const file = await Deno.makeTempFile({ suffix: ".yaml" });
+  await Deno.writeTextFile(
+    file,
+    `listeners: [{ name: web, listen: "127.0.0.1:0", pool: web }]
+pools:
+  web:
+    timeouts: { conect_ms: 5 }
+    backends: [{ address: "127.0.0.1:5001" }]
+`,
+  );
+  try {
+    await assert.rejects(
+      () => resolveConfig(parseFlags(["--config", file, "--connect-timeout", "100"])),
+      (error: Error) =>
+        error instanceof ConfigError && /pools\.web\.timeouts: .*conect_ms/.test(error.message),
+    );
+  } finally {
+    await Deno.remove(file);
+  }
 });

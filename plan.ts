@@ -81,6 +81,19 @@ function setAt(raw: Raw, path: readonly PropertyKey[], value: unknown): void {
   });
 }
 
+// How many keys of `path` (its last left out) lead to objects `raw` already has.
+function existingDepth(raw: Raw, path: readonly PropertyKey[]): number {
+  let at: unknown = raw;
+  let depth = 0;
+  for (const key of path.slice(0, -1)) {
+    if (at === null || typeof at !== "object" || !Object.hasOwn(at, key)) break;
+    at = (at as Raw)[key as string];
+    if (at === null || typeof at !== "object") break;
+    depth++;
+  }
+  return depth;
+}
+
 const samePath = (a: readonly PropertyKey[], b: readonly PropertyKey[]) =>
   b.length <= a.length && b.every((key, i) => String(key) === String(a[i]));
 
@@ -106,6 +119,9 @@ export async function resolveConfig(flags: LoadBalancerFlags): Promise<Config> {
     ]);
   }
   const paths = flags.settings.map((setting) => pathOf(raw, setting.spec));
+  // How deep each flag's path already was in the file: objects below that
+  // depth are the flag's making, and so are problems with them.
+  const existing = paths.map((path) => existingDepth(raw, path));
   flags.settings.forEach((setting, i) => setAt(raw, paths[i]!, setting.value));
   try {
     return validateConfig(raw);
@@ -114,13 +130,12 @@ export async function resolveConfig(flags: LoadBalancerFlags): Promise<Config> {
     // A problem at a key a flag set is the flag's: say it with the flag and its text.
     let fromFlags = false;
     const problems = error.issues.map((issue) => {
-      // At or inside the key a flag set; else about the object it set a key
-      // of (`tls` for --tls-cert), but never about the listener or pool as a whole.
+      // At or inside the key a flag set; else about an object the flag made
+      // to set it in (`tls` for --tls-cert), never one the file has.
       let index = paths.findIndex((path) => samePath(issue.path, path));
       if (index < 0) {
         index = paths.findIndex((path, i) =>
-          issue.path.length > path.length - flags.settings[i]!.spec.key.length &&
-          samePath(path, issue.path)
+          issue.path.length > existing[i]! && samePath(path, issue.path)
         );
       }
       if (index < 0) {

@@ -270,9 +270,11 @@ async function startProxy(
       ...proxyProtocol,
     ]);
   } else if (target === "floor") {
+    // With the balancer's V8 flags: the floor is what Deno costs us, heap sizing aside.
     process = start(`floor-${tag}`, PROXY_CORE, [
       Deno.execPath(),
       "run",
+      ...LB_V8_FLAGS,
       "--allow-net",
       `${here}deno_floor.ts`,
       floorMode,
