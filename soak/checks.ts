@@ -214,25 +214,29 @@ export function checkDescriptorsBack(before: number, after: number, slack: numbe
 }
 
 /**
- * Resident memory did not grow over the second half. A collected heap's RSS
- * is a sawtooth (it grows in steps and comes back when the collector gives
- * pages back), so a line fitted through it says more about where the teeth
- * fall than about a leak. What a leak moves is the high-water mark: the
- * highest RSS over the last quarter may be at most `boundPerMinute` (a share,
- * per minute) above the highest over the second quarter, for the half a
- * run between them.
+ * Resident memory did not grow in the run's second half. A collected heap's
+ * RSS is a sawtooth (it grows in steps and comes back when the collector
+ * gives pages back), so a line fitted through it says more about where the
+ * teeth fall than about a leak. What a leak moves is the high-water mark:
+ * the highest RSS over the last quarter may be at most `boundPerMinute` (a
+ * share, per minute) above the highest over the second quarter, for the half
+ * a run between them. The `excluded` spans (seconds; the descriptor bursts,
+ * which hold thousands of clients for a moment) are left out of both.
  */
 export function checkMemoryFlat(
   samples: readonly Sample[],
   runSeconds: number,
   boundPerMinute: number,
   shortRun: boolean,
+  excluded: readonly Window[] = [],
 ): Check {
   const between = (from: number, to: number) =>
-    samples.filter((s) => s.t >= from && s.t < to).map((s) => s.rssKiB);
+    samples.filter((s) =>
+      s.t >= from && s.t < to && !excluded.some((w) => s.t >= w.from && s.t <= w.to)
+    ).map((s) => s.rssKiB);
   const early = between(runSeconds * 0.25, runSeconds * 0.5);
   const late = between(runSeconds * 0.75, runSeconds + 1);
-  const name = "memory flat over the second half";
+  const name = "memory flat in the second half";
   if (early.length < 3 || late.length < 3) {
     return {
       name,
@@ -242,6 +246,7 @@ export function checkMemoryFlat(
   }
   const before = Math.max(...early);
   const after = Math.max(...late);
+  if (!(before > 0)) return { name, ok: false, detail: "no RSS read in the second quarter" };
   const allowed = boundPerMinute * (runSeconds / 2) / 60;
   const span = (from: number, to: number) => `${Math.round(from)}–${Math.round(to)} s`;
   return {
@@ -249,10 +254,9 @@ export function checkMemoryFlat(
     ok: after <= before * (1 + allowed),
     detail: `highest RSS ${mib(before)} MiB over ${span(runSeconds * 0.25, runSeconds * 0.5)}, ` +
       `${mib(after)} MiB over ${span(runSeconds * 0.75, runSeconds)} ` +
-      `(${after > before ? "+" : ""}${percent((after - before) / before)}); bound: ${
-        percent(boundPerMinute)
-      } a minute` +
-      `${shortRun ? " for a short run" : ""}, ${percent(allowed)} over the half a run between`,
+      `(${after > before ? "+" : ""}${percent((after - before) / before)}); bound: ` +
+      `${percent(boundPerMinute)} a minute${shortRun ? " for a short run" : ""}, ` +
+      `${percent(allowed)} over the half a run between; descriptor bursts left out`,
   };
 }
 

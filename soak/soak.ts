@@ -390,6 +390,7 @@ class SoakRun {
         runSeconds,
         this.#shortRun ? MEMORY_BOUND_SHORT : MEMORY_BOUND,
         this.#shortRun,
+        burstSpans,
       ),
       checkDescriptorsFlat(report.samples, runSeconds, burstSpans),
       checkBurstsBit(balancer.stderr, faults.bursts, joined, BURST_GRACE_MS),
