@@ -170,7 +170,7 @@ class Direction implements Handler {
   ) {}
 
   onEvents(events: number): void {
-    this.join.onEvents(this, events);
+    this.join.onDirectionEvents(this, events);
   }
 }
 
@@ -224,7 +224,7 @@ class EpollJoin implements Joined {
   }
 
   /** Events on `out.from`: readable for `out`, writable for the reverse direction. */
-  onEvents(out: Direction, events: number): void {
+  onDirectionEvents(out: Direction, events: number): void {
     if (this.#done) return;
     const into = out.reverse;
     if ((events & EPOLLOUT) !== 0 && into.pending !== undefined) {
@@ -429,8 +429,8 @@ class EpollListener implements EngineListener, Handler {
     else waiting.resolve(conn);
   }
 
-  // The next waiting client; undefined when there is none (EAGAIN, the
-  // common case under load: no Error is made for it, as one costs a stack).
+  // The next waiting client; undefined when there is none (EAGAIN, an
+  // expected answer: no Error is made for it, as one costs a stack trace).
   #take(): EpollConn | Error | undefined {
     const { sys } = this.#loop;
     const fd = sys.accept(this.#fd);

@@ -71,9 +71,10 @@ interface Slot {
  * The V8 flags `deno task lb` runs the balancer with (deno.json), given to
  * every worker too. A semi-space (half of V8's young generation) of at most
  * 1 MiB: by default a burst of allocation grows the young generation to as
- * much as 62 MiB (measured on Deno 2.9.6), and the process keeps it. Idle
- * connections cost about 4 KiB each instead of 7, with no change in CPU per
- * request or per connection that the bench can see (docs/benchmark.md).
+ * much as 62 MiB (measured on Deno 2.9.6), and the process keeps it. An
+ * idle connection cost 4.5 KiB instead of 7.5–8.0 in a same-run bench, with
+ * no change in CPU per request or per connection above its noise
+ * (docs/benchmark.md).
  */
 export const V8_FLAGS = "--v8-flags=--max-semi-space-size=1";
 
