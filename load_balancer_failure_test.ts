@@ -615,3 +615,30 @@ Deno.test("drain: open connections may finish until the drain timeout, then are 
   }
   assert.deepEqual(accessRecords(lb.events).map((r) => r.end), ["client-fin", "drain-timeout"]);
 });
+
+Deno.test("a bug while placing one client ends that client only, said as internal-error; the next is served", async () => {
+  const echo = startEchoServer();
+  let picks = 0;
+  const lb = startBalancer([{ hostname: "127.0.0.1", port: echo.port }], {
+    strategy: {
+      pick(backends, { tried }) {
+        if (++picks === 1) throw new Error("a bug in a strategy");
+        return backends.find((b) => !tried.has(b));
+      },
+    },
+  });
+  try {
+    const first = await connectLoopback(lb.port);
+    await writeAll(first, new TextEncoder().encode("lost\n"));
+    assert.equal((await readAll(first)).length, 0); // closed, nothing sent back
+    first.close();
+    await until(() => lb.events.some((e) => e.type === "internal-error"), "the internal error");
+    const error = lb.events.find((e) => e.type === "internal-error");
+    assert.match(error?.type === "internal-error" ? error.reason : "", /a bug in a strategy/);
+    await until(() => lb.balancer.activeConnections === 0, "the connection let go");
+    assert.equal(await exchange(lb.port, "next\n"), "next\n");
+  } finally {
+    await lb.close();
+    await echo.close();
+  }
+});
