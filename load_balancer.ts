@@ -125,7 +125,7 @@ async function run(args: readonly string[], sigusr1Warning: string | undefined):
     });
   }
   const stopped = Promise.withResolvers<number>();
-  const signals = listenForSignals(stopped.resolve, { worker: flags.asWorker });
+  const signals = listenForSignals(stopped.resolve);
   const { threads } = plan.config;
   const runtime = new Runtime({
     flags,
@@ -206,7 +206,7 @@ async function makePlan(flags: LoadBalancerFlags): Promise<Plan> {
   }
 }
 
-/** How soon after a worker's first SIGINT/SIGTERM a second one is taken for the same request. */
+/** How soon after a first SIGINT/SIGTERM a second one is taken for the same request. */
 const SAME_REQUEST_MS = 1000;
 
 /**
@@ -214,7 +214,7 @@ const SAME_REQUEST_MS = 1000;
  * readiness line never meets the default action (which ends the process).
  * Before serving, SIGINT/SIGTERM end the start and the others are dropped.
  */
-function listenForSignals(exit: (code: number) => void, options: { worker: boolean }) {
+function listenForSignals(exit: (code: number) => void) {
   let runtime: Runtime | undefined;
   let stopping = false;
   let stoppingAt = 0;
@@ -224,9 +224,10 @@ function listenForSignals(exit: (code: number) => void, options: { worker: boole
       return exit(0);
     }
     // A signal to the whole process group (Ctrl-C in a terminal, systemd's
-    // stop) reaches a worker twice: from the kernel, and passed on by its
-    // supervisor. Within a second, the second is the same request.
-    if (stopping && options.worker && performance.now() - stoppingAt < SAME_REQUEST_MS) return;
+    // stop, `timeout`) reaches us twice when a parent passes it on too: a
+    // worker's supervisor, or `deno task`. Within a second, the second is
+    // the same request; only a later one means "now".
+    if (stopping && performance.now() - stoppingAt < SAME_REQUEST_MS) return;
     if (stopping) {
       logDiagnostic(
         `${signal} again: exiting now, cutting ${runtime.activeConnections} connection(s)`,
