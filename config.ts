@@ -556,6 +556,16 @@ export const configSchema = z.strictObject({
   }
 });
 
+// The schemas' own defaults, for telling a setting given from one left out.
+const LISTENER_DEFAULTS = {
+  maxconn: listenerSchema.shape.maxconn.parse(undefined),
+  peek_timeout_ms: listenerSchema.shape.peek_timeout_ms.parse(undefined),
+};
+const POOL_DEFAULTS = {
+  timeouts: poolSchema.shape.timeouts.parse(undefined),
+  queue: poolSchema.shape.queue.parse(undefined),
+};
+
 // A UDP listener takes what UDP can carry; a pool serves one transport, and
 // a UDP pool's PROXY headers and checks have a UDP form.
 function checkUdp(config: z.output<typeof configSchema>, context: z.RefinementCtx): void {
@@ -591,6 +601,9 @@ function checkUdp(config: z.output<typeof configSchema>, context: z.RefinementCt
         ["deny", listener.deny.length > 0],
         ["per_source", listener.per_source !== undefined],
         ["routes", listener.routes.length > 0],
+        // Set, as far as can be told once defaults are in: not at the default.
+        ["maxconn", listener.maxconn !== LISTENER_DEFAULTS.maxconn],
+        ["peek_timeout_ms", listener.peek_timeout_ms !== LISTENER_DEFAULTS.peek_timeout_ms],
       ];
       for (const [key, given] of tcpOnly) {
         if (!given) continue;
@@ -616,6 +629,26 @@ function checkUdp(config: z.output<typeof configSchema>, context: z.RefinementCt
   for (const [name, { transport }] of users) {
     const pool = config.pools[name];
     if (transport !== "udp" || pool === undefined) continue;
+    // What only a TCP connection has (UDP flows have udp.session_idle_ms instead).
+    const tcpOnly: [string[], boolean][] = [
+      [["timeouts", "connect_ms"], pool.timeouts.connect_ms !== POOL_DEFAULTS.timeouts.connect_ms],
+      [["timeouts", "idle_ms"], pool.timeouts.idle_ms !== POOL_DEFAULTS.timeouts.idle_ms],
+      [
+        ["timeouts", "half_closed_ms"],
+        pool.timeouts.half_closed_ms !== POOL_DEFAULTS.timeouts.half_closed_ms,
+      ],
+      [["queue", "max"], pool.queue.max !== POOL_DEFAULTS.queue.max],
+      [["queue", "timeout_ms"], pool.queue.timeout_ms !== POOL_DEFAULTS.queue.timeout_ms],
+    ];
+    for (const [key, given] of tcpOnly) {
+      if (!given) continue;
+      issue(
+        ["pools", name, ...key],
+        `${key.join(".")} is for TCP connections; pool ${name} serves UDP, whose flows ` +
+          "have no connect, queue or half-close (a flow ends after its listener's " +
+          "udp.session_idle_ms of silence)",
+      );
+    }
     const v1 = "PROXY v1 has no UDP form: use v2 (each datagram then starts with a v2 header) " +
       "or off";
     if (pool.send_proxy === "v1") issue(["pools", name, "send_proxy"], v1);

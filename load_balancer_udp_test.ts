@@ -368,6 +368,16 @@ Deno.test("udp config: what a UDP listener cannot take is named, with what to do
       "pools: { p: { backends: [{ address: 127.0.0.1:5301 }] } }\n",
       /listeners\[0\]\.udp\.max_sessions: expected a whole number 1-10000000/,
     ],
+    [
+      "listeners: [{ name: a, listen: 'udp://127.0.0.1:5353', pool: p, maxconn: 5 }]\n" +
+      "pools: { p: { backends: [{ address: 127.0.0.1:5301 }] } }\n",
+      /listeners\[0\]\.maxconn: maxconn is for TCP listeners/,
+    ],
+    [
+      "listeners: [{ name: a, listen: 'udp://127.0.0.1:5353', pool: p }]\n" +
+      "pools: { p: { timeouts: { connect_ms: 100 }, backends: [{ address: 127.0.0.1:5301 }] } }\n",
+      /pools\.p\.timeouts\.connect_ms: timeouts\.connect_ms is for TCP connections; pool p serves UDP/,
+    ],
   ];
   const dir = await Deno.makeTempDir();
   const check = async (config: string) => {
