@@ -63,6 +63,12 @@ if (import.meta.main) {
   if (Deno.stdin.isTerminal()) {
     console.error(`connected to ${target}; type a line and press Enter, Ctrl-D to end`);
   }
-  await talk(conn, Deno.stdin.readable, Deno.stdout.writable);
+  try {
+    await talk(conn, Deno.stdin.readable, Deno.stdout.writable);
+  } catch (error) {
+    // Reset (a drain timeout, a backend gone): one line, not a stack trace.
+    console.error(`client: the connection to ${target} ended: ${(error as Error).message}`);
+    Deno.exit(1);
+  }
   Deno.exit(0);
 }
