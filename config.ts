@@ -749,7 +749,7 @@ export function checkBackend(
 ): { backend: PoolConfig["backends"][number] } | { problem: string } {
   const result = backendSchema.safeParse(raw);
   if (result.success) return { backend: result.data };
-  const issue = issueOf(result.error.issues[0]!, raw);
+  const issue = issueOf(result.error.issues[0]!, raw, backendSchema);
   const where = issue.path.length > 0 ? `${formatPath(issue.path)}: ` : "";
   return { problem: `${where}${issue.message}` };
 }
@@ -908,12 +908,44 @@ export function showValue(value: unknown): string {
   return text.length > 60 ? `${text.slice(0, 57)}...` : text;
 }
 
-function issueOf(issue: z.core.$ZodIssue, raw: unknown): ConfigIssue {
+// The keys the object at `path` of `schema` takes, or undefined where the
+// schema is not a plain walk down objects, records and arrays (a union, …).
+function keysAt(schema: z.ZodType, path: readonly PropertyKey[]): string[] | undefined {
+  // deno-lint-ignore no-explicit-any
+  let at: any = schema;
+  const unwrap = () => {
+    for (let i = 0; i < 10; i++) {
+      const def = at?._zod?.def;
+      if (def?.innerType !== undefined) at = def.innerType;
+      else if (def?.type === "pipe") at = def.in;
+      else return;
+    }
+  };
+  for (const key of path) {
+    unwrap();
+    const def = at?._zod?.def;
+    if (def?.type === "object") at = def.shape[key as string];
+    else if (def?.type === "record") at = def.valueType;
+    else if (def?.type === "array") at = def.element;
+    else return undefined;
+  }
+  unwrap();
+  const def = at?._zod?.def;
+  return def?.type === "object" ? Object.keys(def.shape) : undefined;
+}
+
+function issueOf(
+  issue: z.core.$ZodIssue,
+  raw: unknown,
+  schema: z.ZodType = configSchema,
+): ConfigIssue {
   const path = issue.path as PropertyKey[];
   if (issue.code === "unrecognized_keys") {
+    const known = keysAt(schema, path);
     return {
       path,
-      message: `unknown key(s) ${issue.keys.map((key) => JSON.stringify(key)).join(", ")}`,
+      message: `unknown key(s) ${issue.keys.map((key) => JSON.stringify(key)).join(", ")}` +
+        (known === undefined ? "" : `; expected ${known.join(", ")}`),
     };
   }
   // Our custom rules already name the value.

@@ -66,10 +66,16 @@ function assertWellFormed(error: ConfigError, raw: unknown): void {
     const place = formatPath(issue.path);
     assert.equal(error.problems[i], `${place}: ${issue.message}`);
     const value = valueAt(raw, issue.path);
-    const unknown = /^unknown key\(s\) ([^]*)$/.exec(issue.message);
+    const unknown = /^unknown key\(s\) ((?:"(?:[^"\\]|\\.)*"(?:, )?)+)(?:; expected (.*))?$/
+      .exec(issue.message);
     if (unknown) {
       const keys = JSON.parse(`[${unknown[1]}]`) as string[];
       for (const key of keys) assert.ok(Object.hasOwn(value as object, key), key);
+      // What it expected instead never includes what it refused.
+      const expected = unknown[2]?.split(", ") ?? [];
+      for (const key of keys) {
+        assert.ok(!expected.includes(key), `${key} both unknown and expected`);
+      }
       return;
     }
     if (value === undefined || issue.message.startsWith("missing; ")) {

@@ -102,7 +102,7 @@ drain_timeout_ms: "30s"
       'source-hash, first, or { module: PATH }, got "fastest"',
       "pools.web.backends[1].weight: expected a whole number 1-256, got 300",
       'pools.web.backends[2].address: expected HOST:PORT (e.g. 127.0.0.1:5001 or [::1]:5001): got "x"',
-      'pools.web.timeouts: unknown key(s) "idle_mins"',
+      'pools.web.timeouts: unknown key(s) "idle_mins"; expected connect_ms, idle_ms, half_closed_ms',
       'drain_timeout_ms: expected a whole number 1-2147483647, got "30s"',
     ],
   );
@@ -226,7 +226,7 @@ pools:
     assert.equal(refused.code, 2);
     assert.match(
       refused.stderr,
-      /--listen override the file only when it has exactly one listener/,
+      /--listen overrides the file only when it has exactly one listener/,
     );
 
     // One listener: flags given override the file's keys.

@@ -243,7 +243,7 @@ pools: { p: { backends: [{ address: "127.0.0.1:5001" }] } }
     await assert.rejects(
       () => resolveConfig(parseFlags(["--config", file, "--connect-timeout", "5"])),
       (error: ConfigError) =>
-        /--connect-timeout override the file only when it has exactly one listener/.test(
+        /--connect-timeout overrides the file only when it has exactly one listener/.test(
           error.message,
         ),
     );

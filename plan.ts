@@ -114,8 +114,9 @@ export async function resolveConfig(flags: LoadBalancerFlags): Promise<Config> {
     listeners[0] !== null && typeof listeners[0] === "object";
   if (scoped.length > 0 && !single) {
     throw new ConfigError([
-      `${scoped.map((s) => `--${s.spec.name}`).join(", ")} override the file only ` +
-      `when it has exactly one listener; set these in the file instead`,
+      `${scoped.map((s) => `--${s.spec.name}`).join(", ")} ` +
+      `${scoped.length === 1 ? "overrides" : "override"} the file only when it has exactly ` +
+      `one listener; set ${scoped.length === 1 ? "it" : "these"} in the file instead`,
     ]);
   }
   const paths = flags.settings.map((setting) => pathOf(raw, setting.spec));
