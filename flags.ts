@@ -424,8 +424,9 @@ function supervisorPid(text: string | undefined): number | undefined {
 /** Parses the load balancer's command line. @throws {UsageError} */
 export function parseFlags(args: readonly string[]): LoadBalancerFlags {
   let values: Record<string, string | string[] | boolean | undefined>;
+  let tokens: { kind: string; name?: string; rawName?: string }[] = [];
   try {
-    ({ values } = parseArgs({
+    ({ values, tokens = [] } = parseArgs({
       args: joinNegativeValues(args),
       options: {
         ...Object.fromEntries(
@@ -440,9 +441,25 @@ export function parseFlags(args: readonly string[]): LoadBalancerFlags {
       },
       strict: true,
       allowPositionals: false,
+      tokens: true,
     }));
   } catch (error) {
     throw new UsageError(describeParseArgsError(error, args));
+  }
+  // A setting that takes one value, given twice: the first would be dropped
+  // without a word (one listener per command line; a file holds more).
+  const seen = new Set<string>();
+  for (const token of tokens) {
+    if (token.kind !== "option" || token.name === undefined) continue;
+    const spec = SETTINGS.find((s) => s.name === token.name);
+    if (spec === undefined || spec.multiple) continue;
+    if (seen.has(token.name)) {
+      throw new UsageError(
+        `--${token.name}: given more than once; it takes one value` +
+          (spec.scope === "listener" ? " (for more listeners, use --config FILE)" : ""),
+      );
+    }
+    seen.add(token.name);
   }
   const settings: GivenSetting[] = [];
   for (const spec of SETTINGS) {

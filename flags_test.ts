@@ -308,3 +308,18 @@ pools:
     await Deno.remove(file);
   }
 });
+
+Deno.test("a flag that takes one value, given twice, is refused rather than the first dropped", () => {
+  assert.throws(
+    () => parseFlags(["--listen", "127.0.0.1:5000", "--listen=127.0.0.1:6000"]),
+    (error: Error) =>
+      error instanceof UsageError &&
+      error.message === "--listen: given more than once; it takes one value " +
+          "(for more listeners, use --config FILE)",
+  );
+  // Repeatable ones repeat.
+  assert.equal(
+    parseFlags(["--backend", "127.0.0.1:1", "--backend", "127.0.0.1:2"]).settings[0]!.texts.length,
+    2,
+  );
+});
