@@ -146,6 +146,17 @@ async function run(args: readonly string[], sigusr1Warning: string | undefined):
       );
     },
   });
+  // Watched from before the readiness line: a change made as soon as it is
+  // said is not missed, and reloads once serving has begun.
+  let serving = false;
+  let changedEarly = false;
+  if (flags.watch && flags.config !== undefined) {
+    watchConfig(
+      flags.config,
+      (why) => serving ? runtime.requestReload(why) : changedEarly = true,
+      (error) => logDiagnostic(`--watch ${flags.config}: stopped watching: ${describe(error)}`),
+    );
+  }
   await runtime.start();
   const tlsOnDeno = epoll && plan.config.listeners.some((listener) => listener.tls !== undefined)
     ? "; listeners with tls on the deno engine, in this thread"
@@ -162,13 +173,8 @@ async function run(args: readonly string[], sigusr1Warning: string | undefined):
   }
   if (sigusr1Warning !== undefined) logDiagnostic(sigusr1Warning);
   signals.serving(runtime);
-  if (flags.watch && flags.config !== undefined) {
-    watchConfig(
-      flags.config,
-      (why) => runtime.requestReload(why),
-      (error) => logDiagnostic(`--watch ${flags.config}: stopped watching: ${describe(error)}`),
-    );
-  }
+  serving = true;
+  if (changedEarly) runtime.requestReload("file changed");
   // Last line of defence: one connection's bug must not end every other one.
   globalThis.addEventListener("unhandledrejection", (event) => {
     event.preventDefault();

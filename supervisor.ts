@@ -107,7 +107,7 @@ export async function supervise(options: SupervisorOptions): Promise<number> {
   // Workers listen where the configuration says; only a port the kernel
   // chose (port 0) must be handed down, as the one they share.
   const workerArgs = options.listen.port === 0
-    ? [...options.args, "--listen", listen, `--as-worker=${Deno.pid}`]
+    ? [...withoutListen(options.args), "--listen", listen, `--as-worker=${Deno.pid}`]
     : [...options.args, `--as-worker=${Deno.pid}`];
 
   const slots: Slot[] = Array.from({ length: options.workers }, (_, i) => ({
@@ -231,4 +231,15 @@ async function relay(
   } catch {
     // The worker is gone; its last words were relayed.
   }
+}
+
+// `args` without its `--listen ADDRESS` (or `--listen=ADDRESS`): a flag given
+// twice is refused, so the port chosen is passed on in its place.
+function withoutListen(args: readonly string[]): string[] {
+  const kept: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    if (args[i] === "--listen") i++;
+    else if (!args[i]!.startsWith("--listen=")) kept.push(args[i]!);
+  }
+  return kept;
 }
