@@ -163,6 +163,18 @@ export function median(values: readonly number[]): number {
   return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
 }
 
+/** The samples from `from` up to `to` (seconds), but none inside the `excluded` spans. */
+function samplesBetween(
+  samples: readonly Sample[],
+  from: number,
+  to: number,
+  excluded: readonly Window[],
+): Sample[] {
+  return samples.filter((s) =>
+    s.t >= from && s.t < to && !excluded.some((w) => s.t >= w.from && s.t <= w.to)
+  );
+}
+
 /**
  * Open descriptors did not grow over the second half: the median over the
  * last quarter of the run is at most max(4, 5%) above the median over the
@@ -176,9 +188,7 @@ export function checkDescriptorsFlat(
   excluded: readonly Window[],
 ): Check {
   const between = (from: number, to: number) =>
-    samples.filter((s) =>
-      s.t >= from && s.t < to && !excluded.some((w) => s.t >= w.from && s.t <= w.to)
-    ).map((s) => s.fds);
+    samplesBetween(samples, from, to, excluded).map((s) => s.fds);
   const early = between(runSeconds * 0.5, runSeconds * 0.75);
   const late = between(runSeconds * 0.75, runSeconds + 1);
   const name = "descriptors flat over the second half";
@@ -231,9 +241,7 @@ export function checkMemoryFlat(
   excluded: readonly Window[] = [],
 ): Check {
   const between = (from: number, to: number) =>
-    samples.filter((s) =>
-      s.t >= from && s.t < to && !excluded.some((w) => s.t >= w.from && s.t <= w.to)
-    ).map((s) => s.rssKiB);
+    samplesBetween(samples, from, to, excluded).map((s) => s.rssKiB);
   const early = between(runSeconds * 0.25, runSeconds * 0.5);
   const late = between(runSeconds * 0.75, runSeconds + 1);
   const name = "memory flat in the second half";
