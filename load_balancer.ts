@@ -30,7 +30,7 @@ import {
 import { LocalListeners, Runtime } from "./runtime.ts";
 import { SplitListeners } from "./split_listeners.ts";
 import { ThreadedListeners } from "./threads.ts";
-import { supervise } from "./supervisor.ts";
+import { SAME_REQUEST_MS, supervise } from "./supervisor.ts";
 import { VERSION } from "./version.ts";
 
 /** Exit codes: 0 done, 1 a bad setting under --check (or a forced stop), 2 a bad start, 70 a bug. */
@@ -212,9 +212,6 @@ async function makePlan(flags: LoadBalancerFlags): Promise<Plan> {
   }
 }
 
-/** How soon after a first SIGINT/SIGTERM a second one is taken for the same request. */
-const SAME_REQUEST_MS = 1000;
-
 /**
  * Listens for signals from the start, so that one sent right after the
  * readiness line never meets the default action (which ends the process).
@@ -229,10 +226,7 @@ function listenForSignals(exit: (code: number) => void) {
       logDiagnostic(`${signal} before serving: exiting`);
       return exit(0);
     }
-    // A signal to the whole process group (Ctrl-C in a terminal, systemd's
-    // stop, `timeout`) reaches us twice when a parent passes it on too: a
-    // worker's supervisor, or `deno task`. Within a second, the second is
-    // the same request; only a later one means "now".
+    // A signal to the whole process group may come twice (SAME_REQUEST_MS).
     if (stopping && performance.now() - stoppingAt < SAME_REQUEST_MS) return;
     if (stopping) {
       logDiagnostic(

@@ -78,6 +78,15 @@ interface Slot {
  */
 export const V8_FLAGS = "--v8-flags=--max-semi-space-size=1";
 
+/**
+ * How soon after a first SIGINT/SIGTERM a second one is taken for the same
+ * request, here and in every balancer process: a signal sent to a whole
+ * process group (Ctrl-C, `timeout`, a service manager stopping a cgroup)
+ * arrives twice where a parent passes it on too (`deno task`, this
+ * supervisor). Only a later one means "now".
+ */
+export const SAME_REQUEST_MS = 1000;
+
 /** Runs the supervisor until its workers have all exited; resolves with the exit code. */
 export async function supervise(options: SupervisorOptions): Promise<number> {
   if (Deno.build.os !== "linux") {
@@ -171,7 +180,10 @@ export async function supervise(options: SupervisorOptions): Promise<number> {
     });
   };
 
+  let firstSignalAt = 0;
   const onSignal = (signal: Deno.Signal) => {
+    if (signals > 0 && clock.now() - firstSignalAt < SAME_REQUEST_MS) return;
+    if (signals === 0) firstSignalAt = clock.now();
     signals++;
     stopping = true;
     for (const slot of slots) {
