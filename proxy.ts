@@ -471,34 +471,23 @@ export class LoadBalancer {
     // The front door, when the listener has one: decided before any dial.
     // Without one, nothing here costs a connection anything.
     const edge = this.#edge;
-    if (edge === undefined) {
-      return this.#connectAndJoin(
-        client,
-        connection,
-        watched,
-        finish,
-        startedAt,
-        clientName,
-        clientHost,
-      );
+    const admission = edge === undefined
+      ? undefined
+      : await edge.admit(this.#engine, client, this.#peekTimeouts, (cut) => {
+        connection.cut = cut;
+      });
+    if (admission !== undefined) {
+      clientName = formatHostPort(admission.client);
+      clientHost = admission.client.hostname;
+      if (!admission.ok) {
+        await this.#engine.close(client);
+        if (watched.gone) return finish("client-reset");
+        if (this.#cutting) return finish("drain-timeout");
+        this.#noteRejection(admission.reason, clientName, admission.detail);
+        return finish(admission.reason);
+      }
     }
-    const admission = await edge.admit(this.#engine, client, this.#peekTimeouts, (cut) => {
-      connection.cut = cut;
-    });
-    clientName = formatHostPort(admission.client);
-    clientHost = admission.client.hostname;
-    if (!admission.ok) {
-      await this.#engine.close(client);
-      if (watched.gone) return finish("client-reset");
-      if (this.#cutting) return finish("drain-timeout");
-      this.#noteRejection(admission.reason, clientName, admission.detail);
-      return finish(admission.reason);
-    }
-    // Released once the connection is over, whatever became of it.
-    const release = () => {
-      if (admission.counted) edge.release(admission.client);
-    };
-    return this.#connectAndJoin(
+    const served = this.#connectAndJoin(
       client,
       connection,
       watched,
@@ -507,7 +496,10 @@ export class LoadBalancer {
       clientName,
       clientHost,
       admission,
-    ).finally(release);
+    );
+    // A per-source count is given back once the connection is over, whatever became of it.
+    if (!admission?.counted) return served;
+    return served.finally(() => edge!.release(admission.client));
   }
 
   // Pick, dial, on failure pick again; then join and account.
