@@ -109,9 +109,7 @@ Deno.test("admin server: past the connection cap, 503 at once; half-sent request
   try {
     for (const conn of held) await writeAll(conn, encoder.encode("GET /"));
     // The three are in; the fourth is refused without being read.
-    for (let i = 0; i < 100 && server.connections < 3; i++) {
-      await new Promise((resolve) => setTimeout(resolve, 10));
-    }
+    await until(() => server.connections === 3, "the server holds all three", 2000, 10);
     const answer = await raw(server.addr.port, "GET /metrics HTTP/1.1\r\n\r\n");
     assert.match(answer, /^HTTP\/1\.1 503 Service Unavailable\r\n/);
   } finally {

@@ -10,6 +10,7 @@ import {
   startBalancerProcess,
   startTaggedServer,
   type TestBalancer,
+  until,
 } from "./test_util.ts";
 
 const TOKEN = "s3cret-token";
@@ -323,10 +324,15 @@ admin: { listen: "127.0.0.1:0", token_file: ${dir}/token }
     for (const port of ports) assert.match(await exchange(port, "hi\n"), /^\[Server 1\] hi/);
     // Data-plane threads (the epoll engine) report in batches: wait for the count.
     let backends = await (await fetch(`${base}/api/backends`)).json();
-    for (let i = 0; i < 100 && backends[0]?.total !== 2; i++) {
-      await new Promise((resolve) => setTimeout(resolve, 20));
-      backends = await (await fetch(`${base}/api/backends`)).json();
-    }
+    await until(
+      async () => {
+        backends = await (await fetch(`${base}/api/backends`)).json();
+        return backends[0]?.total === 2;
+      },
+      "both connections counted",
+      1000,
+      20,
+    );
     assert.equal(backends.length, 1, "one backend, listed once");
     assert.equal(backends[0].total, 2, "both listeners' connections on the one backend");
     const metrics = await (await fetch(`${base}/metrics`)).text();

@@ -31,7 +31,7 @@ async function balancer(dir: string, servers: TestServer[], adminPort?: number) 
 pools:
   web:
     backends: [${servers.map((s) => `{ address: "127.0.0.1:${s.port}" }`).join(", ")}]
-    health: { check: tcp, interval_ms: 200, timeout_ms: 500, rise: 1, fall: 1 }
+    health: { check: tcp, interval_ms: 200, timeout_ms: 5000, rise: 1, fall: 1 }
 `,
     {
       token: TOKEN,

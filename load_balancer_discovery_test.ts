@@ -433,7 +433,11 @@ pools:
           `(${onRemoved} were on it)`,
       );
       assert.ok(moved >= onRemoved);
-      assert.ok(moved <= onRemoved + 1000 * 0.05, `${moved} moved, ${onRemoved} had to`);
+      assert.ok(
+        moved <= onRemoved + 1000 * 0.05,
+        `${moved} moved, ${onRemoved} had to; backends on ports ` +
+          servers.map((s) => s.port).join(", "),
+      );
     } finally {
       await Promise.all(instances.map((lb) => lb.close()));
       await etcd.stop();

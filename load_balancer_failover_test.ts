@@ -69,7 +69,7 @@ pools:
     health:
       check: { send: "${hex("ROLE?\n")}", expect: "${hex("primary")}" }
       interval_ms: 50
-      timeout_ms: 500
+      timeout_ms: 5000
       rise: 1
       fall: 1
       on_down: ${onDown}

@@ -208,7 +208,7 @@ pools:
     health:
       check: { module: ${ROOT}checks/redis_primary.ts }
       interval_ms: 100
-      timeout_ms: 1000
+      timeout_ms: 5000
       rise: 1
       fall: 1
       on_down: shutdown-sessions

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { AccessLog, formatAccessJson, formatAccessLine, isoTime, LineWriter } from "./log.ts";
-import { exchange, startBalancerProcess, startEchoServer } from "./test_util.ts";
+import { exchange, startBalancerProcess, startEchoServer, until } from "./test_util.ts";
 
 const record = {
   time: new Date("2026-11-26T10:00:00.000Z"),
@@ -117,19 +117,16 @@ Deno.test("load_balancer.ts --access-log FILE: JSON lines, reopened on SIGUSR2 a
   );
   const lines = async (file: string) =>
     (await Deno.readTextFile(file)).trim().split("\n").map((line) => JSON.parse(line));
-  const until = async (check: () => Promise<boolean>) => {
-    for (let i = 0; i < 100 && !(await check().catch(() => false)); i++) {
-      await new Promise((resolve) => setTimeout(resolve, 20));
-    }
-  };
+  const has = (file: string, count: number) => async () =>
+    (await lines(file).catch(() => [])).length === count;
   try {
     assert.equal(await exchange(lb.port, "one"), "one");
-    await until(async () => (await lines(path)).length === 1);
+    await until(has(path, 1), "the first access line written", 1000, 20);
     await Deno.rename(path, `${path}.1`);
     lb.kill("SIGUSR2");
     await lb.waitForLine("stderr", /SIGUSR2: reopened the access log/);
     assert.equal(await exchange(lb.port, "two!"), "two!");
-    await until(async () => (await lines(path)).length === 1);
+    await until(has(path, 1), "the second access line, in the new file", 1000, 20);
     const [before] = await lines(`${path}.1`);
     const [after] = await lines(path);
     assert.equal(before.bytes_in, 3);
