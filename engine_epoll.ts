@@ -241,15 +241,15 @@ class EpollJoin implements Joined {
         i++
       ) {
         const asked = out.readSize;
-        const read = this.#read(out);
+        // The peer had finished when epoll looked (EPOLLRDHUP, no error): a
+        // read that empties the socket is followed by the end, taken without
+        // the read that would return 0 to say so, and passed on with the
+        // last bytes in one packet. (TCP urgent data would stop a read early;
+        // like HAProxy, we do not carry it.)
+        const finished = (events & (EPOLLRDHUP | EPOLLERR)) === EPOLLRDHUP;
+        const read = this.#read(out, finished);
         if (read === asked) continue;
-        // The peer had finished when epoll looked (EPOLLRDHUP, no error) and
-        // this read emptied the socket: what follows is the end, so take it
-        // without the read that would return 0 to say so. (TCP urgent data
-        // would stop a read early; like HAProxy, we do not carry it.)
-        if (read > 0 && (events & (EPOLLRDHUP | EPOLLERR)) === EPOLLRDHUP && !this.#done) {
-          this.#end(out);
-        }
+        if (read > 0 && finished && !this.#done) this.#end(out);
         break;
       }
     } else if ((events & (EPOLLHUP | EPOLLERR)) !== 0) {
@@ -264,13 +264,14 @@ class EpollJoin implements Joined {
     if (!this.#done) this.#update();
   }
 
-  // One read from `d.from`, written straight on to `d.to`; returns what was read.
-  #read(d: Direction): number {
+  // One read from `d.from`, written straight on to `d.to`; returns what was
+  // read. `finished`: the source has ended, so a read that empties it is its last.
+  #read(d: Direction, finished = false): number {
     const { sys, scratch, scratchPointer } = this.#loop;
     const read = sys.read(d.from.fd, scratchPointer, d.readSize);
     if (read > 0) {
       this.activity++;
-      this.#forward(d, scratch, read);
+      this.#forward(d, scratch, read, finished && read < d.readSize);
     } else if (read === 0) {
       this.#end(d);
     } else if (read !== -EAGAIN) {
@@ -279,13 +280,16 @@ class EpollJoin implements Joined {
     return read;
   }
 
-  // Writes `length` bytes of `bytes` to `d.to`; keeps what does not fit. False once failed.
-  #forward(d: Direction, bytes: Uint8Array, length: number): boolean {
+  // Writes `length` bytes of `bytes` to `d.to`; keeps what does not fit.
+  // `last`: the end of stream follows at once. False once failed.
+  #forward(d: Direction, bytes: Uint8Array, length: number, last = false): boolean {
     const { sys } = this.#loop;
     const pointer = bytes === this.#loop.scratch
       ? this.#loop.scratchPointer
       : Deno.UnsafePointer.of(bytes);
-    const written = sys.write(d.to.fd, pointer, length);
+    const written = last
+      ? sys.writeMore(d.to.fd, pointer, length)
+      : sys.write(d.to.fd, pointer, length);
     if (written === length) {
       d.bytes += length;
       // A full read, all taken: the reader keeps up.

@@ -68,6 +68,11 @@ export const EPOLLOUT = 0x004;
 export const EPOLLERR = 0x008;
 export const EPOLLHUP = 0x010;
 export const EPOLLRDHUP = 0x2000;
+/**
+ * `send` flag: more follows. The kernel holds back a part-filled segment
+ * until the next write or the end of stream, which then leave together.
+ */
+export const MSG_MORE = 0x8000;
 export const EPOLL_CTL_ADD = 1;
 export const EPOLL_CTL_DEL = 2;
 export const EPOLL_CTL_MOD = 3;
@@ -695,6 +700,15 @@ export class Sys {
 
   write(fd: number, from: Deno.PointerValue, length: number): number {
     return this.#result(this.#c.write(fd, from, length));
+  }
+
+  /**
+   * Writes like {@linkcode Sys.write} on a stream socket, saying that more
+   * follows ({@linkcode MSG_MORE}): the caller ends the stream right after,
+   * and the last bytes and the FIN leave as one packet.
+   */
+  writeMore(fd: number, from: Deno.PointerValue, length: number): number {
+    return this.#result(this.#c.send(fd, from, length, MSG_MORE));
   }
 
   /** Sends one datagram of `length` bytes on a connected UDP socket. */

@@ -8,6 +8,7 @@ import {
   descriptorOf,
   EAGAIN,
   EBADF,
+  EINPROGRESS,
   encodeEpollEvent,
   encodeLinger,
   encodeSockaddr,
@@ -21,6 +22,7 @@ import {
   IOVEC_BYTES,
   MessageBatch,
   MMSGHDR_BYTES,
+  MSG_MORE,
   MSG_TRUNC,
   MSGHDR_BYTES,
   NAME_BYTES,
@@ -323,6 +325,38 @@ Deno.test({
     } finally {
       sys.close(receiver);
       sys.close(sender);
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "Sys.writeMore: bytes sent with MSG_MORE, then the end of stream, arrive whole and then end",
+  ignore: !linux,
+  fn: async () => {
+    assert.equal(MSG_MORE, 0x8000, "Linux's value");
+    const listener = listenLoopback();
+    const sys = new Sys();
+    const fd = sys.socket(AF_INET);
+    try {
+      const accepted = listener.accept();
+      const connecting = sys.connect(fd, listener.addr as Deno.NetAddr);
+      assert.ok(connecting === 0 || connecting === -EINPROGRESS, `connect: ${connecting}`);
+      const peer = await accepted;
+      const bytes = new TextEncoder().encode("the last bytes");
+      await until(
+        () => sys.writeMore(fd, Deno.UnsafePointer.of(bytes), bytes.length) !== -EAGAIN,
+        "connected",
+      );
+      assert.equal(sys.shutdownWrite(fd), 0);
+      const received: number[] = [];
+      const buffer = new Uint8Array(64);
+      for (let n; (n = await peer.read(buffer)) !== null;) received.push(...buffer.subarray(0, n));
+      assert.equal(new TextDecoder().decode(new Uint8Array(received)), "the last bytes");
+      peer.close();
+    } finally {
+      sys.close(fd);
+      listener.close();
     }
   },
 });
