@@ -109,6 +109,15 @@ function tierOf<B extends Candidate>(
   return backups ? "backup" : undefined;
 }
 
+/** Whether `backend` may take this attempt from the tier (primary or backup) being drawn from. */
+function fitsTier<B extends Candidate>(
+  backend: B,
+  tried: ReadonlySet<B>,
+  backup: boolean,
+): boolean {
+  return backend.backup === backup && !tried.has(backend) && backend.usable;
+}
+
 /**
  * Round robin: s1, s2, s3, s1, … in the order given, when weights are equal.
  *
@@ -133,15 +142,14 @@ export class RoundRobin<B extends Candidate> implements Strategy<B> {
     const tier = tierOf(backends, tried);
     if (tier === undefined) return undefined;
     const backup = tier === "backup";
-    const fits = (b: B) => b.backup === backup && !tried.has(b) && b.usable;
     let weight: number | undefined;
     let equal = true;
     for (const backend of backends) {
-      if (!fits(backend)) continue;
+      if (!fitsTier(backend, tried, backup)) continue;
       weight ??= backend.weight;
       if (backend.weight !== weight) equal = false;
     }
-    if (equal) return this.#cursor.nextWhere(backends, fits);
+    if (equal) return this.#cursor.nextWhere(backends, fitsTier, tried, backup);
     const pool = eligible(backends, tried);
     let total = 0;
     let best: B | undefined;
@@ -168,21 +176,34 @@ class Cursor {
   #position = 0;
 
   next<B>(backends: readonly B[], candidates: ReadonlySet<B>): B | undefined {
-    return this.nextWhere(backends, (backend) => candidates.has(backend));
+    return this.nextWhere(backends, isCandidate, candidates, false);
   }
 
-  /** The same, for the next backend that `fits`. */
-  nextWhere<B>(backends: readonly B[], fits: (backend: B) => boolean): B | undefined {
+  /**
+   * The same, for the next backend for which `fits(backend, set, flag)`: a
+   * function and its arguments rather than a closure, as this runs for every
+   * connection.
+   */
+  nextWhere<B>(
+    backends: readonly B[],
+    fits: (backend: B, set: ReadonlySet<B>, flag: boolean) => boolean,
+    set: ReadonlySet<B>,
+    flag: boolean,
+  ): B | undefined {
     const count = backends.length;
     for (let step = 0; step < count; step++) {
       const index = (this.#position + step) % count;
       const backend = backends[index]!;
-      if (!fits(backend)) continue;
+      if (!fits(backend, set, flag)) continue;
       this.#position = (index + 1) % count;
       return backend;
     }
     return undefined;
   }
+}
+
+function isCandidate<B>(backend: B, candidates: ReadonlySet<B>): boolean {
+  return candidates.has(backend);
 }
 
 /** Connections in progress per unit of weight: what "least loaded" compares. */

@@ -16,6 +16,8 @@ import type { Attempt, Peeked } from "./engine.ts";
 
 const EMPTY = new Uint8Array(0);
 const FIRST_CAPACITY = 512;
+/** Up to this many bytes, a copy loop costs less than making a view to copy from. */
+const SMALL_COPY = 512;
 
 /** Bytes from a watched client, not yet forwarded. */
 export class EarlyBytes {
@@ -38,11 +40,18 @@ export class EarlyBytes {
     return this.#end === this.#start ? [] : [this.view()];
   }
 
-  /** Keeps (a copy of) a chunk that arrived. */
-  push(chunk: Uint8Array): void {
-    if (this.#end + chunk.length > this.#buffer.length) this.#grow(chunk.length);
-    this.#buffer.set(chunk, this.#end);
-    this.#end += chunk.length;
+  /**
+   * Keeps (a copy of) a chunk that arrived: its first `length` bytes (a read
+   * buffer's, with no view made for them).
+   */
+  push(chunk: Uint8Array, length = chunk.length): void {
+    if (this.#end + length > this.#buffer.length) this.#grow(length);
+    const buffer = this.#buffer;
+    if (length === chunk.length) buffer.set(chunk, this.#end);
+    else if (length > SMALL_COPY) buffer.set(chunk.subarray(0, length), this.#end);
+    // A request line or a ClientHello: copied byte by byte, cheaper than a view.
+    else for (let i = 0; i < length; i++) buffer[this.#end + i] = chunk[i]!;
+    this.#end += length;
     this.#wake();
   }
 

@@ -114,7 +114,7 @@ class EpollConn implements EngineConn, Handler {
     }
     const read = sys.read(this.fd, scratchPointer, room);
     if (read > 0) {
-      early.push(scratch.subarray(0, read));
+      early.push(scratch, read);
       if (early.bytes >= EARLY_LIMIT) this.loop.modify(this.fd, 0);
     } else if (read === 0) {
       early.end();

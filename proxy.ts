@@ -464,7 +464,20 @@ export class LoadBalancer {
       cut: NOTHING,
       tried: new Set(),
       shortageWaitMs: 0,
+      queueEnd: undefined,
+      release: undefined,
       over: false,
+      // Every field from the start, so that none added later costs the
+      // object a new shape and a property store: one is made per connection.
+      front: undefined,
+      joined: undefined,
+      pool: undefined,
+      backend: undefined,
+      shutdown: undefined,
+      joinedAt: undefined,
+      recycling: false,
+      seenActivity: undefined,
+      quietSince: undefined,
     };
     this.#connections.add(connection);
     try {

@@ -41,7 +41,9 @@ class Entry implements Timeout {
 
 /** Timeouts served by a single timer. */
 export class TimeoutQueue {
-  #entries: Entry[] = [];
+  // Spent slots before #head are emptied: a cancelled entry's callback
+  // holds its connection, which must not outlive it here.
+  #entries: (Entry | undefined)[] = [];
   #head = 0;
   #timer: number | undefined;
   /** When the armed timer is due. */
@@ -80,7 +82,9 @@ export class TimeoutQueue {
   /** @internal Drops cancelled entries from the front. */
   dropFront(): void {
     const entries = this.#entries;
-    while (this.#head < entries.length && entries[this.#head]!.cancelled) this.#head++;
+    while (this.#head < entries.length && entries[this.#head]!.cancelled) {
+      entries[this.#head++] = undefined;
+    }
     this.#compact();
   }
 
@@ -91,7 +95,7 @@ export class TimeoutQueue {
     while (this.#head < this.#entries.length) {
       const entry = this.#entries[this.#head]!;
       if (!entry.cancelled && entry.deadline > now) break;
-      this.#head++;
+      this.#entries[this.#head++] = undefined;
       if (!entry.cancelled) {
         entry.cancelled = true;
         entry.onTimeout();
