@@ -61,7 +61,10 @@ export interface TlsEngineListener extends EngineListener {
   setGate(admits: ((host: string) => boolean) | undefined): void;
 }
 
-/** What a join resolves with once both connections are closed. */
+/** What {@linkcode Engine.dial} calls: with the connection, or without one and why. */
+export type OnDialled = (server: EngineConn | undefined, error?: unknown) => void;
+
+/** What a join ends with once both connections are closed. */
 export interface JoinResult {
   /** Bytes read from the client and written to the server. */
   readonly bytesFromClient: number;
@@ -71,10 +74,11 @@ export interface JoinResult {
   readonly end: JoinEnd;
 }
 
-/** Two connections joined: bytes flow both ways until both ends are done. */
+/**
+ * Two connections joined: bytes flow both ways until both ends are done, and
+ * then the join's `onEnd` is called (see {@linkcode Engine.join}).
+ */
 export interface Joined {
-  /** Settles once both connections are closed; never rejects. */
-  readonly result: Promise<JoinResult>;
   /** Grows with every chunk moved: a sweeper compares it between looks. */
   readonly activity: number;
   /** When the first side ended its stream (by the engine's clock); undefined before. */
@@ -175,14 +179,26 @@ export interface Engine {
   discard(client: EngineConn, count: number): void;
   /** The address the client connected to (the original destination, for a PROXY header). */
   localAddress(client: EngineConn): HostPort;
-  /** Connects to a backend; rejects when `attempt` is abandoned (connect timeout, drain, client gone). */
-  dial(address: HostPort, attempt: Attempt): Promise<EngineConn>;
   /**
-   * Joins a client and the backend connection dialled for it. `prefix` goes
-   * to the backend before anything from the client (a PROXY header of ours);
-   * it is not counted in the client's bytes.
+   * Connects to a backend, then calls `onDialled` once: with the connection,
+   * or with why there is none (refused, unreachable, `attempt` abandoned by
+   * the connect timeout, a drain or the client going). Callbacks, not a
+   * promise, as this runs for every connection; `onDialled` may be called
+   * before `dial` returns, and must not throw.
    */
-  join(client: EngineConn, server: EngineConn, prefix?: Uint8Array): Joined;
+  dial(address: HostPort, attempt: Attempt, onDialled: OnDialled): void;
+  /**
+   * Joins a client and the backend connection dialled for it; `onEnd` is
+   * called once both are closed (it must not throw). `prefix` goes to the
+   * backend before anything from the client (a PROXY header of ours); it is
+   * not counted in the client's bytes.
+   */
+  join(
+    client: EngineConn,
+    server: EngineConn,
+    onEnd: (result: JoinResult) => void,
+    prefix?: Uint8Array,
+  ): Joined;
   /**
    * Binds a UDP socket and calls `onDatagram` for every datagram it receives.
    * @throws when the address cannot be bound

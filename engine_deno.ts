@@ -23,7 +23,9 @@ import type {
   EngineConn,
   EngineListener,
   Joined,
+  JoinResult,
   OnDatagram,
+  OnDialled,
   Peeked,
   TlsEngineListener,
   TlsMaterial,
@@ -123,15 +125,20 @@ export class DenoEngine implements Engine {
     conn.early = new EarlyReader(conn.socket, this.#pools.small.take(), onGone);
   }
 
-  async dial(address: HostPort, attempt: Attempt): Promise<EngineConn> {
-    if (attempt.aborted) throw attempt.reason;
+  dial(address: HostPort, attempt: Attempt, onDialled: OnDialled): void {
+    if (attempt.aborted) return onDialled(undefined, attempt.reason);
     const controller = new AbortController();
     attempt.setOnAbort((reason) => controller.abort(reason));
-    try {
-      return new DenoConn(await this.#dial(address, controller.signal));
-    } finally {
-      attempt.setOnAbort(undefined);
-    }
+    this.#dial(address, controller.signal).then(
+      (socket) => {
+        attempt.setOnAbort(undefined);
+        onDialled(new DenoConn(socket));
+      },
+      (error) => {
+        attempt.setOnAbort(undefined);
+        onDialled(undefined, error);
+      },
+    );
   }
 
   peek(client: EngineConn, known: number, attempt: Attempt): Promise<Peeked> {
@@ -147,16 +154,23 @@ export class DenoEngine implements Engine {
     return { hostname, port };
   }
 
-  join(client: EngineConn, server: EngineConn, prefix?: Uint8Array): Joined {
+  join(
+    client: EngineConn,
+    server: EngineConn,
+    onEnd: (result: JoinResult) => void,
+    prefix?: Uint8Array,
+  ): Joined {
     const early = (client as DenoConn).early;
     (client as DenoConn).early = undefined;
-    return new Bridge((client as DenoConn).socket, (server as DenoConn).socket, {
+    const bridge = new Bridge((client as DenoConn).socket, (server as DenoConn).socket, {
       pools: this.#pools,
       clock: this.#clock,
       reset: this.#reset,
       early,
       prefix,
     });
+    bridge.result.then(onEnd);
+    return bridge;
   }
 
   async close(conn: EngineConn, options: { reset?: boolean } = {}): Promise<void> {

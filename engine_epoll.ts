@@ -33,6 +33,7 @@ import type {
   Joined,
   JoinResult,
   OnDatagram,
+  OnDialled,
   Peeked,
 } from "./engine.ts";
 import { dialDatagrams, listenDatagrams } from "./engine_epoll_udp.ts";
@@ -176,10 +177,9 @@ class Direction implements Handler {
 
 /** Two connections joined by the epoll engine. */
 class EpollJoin implements Joined {
-  readonly result: Promise<JoinResult>;
   activity = 0;
   halfClosedAt: number | undefined;
-  readonly #resolve: (result: JoinResult) => void;
+  readonly #onEnd: (result: JoinResult) => void;
   readonly #loop: EpollLoop;
   readonly #clock: Clock;
   readonly #up: Direction;
@@ -192,13 +192,12 @@ class EpollJoin implements Joined {
     clock: Clock,
     client: EpollConn,
     server: EpollConn,
+    onEnd: (result: JoinResult) => void,
     prefix: Uint8Array | undefined,
   ) {
     this.#loop = loop;
     this.#clock = clock;
-    const { promise, resolve } = Promise.withResolvers<JoinResult>();
-    this.result = promise;
-    this.#resolve = resolve;
+    this.#onEnd = onEnd;
     this.#up = new Direction(this, client, server, "client", "server");
     this.#down = new Direction(this, server, client, "server", "client");
     this.#up.reverse = this.#down;
@@ -391,7 +390,47 @@ class EpollJoin implements Joined {
   }
 
   #settle(end: JoinEnd): void {
-    this.#resolve({ bytesFromClient: this.#up.bytes, bytesFromServer: this.#down.bytes, end });
+    this.#onEnd({ bytesFromClient: this.#up.bytes, bytesFromServer: this.#down.bytes, end });
+  }
+}
+
+/**
+ * A connect in progress: the socket's first event says how it went, unless
+ * the attempt is abandoned first. Calls `onDialled` once either way.
+ */
+class Dialling implements Handler {
+  constructor(
+    readonly loop: EpollLoop,
+    readonly conn: EpollConn,
+    readonly attempt: Attempt,
+    readonly onDialled: OnDialled,
+  ) {}
+
+  onEvents(events: number): void {
+    const { loop, conn } = this;
+    this.attempt.setOnAbort(undefined);
+    // Writable without an error or hang-up: connected. Only a failure costs
+    // the getsockopt(SO_ERROR) that says why.
+    const error = (events & (EPOLLERR | EPOLLHUP)) === 0
+      ? 0
+      : loop.sys.socketError(conn.fd) || ECONNREFUSED;
+    if (error === 0) {
+      // Readable is what the join will want; until then an event finds no
+      // owner and is dropped (the bytes wait in the socket).
+      loop.modify(conn.fd, READABLE);
+      // From now on the connection's own handler (the join) takes its events.
+      loop.replace(conn.fd, conn);
+      return this.onDialled(conn);
+    }
+    conn.closed = true;
+    loop.close(conn.fd);
+    this.onDialled(undefined, errnoError(-error, `connect ${conn.peer}`));
+  }
+
+  abandon(reason: unknown): void {
+    this.conn.closed = true;
+    this.loop.close(this.conn.fd);
+    this.onDialled(undefined, reason);
   }
 }
 
@@ -540,81 +579,67 @@ export class EpollEngine implements Engine {
     return bound ?? { hostname: "0.0.0.0", port: 0 };
   }
 
-  dial(address: HostPort, attempt: Attempt): Promise<EngineConn> {
+  dial(address: HostPort, attempt: Attempt, onDialled: OnDialled): void {
     // A backend given as an address is encoded once, on its first dial; a
     // name is looked up every time (what it resolves to may change).
     let target = this.#targets.get(address);
     if (target === undefined) {
       if (!isIpLiteral(address.hostname)) {
-        return lookup(address.hostname).then(({ address: host }) =>
-          this.#connect(targetOf(host, address.port), attempt)
+        lookup(address.hostname).then(
+          ({ address: host }) => this.#connect(targetOf(host, address.port), attempt, onDialled),
+          (error) => onDialled(undefined, error),
         );
+        return;
       }
       try {
         target = targetOf(address.hostname, address.port);
       } catch (error) {
-        return Promise.reject(error); // not an address after all
+        return onDialled(undefined, error); // not an address after all
       }
       this.#targets.set(address, target);
     }
-    return this.#connect(target, attempt);
+    this.#connect(target, attempt, onDialled);
   }
 
-  #connect(target: Target, attempt: Attempt): Promise<EngineConn> {
-    if (attempt.aborted) return Promise.reject(attempt.reason);
+  #connect(target: Target, attempt: Attempt, onDialled: OnDialled): void {
+    if (attempt.aborted) return onDialled(undefined, attempt.reason);
     const { sys } = this.#loop;
     const fd = sys.socket(target.family);
-    if (fd < 0) return Promise.reject(errnoError(fd, "socket"));
+    if (fd < 0) return onDialled(undefined, errnoError(fd, "socket"));
     this.#loop.hold(fd);
     sys.setInt(fd, IPPROTO_TCP, TCP_NODELAY, 1);
     const started = sys.connectEncoded(fd, target.pointer, target.length);
-    const name = target.name;
-    const conn = new EpollConn(this.#loop, fd, name, target.host);
     if (started < 0 && started !== -EINPROGRESS) {
       this.#loop.close(fd);
-      return Promise.reject(errnoError(started, `connect ${name}`));
+      return onDialled(undefined, errnoError(started, `connect ${target.name}`));
     }
     // Connected at once (loopback can be) or in progress: either way, wait
     // for writability, which also reports a failure.
-    const { promise, resolve, reject } = Promise.withResolvers<EngineConn>();
-    const handler = {
-      onEvents: (events: number) => {
-        attempt.setOnAbort(undefined);
-        // Writable without an error or hang-up: connected. Only a failure
-        // costs the getsockopt(SO_ERROR) that says why.
-        const error = (events & (EPOLLERR | EPOLLHUP)) === 0
-          ? 0
-          : sys.socketError(fd) || ECONNREFUSED;
-        if (error === 0) {
-          // Readable is what the join will want; until then an event finds
-          // no owner and is dropped (the bytes wait in the socket).
-          this.#loop.modify(fd, READABLE);
-          conn.owner = undefined;
-          // From now on the connection's own handler (the join) takes its events.
-          this.#loop.replace(fd, conn);
-          return resolve(conn);
-        }
-        conn.closed = true;
-        this.#loop.close(fd);
-        reject(errnoError(-error, `connect ${name}`));
-      },
-    };
+    const conn = new EpollConn(this.#loop, fd, target.name, target.host);
+    const dialling = new Dialling(this.#loop, conn, attempt, onDialled);
     try {
-      this.#loop.add(fd, EPOLLOUT, handler);
+      this.#loop.add(fd, EPOLLOUT, dialling);
     } catch (error) {
       this.#loop.close(fd);
-      return Promise.reject(error);
+      return onDialled(undefined, error);
     }
-    attempt.setOnAbort((reason) => {
-      conn.closed = true;
-      this.#loop.close(fd);
-      reject(reason);
-    });
-    return promise;
+    attempt.setOnAbort((reason) => dialling.abandon(reason));
   }
 
-  join(client: EngineConn, server: EngineConn, prefix?: Uint8Array): Joined {
-    return new EpollJoin(this.#loop, this.#clock, client as EpollConn, server as EpollConn, prefix);
+  join(
+    client: EngineConn,
+    server: EngineConn,
+    onEnd: (result: JoinResult) => void,
+    prefix?: Uint8Array,
+  ): Joined {
+    return new EpollJoin(
+      this.#loop,
+      this.#clock,
+      client as EpollConn,
+      server as EpollConn,
+      onEnd,
+      prefix,
+    );
   }
 
   listenDatagrams(

@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import { Attempt } from "./engine.ts";
+import { Attempt, type EngineConn, type JoinResult } from "./engine.ts";
 import { EpollEngine } from "./engine_epoll.ts";
 import { EpollLoop } from "./epoll_loop.ts";
 import {
@@ -31,6 +31,22 @@ const SO_RCVBUF = 8;
 
 const linux = Deno.build.os === "linux";
 
+/** `engine.dial`, answered as a promise. */
+function dial(engine: EpollEngine, port: number): Promise<EngineConn> {
+  const { promise, resolve, reject } = Promise.withResolvers<EngineConn>();
+  engine.dial({ hostname: "127.0.0.1", port }, new Attempt(), (server, error) => {
+    if (server === undefined) reject(error);
+    else resolve(server);
+  });
+  return promise;
+}
+
+/** `engine.join`, and its end as a promise. */
+function join(engine: EpollEngine, client: EngineConn, server: EngineConn) {
+  const { promise: ended, resolve } = Promise.withResolvers<JoinResult>();
+  return { joined: engine.join(client, server, resolve), ended };
+}
+
 /**
  * A client accepted by `engine`'s listener (watched) and a backend dialled
  * for it, not yet joined; `close()` closes the test's own ends and the engine.
@@ -41,10 +57,7 @@ async function clientAndBackend(engine: EpollEngine) {
   const client = await Deno.connect({ hostname: "127.0.0.1", port: listener.address.port });
   const accepted = await listener.accept();
   engine.watch(accepted, () => {});
-  const server = await engine.dial(
-    { hostname: "127.0.0.1", port: backendListener.addr.port },
-    new Attempt(),
-  );
+  const server = await dial(engine, backendListener.addr.port);
   const backend = await backendListener.accept();
   return {
     client,
@@ -190,9 +203,9 @@ Deno.test({
       () => (accepted as unknown as { early: { bytes: number } }).early.bytes >= 60000,
       "B read",
     );
-    const server = await engine.dial({ hostname: "127.0.0.1", port }, new Attempt());
+    const server = await dial(engine, port);
     sys.setInt((server as unknown as { fd: number }).fd, SOL_SOCKET, SO_SNDBUF, 4096);
-    const joined = engine.join(accepted, server);
+    const { joined, ended } = join(engine, accepted, server);
     await client.closeWrite();
     let fd = -1;
     await until(() => (fd = sys.accept(backend)) >= 0, "the backend's accept");
@@ -209,7 +222,7 @@ Deno.test({
     assert.equal(got.length, 60000);
     assert.equal(got.indexOf(66), 30000, "every A before the first B");
     joined.cut("aborted");
-    await joined.result;
+    await ended;
     client.close();
     listener.close();
     await engine.dispose();
@@ -222,14 +235,14 @@ Deno.test({
   fn: async () => {
     const engine = new EpollEngine();
     const { client, accepted, server, backend, close } = await clientAndBackend(engine);
-    const joined = engine.join(accepted, server);
+    const { ended } = join(engine, accepted, server);
     await backend.closeWrite(); // the server's end, passed to the client
     assert.equal(await client.read(new Uint8Array(8)), null);
     await writeAll(client, new Uint8Array([120])); // reaches the backend, which never reads it
     await until(() => false, "a moment", 20).catch(() => {});
     backend.close(); // unread bytes: the backend's kernel answers with a reset
     // The join settles as a reset (it used to spin on the error event, unsettled).
-    const result = await joined.result;
+    const result = await ended;
     assert.equal(result.end, "server-reset");
     await close();
   },
@@ -255,12 +268,9 @@ Deno.test({
     const accepted = await listener.accept();
     sys.setInt((accepted as unknown as { fd: number }).fd, SOL_SOCKET, SO_SNDBUF, 4096);
     engine.watch(accepted, () => {});
-    const server = await engine.dial(
-      { hostname: "127.0.0.1", port: backendListener.addr.port },
-      new Attempt(),
-    );
+    const server = await dial(engine, backendListener.addr.port);
     const backend = await backendListener.accept();
-    const joined = engine.join(accepted, server);
+    const { ended } = join(engine, accepted, server);
     // The client is done sending; the backend answers and closes, so its
     // socket is hung up (both ways shut) behind the stalled client.
     sys.shutdownWrite(client);
@@ -281,7 +291,7 @@ Deno.test({
     }, "the client's end of stream");
     sys.close(client);
     assert.deepEqual(new Uint8Array(got), data);
-    const result = await joined.result;
+    const result = await ended;
     assert.equal(result.bytesFromServer, size);
     listener.close();
     backendListener.close();

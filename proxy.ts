@@ -20,6 +20,7 @@ import {
   type EngineConn,
   type EngineListener,
   type Joined,
+  type JoinResult,
   peerAddress,
 } from "./engine.ts";
 import { formatHostPort, type HostPort } from "./address.ts";
@@ -565,17 +566,12 @@ export class LoadBalancer {
     );
     connection.cut = () => attempt.abort(new Deno.errors.Interrupted("draining"));
     const dialled = this.#clock.now();
-    this.#engine.dial(backend.address, attempt).then(
-      (server) => {
-        timeout.cancel();
-        this.#connected(connection, pool, backend, server, dialled);
-      },
-      (error) => {
-        timeout.cancel();
-        // Deno reports an aborted connect as a generic AbortError; say why.
-        this.#dialFailed(connection, pool, backend, attempt.aborted ? attempt.reason : error);
-      },
-    );
+    this.#engine.dial(backend.address, attempt, (server, error) => {
+      timeout.cancel();
+      if (server !== undefined) return this.#connected(connection, pool, backend, server, dialled);
+      // Deno reports an aborted connect as a generic AbortError; say why.
+      this.#dialFailed(connection, pool, backend, attempt.aborted ? attempt.reason : error);
+    });
   }
 
   #dialFailed(connection: Connection, pool: Pool, backend: Backend, error: unknown): void {
@@ -639,7 +635,12 @@ export class LoadBalancer {
       const prefix = backend.sendProxy === "off"
         ? undefined
         : this.#proxyHeader(backend.sendProxy, client, front?.client, front?.destination);
-      const joined = this.#engine.join(client, server, prefix);
+      const joined = this.#engine.join(
+        client,
+        server,
+        (result) => this.#joinEnded(connection, pool, backend, result),
+        prefix,
+      );
       connection.cut = () => joined.cut("aborted");
       connection.joined = joined;
       // Its tries are over: the set is not kept for as long as it lasts.
@@ -649,18 +650,23 @@ export class LoadBalancer {
       connection.joinedAt = this.#clock.now();
       connection.seenActivity = 0;
       connection.quietSince = connection.joinedAt;
-      joined.result.then((result) => {
-        backend.active--;
-        backend.connections++;
-        backend.bytesIn += result.bytesFromClient;
-        backend.bytesOut += result.bytesFromServer;
-        pool.queue.wake();
-        const end = result.end !== "aborted" ? result.end : connection.shutdown ?? "drain-timeout";
-        this.#finish(connection, end, backend, result.bytesFromClient, result.bytesFromServer);
-      }).catch((error) => this.#crash(connection, error));
     } catch (error) {
       // Not joined: the backend connection is ours to close.
       if (connection.joined === undefined) this.#engine.close(server).catch(NOTHING);
+      this.#crash(connection, error);
+    }
+  }
+
+  #joinEnded(connection: Connection, pool: Pool, backend: Backend, result: JoinResult): void {
+    try {
+      backend.active--;
+      backend.connections++;
+      backend.bytesIn += result.bytesFromClient;
+      backend.bytesOut += result.bytesFromServer;
+      pool.queue.wake();
+      const end = result.end !== "aborted" ? result.end : connection.shutdown ?? "drain-timeout";
+      this.#finish(connection, end, backend, result.bytesFromClient, result.bytesFromServer);
+    } catch (error) {
       this.#crash(connection, error);
     }
   }
