@@ -109,7 +109,7 @@ export class EarlyBytes {
     const held = this.#end - this.#start;
     const capacity = Math.max(FIRST_CAPACITY, 2 * (held + adding));
     const next = new Uint8Array(capacity);
-    next.set(this.#buffer.subarray(this.#start, this.#end));
+    if (held > 0) next.set(this.#buffer.subarray(this.#start, this.#end));
     this.#buffer = next;
     this.#start = 0;
     this.#end = held;
