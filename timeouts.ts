@@ -102,8 +102,10 @@ export class TimeoutQueue {
       }
     }
     this.#compact();
+    // A callback may have added a timeout (a retry) and armed the timer for
+    // it; one queued before it may be due sooner.
     const next = this.#entries[this.#head];
-    if (next !== undefined && this.#timer === undefined) this.#arm(next.deadline);
+    if (next !== undefined && next.deadline < this.#timerAt) this.#arm(next.deadline);
   }
 
   #arm(deadline: number): void {

@@ -84,3 +84,19 @@ Deno.test("TimeoutQueue on the real clock: fires, and clear() leaves no timer be
   queue.add(60_000, () => assert.fail("cleared"));
   queue.clear();
 });
+
+Deno.test("TimeoutQueue: a timeout added while one fires (a retry) does not delay those already queued", async () => {
+  const clock = new FakeClock();
+  const queue = new TimeoutQueue(clock);
+  const fired: string[] = [];
+  // A times out and its callback tries again at once, adding a later timeout
+  // from inside the queue's own firing; B, due before that one, keeps its time.
+  queue.add(1000, () => {
+    fired.push(`a@${clock.now()}`);
+    queue.add(1000, () => fired.push(`retry@${clock.now()}`));
+  });
+  await clock.advanceTo(500);
+  queue.add(1000, () => fired.push(`b@${clock.now()}`));
+  await clock.advanceTo(5000);
+  assert.deepEqual(fired, ["a@1000", "b@1500", "retry@2000"]);
+});
