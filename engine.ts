@@ -184,7 +184,7 @@ export interface Engine {
    * or with why there is none (refused, unreachable, `attempt` abandoned by
    * the connect timeout, a drain or the client going). Callbacks, not a
    * promise, as this runs for every connection; `onDialled` may be called
-   * before `dial` returns, and must not throw.
+   * before `dial` returns or from inside `attempt.abort()`, and must not throw.
    */
   dial(address: HostPort, attempt: Attempt, onDialled: OnDialled): void;
   /**

@@ -586,7 +586,15 @@ export class EpollEngine implements Engine {
     if (target === undefined) {
       if (!isIpLiteral(address.hostname)) {
         lookup(address.hostname).then(
-          ({ address: host }) => this.#connect(targetOf(host, address.port), attempt, onDialled),
+          ({ address: host }) => {
+            let resolved: Target;
+            try {
+              resolved = targetOf(host, address.port);
+            } catch (error) {
+              return onDialled(undefined, error);
+            }
+            this.#connect(resolved, attempt, onDialled);
+          },
           (error) => onDialled(undefined, error),
         );
         return;

@@ -324,7 +324,8 @@ const SYMBOLS = {
   connect: { parameters: ["i32", "pointer", "u32"], result: "i32" },
   // int fcntl(int fd, int cmd, ...)
   fcntl: { parameters: ["i32", "i32"], result: "i32" },
-  // ssize_t send(int fd, const void *buf, size_t len, int flags): one datagram on a connected socket.
+  // ssize_t send(int fd, const void *buf, size_t len, int flags): one datagram on a
+  // connected UDP socket, or a stream write with flags (MSG_MORE).
   send: { parameters: ["i32", "pointer", "u32", "i32"], result: "i32" },
   // int recvmmsg(int fd, struct mmsghdr *msgvec, unsigned vlen, int flags, struct timespec *timeout)
   recvmmsg: { parameters: ["i32", "pointer", "u32", "i32", "pointer"], result: "i32" },

@@ -642,3 +642,58 @@ Deno.test("a bug while placing one client ends that client only, said as interna
     await echo.close();
   }
 });
+
+Deno.test("a bug once the backend is connected ends that client only, closes the backend's side and gives its count back", async () => {
+  const echo = startEchoServer();
+  const lb = startBalancer([{ hostname: "127.0.0.1", port: echo.port }]);
+  const backend = lb.balancer.backends[0]!;
+  const recordConnect = backend.recordConnect.bind(backend);
+  let connects = 0;
+  backend.recordConnect = (ok, reason) => {
+    if (++connects === 1) throw new Error("a bug after the dial");
+    recordConnect(ok, reason);
+  };
+  try {
+    const first = await connectLoopback(lb.port);
+    assert.equal((await readAll(first)).length, 0); // closed, nothing sent back
+    first.close();
+    await until(() => lb.events.some((e) => e.type === "internal-error"), "the internal error");
+    await until(() => lb.balancer.activeConnections === 0, "the connection let go");
+    assert.equal(backend.active, 0, "the backend's count given back");
+    assert.equal(await exchange(lb.port, "next\n"), "next\n");
+    await until(() => backend.active === 0, "the second one's count given back");
+  } finally {
+    await lb.close();
+    await echo.close();
+  }
+});
+
+Deno.test("a connect that completes only after its timeout is closed, not joined", async () => {
+  const echo = startEchoServer();
+  // A dialer that ignores the abort: it connects once the attempt was given up.
+  const late: Deno.TcpConn[] = [];
+  const dial: Dialer = async (address, signal) => {
+    await new Promise((resolve) => signal.addEventListener("abort", resolve, { once: true }));
+    const conn = await Deno.connect(address);
+    late.push(conn);
+    return conn;
+  };
+  const lb = startBalancer([{ hostname: "127.0.0.1", port: echo.port }], {
+    dial,
+    connectTimeoutMs: 50,
+  });
+  try {
+    const client = await connectLoopback(lb.port);
+    await writeAll(client, new TextEncoder().encode("x\n"));
+    assert.equal((await readAll(client)).length, 0, "closed without an answer");
+    client.close();
+    await until(() => lb.balancer.activeConnections === 0, "the client let go");
+    assert.deepEqual(accessRecords(lb.events).map((r) => r.end), ["connect-failed"]);
+    await until(() => late.length === 1, "the late connect made");
+    // Its socket was closed by the balancer: reading it fails, as a closed resource.
+    await assert.rejects(late[0]!.read(new Uint8Array(1)));
+  } finally {
+    await lb.close();
+    await echo.close();
+  }
+});

@@ -1,10 +1,15 @@
 /**
  * A listener: accepts clients and hands each one to a backend of its pool.
  *
- * Every connection is one loop: pick a backend → dial it (with a timeout) →
- * on failure pick again, skipping what already failed → join the two
- * connections → report how it went. Nothing is sent to a backend before it
- * is connected, so a retry never sends a byte twice.
+ * Every connection goes the same way: pick a backend → dial it (with a
+ * timeout) → on failure pick again, skipping what already failed → join the
+ * two connections → report how it went. Nothing is sent to a backend before
+ * it is connected, so a retry never sends a byte twice. In the code, each
+ * step is a method called when what it waited for has happened:
+ *
+ *     #start → #admitted (a front door's verdict) → #pick ⇄ queue or descriptor wait
+ *       → #dial → #dialFailed (→ #pick) or #connected → #joinEnded → #finish → #forget
+ *     any step → #giveUp (no backend) or #crash (a bug) → #forget
  *
  * It moves no byte itself: the sockets are the engine's (engine.ts), the
  * backends, strategy and queue the pool's (pool.ts). Every timer runs on the
@@ -77,7 +82,7 @@ interface Connection {
   /** Why the queue let it go without a slot. */
   queueEnd?: "queue-timeout" | "queue-full";
   /** Gives back its per-source count, when the front door took one. */
-  release?: () => void;
+  releaseSource?: () => void;
   /** Once reported, with its per-source count given back: nothing more happens to it. */
   over: boolean;
   /** Once joined: the join, its activity at the last sweep, and since when it is unchanged. */
@@ -466,7 +471,7 @@ export class LoadBalancer {
       tried: new Set(),
       shortageWaitMs: 0,
       queueEnd: undefined,
-      release: undefined,
+      releaseSource: undefined,
       over: false,
       // Every field from the start, so that none added later costs the
       // object a new shape and a property store: one is made per connection.
@@ -504,12 +509,14 @@ export class LoadBalancer {
 
   #admitted(connection: Connection, edge: Edge, admission: Admission): void {
     try {
+      // A per-source count is given back once the connection is over, whatever became of it.
+      if (admission.ok && admission.counted) {
+        connection.releaseSource = () => edge.release(admission.client);
+      }
       connection.clientName = formatHostPort(admission.client);
       connection.clientHost = admission.client.hostname;
       if (admission.ok) {
         connection.front = admission;
-        // A per-source count is given back once the connection is over, whatever became of it.
-        if (admission.counted) connection.release = () => edge.release(admission.client);
         return this.#pick(connection);
       }
       this.#engine.close(connection.client).then(() => {
@@ -556,8 +563,19 @@ export class LoadBalancer {
     // Counted from the attempt on, so a burst of new clients spreads out
     // under least-connections before any of them has connected.
     backend.active++;
+    try {
+      this.#dial(connection, pool, backend);
+    } catch (error) {
+      // Before any callback could: the attempt is not under way.
+      backend.active--;
+      pool.queue.wake();
+      throw error;
+    }
+  }
+
+  // One attempt, bounded by the connect timeout and by a drain cut-off.
+  #dial(connection: Connection, pool: Pool, backend: Backend): void {
     if (backend.health.state === "down") backend.startTrial();
-    // One attempt, bounded by the connect timeout and by a drain cut-off.
     const attempt = new Attempt();
     const timeoutMs = pool.settings.connectTimeoutMs;
     const timeout = this.#connectTimeouts.add(
@@ -565,16 +583,22 @@ export class LoadBalancer {
       () => attempt.abort(new Deno.errors.TimedOut(`no answer in ${timeoutMs} ms`)),
     );
     connection.cut = () => attempt.abort(new Deno.errors.Interrupted("draining"));
-    const dialled = this.#clock.now();
+    const dialledAt = this.#clock.now();
     this.#engine.dial(backend.address, attempt, (server, error) => {
       timeout.cancel();
-      if (server !== undefined) return this.#connected(connection, pool, backend, server, dialled);
+      if (server !== undefined && !attempt.aborted) {
+        return this.#connected(connection, pool, backend, server, dialledAt);
+      }
+      // Connected just as the attempt was abandoned (a drain's cut, the
+      // client gone): not joined, or a drain would wait for it.
+      if (server !== undefined) this.#engine.close(server).catch(NOTHING);
       // Deno reports an aborted connect as a generic AbortError; say why.
       this.#dialFailed(connection, pool, backend, attempt.aborted ? attempt.reason : error);
     });
   }
 
   #dialFailed(connection: Connection, pool: Pool, backend: Backend, error: unknown): void {
+    if (connection.over) return;
     try {
       backend.active--;
       pool.queue.wake();
@@ -625,16 +649,23 @@ export class LoadBalancer {
     pool: Pool,
     backend: Backend,
     server: EngineConn,
-    dialled: number,
+    dialledAt: number,
   ): void {
     try {
       backend.recordConnect(true);
-      backend.recordConnectTime(this.#clock.now() - dialled);
+      backend.recordConnectTime(this.#clock.now() - dialledAt);
       const front = connection.front;
       const { client } = connection;
       const prefix = backend.sendProxy === "off"
         ? undefined
         : this.#proxyHeader(backend.sendProxy, client, front?.client, front?.destination);
+      // Its tries are over: the set is not kept for as long as it lasts.
+      connection.tried = NONE_TRIED;
+      connection.joinedAt = this.#clock.now();
+      connection.seenActivity = 0;
+      connection.quietSince = connection.joinedAt;
+      // The join may end before it returns (the client's early bytes could
+      // not be written): #joinEnded has then reported it already.
       const joined = this.#engine.join(
         client,
         server,
@@ -643,21 +674,21 @@ export class LoadBalancer {
       );
       connection.cut = () => joined.cut("aborted");
       connection.joined = joined;
-      // Its tries are over: the set is not kept for as long as it lasts.
-      connection.tried = NONE_TRIED;
       connection.pool = pool;
       connection.backend = backend;
-      connection.joinedAt = this.#clock.now();
-      connection.seenActivity = 0;
-      connection.quietSince = connection.joinedAt;
     } catch (error) {
-      // Not joined: the backend connection is ours to close.
-      if (connection.joined === undefined) this.#engine.close(server).catch(NOTHING);
+      if (connection.joined === undefined) {
+        // Not joined: the backend connection is ours to close, its count ours to give back.
+        this.#engine.close(server).catch(NOTHING);
+        backend.active--;
+        pool.queue.wake();
+      }
       this.#crash(connection, error);
     }
   }
 
   #joinEnded(connection: Connection, pool: Pool, backend: Backend, result: JoinResult): void {
+    if (connection.over) return;
     try {
       backend.active--;
       backend.connections++;
@@ -705,7 +736,7 @@ export class LoadBalancer {
         end,
       },
     });
-    this.#release(connection);
+    this.#forget(connection);
   }
 
   // Something unexpected: the connection is closed and the error reported.
@@ -718,19 +749,24 @@ export class LoadBalancer {
         client: connection.client.peer,
         reason: describe(error),
       });
-      this.#release(connection);
+      this.#forget(connection);
     });
   }
 
-  #release(connection: Connection): void {
+  // Forgets it: off the books, its per-source count given back.
+  #forget(connection: Connection): void {
     connection.over = true;
-    connection.release?.();
     this.#connections.delete(connection);
     this.#roomFreed?.resolve();
     this.#roomFreed = undefined;
     if (this.#connections.size === 0) {
       this.#emptied?.resolve();
       this.#emptied = undefined;
+    }
+    try {
+      connection.releaseSource?.();
+    } catch {
+      // A count not given back is the front door's to mend, not this connection's.
     }
   }
 
