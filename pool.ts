@@ -61,6 +61,9 @@ export type BackendSource = "config" | "admin" | "dns" | "etcd";
 export type SendProxy = "off" | "v1" | "v2";
 
 /** One backend of a pool, and what the strategies need to know about it. */
+/** No backend tried yet: what a pick is told when nothing was (shared, never added to). */
+export const NOTHING_TRIED: ReadonlySet<Backend> = new Set();
+
 export class Backend implements Candidate {
   /** Where to connect; host names are resolved at each connect. */
   readonly address: HostPort;

@@ -33,7 +33,7 @@ import type { Admission, Edge } from "./edge.ts";
 import { describe, isClientGone, isOutOfDescriptors } from "./errors.ts";
 import type { ConnectionEnd, LoadBalancerEvent, RejectReason } from "./events.ts";
 import { DURATION_BUCKETS, Histogram } from "./metrics.ts";
-import type { Backend, Pool } from "./pool.ts";
+import { type Backend, NOTHING_TRIED, type Pool } from "./pool.ts";
 import { encodeProxyV1, encodeProxyV2 } from "./proxy_protocol.ts";
 import { TimeoutQueue } from "./timeouts.ts";
 
@@ -75,8 +75,8 @@ interface Connection {
   gone: boolean;
   /** Ends it now, whatever stage it is at (connecting, queued or joined). */
   cut(): void;
-  /** Backends tried for it so far. */
-  tried: Set<Backend>;
+  /** Backends tried for it so far; none yet, or joined, when undefined. */
+  tried: Set<Backend> | undefined;
   /** How long it waited last for a descriptor (each wait doubles). */
   shortageWaitMs: number;
   /** Why the queue let it go without a slot. */
@@ -109,8 +109,6 @@ interface Front {
 }
 
 const NOTHING = () => {};
-/** What a joined connection's `tried` becomes: nothing is added to it. */
-const NONE_TRIED: Set<Backend> = new Set();
 
 // Accepting again at once after EMFILE would spin; wait, doubling, up to a second.
 const BACKOFF_FIRST_MS = 10;
@@ -468,7 +466,7 @@ export class LoadBalancer {
       clientHost: client.peerHost,
       gone: false,
       cut: NOTHING,
-      tried: new Set(),
+      tried: undefined,
       shortageWaitMs: 0,
       queueEnd: undefined,
       releaseSource: undefined,
@@ -536,7 +534,7 @@ export class LoadBalancer {
     // A route names its pool; a reload may have replaced it since.
     const front = connection.front;
     const pool = (front?.pool && this.#routePools.get(front.pool)) || this.#pool;
-    const { tried } = connection;
+    const tried = connection.tried ?? NOTHING_TRIED;
     const backend = pool.strategy.pick(pool.backends, {
       tried,
       clientAddress: connection.clientHost,
@@ -559,7 +557,7 @@ export class LoadBalancer {
       }).catch((error) => this.#crash(connection, error));
       return;
     }
-    tried.add(backend);
+    (connection.tried ??= new Set()).add(backend);
     // Counted from the attempt on, so a burst of new clients spreads out
     // under least-connections before any of them has connected.
     backend.active++;
@@ -623,7 +621,7 @@ export class LoadBalancer {
           reason,
           waitMs,
         });
-        connection.tried.delete(backend);
+        connection.tried?.delete(backend);
         const waiting = new AbortController();
         connection.cut = () => waiting.abort();
         sleep(this.#clock, waitMs, waiting.signal).then(() => this.#pick(connection))
@@ -660,7 +658,7 @@ export class LoadBalancer {
         ? undefined
         : this.#proxyHeader(backend.sendProxy, client, front?.client, front?.destination);
       // Its tries are over: the set is not kept for as long as it lasts.
-      connection.tried = NONE_TRIED;
+      connection.tried = undefined;
       connection.joinedAt = this.#clock.now();
       connection.seenActivity = 0;
       connection.quietSince = connection.joinedAt;
@@ -704,7 +702,7 @@ export class LoadBalancer {
 
   // No backend for it: closed, and reported with the reason.
   #giveUp(connection: Connection): void {
-    const { tried } = connection;
+    const tried = connection.tried ?? NOTHING_TRIED;
     const end = connection.gone ? "client-reset" : connection.queueEnd ??
       (this.#cutting ? "drain-timeout" : tried.size === 0 ? "no-backend" : "connect-failed");
     this.#engine.close(connection.client, { reset: end === "drain-timeout" })

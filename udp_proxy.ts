@@ -36,7 +36,7 @@ import {
   type UdpBackendCounts,
   type UdpCounts,
 } from "./metrics.ts";
-import type { Backend, Pool } from "./pool.ts";
+import { type Backend, NOTHING_TRIED, type Pool } from "./pool.ts";
 import { encodeProxyV2 } from "./proxy_protocol.ts";
 
 /** How a UDP listener keeps its flows (the listener's `udp:` block). */
@@ -108,7 +108,6 @@ type FlowEnd = Extract<
   | "drain-timeout"
 >;
 
-const NOTHING_TRIED: ReadonlySet<Backend> = new Set();
 // The longest datagram, with room for the PROXY v2 header in front (IPv6: 52 bytes).
 const SCRATCH_BYTES = 65_535 + 64;
 
