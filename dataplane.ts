@@ -26,7 +26,7 @@ import {
   type BackendSnapshot,
   type FromThread,
   type ListenerSnapshot,
-  type PackedRecord,
+  type PackedEvents,
   packRecord,
   type PoolSnapshot,
   type ToThread,
@@ -37,8 +37,12 @@ import { UdpBalancer } from "./udp_proxy.ts";
 
 /** Reports flush at least this often while there is something to say. */
 const FLUSH_EVERY_MS = 100;
-/** ...and at once past this many events. */
-const FLUSH_AT_EVENTS = 512;
+/**
+ * ...and at once past this many packed fields (an event is one, an access
+ * record eight): records held longer outlive a young-generation collection
+ * and are copied, or moved to the old generation, before they are sent.
+ */
+const FLUSH_AT_FIELDS = 2048;
 
 /** A backend replica that keeps what it must report: connect outcomes and counts. */
 class ReplicaBackend extends Backend {
@@ -72,7 +76,7 @@ let received = 0;
 let sent: Int32Array | undefined;
 /** Messages are handled one after another, in order, each to its end. */
 let handling: Promise<void> = Promise.resolve();
-const events: (LoadBalancerEvent | PackedRecord)[] = [];
+const events: PackedEvents = [];
 let pools = new Map<string, Pool>();
 let listeners = new Map<string, LoadBalancer | UdpBalancer>();
 /** TCP listeners a reload removed, still draining. */
@@ -90,8 +94,9 @@ scope.onmessage = (event) => {
 function onEvent(event: LoadBalancerEvent): void {
   // The main thread decides backends' health, and says so itself.
   if (event.type === "backend-state") return;
-  events.push(event.type === "connection" ? packRecord(event.record) : event);
-  if (events.length >= FLUSH_AT_EVENTS) flush();
+  if (event.type === "connection") packRecord(events, event.record);
+  else events.push(event);
+  if (events.length >= FLUSH_AT_FIELDS) flush();
   else flushTimer ??= loop.setTimer(flush, FLUSH_EVERY_MS);
 }
 

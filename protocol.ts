@@ -137,7 +137,7 @@ export type FromThreadBody =
   /** What happened since the last batch, in order; access records packed. */
   | {
     readonly type: "batch";
-    readonly events: readonly (LoadBalancerEvent | PackedRecord)[];
+    readonly events: Readonly<PackedEvents>;
     readonly backends: readonly BackendCounts[];
     /** Client connections in progress, per listener name. */
     readonly active: Readonly<Record<string, number>>;
@@ -152,25 +152,20 @@ export type FromThreadBody =
   | { readonly type: "drained"; readonly cut: number };
 
 /**
- * An access record as a thread sends it: its fields in a fixed order, the
- * time in milliseconds since the epoch. An array of plain values costs less
- * to copy between threads than an object with named fields and a Date, and
- * there is one per connection.
+ * A batch's events as a thread sends them: events as they are, and each
+ * access record as its eight fields inline, in a fixed order, starting with
+ * the time in milliseconds since the epoch (a number, where an event is an
+ * object). Plain values in one array cost less to make, and to copy between
+ * threads, than an object and a Date per connection.
  */
-export type PackedRecord = readonly [
-  time: number,
-  listener: string,
-  client: string,
-  backend: string | undefined,
-  bytesIn: number,
-  bytesOut: number,
-  durationMs: number,
-  end: ConnectionEnd,
-];
+export type PackedEvents = (LoadBalancerEvent | string | number | undefined)[];
 
-/** Packs a record for the trip to the main thread. */
-export function packRecord(record: AccessRecord): PackedRecord {
-  return [
+/** Fields of an access record in {@linkcode PackedEvents}. */
+const RECORD_FIELDS = 8;
+
+/** Appends `record` to `events` for the trip to the main thread. */
+export function packRecord(events: PackedEvents, record: AccessRecord): void {
+  events.push(
     record.time.getTime(),
     record.listener,
     record.client,
@@ -179,11 +174,32 @@ export function packRecord(record: AccessRecord): PackedRecord {
     record.bytesOut,
     record.durationMs,
     record.end,
-  ];
+  );
 }
 
-/** The record {@linkcode packRecord} packed. */
-export function unpackRecord(packed: PackedRecord): AccessRecord {
-  const [time, listener, client, backend, bytesIn, bytesOut, durationMs, end] = packed;
-  return { time: new Date(time), listener, client, backend, bytesIn, bytesOut, durationMs, end };
+/** Calls `each` with every event of a batch, in order, access records unpacked. */
+export function unpackEvents(
+  events: Readonly<PackedEvents>,
+  each: (event: LoadBalancerEvent) => void,
+): void {
+  for (let at = 0; at < events.length;) {
+    const item = events[at];
+    if (typeof item !== "number") {
+      each(item as LoadBalancerEvent);
+      at++;
+      continue;
+    }
+    const record: AccessRecord = {
+      time: new Date(item),
+      listener: events[at + 1] as string,
+      client: events[at + 2] as string,
+      backend: events[at + 3] as string | undefined,
+      bytesIn: events[at + 4] as number,
+      bytesOut: events[at + 5] as number,
+      durationMs: events[at + 6] as number,
+      end: events[at + 7] as ConnectionEnd,
+    };
+    each({ type: "connection", record });
+    at += RECORD_FIELDS;
+  }
 }

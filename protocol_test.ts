@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
-import type { AccessRecord } from "./events.ts";
-import { packRecord, unpackRecord } from "./protocol.ts";
+import type { AccessRecord, LoadBalancerEvent } from "./events.ts";
+import { type PackedEvents, packRecord, unpackEvents } from "./protocol.ts";
 
-Deno.test("an access record packed for another thread comes back the same, backend or none", () => {
+Deno.test("access records packed among other events for another thread come back the same, in order", () => {
   const records: AccessRecord[] = [
     {
       time: new Date("2026-11-27T10:00:00.123Z"),
@@ -25,8 +25,22 @@ Deno.test("an access record packed for another thread comes back the same, backe
       end: "no-backend",
     },
   ];
-  for (const record of records) {
-    // As a message carries it: a structured clone.
-    assert.deepEqual(unpackRecord(structuredClone(packRecord(record))), record);
-  }
+  const other: LoadBalancerEvent = {
+    type: "connect-error",
+    client: "127.0.0.1:1",
+    backend: "127.0.0.1:5002",
+    reason: "refused",
+  };
+  const packed: PackedEvents = [];
+  packRecord(packed, records[0]!);
+  packed.push(other);
+  packRecord(packed, records[1]!);
+  const unpacked: LoadBalancerEvent[] = [];
+  // As a message carries it: a structured clone.
+  unpackEvents(structuredClone(packed), (event) => unpacked.push(event));
+  assert.deepEqual(unpacked, [
+    { type: "connection", record: records[0] },
+    other,
+    { type: "connection", record: records[1] },
+  ]);
 });

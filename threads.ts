@@ -34,13 +34,7 @@ import {
 } from "./metrics.ts";
 import type { UdpSettings } from "./udp_proxy.ts";
 import type { Pool } from "./pool.ts";
-import {
-  type FromThread,
-  type PackedRecord,
-  type PoolSnapshot,
-  type ToThreadBody,
-  unpackRecord,
-} from "./protocol.ts";
+import { type FromThread, type PoolSnapshot, type ToThreadBody, unpackEvents } from "./protocol.ts";
 import type { ListenerConfig, ListenerHost, Where } from "./runtime.ts";
 
 /**
@@ -485,18 +479,16 @@ export class ThreadedListeners implements ListenerHost {
       }
       for (const ms of counts.connectTimes) backend.recordConnectTime(ms);
     }
-    for (const item of batch.events) {
-      if (!Array.isArray(item)) {
-        this.#onEvent(item as LoadBalancerEvent);
-        continue;
+    unpackEvents(batch.events, (event) => {
+      if (event.type === "connection") {
+        const { record } = event;
+        const stat = this.#stats.get(record.listener);
+        stat?.durations.observe(record.durationMs / 1000);
+        if (stat !== undefined && isRejectReason(record.end)) {
+          stat.rejected.set(record.end, (stat.rejected.get(record.end) ?? 0) + 1);
+        }
       }
-      const record = unpackRecord(item as PackedRecord);
-      const stat = this.#stats.get(record.listener);
-      stat?.durations.observe(record.durationMs / 1000);
-      if (stat !== undefined && isRejectReason(record.end)) {
-        stat.rejected.set(record.end, (stat.rejected.get(record.end) ?? 0) + 1);
-      }
-      this.#onEvent({ type: "connection", record });
-    }
+      this.#onEvent(event);
+    });
   }
 }
