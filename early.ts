@@ -16,6 +16,14 @@ import type { Attempt, Peeked } from "./engine.ts";
 
 const EMPTY = new Uint8Array(0);
 const FIRST_CAPACITY = 512;
+/**
+ * First buffers given back ({@linkcode EarlyBytes.recycle}), for the next
+ * clients: most clients send their first bytes while we dial, and a buffer
+ * made for each is an allocation outside the heap, and work for the
+ * collector, per connection. At most this many are kept.
+ */
+const SPARE_MAX = 256;
+const spare: Uint8Array<ArrayBuffer>[] = [];
 /** Up to this many bytes, a copy loop costs less than making a view to copy from. */
 const SMALL_COPY = 512;
 
@@ -29,6 +37,8 @@ export class EarlyBytes {
   #start = 0;
   #end = 0;
   #waiters: (() => void)[] | undefined;
+  /** A view of the buffer went out (a peek): it is not given back. */
+  #lent = false;
 
   /** Bytes held. */
   get bytes(): number {
@@ -84,6 +94,7 @@ export class EarlyBytes {
    */
   async peek(known: number, attempt: Attempt): Promise<Peeked> {
     if (attempt.aborted) throw attempt.reason;
+    this.#lent = true;
     const aborted = Promise.withResolvers<never>();
     attempt.setOnAbort(aborted.reject);
     try {
@@ -103,12 +114,26 @@ export class EarlyBytes {
     return new Promise((resolve) => (this.#waiters ??= []).push(resolve));
   }
 
+  /**
+   * Forgets what is held, giving the buffer back for another client's bytes
+   * when no view of it went out but to the caller, who is done with it.
+   */
+  recycle(): void {
+    if (this.#lent) return;
+    const buffer = this.#buffer;
+    this.#buffer = EMPTY;
+    this.#start = this.#end = 0;
+    if (buffer.length === FIRST_CAPACITY && spare.length < SPARE_MAX) spare.push(buffer);
+  }
+
   // Room for `adding` more: the held bytes move to the front of a buffer
   // at least twice as big as they need.
   #grow(adding: number): void {
     const held = this.#end - this.#start;
     const capacity = Math.max(FIRST_CAPACITY, 2 * (held + adding));
-    const next = new Uint8Array(capacity);
+    const next = capacity === FIRST_CAPACITY && spare.length > 0
+      ? spare.pop()!
+      : new Uint8Array(capacity);
     if (held > 0) next.set(this.#buffer.subarray(this.#start, this.#end));
     this.#buffer = next;
     this.#start = 0;

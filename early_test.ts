@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { EarlyBytes } from "./early.ts";
+import { Attempt } from "./engine.ts";
 
 const bytes = (...values: number[]) => new Uint8Array(values);
 
@@ -51,4 +52,25 @@ Deno.test("EarlyBytes: a byte at a time, read whole after each, keeps every byte
   early.discard(4990);
   assert.deepEqual([...early.view()], [...Array(10).keys()].map((k) => (4990 + k) & 0xff));
   assert.equal(early.chunks.length, 1);
+});
+
+Deno.test("EarlyBytes: a recycled buffer holds the next client's bytes; one a peek saw is never reused", async () => {
+  const first = new EarlyBytes();
+  first.push(bytes(1, 2, 3));
+  const held = first.view();
+  first.recycle();
+  assert.equal(first.bytes, 0);
+  const second = new EarlyBytes();
+  second.push(bytes(9, 8));
+  // The buffer went round: what the first held is overwritten by the second's bytes.
+  assert.equal(second.view().buffer, held.buffer);
+  assert.deepEqual(second.view(), bytes(9, 8));
+
+  const peeked = await second.peek(0, new Attempt());
+  second.recycle();
+  const third = new EarlyBytes();
+  third.push(bytes(7, 7, 7));
+  assert.notEqual(third.view().buffer, peeked.bytes.buffer);
+  assert.deepEqual(peeked.bytes, bytes(9, 8));
+  assert.deepEqual(second.view(), bytes(9, 8));
 });

@@ -212,7 +212,10 @@ class EpollJoin implements Joined {
     // short connection. What does not fit waits in `pending`.
     const held = early === undefined ? EMPTY : early.view();
     const first = prefix === undefined ? held : held.length === 0 ? prefix : concat(prefix, held);
-    if (first.length > 0 && !this.#forward(this.#up, first, first.length)) return;
+    const sent = first.length === 0 || this.#forward(this.#up, first, first.length);
+    // Written, or copied to `pending`: the buffer can hold another client's bytes.
+    early?.recycle();
+    if (!sent) return;
     if (prefix !== undefined) this.#up.bytes -= prefix.length;
     if (early?.ended) this.#end(this.#up);
     if (!this.#done) this.#update();
@@ -671,6 +674,7 @@ export class EpollEngine implements Engine {
 
   close(conn: EngineConn, options: { reset?: boolean } = {}): Promise<void> {
     const epoll = conn as EpollConn;
+    epoll.early?.recycle();
     epoll.early = undefined;
     if (!epoll.closed) {
       epoll.closed = true;
