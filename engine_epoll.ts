@@ -488,9 +488,9 @@ class EpollListener implements EngineListener, Handler {
     }
     this.#loop.hold(fd);
     // Nagle is off already: an accepted socket inherits TCP_NODELAY from the listener.
-    const peer = sys.lastAddress();
-    const host = peer?.hostname ?? "-";
-    const name = peer === undefined ? "-" : formatHostPort(peer);
+    const host = sys.lastHost();
+    if (host === undefined) return new EpollConn(this.#loop, fd, "-", "-");
+    const name = formatHostPort({ hostname: host, port: sys.lastPort() });
     return new EpollConn(this.#loop, fd, name, host);
   }
 

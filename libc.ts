@@ -596,6 +596,9 @@ export function resetConnection(conn: Deno.Conn): boolean {
   return libc().symbols.connect(fd, pointersOf().unspecified, SOCKADDR_IN_BYTES) === 0;
 }
 
+/** The most IPv4 client hosts {@linkcode Sys.lastHost} keeps written; past it, it starts again. */
+const HOSTS_KEPT = 4096;
+
 /**
  * The socket and epoll calls, each returning its result or `-errno`. One
  * per thread (errno is per thread): a Worker makes its own.
@@ -616,6 +619,8 @@ export class Sys {
   readonly #addressPointer = Deno.UnsafePointer.of(this.#address);
   readonly #linger = new Uint8Array(8);
   readonly #lingerPointer = Deno.UnsafePointer.of(this.#linger);
+  /** IPv4 hosts as {@linkcode Sys.lastHost} wrote them, by address. */
+  readonly #hosts = new Map<number, string>();
   readonly #counter = new BigUint64Array(1);
   readonly #counterPointer = Deno.UnsafePointer.of(this.#counter);
 
@@ -686,6 +691,29 @@ export class Sys {
   /** The address the last accept, getsockname or getpeername filled in. */
   lastAddress(): SocketAddress | undefined {
     return decodeSockaddr(this.#address);
+  }
+
+  /**
+   * The host and the port of {@linkcode Sys.lastAddress}, without the object:
+   * the host of an IPv4 address is written once and kept (clients come from
+   * few addresses, and this runs for every accepted connection).
+   */
+  lastHost(): string | undefined {
+    const bytes = this.#address;
+    if ((bytes[0]! | (bytes[1]! << 8)) !== AF_INET) return decodeSockaddr(bytes)?.hostname;
+    const key = ((bytes[4]! * 256 + bytes[5]!) * 256 + bytes[6]!) * 256 + bytes[7]!;
+    let host = this.#hosts.get(key);
+    if (host === undefined) {
+      if (this.#hosts.size >= HOSTS_KEPT) this.#hosts.clear();
+      host = `${bytes[4]}.${bytes[5]}.${bytes[6]}.${bytes[7]}`;
+      this.#hosts.set(key, host);
+    }
+    return host;
+  }
+
+  /** The port of {@linkcode Sys.lastAddress}. */
+  lastPort(): number {
+    return (this.#address[2]! << 8) | this.#address[3]!;
   }
 
   /** The local address of `fd`. */

@@ -360,3 +360,31 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "Sys.lastHost/lastPort: what lastAddress says, for IPv4 (written once per host) and IPv6",
+  ignore: !linux,
+  fn: () => {
+    const sys = new Sys();
+    for (
+      const [family, hostname] of [[AF_INET, "127.0.0.1"], [AF_INET, "127.0.0.2"], [
+        AF_INET6,
+        "::1",
+      ]] as const
+    ) {
+      const fd = sys.socket(family, SOCK_DGRAM);
+      try {
+        if (sys.bind(fd, { hostname, port: 0 }) < 0) {
+          console.log(`lastHost over ${hostname}: skipped, it cannot be bound here`);
+          continue;
+        }
+        const bound = sys.localAddress(fd)!;
+        assert.equal(sys.lastHost(), hostname);
+        assert.equal(sys.lastPort(), bound.port);
+        assert.equal(sys.lastHost(), sys.lastAddress()!.hostname);
+      } finally {
+        sys.close(fd);
+      }
+    }
+  },
+});
