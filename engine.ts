@@ -39,6 +39,12 @@ export interface EngineListener {
   readonly address: HostPort;
   /** The next client. Rejects when closed, or when accepting failed (out of descriptors, …). */
   accept(): Promise<EngineConn>;
+  /**
+   * A client already waiting, taken at once; undefined when there is none
+   * (then call `accept()`). Throws where `accept()` would reject. Optional:
+   * it spares a listener that can look without waiting a promise per client.
+   */
+  acceptNow?(): EngineConn | undefined;
   /** Stops listening; a pending accept rejects. */
   close(): void;
 }

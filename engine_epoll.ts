@@ -443,6 +443,8 @@ class EpollListener implements EngineListener, Handler {
   readonly #loop: EpollLoop;
   readonly #fd: number;
   #waiting: PromiseWithResolvers<EngineConn> | undefined;
+  /** The last acceptNow() found nobody waiting: accept() need not look again. */
+  #empty = false;
   #closed = false;
 
   constructor(loop: EpollLoop, fd: number, address: HostPort) {
@@ -454,13 +456,23 @@ class EpollListener implements EngineListener, Handler {
 
   accept(): Promise<EngineConn> {
     if (this.#closed) return Promise.reject(new Deno.errors.BadResource("listener closed"));
-    // Speculative: a connection already waiting is taken without a round trip through epoll.
-    const conn = this.#take();
+    // Speculative: a connection already waiting is taken without a round
+    // trip through epoll (unless acceptNow() has just found none).
+    const conn = this.#empty ? undefined : this.#take();
+    this.#empty = false;
     if (conn instanceof Error) return Promise.reject(conn);
     if (conn !== undefined) return Promise.resolve(conn);
     this.#waiting = Promise.withResolvers<EngineConn>();
     this.#loop.modify(this.#fd, EPOLLIN);
     return this.#waiting.promise;
+  }
+
+  acceptNow(): EngineConn | undefined {
+    if (this.#closed) throw new Deno.errors.BadResource("listener closed");
+    const conn = this.#take();
+    if (conn instanceof Error) throw conn;
+    this.#empty = conn === undefined;
+    return conn;
   }
 
   onEvents(): void {

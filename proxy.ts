@@ -424,7 +424,9 @@ export class LoadBalancer {
       }
       let client: EngineConn | undefined;
       try {
-        client = await this.#listener.accept();
+        // Clients already waiting are taken one after another without a
+        // promise each, where the listener can.
+        client = this.#listener.acceptNow?.() ?? await this.#listener.accept();
       } catch (error) {
         if (this.#stoppedAccepting) break;
         // A client that reset before we accepted it: accepting itself works.
