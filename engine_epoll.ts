@@ -61,7 +61,6 @@ import {
   SOL_SOCKET,
   TCP_NODELAY,
 } from "./libc.ts";
-import { concat } from "./io.ts";
 
 /**
  * What one read takes for a direction whose last write came up short: the
@@ -72,7 +71,6 @@ import { concat } from "./io.ts";
 const SMALL_READ = 64 * 1024;
 /** Reads one bulk flow may make per wake-up: 1 MiB. */
 const BULK_READS = 4;
-const EMPTY = new Uint8Array(0);
 
 /** What a watched client may send before its backend is connected. */
 const EARLY_LIMIT = 65536;
@@ -209,13 +207,23 @@ class EpollJoin implements Joined {
     // Our own prefix (a PROXY header) first, not counted as the client's;
     // then what the client sent while we dialled. One write for both: a
     // write is a packet and a wake-up of the backend, the dearest part of a
-    // short connection. What does not fit waits in `pending`.
-    const held = early === undefined ? EMPTY : early.view();
-    const first = prefix === undefined ? held : held.length === 0 ? prefix : concat(prefix, held);
-    const sent = first.length === 0 || this.#forward(this.#up, first, first.length);
-    // Written, or copied to `pending`: the buffer can hold another client's bytes.
+    // short connection. Written from the scratch buffer, whose pointer is
+    // known (one for a new view would cost an allocation per connection);
+    // both fit, as the early limit and a header are far below its size.
+    // What does not fit the socket waits in `pending`.
+    const scratch = loop.scratch;
+    let length = 0;
+    if (prefix !== undefined) {
+      scratch.set(prefix);
+      length = prefix.length;
+    }
+    if (early !== undefined && early.bytes > 0) {
+      scratch.set(early.view(), length);
+      length += early.bytes;
+    }
+    // Copied: the buffer can hold another client's bytes.
     early?.recycle();
-    if (!sent) return;
+    if (length > 0 && !this.#forward(this.#up, scratch, length)) return;
     if (prefix !== undefined) this.#up.bytes -= prefix.length;
     if (early?.ended) this.#end(this.#up);
     if (!this.#done) this.#update();
