@@ -111,7 +111,7 @@ class EpollConn implements EngineConn, Handler {
       if (sys.socketError(this.fd) === 0) return;
       return this.#gone(early);
     }
-    const read = sys.read(this.fd, scratchPointer, room);
+    const read = sys.recv(this.fd, scratchPointer, room);
     if (read > 0) {
       early.push(scratch, read);
       if (early.bytes >= EARLY_LIMIT) this.loop.modify(this.fd, 0);
@@ -278,7 +278,7 @@ class EpollJoin implements Joined {
   // read. `finished`: the source has ended, so a read that empties it is its last.
   #read(d: Direction, finished = false): number {
     const { sys, scratch, scratchPointer } = this.#loop;
-    const read = sys.read(d.from.fd, scratchPointer, d.readSize);
+    const read = sys.recv(d.from.fd, scratchPointer, d.readSize);
     if (read > 0) {
       this.activity++;
       this.#forward(d, scratch, read, finished && read < d.readSize);
@@ -298,8 +298,8 @@ class EpollJoin implements Joined {
       ? this.#loop.scratchPointer
       : Deno.UnsafePointer.of(bytes);
     const written = last
-      ? sys.writeMore(d.to.fd, pointer, length)
-      : sys.write(d.to.fd, pointer, length);
+      ? sys.sendMore(d.to.fd, pointer, length)
+      : sys.send(d.to.fd, pointer, length);
     if (written === length) {
       d.bytes += length;
       // A full read, all taken: the reader keeps up.
@@ -320,7 +320,7 @@ class EpollJoin implements Joined {
   // Writes what waits for `d.to`; passes on the end once it is all out. False once failed.
   #flush(d: Direction): boolean {
     const pending = d.pending!;
-    const written = this.#loop.sys.write(d.to.fd, Deno.UnsafePointer.of(pending), pending.length);
+    const written = this.#loop.sys.send(d.to.fd, Deno.UnsafePointer.of(pending), pending.length);
     if (written < 0) {
       if (written === -EAGAIN) return true;
       this.#fail(`${d.toSide}-reset`);
@@ -704,7 +704,7 @@ export class EpollEngine implements Engine {
       } else {
         // Linux answers a close with bytes still unread by a reset: take what
         // the client sent, so it sees the clean close it is owed.
-        for (let i = 0; i < 16 && sys.read(epoll.fd, scratchPointer, SMALL_READ) > 0; i++);
+        for (let i = 0; i < 16 && sys.recv(epoll.fd, scratchPointer, SMALL_READ) > 0; i++);
       }
       this.#loop.close(epoll.fd);
     }

@@ -73,6 +73,8 @@ export const EPOLLRDHUP = 0x2000;
  * until the next write or the end of stream, which then leave together.
  */
 export const MSG_MORE = 0x8000;
+/** `send` flag: a peer gone raises no SIGPIPE; the call fails with EPIPE instead. */
+export const MSG_NOSIGNAL = 0x4000;
 export const EPOLL_CTL_ADD = 1;
 export const EPOLL_CTL_DEL = 2;
 export const EPOLL_CTL_MOD = 3;
@@ -327,6 +329,8 @@ const SYMBOLS = {
   // ssize_t send(int fd, const void *buf, size_t len, int flags): one datagram on a
   // connected UDP socket, or a stream write with flags (MSG_MORE).
   send: { parameters: ["i32", "pointer", "u32", "i32"], result: "i32" },
+  // ssize_t recv(int fd, void *buf, size_t len, int flags)
+  recv: { parameters: ["i32", "pointer", "u32", "i32"], result: "i32" },
   // int recvmmsg(int fd, struct mmsghdr *msgvec, unsigned vlen, int flags, struct timespec *timeout)
   recvmmsg: { parameters: ["i32", "pointer", "u32", "i32", "pointer"], result: "i32" },
   // int sendmmsg(int fd, struct mmsghdr *msgvec, unsigned vlen, int flags)
@@ -732,17 +736,30 @@ export class Sys {
   }
 
   /**
-   * Writes like {@linkcode Sys.write} on a stream socket, saying that more
+   * Reads from a socket: {@linkcode Sys.read} without the file layer
+   * (`vfs_read`, the position lock, the permission hooks), which cost a
+   * read on a socket about a tenth of its time. The data plane's read.
+   */
+  recv(fd: number, into: Deno.PointerValue, length: number): number {
+    return this.#result(this.#c.recv(fd, into, length, 0));
+  }
+
+  /**
+   * Writes to a socket (a stream's bytes, or one datagram on a connected
+   * UDP socket), without the file layer, and with no SIGPIPE if the peer
+   * is gone. The data plane's write.
+   */
+  send(fd: number, from: Deno.PointerValue, length: number): number {
+    return this.#result(this.#c.send(fd, from, length, MSG_NOSIGNAL));
+  }
+
+  /**
+   * Sends like {@linkcode Sys.send} on a stream socket, saying that more
    * follows ({@linkcode MSG_MORE}): the caller ends the stream right after,
    * and the last bytes and the FIN leave as one packet.
    */
-  writeMore(fd: number, from: Deno.PointerValue, length: number): number {
-    return this.#result(this.#c.send(fd, from, length, MSG_MORE));
-  }
-
-  /** Sends one datagram of `length` bytes on a connected UDP socket. */
-  send(fd: number, from: Deno.PointerValue, length: number): number {
-    return this.#result(this.#c.send(fd, from, length, 0));
+  sendMore(fd: number, from: Deno.PointerValue, length: number): number {
+    return this.#result(this.#c.send(fd, from, length, MSG_MORE | MSG_NOSIGNAL));
   }
 
   /**

@@ -23,6 +23,7 @@ import {
   MessageBatch,
   MMSGHDR_BYTES,
   MSG_MORE,
+  MSG_NOSIGNAL,
   MSG_TRUNC,
   MSGHDR_BYTES,
   NAME_BYTES,
@@ -331,10 +332,11 @@ Deno.test({
 
 Deno.test({
   name:
-    "Sys.writeMore: bytes sent with MSG_MORE, then the end of stream, arrive whole and then end",
+    "Sys.sendMore, then the end of stream: the bytes arrive whole, then the end; Sys.recv reads them",
   ignore: !linux,
   fn: async () => {
     assert.equal(MSG_MORE, 0x8000, "Linux's value");
+    assert.equal(MSG_NOSIGNAL, 0x4000, "Linux's value");
     const listener = listenLoopback();
     const sys = new Sys();
     const fd = sys.socket(AF_INET);
@@ -345,7 +347,7 @@ Deno.test({
       const peer = await accepted;
       const bytes = new TextEncoder().encode("the last bytes");
       await until(
-        () => sys.writeMore(fd, Deno.UnsafePointer.of(bytes), bytes.length) !== -EAGAIN,
+        () => sys.sendMore(fd, Deno.UnsafePointer.of(bytes), bytes.length) !== -EAGAIN,
         "connected",
       );
       assert.equal(sys.shutdownWrite(fd), 0);
@@ -353,7 +355,20 @@ Deno.test({
       const buffer = new Uint8Array(64);
       for (let n; (n = await peer.read(buffer)) !== null;) received.push(...buffer.subarray(0, n));
       assert.equal(new TextDecoder().decode(new Uint8Array(received)), "the last bytes");
+      // The other way, read with recv: the answer, then 0 for its end.
+      await peer.write(new TextEncoder().encode("an answer"));
       peer.close();
+      const answer: number[] = [];
+      const pointer = Deno.UnsafePointer.of(buffer);
+      let n = -EAGAIN;
+      await until(() => {
+        while ((n = sys.recv(fd, pointer, buffer.length)) > 0) {
+          answer.push(...buffer.subarray(0, n));
+        }
+        return n !== -EAGAIN;
+      }, "the answer and its end");
+      assert.equal(n, 0);
+      assert.equal(new TextDecoder().decode(new Uint8Array(answer)), "an answer");
     } finally {
       sys.close(fd);
       listener.close();
