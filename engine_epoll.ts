@@ -608,7 +608,8 @@ export class EpollEngine implements Engine {
     let target = this.#targets.get(address);
     if (target === undefined) {
       if (!isIpLiteral(address.hostname)) {
-        lookup(address.hostname).then(
+        // Settled by this thread's event loop, which the loop must let run.
+        this.#loop.settle(lookup(address.hostname)).then(
           ({ address: host }) => {
             let resolved: Target;
             try {

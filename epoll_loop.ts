@@ -41,6 +41,15 @@ export const SCRATCH_BYTES = 256 * 1024;
 const BATCH = 256;
 /** The interest of a descriptor taken out of the epoll set for now ({@linkcode EpollLoop.park}). */
 const PARKED = -1;
+/**
+ * An owned loop about to block yields to its thread's event loop at most
+ * this often, unless a message or awaited work wants a turn: a turn is a
+ * message through a channel, about 2 KB of garbage and 2-4 µs, and a busy
+ * loop went idle for an instant 1,500 times a second (kept-alive load),
+ * most of what it allocated. Timers and other work outside the epoll set
+ * (a policy module's own) run at most this late while the loop is idle.
+ */
+const YIELD_EVERY_MS = 5;
 
 /** Something the loop calls when its descriptor has events. */
 export interface Handler {
@@ -96,6 +105,8 @@ export class EpollLoop implements Clock {
   #nextTimer = 1;
   /** An owned loop's time, read once per wake-up (see {@linkcode EpollLoop.now}). */
   #now = performance.now();
+  /** When an owned loop last yielded to its thread's event loop. */
+  #yieldedAt = -Infinity;
 
   constructor(options: { owned?: boolean } = {}) {
     this.#owned = options.owned ?? false;
@@ -175,22 +186,27 @@ export class EpollLoop implements Clock {
    * Runs an owned loop until `stop()` says so: waits in `epoll_wait` (this
    * thread blocks; the timeout is the next timer's), hands events to their
    * handlers, fires due timers, lets promise callbacks run. Before it blocks
-   * it yields once to the thread's event loop, so every callback queued so
-   * far has run; `onWake` is called after an {@linkcode EpollLoop.nudge}
-   * (a message may be waiting), after such a yield.
+   * it yields once to the thread's event loop (tasks: timers, messages), or,
+   * when it did less than {@linkcode YIELD_EVERY_MS} ago, blocks no longer
+   * than until the next yield is due; `onWake` is called after an
+   * {@linkcode EpollLoop.nudge} (a message may be waiting), after a yield.
    */
   async runOwned(stop: () => boolean, onWake: () => boolean): Promise<void> {
     let woken = false;
     let idle = false;
     while (!stop()) {
       // Busy: poll. About to block: first let the event loop run (messages,
-      // promise callbacks that queue more callbacks). While work that needs
-      // the event loop is under way (an import), never block in epoll_wait.
+      // promise callbacks that queue more callbacks), unless it did a moment
+      // ago (YIELD_EVERY_MS) and nothing awaited needs it. While work that
+      // needs the event loop is under way (an import), never block in
+      // epoll_wait; while a lookup is, block a millisecond at most.
       let took = false;
       const outside = this.#outside > 0;
-      if (idle || woken || outside) {
+      const settling = this.#settling > 0;
+      const due = idle && (settling || this.#now - this.#yieldedAt >= YIELD_EVERY_MS);
+      if (due || woken || outside) {
         await this.#yieldTurn();
-        this.#now = performance.now();
+        this.#yieldedAt = this.#now = performance.now();
         // The message may come a turn after its wake-up: keep looking until it has.
         if (woken) {
           woken = !onWake();
@@ -200,10 +216,7 @@ export class EpollLoop implements Clock {
       }
       // What onWake took runs in promise callbacks queued just now: poll, and
       // let them run (the next turn) before any wait that could block.
-      const next = this.#timers[0];
-      const timeout = idle && !woken && !took && !outside
-        ? (next === undefined ? -1 : Math.max(0, Math.ceil(next.at - this.now())))
-        : 0;
+      const timeout = idle && !woken && !took && !outside ? this.#waitFor(due, settling) : 0;
       const count = this.sys.epollWait(this.epfd, this.#eventsPointer, BATCH, timeout);
       this.#now = performance.now();
       if (count > 0) this.wakeUps++;
@@ -213,6 +226,38 @@ export class EpollLoop implements Clock {
       idle = count <= 0;
       // Promise callbacks queued by the handlers run here.
       await null;
+    }
+  }
+
+  // How long an idle owned loop may block: until its next timer, and no
+  // later than its next yield (when it skipped one) or a millisecond (while
+  // a lookup is under way); -1 for as long as it takes.
+  #waitFor(yielded: boolean, settling: boolean): number {
+    const next = this.#timers[0];
+    let ms = next === undefined ? -1 : Math.max(0, Math.ceil(next.at - this.now()));
+    const cap = settling
+      ? 1
+      : yielded
+      ? -1
+      : Math.max(0, Math.ceil(this.#yieldedAt + YIELD_EVERY_MS - this.#now));
+    if (cap >= 0 && (ms < 0 || cap < ms)) ms = cap;
+    return ms;
+  }
+
+  // Promises the thread's event loop settles, awaited now (see settle()).
+  #settling = 0;
+
+  /**
+   * Waits for `work`, which the thread's event loop settles (a host-name
+   * lookup): until it has, an owned loop going idle yields to the event
+   * loop first and blocks in `epoll_wait` for a millisecond at most.
+   */
+  async settle<T>(work: Promise<T>): Promise<T> {
+    this.#settling++;
+    try {
+      return await work;
+    } finally {
+      this.#settling--;
     }
   }
 
