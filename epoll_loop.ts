@@ -46,8 +46,10 @@ const PARKED = -1;
  * this often, unless a message or awaited work wants a turn: a turn is a
  * message through a channel, about 2 KB of garbage and 2-4 µs, and a busy
  * loop went idle for an instant 1,500 times a second (kept-alive load),
- * most of what it allocated. Timers and other work outside the epoll set
- * (a policy module's own) run at most this late while the loop is idle.
+ * most of what it allocated. The event loop's own tasks (a `setTimeout` of
+ * a policy module's) run only at turns: within this while the loop is
+ * busy, and at its next wake-up (an event, one of its own timers, a
+ * message) while it sleeps.
  */
 const YIELD_EVERY_MS = 5;
 
