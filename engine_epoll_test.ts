@@ -372,3 +372,23 @@ Deno.test({
     await loop.dispose();
   },
 });
+
+Deno.test({
+  name:
+    "an owned loop with nothing to watch lets a promise it settles for (a lookup) finish, rather than block",
+  ignore: !linux,
+  fn: async () => {
+    const loop = new EpollLoop({ owned: true });
+    let timerFired = false;
+    // A wait now, after its turn, would last until this timer.
+    loop.setTimer(() => timerFired = true, 5000);
+    let settled = false;
+    // Settled by a task of the thread's event loop, as a lookup is.
+    loop.settle(new Promise((resolve) => setTimeout(resolve, 30))).then(() => settled = true);
+    // Without its turns, the loop would block until its timer: 5 s, then fail.
+    await loop.runOwned(() => settled || timerFired, () => true);
+    assert.ok(settled, "settled");
+    assert.equal(timerFired, false, "settled before the loop's own timer");
+    await loop.dispose();
+  },
+});
