@@ -76,7 +76,7 @@ let received = 0;
 let sent: Int32Array | undefined;
 /** Messages are handled one after another, in order, each to its end. */
 let handling: Promise<void> = Promise.resolve();
-const events: PackedEvents = [];
+let events: PackedEvents = [];
 let pools = new Map<string, Pool>();
 let listeners = new Map<string, LoadBalancer | UdpBalancer>();
 /** TCP listeners a reload removed, still draining. */
@@ -325,7 +325,10 @@ function flush(): void {
     udp[balancer.name] = delta;
     udpReported.set(balancer, structuredClone(balancer.udp));
   }
-  post({ id: 0, type: "batch", events: events.splice(0), backends, active, udp });
+  // Sent as it is, and a new one started: no copy.
+  const batch = events;
+  events = [];
+  post({ id: 0, type: "batch", events: batch, backends, active, udp });
 }
 
 // Counters that change without an event (a connection opening) are

@@ -82,6 +82,15 @@ export class EarlyBytes {
     return this.#buffer.subarray(this.#start, this.#end);
   }
 
+  /** Copies what is held into `target` at `at` (no view made); returns how many bytes. */
+  copyTo(target: Uint8Array, at: number): number {
+    const held = this.#end - this.#start;
+    const buffer = this.#buffer;
+    if (held > SMALL_COPY) target.set(buffer.subarray(this.#start, this.#end), at);
+    else for (let i = 0; i < held; i++) target[at + i] = buffer[this.#start + i]!;
+    return held;
+  }
+
   /** Drops the first `count` bytes: they were meant for the balancer, not the backend. */
   discard(count: number): void {
     this.#start = Math.min(this.#end, this.#start + count);

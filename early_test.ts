@@ -74,3 +74,16 @@ Deno.test("EarlyBytes: a recycled buffer holds the next client's bytes; one a pe
   assert.deepEqual(peeked.bytes, bytes(9, 8));
   assert.deepEqual(second.view(), bytes(9, 8));
 });
+
+Deno.test("EarlyBytes: copyTo() writes what is held, after a discard, small or large, where asked", () => {
+  for (const size of [0, 3, 600]) {
+    const early = new EarlyBytes();
+    early.push(new Uint8Array(size + 2).map((_, i) => i & 0xff));
+    early.discard(2);
+    const target = new Uint8Array(size + 10).fill(0xee);
+    assert.equal(early.copyTo(target, 4), size);
+    assert.deepEqual(target.subarray(4, 4 + size), early.view());
+    assert.equal(target[3], 0xee);
+    assert.equal(target[4 + size], 0xee);
+  }
+});

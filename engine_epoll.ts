@@ -217,10 +217,7 @@ class EpollJoin implements Joined {
       scratch.set(prefix);
       length = prefix.length;
     }
-    if (early !== undefined && early.bytes > 0) {
-      scratch.set(early.view(), length);
-      length += early.bytes;
-    }
+    if (early !== undefined) length += early.copyTo(scratch, length);
     // Copied: the buffer can hold another client's bytes.
     early?.recycle();
     if (length > 0 && !this.#forward(this.#up, scratch, length)) return;
@@ -337,7 +334,8 @@ class EpollJoin implements Joined {
   // `d.from` has ended its stream.
   #end(d: Direction): void {
     d.ended = true;
-    this.#firstFin ??= `${d.fromSide}-fin`;
+    // A constant, not a string made per connection.
+    this.#firstFin ??= d.fromSide === "client" ? "client-fin" : "server-fin";
     this.halfClosedAt ??= this.#clock.now();
     if (d.pending === undefined) this.#passEnd(d);
   }
