@@ -42,14 +42,14 @@ const BATCH = 256;
 /** The interest of a descriptor taken out of the epoll set for now ({@linkcode EpollLoop.park}). */
 const PARKED = -1;
 /**
- * An owned loop about to block yields to its thread's event loop at most
- * this often, unless a message or awaited work wants a turn: a turn is a
- * message through a channel, about 2 KB of garbage and 2-4 µs, and a busy
- * loop went idle for an instant 1,500 times a second (kept-alive load),
- * most of what it allocated. The event loop's own tasks (a `setTimeout` of
- * a policy module's) run only at turns: within this while the loop is
- * busy, and at its next wake-up (an event, one of its own timers, a
- * message) while it sleeps.
+ * An owned loop yields to its thread's event loop about this often, busy
+ * or going idle, and sooner only when a message or awaited work wants a
+ * turn: a turn is a message through a channel, about 2 KB of garbage and
+ * 2-4 µs, and a busy loop went idle for an instant 1,500 times a second
+ * (kept-alive load), most of what it allocated when it yielded each time.
+ * The event loop's own tasks (a `setTimeout` of a policy module's) run only
+ * at turns: within about this while the loop works, and at its next
+ * wake-up (an event, one of its own timers, a message) while it sleeps.
  */
 const YIELD_EVERY_MS = 5;
 
@@ -197,15 +197,15 @@ export class EpollLoop implements Clock {
     let woken = false;
     let idle = false;
     while (!stop()) {
-      // Busy: poll. About to block: first let the event loop run (messages,
-      // promise callbacks that queue more callbacks), unless it did a moment
-      // ago (YIELD_EVERY_MS) and nothing awaited needs it. While work that
-      // needs the event loop is under way (an import), never block in
-      // epoll_wait; while a lookup is, block a millisecond at most.
+      // Busy: poll. Every YIELD_EVERY_MS, and when a message or a lookup
+      // wants it, let the event loop run a turn (tasks, messages) first; an
+      // idle loop that did not, blocks no longer than until its turn is due.
+      // While work that needs the event loop is under way (an import), never
+      // block in epoll_wait; while a lookup is, block a millisecond at most.
       let took = false;
       const outside = this.#outside > 0;
       const settling = this.#settling > 0;
-      const due = idle && (settling || this.#now - this.#yieldedAt >= YIELD_EVERY_MS);
+      const due = (idle && settling) || this.#now - this.#yieldedAt >= YIELD_EVERY_MS;
       if (due || woken || outside) {
         await this.#yieldTurn();
         this.#yieldedAt = this.#now = performance.now();
@@ -234,12 +234,12 @@ export class EpollLoop implements Clock {
   // How long an idle owned loop may block: until its next timer, and no
   // later than its next yield (when it skipped one) or a millisecond (while
   // a lookup is under way); -1 for as long as it takes.
-  #waitFor(yielded: boolean, settling: boolean): number {
+  #waitFor(justYielded: boolean, settling: boolean): number {
     const next = this.#timers[0];
     let ms = next === undefined ? -1 : Math.max(0, Math.ceil(next.at - this.now()));
     const cap = settling
       ? 1
-      : yielded
+      : justYielded
       ? -1
       : Math.max(0, Math.ceil(this.#yieldedAt + YIELD_EVERY_MS - this.#now));
     if (cap >= 0 && (ms < 0 || cap < ms)) ms = cap;
