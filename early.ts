@@ -77,8 +77,13 @@ export class EarlyBytes {
     this.#wake();
   }
 
-  /** Everything held, in order: a view, valid until the next push or discard. */
+  /**
+   * Everything held, in order: a view, valid until the next push or
+   * discard. The buffer is then lent, and {@linkcode EarlyBytes.recycle}
+   * keeps it from other clients.
+   */
   view(): Uint8Array {
+    this.#lent = true;
     return this.#buffer.subarray(this.#start, this.#end);
   }
 
@@ -103,7 +108,6 @@ export class EarlyBytes {
    */
   async peek(known: number, attempt: Attempt): Promise<Peeked> {
     if (attempt.aborted) throw attempt.reason;
-    this.#lent = true;
     const aborted = Promise.withResolvers<never>();
     attempt.setOnAbort(aborted.reject);
     try {
