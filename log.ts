@@ -43,9 +43,12 @@ const escapeControl = (char: string) => `\\u${char.charCodeAt(0).toString(16).pa
 // A text field's value: as it is when plain (names and addresses always
 // are), else JSON-quoted, so that no value can start a line or a field.
 function field(text: string): string {
-  return BARE.test(text) && text !== "-"
-    ? text
-    : JSON.stringify(text).replace(RAW_CONTROLS, escapeControl);
+  return BARE.test(text) && text !== "-" ? text : quoteJson(text);
+}
+
+// A JSON string as JSON.stringify writes it, with the controls above escaped too.
+function quoteJson(text: string): string {
+  return JSON.stringify(text).replace(RAW_CONTROLS, escapeControl);
 }
 
 /** One access line: `key=value` fields in a fixed order, easy to grep and to split.
@@ -75,15 +78,20 @@ export function formatAccessJson(record: AccessRecord): string {
   const backend = record.backend === undefined ? "null" : jsonString(record.backend);
   return `{"time":"${isoTime(record.time)}","listener":${jsonString(record.listener)},` +
     `"client":${jsonString(record.client)},"backend":${backend},` +
-    `"bytes_in":${record.bytesIn},"bytes_out":${record.bytesOut},` +
-    `"duration_ms":${Math.round(record.durationMs)},"end":${jsonString(record.end)}}`;
+    `"bytes_in":${jsonNumber(record.bytesIn)},"bytes_out":${jsonNumber(record.bytesOut)},` +
+    `"duration_ms":${jsonNumber(Math.round(record.durationMs))},"end":${jsonString(record.end)}}`;
+}
+
+// A number as JSON.stringify writes it: null when not finite.
+function jsonNumber(value: number): string {
+  return Number.isFinite(value) ? `${value}` : "null";
 }
 
 // A JSON string: a plain value (no quote, backslash or control) as it is,
 // in quotes; anything else as JSON.stringify writes it, with the controls
 // above escaped too.
 function jsonString(text: string): string {
-  return BARE.test(text) ? `"${text}"` : JSON.stringify(text).replace(RAW_CONTROLS, escapeControl);
+  return BARE.test(text) ? `"${text}"` : quoteJson(text);
 }
 
 /** One diagnostic line for stderr, prefixed with the time. */
