@@ -189,6 +189,8 @@ export function unpackEvents(
       at++;
       continue;
     }
+    // A packing mistake must not pass for a record: its second field names the listener.
+    if (typeof events[at + 1] !== "string") throw new TypeError(`no access record at ${at}`);
     const record: AccessRecord = {
       time: new Date(item),
       listener: events[at + 1] as string,
