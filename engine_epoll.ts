@@ -74,6 +74,12 @@ const BULK_READS = 4;
 
 /** What a watched client may send before its backend is connected. */
 const EARLY_LIMIT = 65536;
+// The join writes a PROXY header (ours are at most 107 bytes; the spec's
+// limit is 536) and the early bytes from the scratch buffer in one piece:
+// they must fit it.
+if (EARLY_LIMIT + 536 > SCRATCH_BYTES) {
+  throw new Error("EARLY_LIMIT must leave a PROXY header room");
+}
 /**
  * What a side we read from is watched for: data, and the peer's end of
  * stream on its own (EPOLLRDHUP), which spares the read that returns 0.

@@ -213,7 +213,7 @@ Deno.test({
     const buffer = new Uint8Array(65536);
     const pointer = Deno.UnsafePointer.of(buffer);
     await until(() => {
-      const read = sys.read(fd, pointer, buffer.length);
+      const read = sys.recv(fd, pointer, buffer.length);
       if (read > 0) got.push(...buffer.subarray(0, read));
       return read === 0;
     }, "the backend's end of stream");
@@ -285,7 +285,7 @@ Deno.test({
     const buffer = new Uint8Array(65536);
     const pointer = Deno.UnsafePointer.of(buffer);
     await until(() => {
-      const read = sys.read(client, pointer, buffer.length);
+      const read = sys.recv(client, pointer, buffer.length);
       if (read > 0) got.push(...buffer.subarray(0, read));
       return read === 0;
     }, "the client's end of stream");
@@ -334,7 +334,7 @@ Deno.test({
     const pointer = Deno.UnsafePointer.of(chunk);
     let sent = 0;
     await until(() => {
-      const written = sys.write(client, pointer, chunk.length - sent);
+      const written = sys.send(client, pointer, chunk.length - sent);
       if (written > 0) sent += written;
       return (accepted as unknown as { early: { bytes: number } }).early.bytes >= 64 * 1024;
     }, "the balancer has taken all it keeps");
@@ -383,7 +383,8 @@ Deno.test({
     // A wait now, after its turn, would last until this timer.
     loop.setTimer(() => timerFired = true, 5000);
     let settled = false;
-    // Settled by a task of the thread's event loop, as a lookup is.
+    // Settled by a task of the thread's event loop, as a lookup is: a real
+    // timer, as what is tested is that the thread's event loop gets to run.
     loop.settle(new Promise((resolve) => setTimeout(resolve, 30))).then(() => settled = true);
     // Without its turns, the loop would block until its timer: 5 s, then fail.
     await loop.runOwned(() => settled || timerFired, () => true);

@@ -135,7 +135,7 @@ function rawClient(sys: Sys, port: number) {
     },
     /** The next datagram waiting, or undefined. */
     receive(): string | undefined {
-      const read = sys.read(fd, pointer, buffer.length);
+      const read = sys.recv(fd, pointer, buffer.length);
       if (read === -EAGAIN) return undefined;
       assert.ok(read >= 0, `read: ${read}`);
       return decoder.decode(buffer.subarray(0, read));

@@ -403,7 +403,7 @@ export interface SocketAddress {
  * IPv6's 16 at 8 (after 4 bytes of flow info). Undefined for other families.
  */
 export function decodeSockaddr(bytes: Uint8Array): SocketAddress | undefined {
-  // Read byte by byte: this runs for every accepted connection.
+  // Read byte by byte: it runs for every IPv6 client, and every new IPv4 host.
   const family = bytes[0]! | (bytes[1]! << 8);
   const port = (bytes[2]! << 8) | bytes[3]!;
   if (family === AF_INET) {
@@ -727,16 +727,8 @@ export class Sys {
     return decodeSockaddr(this.#address);
   }
 
-  read(fd: number, into: Deno.PointerValue, length: number): number {
-    return this.#result(this.#c.read(fd, into, length));
-  }
-
-  write(fd: number, from: Deno.PointerValue, length: number): number {
-    return this.#result(this.#c.write(fd, from, length));
-  }
-
   /**
-   * Reads from a socket: {@linkcode Sys.read} without the file layer
+   * Reads from a socket: read(2) without the file layer
    * (`vfs_read`, the position lock, the permission hooks), which cost a
    * read on a socket about a tenth of its time. The data plane's read.
    */
