@@ -187,11 +187,12 @@ export class EpollLoop implements Clock {
   /**
    * Runs an owned loop until `stop()` says so: waits in `epoll_wait` (this
    * thread blocks; the timeout is the next timer's), hands events to their
-   * handlers, fires due timers, lets promise callbacks run. Before it blocks
-   * it yields once to the thread's event loop (tasks: timers, messages), or,
-   * when it did less than {@linkcode YIELD_EVERY_MS} ago, blocks no longer
-   * than until the next yield is due; `onWake` is called after an
-   * {@linkcode EpollLoop.nudge} (a message may be waiting), after a yield.
+   * handlers, fires due timers, lets promise callbacks run after every
+   * batch. About every {@linkcode YIELD_EVERY_MS}, busy or about to block, it
+   * yields a turn to the thread's event loop (its tasks, messages); an idle
+   * loop whose turn is not yet due blocks no longer than until it is.
+   * `onWake` is called after an {@linkcode EpollLoop.nudge} (a message may be
+   * waiting), after a turn.
    */
   async runOwned(stop: () => boolean, onWake: () => boolean): Promise<void> {
     let woken = false;

@@ -709,7 +709,7 @@ export class Sys {
     let host = this.#hosts.get(key);
     if (host === undefined) {
       if (this.#hosts.size >= HOSTS_KEPT) this.#hosts.clear();
-      host = `${bytes[4]}.${bytes[5]}.${bytes[6]}.${bytes[7]}`;
+      host = decodeSockaddr(bytes)!.hostname;
       this.#hosts.set(key, host);
     }
     return host;
